@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the system programs the test suite runs for real (it never fakes them):
+#   nix-bin    Debian's Nix 2.8, the real client the end-to-end tests push and substitute with
+#   zstd, xz   to check the uploader's compressed NARs with the reference tools
+# Runs before `npm test`; does nothing when everything is already there.
+set -euo pipefail
+
+missing=()
+command -v nix-store >/dev/null 2>&1 || missing+=(nix-bin)
+command -v zstd >/dev/null 2>&1 || missing+=(zstd)
+command -v xz >/dev/null 2>&1 || missing+=(xz-utils)
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "installing ${missing[*]} (needed by the end-to-end tests)" >&2
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+    echo "error: ${missing[*]} missing and not root: install them with apt-get (Debian/Ubuntu) and rerun" >&2
+    exit 1
+  fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -q
+$sudo apt-get install -y -q "${missing[@]}"
