@@ -1,7 +1,7 @@
 // Secrets the Worker reads (set with `wrangler secret put NAME`). wrangler.toml cannot
 // declare them without hiding the open-ended WRITE_TOKEN_<anything> family, so their
-// types live here and merge into the generated Env.
-interface Env {
+// types live here and merge into the generated Env (global and Cloudflare.Env).
+interface NixEdgeCacheSecrets {
   /** A token allowed to upload. At least one WRITE_TOKEN or WRITE_TOKEN_<name> is needed. */
   WRITE_TOKEN?: string;
   /** When set, reads need this token too (Bearer, or HTTP Basic with it as the password). */
@@ -10,4 +10,8 @@ interface Env {
   SIGNING_KEY?: string;
   /** Further upload tokens, one per pusher, each revocable alone. */
   [key: `WRITE_TOKEN_${string}`]: string | undefined;
+}
+interface Env extends NixEdgeCacheSecrets {}
+declare namespace Cloudflare {
+  interface Env extends NixEdgeCacheSecrets {}
 }
