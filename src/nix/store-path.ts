@@ -1,0 +1,65 @@
+// Store paths: `<storeDir>/<hash>-<name>` (PROTOCOL §7), with the strict rules of Nix 2.21+
+// plus the dash check of current master.
+//
+//   hash  = 32 chars of the nix32 alphabet [0-9a-df-np-sv-z] (any such string is valid)
+//   base  = hash "-" name                       (the dash at index 32 is required)
+//   name  = 1..211 chars of [A-Za-z0-9+\-._?=], not "." or "..", not starting ".-" or "..-"
+//
+// Parsers return null for anything invalid: a store path is a lookup key, and the caller
+// decides what an invalid one means (a 400, a NarInfoError naming the field, …).
+
+import { NIX32_ALPHABET } from "./nix32.ts";
+
+/** The only store directory this cache serves (binary caches are per store dir). */
+export const STORE_DIR = "/nix/store";
+
+/** Hash part length: 160 bits in nix32. */
+export const HASH_PART_LENGTH = 32;
+/** Longest name Nix accepts (`name longer than 211 characters` otherwise, PROTOCOL §7). */
+export const MAX_NAME_LENGTH = 211;
+
+export interface StorePath {
+  hash: string;
+  name: string;
+}
+
+const HASH_PART = new RegExp(`^[${NIX32_ALPHABET}]{${HASH_PART_LENGTH}}$`);
+// The negative lookahead is Nix's own regex (path-regex.hh): the name may not be `.` or
+// `..`, nor start with `.-` or `..-`, since 2.21.
+const NAME = new RegExp(`^(?!\\.\\.?(-|$))[0-9a-zA-Z+\\-._?=]{1,${MAX_NAME_LENGTH}}$`);
+
+/** True for 32 characters of the nix32 alphabet. */
+export function isHashPart(s: string): boolean {
+  return HASH_PART.test(s);
+}
+
+/** True for a valid store path name (the part after `<hash>-`). */
+export function isStorePathName(s: string): boolean {
+  return NAME.test(s);
+}
+
+/** Parses `<hash>-<name>`; null if invalid. */
+export function parseStorePathBaseName(base: string): StorePath | null {
+  if (base.length < HASH_PART_LENGTH + 2 || base[HASH_PART_LENGTH] !== "-") return null;
+  const hash = base.slice(0, HASH_PART_LENGTH);
+  const name = base.slice(HASH_PART_LENGTH + 1);
+  if (!isHashPart(hash) || !isStorePathName(name)) return null;
+  return { hash, name };
+}
+
+/** Parses `<storeDir>/<hash>-<name>`; null if invalid or in another store directory. */
+export function parseStorePath(full: string, storeDir: string = STORE_DIR): StorePath | null {
+  const prefix = storeDir + "/";
+  if (!full.startsWith(prefix)) return null;
+  return parseStorePathBaseName(full.slice(prefix.length));
+}
+
+/** `<hash>-<name>`. */
+export function storePathBaseName(p: StorePath): string {
+  return `${p.hash}-${p.name}`;
+}
+
+/** `<storeDir>/<hash>-<name>`. */
+export function formatStorePath(p: StorePath, storeDir: string = STORE_DIR): string {
+  return `${storeDir}/${storePathBaseName(p)}`;
+}

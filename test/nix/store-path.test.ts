@@ -1,0 +1,101 @@
+import { describe, expect, it } from "vitest";
+import {
+  formatStorePath,
+  isHashPart,
+  parseStorePath,
+  parseStorePathBaseName,
+  STORE_DIR,
+  storePathBaseName,
+} from "../../src/nix/store-path.ts";
+
+const HASH = "v02pl5dhayp8jnz8ahdvg5vi71s8xc6g";
+
+describe("store path validity (PROTOCOL §8.6, strict 2.21+ rules)", () => {
+  const valid = [
+    `${HASH}-hello-2.12.1`,
+    `${HASH}-a?b=c+d_e.f`,
+    `${HASH}-.hidden`,
+    `${HASH}-...`,
+    `${HASH}-..a`,
+    `${HASH}-.a-b`,
+    `${HASH}-${"a".repeat(211)}`,
+    `${HASH}-x`,
+    `${HASH}-hello-2.12.1.drv`,
+  ];
+  const invalid = [
+    `${HASH}-.`,
+    `${HASH}-..`,
+    `${HASH}-.-x`,
+    `${HASH}-..-x`,
+    `${HASH}-`,
+    `${HASH}-a b`,
+    `${HASH}-a:b`,
+    `${HASH}-é`,
+    `${HASH}-a/b`,
+    `${HASH}-a\r`,
+    `${HASH}-${"a".repeat(212)}`,
+    "v02pl5dhayp8jnz8ahdvg5vi71s8xc6-x",
+    "v02pl5dhayp8jnz8ahdvg5vi71s8xc6e-x",
+    "V02pl5dhayp8jnz8ahdvg5vi71s8xc6g-x",
+    "v02pl5dhayp8jnz8ahdvg5vi71s8xc6gxhello",
+    HASH,
+    "",
+  ];
+  for (const base of valid) {
+    it(`accepts ${base.length > 60 ? base.slice(0, 60) + "…" : base}`, () => {
+      const p = parseStorePathBaseName(base);
+      expect(p).not.toBeNull();
+      expect(p!.hash).toBe(base.slice(0, 32));
+      expect(p!.name).toBe(base.slice(33));
+      expect(storePathBaseName(p!)).toBe(base);
+    });
+  }
+  for (const base of invalid) {
+    it(`rejects ${JSON.stringify(base.length > 60 ? base.slice(0, 60) + "…" : base)}`, () => {
+      expect(parseStorePathBaseName(base)).toBeNull();
+      expect(parseStorePath(`/nix/store/${base}`)).toBeNull();
+    });
+  }
+});
+
+describe("full store paths", () => {
+  it("parses and formats /nix/store paths", () => {
+    const full = `/nix/store/${HASH}-hello-2.12.1`;
+    const p = parseStorePath(full);
+    expect(p).toEqual({ hash: HASH, name: "hello-2.12.1" });
+    expect(formatStorePath(p!)).toBe(full);
+    expect(STORE_DIR).toBe("/nix/store");
+  });
+  it("honours another store directory", () => {
+    const p = parseStorePath(`/gnu/store/${HASH}-x`, "/gnu/store");
+    expect(p).toEqual({ hash: HASH, name: "x" });
+    expect(formatStorePath(p!, "/gnu/store")).toBe(`/gnu/store/${HASH}-x`);
+    expect(parseStorePath(`/gnu/store/${HASH}-x`)).toBeNull();
+  });
+  it("rejects other directories, sub-paths and relative forms", () => {
+    for (const bad of [
+      `/nix/store/${HASH}-x/bin/hello`,
+      `/nix/store//${HASH}-x`,
+      `nix/store/${HASH}-x`,
+      `/nix/store/../store/${HASH}-x`,
+      `/nix/storex/${HASH}-x`,
+      `${HASH}-x`,
+      `/nix/store/`,
+    ]) {
+      expect(parseStorePath(bad), bad).toBeNull();
+    }
+  });
+});
+
+describe("isHashPart", () => {
+  it("accepts exactly 32 nix32 characters", () => {
+    expect(isHashPart(HASH)).toBe(true);
+    expect(isHashPart("0".repeat(32))).toBe(true);
+    expect(isHashPart("z".repeat(32))).toBe(true);
+    expect(isHashPart(HASH.slice(1))).toBe(false);
+    expect(isHashPart(HASH + "0")).toBe(false);
+    expect(isHashPart(HASH.replace("v", "e"))).toBe(false);
+    expect(isHashPart(HASH.toUpperCase())).toBe(false);
+    expect(isHashPart(`${HASH.slice(0, 31)}\n`)).toBe(false);
+  });
+});
