@@ -1,0 +1,211 @@
+// Binary cache signing keys and narinfo signatures (PROTOCOL §4).
+//
+//   public key  = name ":" base64(32-byte Ed25519 public key)
+//   secret key  = name ":" base64(32-byte seed ‖ 32-byte public key)   (libsodium layout)
+//   signature   = name ":" base64(64-byte Ed25519 signature)            (a narinfo Sig line)
+//   fingerprint = "1;" StorePath ";" NarHash(sha256:nix32) ";" NarSize ";" sorted full reference paths joined by ","
+//
+// The name is everything before the first ":". Signing is pure Ed25519 over the UTF-8
+// fingerprint and deterministic, so re-signing reproduces Nix's Sig byte for byte.
+
+import { getPublicKeyAsync, Point, signAsync, verifyAsync } from "@noble/ed25519";
+import { compareBytes, fromBase64, toBase64, utf8 } from "./encoding.ts";
+import { KeyError, NarInfoError, NixFormatError } from "./errors.ts";
+import { normaliseSha256 } from "./hash.ts";
+import type { NarInfo } from "./narinfo.ts";
+import { sha512Sync } from "./sha512.ts";
+import { STORE_DIR } from "./store-path.ts";
+
+export interface PublicKey {
+  name: string;
+  /** 32 bytes. */
+  key: Uint8Array;
+}
+
+export interface SecretKey {
+  name: string;
+  /** 32-byte Ed25519 seed (the first half of Nix's 64-byte secret). */
+  seed: Uint8Array;
+  /** 32 bytes, derived from the seed. */
+  publicKey: Uint8Array;
+}
+
+export interface Signature {
+  /** Key name, e.g. `cache.nixos.org-1`. */
+  name: string;
+  /** 64 bytes. */
+  sig: Uint8Array;
+}
+
+const PUBLIC_KEY_BYTES = 32;
+const SEED_BYTES = 32;
+const SIGNATURE_BYTES = 64;
+
+// Names we create: the convention `host-N`, as snix accepts them. Parsing is more lenient
+// (Nix only requires a non-empty name) but rejects whitespace and control characters, which
+// can only come from a mangled key.
+const NEW_KEY_NAME = /^[A-Za-z0-9.-]+$/;
+const NAME = /^[^\s\x00-\x1f\x7f]+$/;
+
+function splitNamed(s: string, what: string, make: (msg: string) => Error): [string, Uint8Array] {
+  const colon = s.indexOf(":");
+  if (colon < 0) throw make(`${what} has no ":" between name and key`);
+  const name = s.slice(0, colon);
+  if (name === "") throw make(`${what} has an empty name`);
+  if (!NAME.test(name)) throw make(`${what} name ${JSON.stringify(name)} contains whitespace or control characters`);
+  try {
+    return [name, fromBase64(s.slice(colon + 1))];
+  } catch (e) {
+    if (e instanceof NixFormatError) throw make(`${what} ${JSON.stringify(name)}: ${e.message}`);
+    throw e;
+  }
+}
+
+/**
+ * Parses a `Sig` value `name:base64(64 bytes)`; throws NixFormatError when the colon or
+ * name is missing, the base64 is invalid or the signature is not 64 bytes.
+ */
+export function parseSignature(s: string): Signature {
+  const [name, sig] = splitNamed(s, "signature", (m) => new NixFormatError(m));
+  if (sig.length !== SIGNATURE_BYTES) throw new NixFormatError(`signature ${JSON.stringify(name)} has ${sig.length} bytes, expected 64`);
+  return { name, sig };
+}
+
+export function formatSignature(s: Signature): string {
+  return `${s.name}:${toBase64(s.sig)}`;
+}
+
+/** Parses `name:base64(32 bytes)`; surrounding whitespace (a key file's newline) is ignored. */
+export function parsePublicKey(s: string): PublicKey {
+  const [name, key] = splitNamed(s.trim(), "public key", (m) => new KeyError(m));
+  if (key.length !== PUBLIC_KEY_BYTES) throw new KeyError(`public key ${JSON.stringify(name)} has ${key.length} bytes, expected 32`);
+  return { name, key };
+}
+
+export function formatPublicKey(k: PublicKey): string {
+  return `${k.name}:${toBase64(k.key)}`;
+}
+
+// The Ed25519 public key of a seed (RFC 8032 §5.1.5), synchronously: hash, clamp, multiply.
+function derivePublicKey(seed: Uint8Array): Uint8Array {
+  const head = sha512Sync(seed).slice(0, 32);
+  head[0]! &= 248;
+  head[31]! &= 127;
+  head[31]! |= 64;
+  let scalar = 0n;
+  for (let i = 31; i >= 0; i--) scalar = (scalar << 8n) | BigInt(head[i]!);
+  return Point.BASE.multiply(scalar % Point.CURVE().n).toBytes();
+}
+
+/**
+ * Parses a Nix secret key `name:base64(seed ‖ public key)` and checks that the public half
+ * belongs to the seed (a mismatch means a corrupted or hand-assembled key, which would sign
+ * with one key and advertise another). Surrounding whitespace is ignored.
+ */
+export function parseSecretKey(s: string): SecretKey {
+  const [name, bytes] = splitNamed(s.trim(), "secret key", (m) => new KeyError(m));
+  if (bytes.length !== SEED_BYTES + PUBLIC_KEY_BYTES) {
+    throw new KeyError(`secret key ${JSON.stringify(name)} has ${bytes.length} bytes, expected 64`);
+  }
+  const seed = bytes.slice(0, SEED_BYTES);
+  const publicKey = bytes.slice(SEED_BYTES);
+  if (compareBytes(derivePublicKey(seed), publicKey) !== 0) {
+    throw new KeyError(`secret key ${JSON.stringify(name)}: the public half does not belong to the seed`);
+  }
+  return { name, seed, publicKey };
+}
+
+export function formatSecretKey(k: SecretKey): string {
+  const bytes = new Uint8Array(SEED_BYTES + PUBLIC_KEY_BYTES);
+  bytes.set(k.seed);
+  bytes.set(k.publicKey, SEED_BYTES);
+  return `${k.name}:${toBase64(bytes)}`;
+}
+
+/** A fresh key pair, like `nix key generate-secret --key-name <name>`. */
+export async function generateKeyPair(name: string): Promise<SecretKey> {
+  if (!NEW_KEY_NAME.test(name)) throw new KeyError(`key name ${JSON.stringify(name)} must match ${NEW_KEY_NAME.source}`);
+  const seed = crypto.getRandomValues(new Uint8Array(SEED_BYTES));
+  return { name, seed, publicKey: await getPublicKeyAsync(seed) };
+}
+
+export function publicKeyOf(k: SecretKey): PublicKey {
+  return { name: k.name, key: k.publicKey };
+}
+
+/**
+ * The exact string Nix signs (ValidPathInfo::fingerprint): NarHash re-encoded to
+ * `sha256:<nix32>` whatever form the narinfo used, references as full paths sorted
+ * bytewise. Throws NarInfoError for NarSize 0 (Nix refuses too) or a bad NarHash.
+ */
+export function fingerprint(
+  info: Pick<NarInfo, "storePath" | "narHash" | "narSize" | "references">,
+  storeDir: string = STORE_DIR,
+): string {
+  if (!Number.isSafeInteger(info.narSize) || info.narSize <= 0) throw new NarInfoError("NarSize", "cannot fingerprint a path with NarSize 0");
+  let narHash: string;
+  try {
+    narHash = normaliseSha256(info.narHash);
+  } catch (e) {
+    if (e instanceof NixFormatError) throw new NarInfoError("NarHash", e.message);
+    throw e;
+  }
+  const refs = info.references.map((r) => `${storeDir}/${r}`).sort((a, b) => compareBytes(utf8(a), utf8(b)));
+  return `1;${info.storePath};${narHash};${info.narSize};${refs.join(",")}`;
+}
+
+/** Signs the narinfo's fingerprint: `name:base64(signature)`, a Sig value. */
+export async function signNarInfo(
+  info: Pick<NarInfo, "storePath" | "narHash" | "narSize" | "references">,
+  key: SecretKey,
+): Promise<string> {
+  const sig = await signAsync(utf8(fingerprint(info)), key.seed);
+  return formatSignature({ name: key.name, sig });
+}
+
+/**
+ * True when at least one Sig is a valid signature by a trusted key (matched by name, as
+ * Nix does). Signatures by untrusted names are skipped; malformed ones never throw, they
+ * just do not count. Verification is strict RFC 8032 (no ZIP-215 leniency), like libsodium.
+ */
+export async function verifyNarInfo(
+  info: Pick<NarInfo, "storePath" | "narHash" | "narSize" | "references" | "sigs">,
+  trusted: readonly PublicKey[],
+): Promise<boolean> {
+  let message: Uint8Array;
+  try {
+    message = utf8(fingerprint(info));
+  } catch {
+    return false;
+  }
+  for (const s of info.sigs) {
+    let parsed: Signature;
+    try {
+      parsed = parseSignature(s);
+    } catch {
+      continue;
+    }
+    for (const key of trusted) {
+      if (key.name !== parsed.name) continue;
+      try {
+        if (await verifyAsync(parsed.sig, message, key.key, { zip215: false })) return true;
+      } catch {
+        // A malformed public key or signature encoding counts as "not valid".
+      }
+    }
+  }
+  return false;
+}
+
+/** The narinfo with `sig` added (unless already present), Sig lines in Nix's sorted order. */
+export function withSignature(info: NarInfo, sig: string): NarInfo {
+  try {
+    parseSignature(sig);
+  } catch (e) {
+    if (e instanceof NixFormatError) throw new NarInfoError("Sig", e.message);
+    throw e;
+  }
+  if (info.sigs.includes(sig)) return info;
+  const sigs = [...info.sigs, sig].sort((a, b) => compareBytes(utf8(a), utf8(b)));
+  return { ...info, sigs };
+}
