@@ -1,0 +1,29 @@
+// The Worker's HTTP application: one Hono router with every route module mounted, a
+// settings check in front of everything (a misconfigured deployment fails every request
+// with a message naming the setting), one error funnel and a JSON 404 for anything else.
+//
+// Settings come from the Env passed with each request, so tests can run the same app
+// with other settings: `createApp().fetch(request, { ...env, READ_TOKEN: "r" }, ctx)`.
+
+import { Hono } from "hono";
+import { settingsOf, type WorkerEnv } from "./env.ts";
+import { errorResponse, responseForError } from "./errors.ts";
+import { cacheInfo } from "./routes/cache-info.ts";
+import { nar } from "./routes/nar.ts";
+import { narinfo } from "./routes/narinfo.ts";
+
+export type App = Hono<{ Bindings: WorkerEnv }>;
+
+export function createApp(): App {
+  const app: App = new Hono<{ Bindings: WorkerEnv }>();
+  app.use("*", async (c, next) => {
+    settingsOf(c.env);
+    await next();
+  });
+  app.route("/", cacheInfo);
+  app.route("/", narinfo);
+  app.route("/", nar);
+  app.notFound(() => errorResponse("not_found", "no such resource in this cache"));
+  app.onError((err) => responseForError(err));
+  return app;
+}

@@ -1,0 +1,163 @@
+// The Worker's settings: every binding, variable and secret it reads from Env, parsed once
+// per Env object into typed Settings. A setting that is present but wrong makes every
+// request fail with a 500 naming it ("fail fast"): Nix's first request to a cache is
+// always GET /nix-cache-info, so a misconfigured cache is refused before any upload.
+//
+// | Env name              | Kind   | Meaning                                                    |
+// |-----------------------|--------|------------------------------------------------------------|
+// | CACHE                 | R2     | the bucket holding narinfos, NARs, listings, logs, …       |
+// | PRIORITY              | var    | `Priority` in /nix-cache-info (integer, default 50)         |
+// | TRUSTED_PUBLIC_KEYS   | var    | space-separated `name:base64` keys; when non-empty an      |
+// |                       |        | uploaded narinfo needs a valid signature by one of them    |
+// | UPSTREAM_CACHES       | var    | space-separated http(s) cache URLs; a narinfo may reference |
+// |                       |        | paths they serve without those being in this cache         |
+// | MAX_NAR_UPLOAD_BYTES  | var    | optional: largest NAR PUT body (default 100 MiB, the free   |
+// |                       |        | plan's request limit; raise it on a plan that allows more) |
+// | WRITE_TOKEN           | secret | a token that may upload                                    |
+// | WRITE_TOKEN_<ANY>     | secret | more upload tokens, each revocable alone                   |
+// | READ_TOKEN            | secret | optional: reads need it (or a write token), except         |
+// |                       |        | /nix-cache-info                                            |
+// | SIGNING_KEY           | secret | optional Nix secret key; the Worker signs what it stores   |
+//
+// Token values are trimmed (a secret piped in with `echo` ends in a newline); empty
+// values count as unset.
+
+import { parsePublicKey, parseSecretKey, type PublicKey, type SecretKey } from "./nix/signature.ts";
+import { fail } from "./errors.ts";
+
+/** The Env the Worker runs with: generated bindings and vars, secrets (src/secrets.d.ts). */
+export type WorkerEnv = Env & { MAX_NAR_UPLOAD_BYTES?: string };
+
+/**
+ * Default priority. Nix asks substituters in ascending priority and cache.nixos.org
+ * announces 40, so 50 lets the official CDN serve everything it has and only this
+ * cache's own paths come from here (fewer Worker requests on the free plan).
+ */
+export const DEFAULT_PRIORITY = 50;
+
+/**
+ * Default upper bound for one NAR PUT: Cloudflare's Free and Pro plans reject request
+ * bodies above 100 MB before the Worker runs, so a larger default would only promise
+ * what the edge refuses. Larger paths go through the uploader (multipart).
+ */
+export const DEFAULT_MAX_NAR_UPLOAD_BYTES = 100 * 1024 * 1024;
+
+/** Prefix of the open-ended family of write-token secrets. */
+const WRITE_TOKEN_PREFIX = "WRITE_TOKEN_";
+
+export interface Settings {
+  /** `Priority` announced in /nix-cache-info. */
+  priority: number;
+  /** Keys of which a narinfo upload needs a valid signature; empty: none needed. */
+  trustedKeys: PublicKey[];
+  /** Base URLs (no trailing slash) of caches whose paths count as present. */
+  upstreams: string[];
+  /** Every accepted write token (at least one). */
+  writeTokens: string[];
+  /** Token needed for reads, or null for a public cache. */
+  readToken: string | null;
+  /** Key the Worker signs stored narinfos with, or null. */
+  signingKey: SecretKey | null;
+  /** Largest accepted NAR PUT body in bytes. */
+  maxNarUploadBytes: number;
+}
+
+const parsed = new WeakMap<object, Settings>();
+
+/** Settings for this Env (cached per Env object); throws `misconfigured` naming the setting. */
+export function settingsOf(env: WorkerEnv): Settings {
+  let settings = parsed.get(env);
+  if (settings === undefined) {
+    settings = parseSettings(env);
+    parsed.set(env, settings);
+  }
+  return settings;
+}
+
+function words(value: string | undefined): string[] {
+  return (value ?? "").split(/\s+/).filter((w) => w !== "");
+}
+
+function secret(value: string | undefined): string | null {
+  const trimmed = (value ?? "").trim();
+  return trimmed === "" ? null : trimmed;
+}
+
+function parsePriority(value: string | undefined): number {
+  const text = (value ?? "").trim();
+  if (text === "") return DEFAULT_PRIORITY;
+  // Nix reads the value with std::stoi, so anything but a plain integer breaks clients.
+  if (!/^-?\d{1,9}$/.test(text)) throw fail("misconfigured", "PRIORITY must be an integer (e.g. 50)");
+  return Number(text);
+}
+
+function parseTrustedKeys(value: string | undefined): PublicKey[] {
+  return words(value).map((word, i) => {
+    try {
+      return parsePublicKey(word);
+    } catch {
+      throw fail("misconfigured", `TRUSTED_PUBLIC_KEYS entry ${i + 1} is not a Nix public key (name:base64 of 32 bytes)`);
+    }
+  });
+}
+
+function parseUpstreams(value: string | undefined): string[] {
+  return words(value).map((word, i) => {
+    let url: URL;
+    try {
+      url = new URL(word);
+    } catch {
+      throw fail("misconfigured", `UPSTREAM_CACHES entry ${i + 1} is not a URL`);
+    }
+    if (url.protocol !== "https:" && url.protocol !== "http:") {
+      throw fail("misconfigured", `UPSTREAM_CACHES entry ${i + 1} must be an http(s) URL`);
+    }
+    if (url.search !== "" || url.hash !== "") {
+      throw fail("misconfigured", `UPSTREAM_CACHES entry ${i + 1} must not have a query or fragment`);
+    }
+    return url.href.replace(/\/+$/, "");
+  });
+}
+
+function parseWriteTokens(env: WorkerEnv): string[] {
+  const tokens: string[] = [];
+  for (const [name, value] of Object.entries(env)) {
+    if (name !== "WRITE_TOKEN" && !name.startsWith(WRITE_TOKEN_PREFIX)) continue;
+    const token = typeof value === "string" ? secret(value) : null;
+    if (token !== null) tokens.push(token);
+  }
+  if (tokens.length === 0) {
+    throw fail("misconfigured", "no write token is configured: set WRITE_TOKEN (wrangler secret put WRITE_TOKEN)");
+  }
+  return tokens;
+}
+
+function parseSigningKey(value: string | undefined): SecretKey | null {
+  const text = secret(value);
+  if (text === null) return null;
+  try {
+    return parseSecretKey(text);
+  } catch {
+    // Never echo the value: it is a secret.
+    throw fail("misconfigured", "SIGNING_KEY is not a Nix secret key (name:base64 of 64 bytes)");
+  }
+}
+
+function parseMaxNarUploadBytes(value: string | undefined): number {
+  const text = (value ?? "").trim();
+  if (text === "") return DEFAULT_MAX_NAR_UPLOAD_BYTES;
+  if (!/^[1-9]\d{0,15}$/.test(text)) throw fail("misconfigured", "MAX_NAR_UPLOAD_BYTES must be a positive integer");
+  return Number(text);
+}
+
+function parseSettings(env: WorkerEnv): Settings {
+  return {
+    priority: parsePriority(env.PRIORITY),
+    trustedKeys: parseTrustedKeys(env.TRUSTED_PUBLIC_KEYS),
+    upstreams: parseUpstreams(env.UPSTREAM_CACHES),
+    writeTokens: parseWriteTokens(env),
+    readToken: secret(env.READ_TOKEN),
+    signingKey: parseSigningKey(env.SIGNING_KEY),
+    maxNarUploadBytes: parseMaxNarUploadBytes(env.MAX_NAR_UPLOAD_BYTES),
+  };
+}

@@ -1,0 +1,83 @@
+// How each kind of stored object is presented over HTTP: its Content-Type and how long
+// browsers, proxies and the edge may cache it. Nix ignores both headers; they matter to
+// the caches between Nix and the Worker (and to the Worker's own edge cache, whose TTL
+// comes from s-maxage).
+
+import type { ObjectKind } from "../storage/keys.ts";
+
+export const CONTENT_TYPE = {
+  cacheInfo: "text/x-nix-cache-info",
+  narinfo: "text/x-nix-narinfo",
+  nar: "application/x-nix-nar",
+  json: "application/json",
+  log: "text/plain; charset=utf-8",
+} as const;
+
+/** Content-Type served for each kind of object. */
+export function contentTypeOf(kind: ObjectKind): string {
+  switch (kind) {
+    case "narinfo":
+      return CONTENT_TYPE.narinfo;
+    case "nar":
+      return CONTENT_TYPE.nar;
+    case "log":
+      return CONTENT_TYPE.log;
+    case "listing":
+    case "realisation":
+    case "build-trace":
+    case "debuginfo":
+      return CONTENT_TYPE.json;
+  }
+}
+
+/** A year: the conventional "forever" for immutable responses. */
+const ONE_YEAR_SECONDS = 365 * 24 * 3600;
+/**
+ * Shared caches (the edge included) keep a NAR a day at most. Its bytes can never change
+ * (the name is their sha256, which R2 checks on upload), so the only staleness is serving
+ * a NAR that retention deleted, which is harmless and bounded by this.
+ */
+const NAR_SHARED_SECONDS = 24 * 3600;
+/**
+ * narinfos change when signatures are merged and disappear when retention deletes a path:
+ * private caches may keep one 5 minutes, shared caches (the edge) one minute.
+ */
+const NARINFO_PRIVATE_SECONDS = 300;
+const NARINFO_SHARED_SECONDS = 60;
+/** Listings, logs, realisations and debuginfo links can be re-uploaded: 5 minutes. */
+const DOCUMENT_SECONDS = 300;
+/** nix-cache-info changes only with the deployment's settings; Nix caches it 7 days anyway. */
+const CACHE_INFO_SECONDS = 3600;
+
+/**
+ * Absent objects must not be remembered anywhere: the typical miss is `nix copy` asking
+ * for a narinfo it is about to upload, and Nix itself already caches misses for an hour.
+ */
+export const NOT_FOUND_CACHE_CONTROL = "no-store";
+
+/**
+ * Cache-Control for a stored object. A private cache (READ_TOKEN set) says `private`, so
+ * no shared cache stores a response that needed credentials.
+ */
+export function cacheControlOf(kind: ObjectKind, isPrivate: boolean): string {
+  const scope = isPrivate ? "private" : "public";
+  switch (kind) {
+    case "nar":
+      return isPrivate
+        ? `private, max-age=${ONE_YEAR_SECONDS}, immutable`
+        : `public, max-age=${ONE_YEAR_SECONDS}, s-maxage=${NAR_SHARED_SECONDS}, immutable`;
+    case "narinfo":
+      return isPrivate
+        ? `private, max-age=${NARINFO_PRIVATE_SECONDS}`
+        : `public, max-age=${NARINFO_PRIVATE_SECONDS}, s-maxage=${NARINFO_SHARED_SECONDS}`;
+    case "listing":
+    case "log":
+    case "realisation":
+    case "build-trace":
+    case "debuginfo":
+      return `${scope}, max-age=${DOCUMENT_SECONDS}`;
+  }
+}
+
+/** Cache-Control for /nix-cache-info (always public: it reveals nothing but the settings). */
+export const CACHE_INFO_CACHE_CONTROL = `public, max-age=${CACHE_INFO_SECONDS}`;

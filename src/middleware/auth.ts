@@ -1,0 +1,94 @@
+// Token authentication for reads (when READ_TOKEN is set) and writes (always).
+//
+//   Authorization: Bearer <token>
+//   Authorization: Basic base64(<any user>:<token>)     what Nix sends from a netrc file
+//
+// Every WRITE_TOKEN / WRITE_TOKEN_<name> secret is a valid write token, so one leaked CI
+// token can be revoked alone. Reads accept READ_TOKEN or any write token (`nix copy`
+// reads narinfos with the same netrc credentials it uploads with). Comparison hashes both
+// sides with SHA-256 and compares the digests with a loop that never exits early, against
+// every configured token, so timing reveals neither a token's prefix nor which matched.
+// Missing, malformed or wrong credentials all get the same 401 with a Basic challenge.
+
+import type { MiddlewareHandler } from "hono";
+import { fromBase64 } from "../nix/encoding.ts";
+import { settingsOf, type Settings, type WorkerEnv } from "../env.ts";
+import { fail } from "../errors.ts";
+
+type Access = "read" | "write";
+
+const UTF8_STRICT = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+const ENCODER = new TextEncoder();
+
+/** The token carried by an Authorization header; null when absent or malformed. */
+export function presentedToken(header: string | null | undefined): string | null {
+  if (header === null || header === undefined) return null;
+  const m = /^([A-Za-z]+) +(\S+) *$/.exec(header);
+  if (m === null) return null;
+  const scheme = m[1]!.toLowerCase();
+  const value = m[2]!;
+  if (scheme === "bearer") return value;
+  if (scheme !== "basic") return null;
+  let decoded: string;
+  try {
+    decoded = UTF8_STRICT.decode(fromBase64(value));
+  } catch {
+    return null;
+  }
+  const colon = decoded.indexOf(":");
+  if (colon < 0) return null;
+  const password = decoded.slice(colon + 1);
+  return password === "" ? null : password;
+}
+
+async function digest(s: string): Promise<Uint8Array> {
+  return new Uint8Array(await crypto.subtle.digest("SHA-256", ENCODER.encode(s)));
+}
+
+/** True when `token` equals one of `valid`; constant time in the token's content. */
+export async function tokenMatches(token: string, valid: readonly string[]): Promise<boolean> {
+  const presented = await digest(token);
+  let matched = 0;
+  for (const candidate of valid) {
+    const expected = await digest(candidate);
+    let diff = 0;
+    for (let i = 0; i < expected.length; i++) diff |= expected[i]! ^ presented[i]!;
+    // (diff - 1) >>> 31 is 1 exactly when diff is 0, without a data-dependent branch.
+    matched |= (diff - 1) >>> 31;
+  }
+  return matched === 1;
+}
+
+function tokensFor(access: Access, settings: Settings): string[] | null {
+  if (access === "write") return settings.writeTokens;
+  if (settings.readToken === null) return null; // a public cache: reads need nothing
+  return [settings.readToken, ...settings.writeTokens];
+}
+
+/** Throws `unauthorized` unless the request may perform `access`. */
+export async function authorise(request: Request, env: WorkerEnv, access: Access): Promise<void> {
+  const valid = tokensFor(access, settingsOf(env));
+  if (valid === null) return;
+  const token = presentedToken(request.headers.get("Authorization"));
+  if (token === null) {
+    throw fail("unauthorized", `${access === "write" ? "uploads" : "reads"} need a token: Authorization: Bearer <token>, or HTTP Basic with the token as password (a netrc entry for Nix)`);
+  }
+  if (!(await tokenMatches(token, valid))) throw fail("unauthorized", "the token is not valid for this cache");
+}
+
+/** Middleware: the request needs a write token. */
+export const requireWrite: MiddlewareHandler<{ Bindings: WorkerEnv }> = async (c, next) => {
+  await authorise(c.req.raw, c.env, "write");
+  await next();
+};
+
+/** Middleware: the request needs a read token when the cache is private. */
+export const requireRead: MiddlewareHandler<{ Bindings: WorkerEnv }> = async (c, next) => {
+  await authorise(c.req.raw, c.env, "read");
+  await next();
+};
+
+/** True when responses to reads may be cached by shared caches (no READ_TOKEN). */
+export function isPublicCache(env: WorkerEnv): boolean {
+  return settingsOf(env).readToken === null;
+}

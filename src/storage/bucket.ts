@@ -1,0 +1,128 @@
+// The only code that touches the R2 binding. Reads return null for absent objects;
+// writes stream request bodies straight into R2 and turn R2's verdicts on bad bodies
+// into 400s. Any other R2 failure becomes `storage_unavailable` (503), never an
+// exception text in a response.
+//
+// What local R2 (workerd 1.2026-11) throws, found by experiment (test/worker/storage.test.ts):
+//   sha256 mismatch     Error "put: The SHA-256 checksum you specified did not match what we
+//                       received. … (10037)"; nothing is stored
+//   body shorter than   TypeError "FixedLengthStream did not see all expected bytes before
+//   its length          close()"; nothing is stored
+//   body longer         TypeError "Attempt to write too many bytes through a FixedLengthStream."
+//   unknown length      TypeError "Provided readable stream must have a known length …"
+
+import { fail } from "../errors.ts";
+import { mapConcurrent } from "../concurrency.ts";
+
+/**
+ * Parallel R2 operations per request. Workers allow 6 simultaneous open connections per
+ * request and R2 calls count toward them; more would only queue.
+ */
+export const R2_CONCURRENCY = 6;
+
+function unavailable(err: unknown): never {
+  console.error("R2 operation failed", err);
+  throw fail("storage_unavailable", "the storage backend failed; try again shortly");
+}
+
+/** Metadata of an object, or null when absent. */
+export async function headObject(bucket: R2Bucket, key: string): Promise<R2Object | null> {
+  try {
+    return await bucket.head(key);
+  } catch (err) {
+    return unavailable(err);
+  }
+}
+
+/** An object with its body stream (or a byte range of it), or null when absent. */
+export async function getObject(bucket: R2Bucket, key: string, range?: { offset: number; length: number }): Promise<R2ObjectBody | null> {
+  try {
+    return await bucket.get(key, range === undefined ? undefined : { range });
+  } catch (err) {
+    return unavailable(err);
+  }
+}
+
+/** A small text object with its etag, or null when absent. */
+export async function getText(bucket: R2Bucket, key: string): Promise<{ text: string; etag: string } | null> {
+  const obj = await getObject(bucket, key);
+  if (obj === null) return null;
+  try {
+    return { text: await obj.text(), etag: obj.etag };
+  } catch (err) {
+    return unavailable(err);
+  }
+}
+
+/** For each key, whether an object exists; at most R2_CONCURRENCY requests at a time. */
+export async function existsMany(bucket: R2Bucket, keys: readonly string[]): Promise<boolean[]> {
+  return mapConcurrent(keys, R2_CONCURRENCY, async (key) => (await headObject(bucket, key)) !== null);
+}
+
+export interface StreamPut {
+  /** Exact number of bytes the body must have (the request's Content-Length). */
+  length: number;
+  /** Expected SHA-256 as 64 hex digits; R2 refuses to store anything else. */
+  sha256Hex?: string;
+  contentType: string;
+  contentEncoding?: string;
+}
+
+const LENGTH_MISMATCH = /FixedLengthStream|expected bytes|too many bytes|known length|disconnected|connection/i;
+const CHECKSUM_MISMATCH = /checksum|\(10037\)/i;
+
+/**
+ * Streams `body` into R2 under `key` without buffering it. The body goes through a
+ * FixedLengthStream of `length` bytes: R2 needs a known length (TOOLCHAIN G7), and a body
+ * that is shorter or longer than announced fails instead of being stored truncated.
+ * With `sha256Hex`, R2 verifies the digest and stores nothing on a mismatch.
+ */
+export async function putStream(bucket: R2Bucket, key: string, body: ReadableStream<Uint8Array> | null, put: StreamPut): Promise<void> {
+  const fixed = new FixedLengthStream(put.length);
+  let pipeFailed = false;
+  const piping = (body ?? new Response(new Uint8Array(0)).body!).pipeTo(fixed.writable).catch(() => {
+    pipeFailed = true;
+  });
+  try {
+    await bucket.put(key, fixed.readable, {
+      ...(put.sha256Hex === undefined ? {} : { sha256: put.sha256Hex }),
+      httpMetadata: {
+        contentType: put.contentType,
+        ...(put.contentEncoding === undefined ? {} : { contentEncoding: put.contentEncoding }),
+      },
+    });
+  } catch (err) {
+    const message = err instanceof Error ? err.message : String(err);
+    if (CHECKSUM_MISMATCH.test(message)) {
+      throw fail("bad_request", "the body's sha256 does not match the hash in its name; nothing was stored");
+    }
+    if (pipeFailed || LENGTH_MISMATCH.test(message)) {
+      throw fail("bad_request", `the body did not have exactly its Content-Length of ${put.length} bytes; nothing was stored`);
+    }
+    return unavailable(err);
+  }
+  await piping;
+}
+
+/**
+ * Stores a small document. With `ifAbsent` or `ifEtag` the write is conditional and
+ * returns false when the condition failed (someone else wrote the key meanwhile).
+ */
+export async function putDocument(
+  bucket: R2Bucket,
+  key: string,
+  body: string | Uint8Array,
+  opts: { contentType: string; ifAbsent?: boolean; ifEtag?: string },
+): Promise<boolean> {
+  const onlyIf: R2Conditional | undefined =
+    opts.ifEtag !== undefined ? { etagMatches: opts.ifEtag } : opts.ifAbsent === true ? { etagDoesNotMatch: "*" } : undefined;
+  try {
+    const result = await bucket.put(key, body, {
+      httpMetadata: { contentType: opts.contentType },
+      ...(onlyIf === undefined ? {} : { onlyIf }),
+    });
+    return result !== null;
+  } catch (err) {
+    return unavailable(err);
+  }
+}

@@ -1,0 +1,129 @@
+// The R2 key layout, in one place, and the mapping from request paths to keys.
+//
+//   <hash32>.narinfo                        narinfo of the store path with that hash part
+//   nar/<filehash52>.nar[.zst|.xz|.bz2|.br|.lz4|.lzip]   (compressed) NAR, named by its sha256
+//   <hash32>.ls                             JSON listing of a NAR (write-nar-listing)
+//   log/<drv base name>                     build log (`nix store copy-log`, `nix log`)
+//   realisations/sha256:<64 hex>!<output>.doi          CA realisation, Nix <= 2.34
+//   build-trace-v2/<drv base name>/<output>.doi         CA realisation, Nix >= 2.35
+//   debuginfo/<40 hex build id>             dwarffs debug info link (index-debug-info)
+//
+// A request path maps to a key only if it matches one of these shapes exactly (PROTOCOL §7
+// regexes), so no request can name any other key: traversal (`..`), encoded slashes,
+// foreign prefixes and stray characters all give null. Lookups return null; the route
+// decides whether that is a 404 (reads) or a 400 (writes).
+
+import { NIX32_ALPHABET } from "../nix/nix32.ts";
+import { parseStorePathBaseName } from "../nix/store-path.ts";
+
+export type ObjectKind = "narinfo" | "nar" | "listing" | "log" | "realisation" | "build-trace" | "debuginfo";
+
+/** An R2 key together with what kind of object lives there. */
+export interface ObjectKey {
+  kind: ObjectKind;
+  key: string;
+}
+
+/** A NAR file name split into its parts. */
+export interface NarFileName {
+  /** The 52-char nix32 sha256 of the file (its FileHash). */
+  fileHash: string;
+  /** "" or the compression extension including its dot, e.g. ".zst". */
+  extension: string;
+}
+
+/** Compression extensions Nix's uploader appends to NAR file names (PROTOCOL §3.4). */
+export const NAR_EXTENSIONS = [".xz", ".bz2", ".zst", ".br", ".lz4", ".lzip"] as const;
+
+/** Prefix under which NAR files live; a narinfo's URL is `nar/<file>`. */
+export const NAR_PREFIX = "nar/";
+
+const N32 = `[${NIX32_ALPHABET}]`;
+const NAR_FILE = new RegExp(`^(${N32}{52})\\.nar(${NAR_EXTENSIONS.map((e) => e.replace(".", "\\.")).join("|")})?$`);
+const NARINFO_FILE = new RegExp(`^(${N32}{32})\\.narinfo$`);
+const LISTING_FILE = new RegExp(`^(${N32}{32})\\.ls$`);
+// Derivation output names follow the store path name rules (they end up in path names).
+const OUTPUT_NAME = /^(?!\.\.?(-|$))[0-9A-Za-z+\-._?=]{1,211}$/;
+const REALISATION_ID = /^sha256:[0-9a-f]{64}!(.+)\.doi$/;
+const BUILD_ID = /^[0-9a-f]{40}$/;
+
+/** `<hash32>.narinfo`. */
+export function narInfoKey(hashPart: string): string {
+  return `${hashPart}.narinfo`;
+}
+
+/** `nar/<file>`. */
+export function narKey(fileName: string): string {
+  return NAR_PREFIX + fileName;
+}
+
+/** Splits `<filehash52>.nar[.ext]`; null for any other name. */
+export function parseNarFileName(fileName: string): NarFileName | null {
+  const m = NAR_FILE.exec(fileName);
+  if (m === null) return null;
+  return { fileHash: m[1]!, extension: m[2] ?? "" };
+}
+
+/** The hash part of a `<hash32>.narinfo` file name; null for anything else. */
+export function parseNarInfoFileName(fileName: string): string | null {
+  return NARINFO_FILE.exec(fileName)?.[1] ?? null;
+}
+
+function isDrvBaseName(s: string): boolean {
+  return s.endsWith(".drv") && parseStorePathBaseName(s) !== null;
+}
+
+/** Classifies an R2 key; null unless it has one of the layout's shapes. */
+export function classifyKey(key: string): ObjectKey | null {
+  if (NARINFO_FILE.test(key)) return { kind: "narinfo", key };
+  if (LISTING_FILE.test(key)) return { kind: "listing", key };
+  const slash = key.indexOf("/");
+  if (slash < 0) return null;
+  const prefix = key.slice(0, slash);
+  const rest = key.slice(slash + 1);
+  switch (prefix) {
+    case "nar":
+      return parseNarFileName(rest) !== null ? { kind: "nar", key } : null;
+    case "log":
+      return isDrvBaseName(rest) ? { kind: "log", key } : null;
+    case "realisations": {
+      const output = REALISATION_ID.exec(rest)?.[1];
+      return output !== undefined && OUTPUT_NAME.test(output) ? { kind: "realisation", key } : null;
+    }
+    case "build-trace-v2": {
+      const parts = rest.split("/");
+      if (parts.length !== 2) return null;
+      const [drv, file] = parts as [string, string];
+      if (!isDrvBaseName(drv) || !file.endsWith(".doi")) return null;
+      return OUTPUT_NAME.test(file.slice(0, -".doi".length)) ? { kind: "build-trace", key } : null;
+    }
+    case "debuginfo":
+      return BUILD_ID.test(rest) ? { kind: "debuginfo", key } : null;
+    default:
+      return null;
+  }
+}
+
+/** Kinds whose keys can contain `?` (store path and output names may): the query is part of the key. */
+const QUERY_IN_KEY: ReadonlySet<string> = new Set(["log", "realisations", "build-trace-v2"]);
+
+/**
+ * The object a request URL names, or null. Takes the path after the origin (percent-decoded,
+ * then validated, so `%2F` or `%2e%2e` cannot smuggle a slash or dot segment into a key). For
+ * logs and realisations the query string belongs to the key, because Nix does not encode
+ * the `?` that store path names may contain; elsewhere the query is ignored.
+ */
+export function keyFromUrl(url: URL): ObjectKey | null {
+  const path = url.pathname;
+  if (!path.startsWith("/")) return null;
+  const prefix = path.slice(1).split("/", 1)[0]!;
+  // url.search drops a lone trailing "?"; the serialised href keeps it.
+  const raw = QUERY_IN_KEY.has(prefix) ? url.href.slice(url.origin.length).replace(/#.*$/, "") : path;
+  let decoded: string;
+  try {
+    decoded = decodeURIComponent(raw.slice(1));
+  } catch {
+    return null;
+  }
+  return classifyKey(decoded);
+}
