@@ -1,0 +1,275 @@
+// The NAR (Nix ARchive) format: primitives and a streaming writer (PROTOCOL §1).
+//
+//   nar   = str("nix-archive-1") node
+//   node  = str("(") str("type") body str(")")
+//   body  = str("regular") [ str("executable") str("") ] str("contents") str(contents)
+//         | str("symlink") str("target") str(target)
+//         | str("directory") { entry }
+//   entry = str("entry") str("(") str("name") str(name) str("node") node str(")")
+//   str(s) = u64le(len(s)) s zero-padding-to-8
+//
+// Directory entries are sorted by the raw bytes of their names (not JavaScript string
+// order) and must be unique; names may not be empty, ".", "..", or contain "/" or NUL.
+// The writer is runtime-neutral: the uploader supplies a NarSource over the file system,
+// tests build one from an in-memory NarTree. The reader/validator is in nar-reader.ts.
+
+import { compareBytes, concatBytes, utf8 } from "./encoding.ts";
+import { NarError } from "./errors.ts";
+
+export const NAR_MAGIC = "nix-archive-1";
+/** Nix (2.35+) refuses to dump or parse nesting of this many directory levels or more. */
+export const NAR_MAX_DEPTH = 64;
+/** Longest entry name Nix (2.35+) accepts: NAME_MAX on the file systems Nix supports. */
+export const NAR_MAX_NAME_LENGTH = 255;
+/** Longest symlink target Nix (2.35+) accepts: PATH_MAX (4096) minus the terminating NUL. */
+export const NAR_MAX_TARGET_LENGTH = 4095;
+/** Longest tag Nix (2.35+) reads; every keyword is at most 13 bytes ("nix-archive-1"). */
+export const NAR_MAX_TAG_LENGTH = 32;
+/**
+ * Size of the chunks the writer yields for the small tokens and small files it coalesces:
+ * large enough that hashing/compressing/uploading consumers see few calls per megabyte,
+ * small enough to stay cache-friendly (and equal to Node's default stream buffer).
+ */
+export const NAR_WRITER_CHUNK_BYTES = 64 * 1024;
+/**
+ * File-content chunks at least this long are yielded as they come (after flushing what is
+ * buffered) instead of being copied: copying big chunks costs more than an extra yield.
+ */
+export const NAR_PASS_THROUGH_BYTES = 16 * 1024;
+
+export type NarSource =
+  | {
+      type: "regular";
+      executable: boolean;
+      /** Byte length of the contents; written before them, so it must be known up front. */
+      size: number;
+      /** Yields exactly `size` bytes; chunks are passed on, so they must not be reused. */
+      contents: () => AsyncIterable<Uint8Array> | Iterable<Uint8Array>;
+    }
+  | { type: "symlink"; target: Uint8Array }
+  | {
+      type: "directory";
+      /** Entries in any order; the writer sorts them. */
+      entries: () =>
+        | Promise<Array<{ name: Uint8Array; node: NarSource }>>
+        | Array<{ name: Uint8Array; node: NarSource }>;
+    };
+
+/** An in-memory file system object (tests, small NARs); names and targets as UTF-8 strings. */
+export type NarTree =
+  | { type: "regular"; executable?: boolean; contents: Uint8Array }
+  | { type: "symlink"; target: string }
+  | { type: "directory"; entries: Record<string, NarTree> };
+
+/** Zero bytes after a string of `length` bytes, up to the next multiple of 8. */
+export function narPadding(length: number): number {
+  return (8 - (length % 8)) % 8;
+}
+
+/** u64 little-endian; exact for every safe integer (sizes up to 2^53 − 1). */
+export function encodeU64(n: number): Uint8Array {
+  if (!Number.isSafeInteger(n) || n < 0) throw new RangeError(`${n} is not a NAR u64`);
+  const out = new Uint8Array(8);
+  writeU64(out, 0, n);
+  return out;
+}
+
+function writeU64(buf: Uint8Array, at: number, n: number): void {
+  const lo = n % 0x1_0000_0000;
+  const hi = (n - lo) / 0x1_0000_0000;
+  buf[at] = lo & 0xff;
+  buf[at + 1] = (lo >>> 8) & 0xff;
+  buf[at + 2] = (lo >>> 16) & 0xff;
+  buf[at + 3] = lo >>> 24;
+  buf[at + 4] = hi & 0xff;
+  buf[at + 5] = (hi >>> 8) & 0xff;
+  buf[at + 6] = (hi >>> 16) & 0xff;
+  buf[at + 7] = hi >>> 24;
+}
+
+/** str(s): length, bytes, zero padding to 8. */
+export function encodeNarString(s: Uint8Array | string): Uint8Array {
+  const bytes = typeof s === "string" ? utf8(s) : s;
+  const out = new Uint8Array(8 + bytes.length + narPadding(bytes.length));
+  writeU64(out, 0, bytes.length);
+  out.set(bytes, 8);
+  return out;
+}
+
+const DOT = 0x2e;
+const SLASH = 0x2f;
+
+/** Why `name` cannot be a NAR entry name, or null if it can. */
+export function narEntryNameProblem(name: Uint8Array): string | null {
+  if (name.length === 0) return "empty entry name";
+  if (name.length > NAR_MAX_NAME_LENGTH) return `entry name longer than ${NAR_MAX_NAME_LENGTH} bytes`;
+  if (name[0] === DOT && (name.length === 1 || (name.length === 2 && name[1] === DOT))) return `entry name "${name.length === 1 ? "." : ".."}"`;
+  if (name.includes(SLASH)) return 'entry name contains "/"';
+  if (name.includes(0)) return "entry name contains NUL";
+  return null;
+}
+
+/** Why `target` cannot be a symlink target (Nix 2.35+ rules), or null if it can. */
+export function narSymlinkTargetProblem(target: Uint8Array): string | null {
+  if (target.length === 0) return "empty symlink target";
+  if (target.length > NAR_MAX_TARGET_LENGTH) return `symlink target longer than ${NAR_MAX_TARGET_LENGTH} bytes`;
+  if (target.includes(0)) return "symlink target contains NUL";
+  return null;
+}
+
+// Token sequences the writer emits, pre-encoded once.
+const seq = (...tokens: string[]): Uint8Array => concatBytes(tokens.map((t) => encodeNarString(t)));
+const T_MAGIC = seq(NAR_MAGIC);
+const T_REGULAR = seq("(", "type", "regular");
+const T_EXECUTABLE_CONTENTS = seq("executable", "", "contents");
+const T_CONTENTS = seq("contents");
+const T_SYMLINK = seq("(", "type", "symlink", "target");
+const T_DIRECTORY = seq("(", "type", "directory");
+const T_ENTRY_NAME = seq("entry", "(", "name");
+const T_NODE = seq("node");
+const T_CLOSE = seq(")");
+const ZEROS = new Uint8Array(8);
+// Names only appear in error messages; invalid UTF-8 shows as U+FFFD there.
+const NAME_DECODER = new TextDecoder("utf-8", { fatal: false, ignoreBOM: true });
+
+// Accumulates small writes into NAR_WRITER_CHUNK_BYTES buffers. A full buffer is handed
+// out (and never touched again) when the next write does not fit.
+class ChunkBuffer {
+  private buf = new Uint8Array(NAR_WRITER_CHUNK_BYTES);
+  private pos = 0;
+  /** NAR bytes produced so far, buffered ones included. */
+  offset = 0;
+
+  /** Appends `bytes` (at most one chunk long); returns the previous chunk if it was full. */
+  put(bytes: Uint8Array): Uint8Array | null {
+    let full: Uint8Array | null = null;
+    if (this.pos + bytes.length > this.buf.length) full = this.take();
+    this.buf.set(bytes, this.pos);
+    this.pos += bytes.length;
+    this.offset += bytes.length;
+    return full;
+  }
+
+  /** Appends a u64 (for file sizes). */
+  putU64(n: number): Uint8Array | null {
+    let full: Uint8Array | null = null;
+    if (this.pos + 8 > this.buf.length) full = this.take();
+    writeU64(this.buf, this.pos, n);
+    this.pos += 8;
+    this.offset += 8;
+    return full;
+  }
+
+  /** Counts bytes emitted around the buffer (passed-through file data). */
+  skip(n: number): void {
+    this.offset += n;
+  }
+
+  get buffered(): number {
+    return this.pos;
+  }
+
+  /** Hands out the buffered bytes and starts a fresh buffer. */
+  take(): Uint8Array {
+    const out = this.buf.subarray(0, this.pos);
+    this.buf = new Uint8Array(NAR_WRITER_CHUNK_BYTES);
+    this.pos = 0;
+    return out;
+  }
+}
+
+/**
+ * Serialises a NarSource as a stream of NAR chunks, byte-identical to `nix-store --dump`.
+ * Throws NarError (offset = NAR bytes produced so far) for invalid or duplicate names,
+ * nesting of NAR_MAX_DEPTH levels, invalid symlink targets, a bad size, or a regular file
+ * whose contents do not yield exactly `size` bytes.
+ */
+export async function* writeNar(root: NarSource): AsyncGenerator<Uint8Array> {
+  const out = new ChunkBuffer();
+  out.put(T_MAGIC);
+  yield* writeNode(out, root, 0, "");
+  if (out.buffered > 0) yield out.take();
+}
+
+async function* writeNode(out: ChunkBuffer, node: NarSource, depth: number, path: string): AsyncGenerator<Uint8Array> {
+  const where = path === "" ? "the root" : JSON.stringify(path);
+  if (depth >= NAR_MAX_DEPTH) throw new NarError(out.offset, `${where} is nested ${depth} levels deep; Nix refuses ${NAR_MAX_DEPTH} or more`);
+  let full: Uint8Array | null;
+  switch (node.type) {
+    case "regular": {
+      const { size } = node;
+      if (!Number.isSafeInteger(size) || size < 0) throw new NarError(out.offset, `${where}: invalid file size ${size}`);
+      if ((full = out.put(T_REGULAR))) yield full;
+      if ((full = out.put(node.executable ? T_EXECUTABLE_CONTENTS : T_CONTENTS))) yield full;
+      if ((full = out.putU64(size))) yield full;
+      let written = 0;
+      for await (const chunk of node.contents()) {
+        written += chunk.length;
+        if (written > size) throw new NarError(out.offset, `${where}: contents yielded more than the ${size} bytes announced`);
+        if (chunk.length >= NAR_PASS_THROUGH_BYTES) {
+          if (out.buffered > 0) yield out.take();
+          out.skip(chunk.length);
+          yield chunk;
+        } else if (chunk.length > 0) {
+          if ((full = out.put(chunk))) yield full;
+        }
+      }
+      if (written !== size) throw new NarError(out.offset, `${where}: contents yielded ${written} bytes, ${size} announced`);
+      if ((full = out.put(ZEROS.subarray(0, narPadding(size))))) yield full;
+      break;
+    }
+    case "symlink": {
+      const problem = narSymlinkTargetProblem(node.target);
+      if (problem !== null) throw new NarError(out.offset, `${where}: ${problem}`);
+      if ((full = out.put(T_SYMLINK))) yield full;
+      if ((full = out.put(encodeNarString(node.target)))) yield full;
+      break;
+    }
+    case "directory": {
+      const entries = [...(await node.entries())].sort((a, b) => compareBytes(a.name, b.name));
+      if ((full = out.put(T_DIRECTORY))) yield full;
+      for (let i = 0; i < entries.length; i++) {
+        const { name, node: child } = entries[i]!;
+        const childPath = `${path}/${NAME_DECODER.decode(name)}`;
+        const problem = narEntryNameProblem(name);
+        if (problem !== null) throw new NarError(out.offset, `${JSON.stringify(childPath)}: ${problem}`);
+        if (i > 0 && compareBytes(entries[i - 1]!.name, name) === 0) {
+          throw new NarError(out.offset, `${JSON.stringify(childPath)}: duplicate entry name`);
+        }
+        if ((full = out.put(T_ENTRY_NAME))) yield full;
+        if ((full = out.put(encodeNarString(name)))) yield full;
+        if ((full = out.put(T_NODE))) yield full;
+        yield* writeNode(out, child, depth + 1, childPath);
+        if ((full = out.put(T_CLOSE))) yield full;
+      }
+      break;
+    }
+    default:
+      throw new NarError(out.offset, `${where}: unknown node type ${JSON.stringify((node as { type: unknown }).type)}`);
+  }
+  if ((full = out.put(T_CLOSE))) yield full;
+}
+
+/** A NarSource over an in-memory tree (names and targets encoded as UTF-8). */
+export function narSourceFromTree(t: NarTree): NarSource {
+  switch (t.type) {
+    case "regular": {
+      const contents = t.contents;
+      return { type: "regular", executable: t.executable ?? false, size: contents.length, contents: () => [contents] };
+    }
+    case "symlink":
+      return { type: "symlink", target: utf8(t.target) };
+    case "directory":
+      return {
+        type: "directory",
+        entries: () => Object.keys(t.entries).map((name) => ({ name: utf8(name), node: narSourceFromTree(t.entries[name]!) })),
+      };
+  }
+}
+
+/** The whole NAR of an in-memory tree. */
+export async function serializeNar(t: NarTree): Promise<Uint8Array> {
+  const chunks: Uint8Array[] = [];
+  for await (const chunk of writeNar(narSourceFromTree(t))) chunks.push(chunk);
+  return concatBytes(chunks);
+}
