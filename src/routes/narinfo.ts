@@ -1,19 +1,34 @@
 // /<hash32>.narinfo: the metadata Nix asks for first for every store path.
 //
-// GET/HEAD stream the stored document. PUT (routes below) validates the document against
-// the cache before storing it; see upload/narinfo-acceptance.ts for the rules.
+// GET/HEAD stream the stored document. PUT parses the body with the core parser, applies
+// the acceptance rules (upload/narinfo-acceptance.ts: StorePath, URL, Compression, the
+// stored NAR, references, signatures) and stores it under the immutability rule
+// (upload/narinfo-store.ts): 201 when stored, 204 when nothing changed or signatures
+// were merged, 409 for a different narinfo of the same path.
 
 import { Hono } from "hono";
-import type { WorkerEnv } from "../env.ts";
+import { NixFormatError } from "../nix/errors.ts";
+import { MAX_NARINFO_LENGTH, parseNarInfo, type NarInfo } from "../nix/narinfo.ts";
+import { settingsOf, type WorkerEnv } from "../env.ts";
 import { fail } from "../errors.ts";
+import { contentEncoding, readText } from "../http/body.ts";
 import { serveObject } from "../http/object-response.ts";
-import { requireRead } from "../middleware/auth.ts";
+import { requireRead, requireWrite } from "../middleware/auth.ts";
+import { edgeInvalidate } from "../storage/edge-cache.ts";
 import { keyFromUrl, type ObjectKey } from "../storage/keys.ts";
+import { acceptNarInfo } from "../upload/narinfo-acceptance.ts";
+import { storeNarInfo } from "../upload/narinfo-store.ts";
 
 export const narinfo = new Hono<{ Bindings: WorkerEnv }>();
 
 /** Route pattern: one path segment ending in .narinfo (the key shape is checked after). */
 const NARINFO_ROUTE = "/:file{[^/]+\\.narinfo}";
+
+/**
+ * Largest narinfo body, in bytes: the core parser's own limit (1 MiB), which fits the
+ * longest narinfos real closures produce (thousands of references).
+ */
+const MAX_NARINFO_BYTES = MAX_NARINFO_LENGTH;
 
 function narInfoKeyOf(request: Request): ObjectKey | null {
   const object = keyFromUrl(new URL(request.url));
@@ -24,4 +39,24 @@ narinfo.get(NARINFO_ROUTE, requireRead, (c) => {
   const object = narInfoKeyOf(c.req.raw);
   if (object === null) throw fail("not_found", "no such narinfo in this cache");
   return serveObject(c.req.raw, c.env, c.executionCtx, object);
+});
+
+narinfo.put(NARINFO_ROUTE, requireWrite, async (c) => {
+  const request = c.req.raw;
+  const object = narInfoKeyOf(request);
+  if (object === null) throw fail("bad_request", "a narinfo is uploaded to /<32-char nix32 hash part>.narinfo");
+  contentEncoding(request, [], "narinfo");
+  const text = await readText(request, MAX_NARINFO_BYTES, "the narinfo");
+  let info: NarInfo;
+  try {
+    info = parseNarInfo(text);
+  } catch (e) {
+    if (e instanceof NixFormatError) throw fail("bad_request", `invalid narinfo: ${e.message}`);
+    throw e;
+  }
+  const hashPart = object.key.slice(0, object.key.length - ".narinfo".length);
+  const accepted = await acceptNarInfo(info, hashPart, c.env.CACHE, settingsOf(c.env));
+  const outcome = await storeNarInfo(c.env.CACHE, object.key, accepted);
+  if (outcome !== "unchanged") await edgeInvalidate(new URL(request.url), object.key);
+  return new Response(null, { status: outcome === "created" ? 201 : 204 });
 });

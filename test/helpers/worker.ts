@@ -9,6 +9,7 @@ import type { WorkerEnv } from "../../src/env.ts";
 import { fromHex, toBase64, utf8 } from "../../src/nix/encoding.ts";
 import { formatSha256, sha256 } from "../../src/nix/hash.ts";
 import { encodeNix32 } from "../../src/nix/nix32.ts";
+import { serializeNar } from "../../src/nix/nar.ts";
 import { formatNarInfo, type NarInfo } from "../../src/nix/narinfo.ts";
 import { parsePublicKey, parseSecretKey, signNarInfo, withSignature, type SecretKey } from "../../src/nix/signature.ts";
 import { TEST_SECOND_WRITE_TOKEN, TEST_WRITE_TOKEN } from "../worker-test-bindings.ts";
@@ -113,9 +114,8 @@ async function gzip(data: Uint8Array): Promise<Uint8Array> {
 }
 
 export interface PathOptions {
-  /** Uncompressed NAR bytes (default: vector `narIndex`). */
+  /** Uncompressed NAR bytes (default: a NAR of a regular file holding a text from the name). */
   nar?: Uint8Array;
-  narIndex?: number;
   references?: readonly TestPath[];
   /** Also list the path itself among its references. */
   selfReference?: boolean;
@@ -128,7 +128,7 @@ export async function testPath(name: string, opts: PathOptions = {}): Promise<Te
   const hash = encodeNix32((await sha256(utf8(`test path ${name}`))).slice(0, 20));
   const baseName = `${hash}-${name}`;
   const storePath = `/nix/store/${baseName}`;
-  const nar = opts.nar ?? NAR_VECTORS[opts.narIndex ?? 0]!.bytes;
+  const nar = opts.nar ?? (await serializeNar({ type: "regular", contents: utf8(`contents of ${name}\n`) }));
   const compression = opts.compression ?? "none";
   const file = compression === "gzip" ? await gzip(nar) : nar;
   const fileDigest = await sha256(file);

@@ -1,0 +1,100 @@
+// Writing an accepted narinfo under the immutability rule:
+//   - nothing stored yet                        → store it (201)
+//   - the stored bytes are the same             → nothing to do (204)
+//   - same path, hashes, sizes, references, URL,
+//     compression, deriver, CA and other fields,
+//     and only signatures differ                → store the union of both Sig sets (204),
+//                                                 which is how `nix store sign` and a second
+//                                                 signer add signatures (PROTOCOL §4.3)
+//   - anything else differs                     → 409 naming the first differing field
+// Writes are conditional on what was read (R2 onlyIf), so two racing uploads cannot both
+// win; the loser re-reads once and is judged against the winner.
+
+import { NixFormatError } from "../nix/errors.ts";
+import { normaliseSha256 } from "../nix/hash.ts";
+import { formatNarInfo, parseNarInfo, type NarInfo } from "../nix/narinfo.ts";
+import { withSignature } from "../nix/signature.ts";
+import { fail } from "../errors.ts";
+import { CONTENT_TYPE } from "../http/representation.ts";
+import { getText, putDocument } from "../storage/bucket.ts";
+
+export type StoreOutcome = "created" | "unchanged" | "merged";
+
+/** Tries after the first lost race before giving up with a 409. */
+const RACE_RETRIES = 1;
+
+function normalisedHash(s: string | undefined): string | undefined {
+  if (s === undefined) return undefined;
+  try {
+    return normaliseSha256(s);
+  } catch (e) {
+    if (e instanceof NixFormatError) return s;
+    throw e;
+  }
+}
+
+/** The fields that must agree for two narinfos to describe the same stored path. */
+function identity(info: NarInfo): Array<[field: string, value: string]> {
+  return [
+    ["StorePath", info.storePath],
+    ["URL", info.url],
+    ["Compression", info.compression ?? "(none)"],
+    ["FileHash", normalisedHash(info.fileHash) ?? "(none)"],
+    ["FileSize", String(info.fileSize ?? "(none)")],
+    ["NarHash", normalisedHash(info.narHash)!],
+    ["NarSize", String(info.narSize)],
+    ["References", info.references.join(" ")],
+    ["Deriver", info.deriver ?? "(none)"],
+    ["System", info.system ?? "(none)"],
+    ["CA", info.ca ?? "(none)"],
+    ["other fields", JSON.stringify(info.extra)],
+  ];
+}
+
+/** The first field on which the two differ (signatures aside), or null. */
+export function differingField(a: NarInfo, b: NarInfo): string | null {
+  const x = identity(a);
+  const y = identity(b);
+  for (let i = 0; i < x.length; i++) if (x[i]![1] !== y[i]![1]) return x[i]![0];
+  return null;
+}
+
+type Decision = { write: false; outcome: StoreOutcome } | { write: true; text: string; outcome: StoreOutcome };
+
+/** What to do given the stored narinfo (null when none) and the accepted upload. */
+export function decide(stored: string | null, incoming: NarInfo): Decision {
+  const text = formatNarInfo(incoming);
+  if (stored === null) return { write: true, text, outcome: "created" };
+  if (stored === text) return { write: false, outcome: "unchanged" };
+  let current: NarInfo;
+  try {
+    current = parseNarInfo(stored);
+  } catch (e) {
+    // Stored before the core's rules got stricter: the valid upload replaces it.
+    if (e instanceof NixFormatError) return { write: true, text, outcome: "merged" };
+    throw e;
+  }
+  const field = differingField(current, incoming);
+  if (field !== null) {
+    throw fail("conflict", `a different narinfo is already stored for ${incoming.storePath} (${field} differs); stored paths are immutable`);
+  }
+  const merged = incoming.sigs.reduce(withSignature, current);
+  const mergedText = formatNarInfo(merged);
+  if (mergedText === stored) return { write: false, outcome: "unchanged" };
+  return { write: true, text: mergedText, outcome: "merged" };
+}
+
+/** Stores `incoming` at `key` following the immutability rule. */
+export async function storeNarInfo(bucket: R2Bucket, key: string, incoming: NarInfo): Promise<StoreOutcome> {
+  for (let attempt = 0; attempt <= RACE_RETRIES; attempt++) {
+    const stored = await getText(bucket, key);
+    const decision = decide(stored?.text ?? null, incoming);
+    if (!decision.write) return decision.outcome;
+    const written = await putDocument(bucket, key, decision.text, {
+      contentType: CONTENT_TYPE.narinfo,
+      ...(stored === null ? { ifAbsent: true } : { ifEtag: stored.etag }),
+    });
+    if (written) return decision.outcome;
+  }
+  throw fail("conflict", "another upload of this narinfo happened at the same time; retry");
+}
