@@ -1,0 +1,83 @@
+#!/usr/bin/env node
+// The `uploader` command: the command table and the error boundary, nothing else.
+// Commands live in commands/*.ts; this is the only place that prints an error and sets
+// the exit code (errors.ts maps each error type to its code).
+import { readFileSync } from "node:fs";
+import { EXIT_INTERNAL, UploaderError, UsageError, exitCodeOf } from "./errors.ts";
+
+interface Command {
+  summary: string;
+  load: () => Promise<{ HELP: string; run: (args: string[]) => Promise<void> }>;
+}
+
+/** Loaded on demand, so `--help` and `keygen` never load the push machinery. */
+const COMMANDS: Record<string, Command> = {
+  push: { summary: "upload store paths and their closures to the cache", load: () => import("./commands/push.ts") },
+  keygen: { summary: "create a signing key pair (Nix's format)", load: () => import("./commands/keygen.ts") },
+};
+
+const HELP = `Usage: uploader <command> [options]
+
+Pushes Nix store paths to a nix-edge-cache binary cache.
+
+Commands:
+${Object.entries(COMMANDS)
+  .map(([name, c]) => `  ${name.padEnd(8)} ${c.summary}`)
+  .join("\n")}
+
+Options:
+  -h, --help     show help (also after a command: uploader push --help)
+  -V, --version  show the version
+
+Example:
+  NIX_CACHE_URL=https://cache.example.org NIX_CACHE_TOKEN=... \\
+    uploader push --secret-key-file cache.example.org-1.secret ./result
+`;
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version?: string };
+  return pkg.version ?? "unknown";
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [first, ...rest] = argv;
+  try {
+    if (first === undefined || first === "-h" || first === "--help" || first === "help") {
+      const topic = first === "help" && rest[0] ? COMMANDS[rest[0]] : undefined;
+      process.stdout.write(topic ? (await topic.load()).HELP : HELP);
+      return 0;
+    }
+    if (first === "-V" || first === "--version") {
+      process.stdout.write(`${version()}\n`);
+      return 0;
+    }
+    const command = COMMANDS[first];
+    if (!command) {
+      throw new UsageError(
+        first.startsWith("-") ? `unknown option "${first}" (a command comes first)` : `unknown command "${first}"`,
+        `commands: ${Object.keys(COMMANDS).join(", ")}; see uploader --help`,
+      );
+    }
+    await (await command.load()).run(rest);
+    return 0;
+  } catch (err) {
+    report(err, argv.includes("--verbose") || argv.includes("-v"));
+    return exitCodeOf(err);
+  }
+}
+
+function report(err: unknown, verbose: boolean): void {
+  if (err instanceof UploaderError) {
+    process.stderr.write(`error: ${err.message}\n`);
+    if (err.hint) process.stderr.write(`hint: ${err.hint}\n`);
+    if (verbose && err.cause) process.stderr.write(`cause: ${String(err.cause)}\n`);
+    return;
+  }
+  // Not one of ours: a bug. Show the stack so it can be reported.
+  const detail = err instanceof Error ? (err.stack ?? err.message) : String(err);
+  process.stderr.write(`error (internal, exit ${EXIT_INTERNAL}): ${detail}\n`);
+}
+
+if (import.meta.main) {
+  process.exitCode = await main(process.argv.slice(2));
+}

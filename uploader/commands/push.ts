@@ -1,0 +1,151 @@
+// `uploader push <path>...`: flags → settings → plan → upload → summary.
+// The work itself is in the library modules; this file only wires them together.
+import { mkdtemp, rm } from "node:fs/promises";
+import { rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { DEFAULT_COMPRESSION, DEFAULT_LEVEL, parseCompressionMethod, resolveLevel } from "../compress.ts";
+import { PushIncompleteError, UsageError } from "../errors.ts";
+import { HttpClient } from "../http.ts";
+import { readSecretKeyFile } from "../key-file.ts";
+import { DEFAULT_UPSTREAM_KEYS, planPush, type PushPlan } from "../plan.ts";
+import { Progress, formatBytes } from "../progress.ts";
+import { DEFAULT_JOBS, executePlan } from "../push.ts";
+import { RemoteCache } from "../remote-cache.ts";
+import { ENV, flagOrEnv, integerFlag, parseCommandLine } from "../settings.ts";
+import { queryClosure, resolveStorePaths } from "../store.ts";
+
+/** Upper bound for -j: beyond this, more connections only add contention. */
+const MAX_JOBS = 64;
+
+
+export const HELP = `Usage: uploader push [options] <path>...
+
+Uploads store paths (or ./result-style symlinks to them) with their whole closures:
+asks the cache what it lacks, skips paths signed by an upstream cache, then uploads
+the rest as compressed NARs and narinfos, references first.
+
+Options:
+  --cache <url>             the cache's URL                      [env ${ENV.cacheUrl}]
+  --token <token>           a write token for the cache          [env ${ENV.token}]
+  --secret-key-file <file>  sign narinfos with this Nix secret key
+                                                                 [env ${ENV.secretKeyFile}]
+  -j, --jobs <n>            paths uploaded in parallel (default ${DEFAULT_JOBS})
+  --compression <method>    zstd, xz or none (default ${DEFAULT_COMPRESSION})
+  --compression-level <n>   zstd 1-19 (default ${DEFAULT_LEVEL.zstd}), xz 0-9 (default ${DEFAULT_LEVEL.xz})
+  --upstream-key <name>     skip paths signed by this key name (repeatable;
+                            default ${DEFAULT_UPSTREAM_KEYS.join(", ")})
+  --no-skip-upstream        upload paths signed by upstream keys too
+  --dry-run                 show what would be uploaded, upload nothing
+  --json                    print the result as JSON on stdout
+  -v, --verbose             also report cached and skipped paths, and retries
+  -h, --help                show this help
+
+Flags win over environment variables. Prefer ${ENV.token} to --token, which other
+users of the machine can see in the process list.
+
+Exit status: 0 all uploaded or already there; 1 some paths failed; 2 bad usage;
+3 local problem (Nix, store path, key file); 4 cache unreachable or token refused.
+`;
+
+export async function run(args: string[]): Promise<void> {
+  const { values, positionals } = parseCommandLine(args, {
+    cache: { type: "string" },
+    token: { type: "string" },
+    "secret-key-file": { type: "string" },
+    jobs: { type: "string", short: "j" },
+    compression: { type: "string" },
+    "compression-level": { type: "string" },
+    "upstream-key": { type: "string", multiple: true },
+    "no-skip-upstream": { type: "boolean" },
+    "dry-run": { type: "boolean" },
+    json: { type: "boolean" },
+    verbose: { type: "boolean", short: "v" },
+    help: { type: "boolean", short: "h" },
+  });
+  if (values.help) {
+    process.stdout.write(HELP);
+    return;
+  }
+  if (positionals.length === 0) throw new UsageError("no paths given", "usage: uploader push [options] <path>...");
+  const cacheUrl = flagOrEnv(values.cache, ENV.cacheUrl);
+  if (!cacheUrl) throw new UsageError(`no cache given: pass --cache <url> or set ${ENV.cacheUrl}`);
+  const token = flagOrEnv(values.token, ENV.token);
+  const jobs = integerFlag("--jobs", values.jobs, 1, MAX_JOBS) ?? DEFAULT_JOBS;
+  const compression = parseCompressionMethod(values.compression ?? DEFAULT_COMPRESSION);
+  const level = resolveLevel(compression, integerFlag("--compression-level", values["compression-level"], -100, 100));
+  if (values["no-skip-upstream"] && values["upstream-key"]) {
+    throw new UsageError("--upstream-key and --no-skip-upstream contradict each other");
+  }
+  const upstreamKeys = values["no-skip-upstream"] ? [] : (values["upstream-key"] ?? DEFAULT_UPSTREAM_KEYS);
+  const keyFile = flagOrEnv(values["secret-key-file"], ENV.secretKeyFile);
+  const secretKey = keyFile ? await readSecretKeyFile(keyFile) : undefined;
+
+  const progress = new Progress({ verbose: values.verbose ?? false });
+  const http = new HttpClient({ baseUrl: cacheUrl, token, maxSockets: jobs + 1, onRetry: (e) => progress.retry(e) });
+  const cache = new RemoteCache(http);
+  try {
+    const closure = await queryClosure(await resolveStorePaths(positionals));
+    const plan = await planPush(closure, cache, { upstreamKeys });
+    if (values["dry-run"]) {
+      printPlan(plan, values.json ?? false);
+      return;
+    }
+    progress.log(describePlan(plan));
+    if (!secretKey) progress.detail(`no secret key (--secret-key-file / ${ENV.secretKeyFile}): narinfos keep only the signatures the paths already have`);
+
+    const tmp = await mkdtemp(join(tmpdir(), "nix-edge-cache-"));
+    // Ctrl-C: the cache is consistent at every moment (NAR before narinfo, references
+    // first), so only the temp files need cleaning up before exiting.
+    const onInterrupt = (): void => {
+      rmSync(tmp, { recursive: true, force: true });
+      process.stderr.write("\ninterrupted; the cache holds only complete paths, run the same push again to finish\n");
+      process.exit(130);
+    };
+    process.once("SIGINT", onInterrupt);
+    let outcome;
+    try {
+      outcome = await executePlan(plan, { cache, compression, level, secretKey, tmpDir: tmp, jobs, progress, observe: {
+        nar: () => progress.counter("nar"),
+        sent: () => progress.counter("sent"),
+      } });
+    } finally {
+      process.off("SIGINT", onInterrupt);
+      await rm(tmp, { recursive: true, force: true });
+    }
+    if (values.json) process.stdout.write(`${JSON.stringify(outcome.summary, null, 2)}\n`);
+    if (outcome.fatal) throw outcome.fatal;
+    const { failed, blocked } = outcome.summary;
+    if (failed + blocked > 0) throw new PushIncompleteError(failed, blocked);
+  } finally {
+    http.close();
+  }
+}
+
+function describePlan(plan: PushPlan): string {
+  const bytes = plan.toUpload.reduce((n, p) => n + p.narSize, 0);
+  return (
+    `${plan.closure.length} paths in the closure: ${plan.toUpload.length} to upload (${formatBytes(bytes)} of NARs), ` +
+    `${plan.alreadyCached.length} already cached, ${plan.skippedUpstream.length} skipped (upstream)`
+  );
+}
+
+/** --dry-run: the plan, as JSON on stdout or as text on stderr. */
+function printPlan(plan: PushPlan, json: boolean): void {
+  if (json) {
+    const out = {
+      dryRun: true,
+      toUpload: plan.toUpload.map((p) => ({ path: p.path, narSize: p.narSize })),
+      alreadyCached: plan.alreadyCached.map((p) => p.path),
+      skippedUpstream: plan.skippedUpstream.map((p) => p.path),
+    };
+    process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
+    return;
+  }
+  const lines = [describePlan(plan)];
+  for (const p of plan.toUpload) lines.push(`  upload   ${p.path} (${formatBytes(p.narSize)})`);
+  for (const p of plan.alreadyCached) lines.push(`  cached   ${p.path}`);
+  for (const p of plan.skippedUpstream) lines.push(`  upstream ${p.path}`);
+  lines.push("(dry run: nothing uploaded)");
+  process.stderr.write(`${lines.join("\n")}\n`);
+}

@@ -1,0 +1,117 @@
+// Carrying out a push plan: upload paths with bounded parallelism, narinfos in reference
+// order, and account for every path of the closure in one summary.
+//
+// Up to `jobs` paths are in progress at once. Their NARs (the expensive part: reading,
+// hashing, compressing, sending) proceed in parallel; each narinfo waits until the
+// narinfos of its references are in the cache. Because paths start in references-first
+// order, a path only ever waits for paths already started, so the pool cannot deadlock.
+//
+// A path that fails is reported and the rest continue; paths that depend on it get no
+// narinfo (they are "blocked"), which keeps the cache's invariant that a narinfo's
+// references are all there. A rejected token stops the push: every later request would
+// fail the same way.
+import { rm } from "node:fs/promises";
+import { forEachLimited } from "./concurrency.ts";
+import { AuthError, messageOf } from "./errors.ts";
+import type { PushPlan } from "./plan.ts";
+import type { PathReport, Progress, PushSummary } from "./progress.ts";
+import type { StorePathInfo } from "./store.ts";
+import { narInfoFor, prepareNar, uploadNar, type UploadSettings } from "./upload.ts";
+
+/** Paths in progress at once by default: enough to keep 2-4 cores and the network busy. */
+export const DEFAULT_JOBS = 4;
+
+export interface PushSettings extends UploadSettings {
+  jobs: number;
+  progress: Progress;
+}
+
+export interface PushOutcome {
+  summary: PushSummary;
+  /** Set when the push stopped early (rejected token): the CLI reports it after the summary. */
+  fatal?: AuthError;
+}
+
+export async function executePlan(plan: PushPlan, settings: PushSettings): Promise<PushOutcome> {
+  const started = performance.now();
+  const { progress } = settings;
+  const reports: PathReport[] = [];
+  const report = (r: PathReport): void => {
+    reports.push(r);
+    progress.finished(r);
+  };
+  for (const info of plan.alreadyCached) report({ path: info.path, outcome: "cached", narSize: info.narSize });
+  for (const info of plan.skippedUpstream) report({ path: info.path, outcome: "upstream", narSize: info.narSize });
+
+  // One settled flag per path to upload: true once its narinfo is in the cache.
+  const committed = new Map<string, Deferred<boolean>>(plan.toUpload.map((p) => [p.path, deferred<boolean>()]));
+  const failed = new Set<string>();
+  let fatal: AuthError | undefined;
+
+  const uploadOne = async (info: StorePathInfo): Promise<PathReport> => {
+    const refs = info.references.filter((r) => r !== info.path && committed.has(r));
+    if (fatal) return { path: info.path, outcome: "blocked", narSize: info.narSize, error: `push stopped: ${fatal.message}` };
+    const failedRef = refs.find((r) => failed.has(r));
+    if (failedRef) return blocked(info, failedRef);
+    progress.started(info.path);
+    try {
+      const prepared = await prepareNar(info, settings);
+      try {
+        await uploadNar(prepared, settings);
+      } finally {
+        await rm(prepared.file, { force: true });
+      }
+      const text = await narInfoFor(info, prepared, settings);
+      const outcomes = await Promise.all(refs.map((r) => committed.get(r)!.promise));
+      const missingRef = refs.find((_, i) => !outcomes[i]);
+      if (missingRef) return blocked(info, missingRef);
+      await settings.cache.putNarInfo(info.hashPart, text);
+      return { path: info.path, outcome: "uploaded", narSize: prepared.narSize, fileSize: prepared.fileSize };
+    } catch (err) {
+      if (err instanceof AuthError) fatal ??= err;
+      return { path: info.path, outcome: "failed", narSize: info.narSize, error: messageOf(err) };
+    }
+  };
+
+  progress.begin(plan.toUpload.length);
+  await forEachLimited(plan.toUpload, Math.max(1, settings.jobs), async (info) => {
+    const r = await uploadOne(info);
+    if (r.outcome !== "uploaded") failed.add(info.path);
+    committed.get(info.path)!.resolve(r.outcome === "uploaded");
+    report(r);
+  });
+
+  const summary = summarise(reports, (performance.now() - started) / 1000);
+  progress.end(summary);
+  return fatal ? { summary, fatal } : { summary };
+}
+
+function blocked(info: StorePathInfo, dependency: string): PathReport {
+  return { path: info.path, outcome: "blocked", narSize: info.narSize, error: `dependency ${dependency} was not uploaded` };
+}
+
+function summarise(paths: PathReport[], seconds: number): PushSummary {
+  const count = (o: PathReport["outcome"]): number => paths.filter((p) => p.outcome === o).length;
+  const uploaded = paths.filter((p) => p.outcome === "uploaded");
+  return {
+    uploaded: uploaded.length,
+    alreadyCached: count("cached"),
+    skippedUpstream: count("upstream"),
+    failed: count("failed"),
+    blocked: count("blocked"),
+    narBytes: uploaded.reduce((n, p) => n + p.narSize, 0),
+    fileBytes: uploaded.reduce((n, p) => n + (p.fileSize ?? 0), 0),
+    seconds,
+    paths,
+  };
+}
+
+interface Deferred<T> {
+  promise: Promise<T>;
+  resolve: (value: T) => void;
+}
+
+function deferred<T>(): Deferred<T> {
+  const { promise, resolve } = Promise.withResolvers<T>();
+  return { promise, resolve };
+}

@@ -1,0 +1,148 @@
+// Uploading one store path: NAR to a temp file, checks, NAR upload, narinfo.
+//
+// `prepareNar` streams the path's NAR through two hashes and the compressor into a temp
+// file in one pass (as Nix does with a tee): NarHash/NarSize of the uncompressed stream,
+// FileHash/FileSize of the compressed one. Memory stays bounded for any NAR size, and the
+// temp file gives the upload an exact Content-Length and a body that can be re-read on
+// retry. Before anything leaves the machine, NarHash and NarSize are checked against the
+// store database: a corrupted or modified store path is reported, never pushed.
+//
+// `uploadNar` PUTs `nar/<FileHash nix32>.nar<ext>` (Nix's naming); `narInfoFor` builds the
+// narinfo with the core's formatter and signer; the caller (push.ts) PUTs it only once the
+// narinfos of all the path's references are in the cache.
+import { createHash, type Hash } from "node:crypto";
+import { createReadStream, createWriteStream } from "node:fs";
+import { rm } from "node:fs/promises";
+import { join } from "node:path";
+import { Readable, Transform, pipeline as pipelineStreams, type Duplex } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { formatSha256, normaliseSha256 } from "../src/nix/hash.ts";
+import { encodeNix32 } from "../src/nix/nix32.ts";
+import { formatNarInfo, type NarInfo } from "../src/nix/narinfo.ts";
+import { signNarInfo, withSignature, type SecretKey } from "../src/nix/signature.ts";
+import { createCompressor, narFileExtension, type CompressionMethod } from "./compress.ts";
+import { NarMismatchError } from "./errors.ts";
+import { READ_CHUNK_BYTES, dumpPath } from "./nar-writer.ts";
+import type { RemoteCache } from "./remote-cache.ts";
+import type { StorePathInfo } from "./store.ts";
+
+/**
+ * NARs at least this large are first looked for with a HEAD: an interrupted push may
+ * have uploaded the NAR but not its narinfo, and compression is deterministic, so the
+ * same file name means the same bytes. Below this, one PUT costs about as much as a HEAD.
+ */
+export const HEAD_BEFORE_UPLOAD_BYTES = 1 << 20;
+
+export interface UploadSettings {
+  cache: RemoteCache;
+  compression: CompressionMethod;
+  /** Compression level; the method's default when undefined. */
+  level?: number | undefined;
+  /** Signs each narinfo (keeping the signatures the path already has) when given. */
+  secretKey?: SecretKey | undefined;
+  /** Where compressed NARs wait for upload. */
+  tmpDir: string;
+  /** Wraps the NAR and the upload streams, for progress (see progress.ts). */
+  observe?: { nar?: () => Transform; sent?: () => Transform } | undefined;
+}
+
+/** A NAR written, compressed and checked, waiting in a temp file. */
+export interface PreparedNar {
+  narHash: string;
+  narSize: number;
+  /** `sha256:<nix32>` of the compressed file. */
+  fileHash: string;
+  fileSize: number;
+  /** Cache key, `nar/<nix32>.nar.zst`. */
+  key: string;
+  /** The temp file holding the compressed NAR. */
+  file: string;
+}
+
+/**
+ * Serialises, hashes and compresses `info.path` into a temp file and checks it against the
+ * store's record. Throws NarMismatchError (and leaves no temp file) on a mismatch.
+ */
+export async function prepareNar(info: StorePathInfo, settings: UploadSettings): Promise<PreparedNar> {
+  const ext = narFileExtension(settings.compression);
+  const file = join(settings.tmpDir, `${info.hashPart}.nar${ext}`);
+  const nar = hashingCounter();
+  const compressed = hashingCounter();
+  const stages: Array<Duplex> = [nar.stream];
+  if (settings.observe?.nar) stages.push(settings.observe.nar());
+  stages.push(createCompressor(settings.compression, settings.level), compressed.stream);
+  try {
+    await pipeline([Readable.from(dumpPath(info.path), { objectMode: false }), ...stages, createWriteStream(file)]);
+    const narHash = formatSha256(nar.digest());
+    const expected = normaliseSha256(info.narHash);
+    if (narHash !== expected || nar.size() !== info.narSize) {
+      throw new NarMismatchError(info.path, { narHash: expected, narSize: info.narSize }, { narHash, narSize: nar.size() });
+    }
+    const fileDigest = compressed.digest();
+    return {
+      narHash,
+      narSize: nar.size(),
+      fileHash: formatSha256(fileDigest),
+      fileSize: compressed.size(),
+      key: `nar/${encodeNix32(fileDigest)}.nar${ext}`,
+      file,
+    };
+  } catch (err) {
+    await rm(file, { force: true });
+    throw err;
+  }
+}
+
+/**
+ * PUTs the prepared NAR, unless it is large and the cache already has it. Returns whether
+ * bytes were sent.
+ */
+export async function uploadNar(prepared: PreparedNar, settings: UploadSettings): Promise<boolean> {
+  if (prepared.fileSize >= HEAD_BEFORE_UPLOAD_BYTES && (await settings.cache.has(prepared.key))) return false;
+  const sent = settings.observe?.sent;
+  await settings.cache.putNar(prepared.key, prepared.fileSize, () => {
+    const body = createReadStream(prepared.file, { highWaterMark: READ_CHUNK_BYTES });
+    // The callback form returns the last stream and destroys both on error, so a read
+    // failure reaches the HTTP request instead of stalling it.
+    return sent ? pipelineStreams(body, sent(), () => {}) : body;
+  });
+  return true;
+}
+
+/** The narinfo text for an uploaded NAR: the store's metadata, plus the user's signature. */
+export async function narInfoFor(info: StorePathInfo, prepared: PreparedNar, settings: UploadSettings): Promise<string> {
+  let narinfo: NarInfo = {
+    storePath: info.path,
+    url: prepared.key,
+    compression: settings.compression,
+    fileHash: prepared.fileHash,
+    fileSize: prepared.fileSize,
+    narHash: prepared.narHash,
+    narSize: prepared.narSize,
+    references: info.references.map(baseName).sort(),
+    sigs: [...info.sigs],
+    extra: [],
+  };
+  if (info.deriver) narinfo.deriver = baseName(info.deriver);
+  if (info.ca) narinfo.ca = info.ca;
+  if (settings.secretKey) narinfo = withSignature(narinfo, await signNarInfo(narinfo, settings.secretKey));
+  return formatNarInfo(narinfo);
+}
+
+function baseName(path: string): string {
+  return path.slice(path.lastIndexOf("/") + 1);
+}
+
+/** A pass-through stream that hashes (sha256) and counts what flows through it. */
+function hashingCounter(): { stream: Transform; digest: () => Uint8Array; size: () => number } {
+  const hash: Hash = createHash("sha256");
+  let size = 0;
+  const stream = new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      hash.update(chunk);
+      size += chunk.length;
+      callback(null, chunk);
+    },
+  });
+  return { stream, digest: () => new Uint8Array(hash.digest()), size: () => size };
+}
