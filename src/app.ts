@@ -9,6 +9,8 @@ import { Hono } from "hono";
 import { settingsOf, type WorkerEnv } from "./env.ts";
 import { errorResponse, responseForError } from "./errors.ts";
 import { cacheInfo } from "./routes/cache-info.ts";
+import { documents } from "./routes/documents.ts";
+import { missing } from "./routes/missing.ts";
 import { nar } from "./routes/nar.ts";
 import { narinfo } from "./routes/narinfo.ts";
 
@@ -23,6 +25,8 @@ export function createApp(): App {
   app.route("/", cacheInfo);
   app.route("/", narinfo);
   app.route("/", nar);
+  app.route("/", documents);
+  app.route("/", missing);
   app.notFound(() => errorResponse("not_found", "no such resource in this cache"));
   app.onError((err) => responseForError(err));
   return app;
