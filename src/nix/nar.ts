@@ -140,23 +140,38 @@ class ChunkBuffer {
   /** NAR bytes produced so far, buffered ones included. */
   offset = 0;
 
-  /** Appends `bytes` (at most one chunk long); returns the previous chunk if it was full. */
+  /** Makes room for n bytes (n ≤ one chunk); returns the previous chunk if it was full. */
+  private room(n: number): Uint8Array | null {
+    return this.pos + n > this.buf.length ? this.take() : null;
+  }
+
+  /** Appends raw bytes (at most one chunk long). */
   put(bytes: Uint8Array): Uint8Array | null {
-    let full: Uint8Array | null = null;
-    if (this.pos + bytes.length > this.buf.length) full = this.take();
+    const full = this.room(bytes.length);
     this.buf.set(bytes, this.pos);
     this.pos += bytes.length;
     this.offset += bytes.length;
     return full;
   }
 
-  /** Appends a u64 (for file sizes). */
+  /** Appends a u64 (file sizes). */
   putU64(n: number): Uint8Array | null {
-    let full: Uint8Array | null = null;
-    if (this.pos + 8 > this.buf.length) full = this.take();
+    const full = this.room(8);
     writeU64(this.buf, this.pos, n);
     this.pos += 8;
     this.offset += 8;
+    return full;
+  }
+
+  /** Appends str(bytes) (names, targets: at most 4095 bytes), without a temporary copy. */
+  putString(bytes: Uint8Array): Uint8Array | null {
+    const padded = bytes.length + narPadding(bytes.length);
+    const full = this.room(8 + padded);
+    writeU64(this.buf, this.pos, bytes.length);
+    this.buf.set(bytes, this.pos + 8);
+    this.buf.fill(0, this.pos + 8 + bytes.length, this.pos + 8 + padded);
+    this.pos += 8 + padded;
+    this.offset += 8 + padded;
     return full;
   }
 
@@ -178,76 +193,117 @@ class ChunkBuffer {
   }
 }
 
+type Entry = { name: Uint8Array; node: NarSource };
+// A directory being written: its sorted entries and the next one to write.
+type Frame = { entries: Entry[]; next: number };
+
+function isPromise<T>(v: T | Promise<T>): v is Promise<T> {
+  return typeof (v as { then?: unknown } | null)?.then === "function";
+}
+
 /**
  * Serialises a NarSource as a stream of NAR chunks, byte-identical to `nix-store --dump`.
  * Throws NarError (offset = NAR bytes produced so far) for invalid or duplicate names,
  * nesting of NAR_MAX_DEPTH levels, invalid symlink targets, a bad size, or a regular file
  * whose contents do not yield exactly `size` bytes.
+ *
+ * The tree is walked iteratively with an explicit stack (one generator for the whole NAR,
+ * not one per node), which keeps the per-file overhead low for trees of many small files.
  */
 export async function* writeNar(root: NarSource): AsyncGenerator<Uint8Array> {
   const out = new ChunkBuffer();
-  out.put(T_MAGIC);
-  yield* writeNode(out, root, 0, "");
-  if (out.buffered > 0) yield out.take();
-}
+  const stack: Frame[] = [];
+  // Path of the node being written, for error messages only (decoded lazily).
+  const where = (): string => {
+    if (stack.length === 0) return "the root";
+    return JSON.stringify(stack.map((f) => "/" + NAME_DECODER.decode(f.entries[f.next - 1]!.name)).join(""));
+  };
+  const fail = (message: string): NarError => new NarError(out.offset, `${where()}: ${message}`);
+  let full: Uint8Array | null = out.put(T_MAGIC);
+  let node: NarSource | null = root;
 
-async function* writeNode(out: ChunkBuffer, node: NarSource, depth: number, path: string): AsyncGenerator<Uint8Array> {
-  const where = path === "" ? "the root" : JSON.stringify(path);
-  if (depth >= NAR_MAX_DEPTH) throw new NarError(out.offset, `${where} is nested ${depth} levels deep; Nix refuses ${NAR_MAX_DEPTH} or more`);
-  let full: Uint8Array | null;
-  switch (node.type) {
-    case "regular": {
-      const { size } = node;
-      if (!Number.isSafeInteger(size) || size < 0) throw new NarError(out.offset, `${where}: invalid file size ${size}`);
-      if ((full = out.put(T_REGULAR))) yield full;
-      if ((full = out.put(node.executable ? T_EXECUTABLE_CONTENTS : T_CONTENTS))) yield full;
-      if ((full = out.putU64(size))) yield full;
-      let written = 0;
-      for await (const chunk of node.contents()) {
-        written += chunk.length;
-        if (written > size) throw new NarError(out.offset, `${where}: contents yielded more than the ${size} bytes announced`);
-        if (chunk.length >= NAR_PASS_THROUGH_BYTES) {
-          if (out.buffered > 0) yield out.take();
-          out.skip(chunk.length);
-          yield chunk;
-        } else if (chunk.length > 0) {
-          if ((full = out.put(chunk))) yield full;
+  for (;;) {
+    if (node !== null) {
+      if (stack.length >= NAR_MAX_DEPTH) throw fail(`nested ${stack.length} levels deep; Nix refuses ${NAR_MAX_DEPTH} or more`);
+      switch (node.type) {
+        case "regular": {
+          const { size } = node;
+          if (!Number.isSafeInteger(size) || size < 0) throw fail(`invalid file size ${size}`);
+          if ((full = out.put(T_REGULAR))) yield full;
+          if ((full = out.put(node.executable ? T_EXECUTABLE_CONTENTS : T_CONTENTS))) yield full;
+          if ((full = out.putU64(size))) yield full;
+          const source = node.contents();
+          const it: Iterator<Uint8Array> | AsyncIterator<Uint8Array> =
+            Symbol.iterator in source ? source[Symbol.iterator]() : source[Symbol.asyncIterator]();
+          let done = false;
+          try {
+            let written = 0;
+            for (;;) {
+              const step = it.next();
+              const r = isPromise(step) ? await step : step;
+              if (r.done) break;
+              const chunk = r.value;
+              written += chunk.length;
+              if (written > size) throw fail(`contents yielded more than the ${size} bytes announced`);
+              if (chunk.length >= NAR_PASS_THROUGH_BYTES) {
+                if (out.buffered > 0) yield out.take();
+                out.skip(chunk.length);
+                yield chunk;
+              } else if (chunk.length > 0) {
+                if ((full = out.put(chunk))) yield full;
+              }
+            }
+            done = true;
+            if (written !== size) throw fail(`contents yielded ${written} bytes, ${size} announced`);
+          } finally {
+            // Stopped early (error, or the consumer gave up): let the source close its file.
+            if (!done) await it.return?.();
+          }
+          if ((full = out.put(ZEROS.subarray(0, narPadding(size))))) yield full;
+          if ((full = out.put(T_CLOSE))) yield full;
+          break;
         }
-      }
-      if (written !== size) throw new NarError(out.offset, `${where}: contents yielded ${written} bytes, ${size} announced`);
-      if ((full = out.put(ZEROS.subarray(0, narPadding(size))))) yield full;
-      break;
-    }
-    case "symlink": {
-      const problem = narSymlinkTargetProblem(node.target);
-      if (problem !== null) throw new NarError(out.offset, `${where}: ${problem}`);
-      if ((full = out.put(T_SYMLINK))) yield full;
-      if ((full = out.put(encodeNarString(node.target)))) yield full;
-      break;
-    }
-    case "directory": {
-      const entries = [...(await node.entries())].sort((a, b) => compareBytes(a.name, b.name));
-      if ((full = out.put(T_DIRECTORY))) yield full;
-      for (let i = 0; i < entries.length; i++) {
-        const { name, node: child } = entries[i]!;
-        const childPath = `${path}/${NAME_DECODER.decode(name)}`;
-        const problem = narEntryNameProblem(name);
-        if (problem !== null) throw new NarError(out.offset, `${JSON.stringify(childPath)}: ${problem}`);
-        if (i > 0 && compareBytes(entries[i - 1]!.name, name) === 0) {
-          throw new NarError(out.offset, `${JSON.stringify(childPath)}: duplicate entry name`);
+        case "symlink": {
+          const problem = narSymlinkTargetProblem(node.target);
+          if (problem !== null) throw fail(problem);
+          if ((full = out.put(T_SYMLINK))) yield full;
+          if ((full = out.putString(node.target))) yield full;
+          if ((full = out.put(T_CLOSE))) yield full;
+          break;
         }
-        if ((full = out.put(T_ENTRY_NAME))) yield full;
-        if ((full = out.put(encodeNarString(name)))) yield full;
-        if ((full = out.put(T_NODE))) yield full;
-        yield* writeNode(out, child, depth + 1, childPath);
-        if ((full = out.put(T_CLOSE))) yield full;
+        case "directory": {
+          const listed = node.entries();
+          const entries = [...(isPromise(listed) ? await listed : listed)].sort((a, b) => compareBytes(a.name, b.name));
+          if ((full = out.put(T_DIRECTORY))) yield full;
+          stack.push({ entries, next: 0 });
+          break;
+        }
+        default:
+          throw fail(`unknown node type ${JSON.stringify((node as { type: unknown }).type)}`);
       }
-      break;
+      node = null;
     }
-    default:
-      throw new NarError(out.offset, `${where}: unknown node type ${JSON.stringify((node as { type: unknown }).type)}`);
+
+    const frame = stack[stack.length - 1];
+    if (frame === undefined) break;
+    // Close the entry whose node was just written.
+    if (frame.next > 0 && (full = out.put(T_CLOSE))) yield full;
+    if (frame.next === frame.entries.length) {
+      // End of this directory: its own ")"; the parent then closes its entry.
+      if ((full = out.put(T_CLOSE))) yield full;
+      stack.pop();
+      continue;
+    }
+    const entry = frame.entries[frame.next++]!;
+    const problem = narEntryNameProblem(entry.name);
+    if (problem !== null) throw fail(problem);
+    if (frame.next > 1 && compareBytes(frame.entries[frame.next - 2]!.name, entry.name) === 0) throw fail("duplicate entry name");
+    if ((full = out.put(T_ENTRY_NAME))) yield full;
+    if ((full = out.putString(entry.name))) yield full;
+    if ((full = out.put(T_NODE))) yield full;
+    node = entry.node;
   }
-  if ((full = out.put(T_CLOSE))) yield full;
+  if (out.buffered > 0) yield out.take();
 }
 
 /** A NarSource over an in-memory tree (names and targets encoded as UTF-8). */
