@@ -1,0 +1,291 @@
+// End-to-end harness: a real Nix 2.8 (Debian's nix-bin) against the cache as the README
+// starts it (`npm start`, i.e. uploader/local-cache.ts → wrangler dev → workerd + local R2).
+//
+// Nix runs single-user with a private NIX_CONF_DIR (see the project's reference notes on
+// Nix 2.8 in tests): no sandbox, no substituters by default, and the test-friendly
+// settings that keep a failure from stalling (download-attempts = 1, short stall timeout).
+// Every Nix command gets a fresh XDG_CACHE_HOME so its narinfo disk cache cannot hide
+// requests from the Worker.
+import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdtemp, mkdir, readFile, readdir, rm, stat, writeFile, chmod } from "node:fs/promises";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+
+export const PROJECT_ROOT = resolve(new URL("../..", import.meta.url).pathname);
+
+/** Settings every Nix command in the tests runs with (NIX-CLIENT.md §2.2). */
+const NIX_CONF = `sandbox = false
+build-users-group =
+experimental-features = nix-command
+substituters =
+narinfo-cache-negative-ttl = 0
+download-attempts = 1
+stalled-download-timeout = 10
+`;
+
+export interface RunResult {
+  stdout: string;
+  stderr: string;
+  code: number;
+}
+
+/** Runs a command to completion; never throws on a non-zero exit (tests assert on it). */
+export function run(
+  cmd: string,
+  args: string[],
+  opts: { env?: NodeJS.ProcessEnv; cwd?: string; input?: string } = {},
+): Promise<RunResult> {
+  return new Promise((resolvePromise) => {
+    const child = execFile(
+      cmd,
+      args,
+      { env: opts.env ?? process.env, cwd: opts.cwd, maxBuffer: 64 * 1024 * 1024, encoding: "utf8" },
+      (err, stdout, stderr) => {
+        const code = err ? (typeof err.code === "number" ? err.code : 1) : 0;
+        resolvePromise({ stdout, stderr, code });
+      },
+    );
+    if (opts.input !== undefined) child.stdin?.end(opts.input);
+  });
+}
+
+/** Like run, but throws with the command's output when it fails. */
+export async function runOk(
+  cmd: string,
+  args: string[],
+  opts: { env?: NodeJS.ProcessEnv; cwd?: string; input?: string } = {},
+): Promise<string> {
+  const r = await run(cmd, args, opts);
+  if (r.code !== 0) {
+    throw new Error(`${cmd} ${args.join(" ")} failed (${r.code}):\n${r.stderr}\n${r.stdout}`);
+  }
+  return r.stdout;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolvePromise, reject) => {
+    const srv = createServer();
+    srv.listen(0, "127.0.0.1", () => {
+      const addr = srv.address();
+      srv.close(() => (typeof addr === "object" && addr ? resolvePromise(addr.port) : reject(new Error("no port"))));
+    });
+  });
+}
+
+/** A private Nix configuration; `env()` gives a fresh narinfo disk cache each call. */
+export class NixClient {
+  readonly dir: string;
+  readonly confDir: string;
+
+  private constructor(dir: string) {
+    this.dir = dir;
+    this.confDir = join(dir, "nix-conf");
+  }
+
+  static async create(): Promise<NixClient> {
+    const dir = await mkdtemp(join(tmpdir(), "nec-nix-"));
+    const client = new NixClient(dir);
+    await mkdir(client.confDir, { recursive: true });
+    await writeFile(join(client.confDir, "nix.conf"), NIX_CONF);
+    return client;
+  }
+
+  async env(): Promise<NodeJS.ProcessEnv> {
+    const xdg = await mkdtemp(join(this.dir, "xdg-"));
+    const env: NodeJS.ProcessEnv = { ...process.env, NIX_CONF_DIR: this.confDir, XDG_CACHE_HOME: xdg };
+    // A store path in a process's environment is a GC root; keep ours clean of them.
+    for (const k of Object.keys(env)) if (k.startsWith("NIX_TEST_")) delete env[k];
+    return env;
+  }
+
+  async nix(args: string[]): Promise<RunResult> {
+    return run("nix", args, { env: await this.env() });
+  }
+
+  async nixStore(args: string[]): Promise<RunResult> {
+    return run("nix-store", args, { env: await this.env() });
+  }
+
+  async netrc(token: string): Promise<string> {
+    const file = join(this.dir, `netrc-${randomBytes(4).toString("hex")}`);
+    await writeFile(file, `machine 127.0.0.1 login nix password ${token}\n`, { mode: 0o600 });
+    return file;
+  }
+
+  async emptyStore(): Promise<string> {
+    return mkdtemp(join(this.dir, "store-"));
+  }
+
+  async cleanup(): Promise<void> {
+    await rm(this.dir, { recursive: true, force: true });
+  }
+}
+
+export interface Closure {
+  /** a directory with an executable and a relative symlink (nix-store --add) */
+  tree: string;
+  /** a derivation output with no references */
+  dep: string;
+  /** references dep and tree; has an executable, a symlink into dep and text naming both */
+  top: string;
+}
+
+/**
+ * Builds a fresh 3-path closure without nixpkgs: builders are the host's /bin/sh, and a
+ * random salt makes every call produce new store paths.
+ */
+export async function buildClosure(nix: NixClient): Promise<Closure> {
+  const salt = randomBytes(8).toString("hex");
+  const work = await mkdtemp(join(nix.dir, "closure-"));
+  const tree = join(work, "tree");
+  await mkdir(join(tree, "bin"), { recursive: true });
+  await mkdir(join(tree, "share"), { recursive: true });
+  await writeFile(join(tree, "bin", "hello"), "#!/bin/sh\necho hi from tree\n");
+  await chmod(join(tree, "bin", "hello"), 0o755);
+  await writeFile(join(tree, "share", "data.txt"), `data ${salt}\n`);
+  await writeFile(join(tree, "share", "empty"), "");
+  await runOk("ln", ["-s", "../share/data.txt", join(tree, "bin", "link-to-data")]);
+  const env = await nix.env();
+  const treePath = (await runOk("nix-store", ["--add", tree], { env })).trim();
+
+  const expr = `
+let
+  tree = builtins.storePath "${treePath}";
+  dep = builtins.derivation {
+    name = "nec-e2e-dep";
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" "echo 'I am a dependency ${salt}' > $out" ];
+  };
+in builtins.derivation {
+  name = "nec-e2e-top";
+  system = builtins.currentSystem;
+  builder = "/bin/sh";
+  args = [ "-c" ''
+    /bin/mkdir -p $out/bin
+    echo "dep is \${dep}" > $out/refs.txt
+    echo "tree is \${tree}" >> $out/refs.txt
+    printf '#!/bin/sh\\n/bin/cat \${dep}\\n' > $out/bin/show
+    /bin/chmod +x $out/bin/show
+    /bin/ln -s \${dep} $out/dep-link
+  '' ];
+}`;
+  await writeFile(join(work, "closure.nix"), expr);
+  const top = (await runOk("nix-build", [join(work, "closure.nix"), "--no-out-link"], { env })).trim();
+  const refs = (await runOk("nix-store", ["-q", "--references", top], { env })).trim().split("\n");
+  const dep = refs.find((r) => r.endsWith("-nec-e2e-dep"));
+  if (!dep || !refs.includes(treePath)) throw new Error(`unexpected references of ${top}: ${refs.join(" ")}`);
+  return { tree: treePath, dep, top };
+}
+
+/** The cache as `npm start` runs it, on a free port with its own state directory. */
+export class LocalCache {
+  readonly url: string;
+  readonly stateDir: string;
+  readonly token: string;
+  readonly publicKey: string;
+  private readonly child: ChildProcess;
+  private output = "";
+
+  private constructor(url: string, stateDir: string, token: string, publicKey: string, child: ChildProcess) {
+    this.url = url;
+    this.stateDir = stateDir;
+    this.token = token;
+    this.publicKey = publicKey;
+    this.child = child;
+    child.stdout?.on("data", (d: Buffer) => (this.output += d.toString()));
+    child.stderr?.on("data", (d: Buffer) => (this.output += d.toString()));
+  }
+
+  /**
+   * Starts `npm start`'s launcher. `vars` override wrangler.toml settings; the tests have
+   * no internet, so the default upstream (cache.nixos.org) is always switched off.
+   */
+  static async start(vars: Record<string, string> = {}): Promise<LocalCache> {
+    const port = await freePort();
+    const stateDir = await mkdtemp(join(tmpdir(), "nec-cache-"));
+    const allVars = { UPSTREAM_CACHES: "", ...vars };
+    const args = [
+      join(PROJECT_ROOT, "uploader", "local-cache.ts"),
+      "--port", String(port),
+      "--state", stateDir,
+      ...Object.entries(allVars).flatMap(([k, v]) => ["--var", `${k}:${v}`]),
+    ];
+    const child = spawn(process.execPath, args, {
+      cwd: PROJECT_ROOT,
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, WRANGLER_SEND_METRICS: "false", CLOUDFLARE_CF_FETCH_ENABLED: "false" },
+      detached: true,
+    });
+    const url = `http://127.0.0.1:${port}`;
+    const deadline = Date.now() + 60_000;
+    for (;;) {
+      if (child.exitCode !== null) throw new Error(`npm start exited with ${child.exitCode}`);
+      try {
+        const res = await fetch(`${url}/nix-cache-info`);
+        if (res.status === 200) break;
+      } catch {
+        // not listening yet
+      }
+      if (Date.now() > deadline) {
+        child.kill("SIGKILL");
+        throw new Error("the local cache did not come up within 60 s");
+      }
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    const vars2 = await readFile(join(stateDir, "dev.vars"), "utf8");
+    const token = /^WRITE_TOKEN=(.*)$/m.exec(vars2)?.[1];
+    const publicKey = (await readFile(join(stateDir, "public-key"), "utf8")).trim();
+    if (!token) throw new Error("no WRITE_TOKEN in the local cache's dev.vars");
+    return new LocalCache(url, stateDir, token, publicKey, child);
+  }
+
+  get logs(): string {
+    return this.output;
+  }
+
+  /**
+   * A fingerprint of every object body stored in local R2 (miniflare keeps each in a blob
+   * file under `v3/r2/<bucket>/blobs/`), to assert that a refused request changed nothing.
+   */
+  async bucketSnapshot(): Promise<string> {
+    const root = join(this.stateDir, "r2");
+    const lines: string[] = [];
+    const walk = async (dir: string): Promise<void> => {
+      let names: string[];
+      try {
+        names = await readdir(dir);
+      } catch {
+        return;
+      }
+      for (const name of names.sort()) {
+        const p = join(dir, name);
+        const s = await stat(p);
+        if (s.isDirectory()) await walk(p);
+        else if (p.includes("/blobs/")) lines.push(`${p.slice(root.length)} ${s.size}`);
+      }
+    };
+    await walk(root);
+    return lines.join("\n");
+  }
+
+  async stop(): Promise<void> {
+    if (this.child.pid && this.child.exitCode === null) {
+      const exited = new Promise((r) => this.child.once("exit", r));
+      try {
+        process.kill(-this.child.pid, "SIGTERM");
+      } catch {
+        // already gone
+      }
+      await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
+      try {
+        process.kill(-this.child.pid, "SIGKILL");
+      } catch {
+        // already gone
+      }
+    }
+    await rm(this.stateDir, { recursive: true, force: true });
+  }
+}
