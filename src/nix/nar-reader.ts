@@ -452,6 +452,16 @@ export async function readNar(
   }
 }
 
+// JSON strings escaped exactly as Nix 2.8's JSON writer does it (observed): `"`, `\`, \n,
+// \r, \t as two-character escapes, other control characters as \u00xx, everything else
+// verbatim (UTF-8). JSON.stringify would write \b and \f instead of \u0008 and \u000c.
+const JSON_ESCAPED = /["\\\x00-\x1f]/g;
+const JSON_SHORT_ESCAPES: Record<string, string> = { '"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t" };
+
+function jsonString(s: string): string {
+  return `"${s.replace(JSON_ESCAPED, (c) => JSON_SHORT_ESCAPES[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`)}"`;
+}
+
 function listingNodeJson(n: NarListingNode): string {
   switch (n.type) {
     case "regular":
@@ -462,19 +472,22 @@ function listingNodeJson(n: NarListingNode): string {
         "}"
       );
     case "symlink":
-      return `{"type":"symlink","target":${JSON.stringify(n.target)}}`;
+      return `{"type":"symlink","target":${jsonString(n.target)}}`;
     case "directory": {
       // Entries in NAR order (UTF-8 bytes), whatever order the object's keys have.
       const names = Object.keys(n.entries)
         .map((name) => [name, utf8(name)] as const)
         .sort((a, b) => compareBytes(a[1], b[1]));
-      const body = names.map(([name]) => `${JSON.stringify(name)}:${listingNodeJson(n.entries[name]!)}`).join(",");
+      const body = names.map(([name]) => `${jsonString(name)}:${listingNodeJson(n.entries[name]!)}`).join(",");
       return `{"type":"directory","entries":{${body}}}`;
     }
   }
 }
 
-/** The `.ls` JSON as Nix 2.8 writes it: `{"version":1,"root":{…}}`, compact, NAR order. */
+/**
+ * The `.ls` JSON byte for byte as Nix 2.8 writes it (`nix copy ?write-nar-listing=1`):
+ * `{"version":1,"root":{…}}`, compact, entries in NAR order, Nix's string escaping.
+ */
 export function formatNarListing(l: NarListing): string {
   return `{"version":${l.version},"root":${listingNodeJson(l.root)}}`;
 }

@@ -1,3 +1,4 @@
+// Byte encodings of the core: hex, strict base64, UTF-8 byte order, concatenation.
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { compareBytes, concatBytes, fromBase64, fromHex, toBase64, toHex, utf8 } from "../../src/nix/encoding.ts";

@@ -1,3 +1,4 @@
+// sha256 hash strings: the nix32, hex, base64 and SRI forms Nix reads, and what it writes.
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { fromHex, toHex, utf8 } from "../../src/nix/encoding.ts";

@@ -1,3 +1,5 @@
+// Streaming NAR reader/validator: vectors in any chunking, PROTOCOL §8.2 rejections built by hand-editing
+// valid NARs, .ls listings, bounded memory, and properties over random trees, noise and mutations.
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { concatBytes, toHex, utf8 } from "../../src/nix/encoding.ts";
@@ -178,6 +180,29 @@ describe("listings (.ls)", () => {
     expect(positions.every((p) => p > 0)).toBe(true);
     expect([...positions].sort((a, b) => a - b)).toEqual(positions);
     expect(JSON.parse(json).root.entries["\u{1F600}"]).toEqual({ type: "symlink", target: 'quote " and \\' });
+  });
+  it("escapes strings exactly as Nix 2.8 does (its .ls output, observed)", async () => {
+    const x = (): NarTree => ({ type: "regular", contents: utf8("x") });
+    const tree: NarTree = {
+      type: "directory",
+      entries: { "a\bb": x(), "c\fd": x(), "e\x01f": x(), lnk: { type: "symlink", target: "t\x02\\" }, 'q"uo\\te': x(), "n\nl": x(), "r\rr": x(), "t\tt": x() },
+    };
+    const { listing } = await readNar(asyncChunks([await serializeNar(tree)]), { listing: true });
+    const entries = formatNarListing(listing!).replace(/"narOffset":\d+/g, '"narOffset":N');
+    // From `nix copy --to file://…?write-nar-listing=1` (Nix 2.8) of directories with these names.
+    for (const observed of [
+      '"a\\u0008b":{"type":"regular","size":1,"narOffset":N}',
+      '"c\\u000cd":{"type":"regular","size":1,"narOffset":N}',
+      '"e\\u0001f":{"type":"regular","size":1,"narOffset":N}',
+      '"lnk":{"type":"symlink","target":"t\\u0002\\\\"}',
+      '"q\\"uo\\\\te":{"type":"regular","size":1,"narOffset":N}',
+      '"n\\nl":{"type":"regular","size":1,"narOffset":N}',
+      '"r\\rr":{"type":"regular","size":1,"narOffset":N}',
+      '"t\\tt":{"type":"regular","size":1,"narOffset":N}',
+    ]) {
+      expect(entries).toContain(observed);
+    }
+    expect(JSON.parse(formatNarListing(listing!)).root.entries["a\bb"].size).toBe(1);
   });
   it("handles an entry called __proto__ in listing and tree", async () => {
     const tree: NarTree = { type: "directory", entries: {} };

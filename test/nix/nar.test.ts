@@ -1,3 +1,4 @@
+// NAR primitives and writer: every vector of vectors.json byte for byte, validation, chunking.
 import { describe, expect, it } from "vitest";
 import { concatBytes, toHex, utf8 } from "../../src/nix/encoding.ts";
 import { NarError } from "../../src/nix/errors.ts";

@@ -1,3 +1,5 @@
+// narinfo parse/format: byte-exact round trips of real fixtures, PROTOCOL §8.5 cases, field-named errors,
+// and format → parse → format over generated narinfos.
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { toBase64, toHex } from "../../src/nix/encoding.ts";

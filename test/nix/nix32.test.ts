@@ -1,3 +1,4 @@
+// nix32: every vector of vectors.json both ways, PROTOCOL §8.1 rejections, round-trip properties.
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { fromHex } from "../../src/nix/encoding.ts";

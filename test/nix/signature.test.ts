@@ -1,3 +1,5 @@
+// Keys, fingerprints and signatures: vectors.json keys and signatures, the cache.nixos.org hello-2.12.1
+// narinfo and its negative controls, and verification that never throws.
 import { verifyAsync } from "@noble/ed25519";
 import { createHash } from "node:crypto";
 import fc from "fast-check";

@@ -1,3 +1,4 @@
+// Store path parsing with the strict 2.21+ rules of PROTOCOL §7 and the cases of §8.6.
 import { describe, expect, it } from "vitest";
 import {
   formatStorePath,
