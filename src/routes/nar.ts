@@ -58,7 +58,7 @@ nar.put("/nar/*", requireWrite, async (c) => {
     }
     return new Response(null, { status: 204 });
   }
-  await putStream(c.env.CACHE, object.key, request.body, { length, sha256Hex, contentType: CONTENT_TYPE.nar });
+  await putStream(c.env.CACHE, object.key, request.body, { length, sha256Hex, contentType: CONTENT_TYPE.nar, absentBefore: true });
   await edgeInvalidate(new URL(request.url), object.key);
   return new Response(null, { status: 201 });
 });

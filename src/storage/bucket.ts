@@ -3,13 +3,17 @@
 // into 400s. Any other R2 failure becomes `storage_unavailable` (503), never an
 // exception text in a response.
 //
-// What local R2 (workerd 1.2026-11) throws, found by experiment (test/worker/storage.test.ts):
+// What local R2 (workerd 1.2026-11) throws, pinned by test/worker/storage.test.ts:
 //   sha256 mismatch     Error "put: The SHA-256 checksum you specified did not match what we
 //                       received. … (10037)"; nothing is stored
 //   body shorter than   TypeError "FixedLengthStream did not see all expected bytes before
 //   its length          close()"; nothing is stored
-//   body longer         TypeError "Attempt to write too many bytes through a FixedLengthStream."
+//   body longer         TypeError "Attempt to write too many bytes through a FixedLengthStream.",
+//                       yet the first `length` bytes may already be committed (R2 reads exactly
+//                       the announced length); putStream deletes them when the key was absent
 //   unknown length      TypeError "Provided readable stream must have a known length …"
+// Under `wrangler dev`, a client that disconnects mid-body never reaches the Worker: the
+// dev proxy answers 500 "Network connection lost" itself; nothing is stored either.
 
 import { fail } from "../errors.ts";
 import { mapConcurrent } from "../concurrency.ts";
@@ -66,6 +70,13 @@ export interface StreamPut {
   sha256Hex?: string;
   contentType: string;
   contentEncoding?: string;
+  /**
+   * The caller checked that the key was absent: on a length failure, delete whatever R2 may
+   * have committed. (Over HTTP a body cannot run past its Content-Length, so this only
+   * matters for in-process callers; the bytes R2 got were the announced ones, verified
+   * against sha256Hex when given, but a refused upload must leave nothing behind.)
+   */
+  absentBefore?: boolean;
 }
 
 const LENGTH_MISMATCH = /FixedLengthStream|expected bytes|too many bytes|known length|disconnected|connection/i;
@@ -97,6 +108,7 @@ export async function putStream(bucket: R2Bucket, key: string, body: ReadableStr
       throw fail("bad_request", "the body's sha256 does not match the hash in its name; nothing was stored");
     }
     if (pipeFailed || LENGTH_MISMATCH.test(message)) {
+      if (put.absentBefore === true) await bucket.delete(key).catch(() => {});
       throw fail("bad_request", `the body did not have exactly its Content-Length of ${put.length} bytes; nothing was stored`);
     }
     return unavailable(err);

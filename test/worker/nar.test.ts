@@ -101,6 +101,21 @@ describe("PUT /nar/<file>", () => {
     expect(await keys()).not.toContain(`nar/${p.fileName}`);
   });
 
+  it("refuses a body running past its Content-Length even when its first bytes are the NAR, leaving nothing", async () => {
+    // Only an in-process caller can do this (HTTP ends a body at its Content-Length).
+    const p = await testPath("nar-overrun", { nar: NAR_VECTORS[8]!.bytes });
+    const body = new ReadableStream<Uint8Array>({
+      start(controller) {
+        controller.enqueue(p.file);
+        controller.enqueue(new Uint8Array(64));
+        controller.close();
+      },
+    });
+    const res = await callWith({}, `/nar/${p.fileName}`, { method: "PUT", body, headers: { ...bearer(), "Content-Length": String(p.file.length) } });
+    expect(res.status).toBe(400);
+    expect(await keys()).not.toContain(`nar/${p.fileName}`);
+  });
+
   it("refuses a Content-Encoding on a NAR (415)", async () => {
     const p = await testPath("nar-encoded");
     const res = await call(`/nar/${p.fileName}`, { method: "PUT", body: p.file, headers: { ...bearer(), "Content-Encoding": "gzip" } });
