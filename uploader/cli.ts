@@ -34,9 +34,20 @@ Example:
     uploader push --secret-key-file cache.example.org-1.secret ./result
 `;
 
+/**
+ * The package version. package.json is one level up from this file in the sources and two
+ * levels up in compiled output (dist/uploader/cli.js), so look in both places.
+ */
 function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version?: string };
-  return pkg.version ?? "unknown";
+  for (const candidate of ["../package.json", "../../package.json"]) {
+    try {
+      const pkg = JSON.parse(readFileSync(new URL(candidate, import.meta.url), "utf8")) as { name?: string; version?: string };
+      if (pkg.name === "nix-edge-cache" && pkg.version) return pkg.version;
+    } catch {
+      // not there: try the next place
+    }
+  }
+  return "unknown";
 }
 
 export async function main(argv: string[]): Promise<number> {

@@ -73,22 +73,36 @@ async function listDirectory(dir: Buffer, caseHack: boolean): Promise<Array<{ na
   );
 }
 
-/** Reads exactly the file's bytes, in chunks the caller may keep (never reused). */
+/**
+ * Reads exactly the file's bytes, in chunks the caller may keep (never reused). The next
+ * chunk is already being read while the caller consumes the current one, so disk reads
+ * overlap with hashing and compression.
+ */
 async function* readContents(path: Buffer, size: number): AsyncGenerator<Uint8Array> {
   if (size === 0) return;
   const fh = await open(path, "r");
+  const readAt = async (position: number): Promise<Uint8Array> => {
+    const want = Math.min(size - position, READ_CHUNK_BYTES);
+    const buf = Buffer.allocUnsafe(want);
+    const { bytesRead } = await fh.read(buf, 0, want, position);
+    return bytesRead === want ? buf : buf.subarray(0, bytesRead);
+  };
+  let next: Promise<Uint8Array> | undefined;
   try {
-    let remaining = size;
-    while (remaining > 0) {
-      const want = Math.min(remaining, READ_CHUNK_BYTES);
-      const buf = Buffer.allocUnsafe(want);
-      const { bytesRead } = await fh.read(buf, 0, want, null);
+    let position = 0;
+    next = readAt(0);
+    while (next) {
+      const chunk = await next;
+      next = undefined;
       // The file shrank since lstat: stop, and let writeNar report the size mismatch.
-      if (bytesRead === 0) return;
-      yield bytesRead === want ? buf : buf.subarray(0, bytesRead);
-      remaining -= bytesRead;
+      if (chunk.length === 0) return;
+      position += chunk.length;
+      if (position < size) next = readAt(position);
+      yield chunk;
     }
   } finally {
+    // A read still in flight (the consumer stopped early) must finish before closing.
+    await next?.catch(() => {});
     await fh.close();
   }
 }

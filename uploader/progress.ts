@@ -36,8 +36,8 @@ export interface PushSummary {
 
 /** How often the live line is redrawn. */
 const REDRAW_MS = 200;
-/** The live line's speed is averaged over this window, so it follows changes but not jitter. */
-const SPEED_WINDOW_MS = 5_000;
+/** The live line's speeds are averaged over this window, so they follow changes but not jitter. */
+const SPEED_WINDOW_MS = 3_000;
 
 export interface ProgressOptions {
   stream?: NodeJS.WriteStream;
@@ -56,7 +56,7 @@ export class Progress {
   #narBytes = 0;
   #sentBytes = 0;
   #current = new Set<string>();
-  #samples: Array<[time: number, bytes: number]> = [];
+  #samples: Array<[time: number, read: number, sent: number]> = [];
   #timer: NodeJS.Timeout | undefined;
   #lineShown = false;
 
@@ -85,7 +85,7 @@ export class Progress {
   /** The upload phase begins with this many paths to upload. */
   begin(total: number): void {
     this.#total = total;
-    this.#samples = [[Date.now(), 0]];
+    this.#samples = [[Date.now(), 0, 0]];
     if (this.#live && total > 0) {
       this.#timer = setInterval(() => this.#draw(), REDRAW_MS);
       this.#timer.unref();
@@ -149,14 +149,14 @@ export class Progress {
   #draw(): void {
     if (!this.#timer) return;
     const now = Date.now();
-    this.#samples.push([now, this.#narBytes]);
+    this.#samples.push([now, this.#narBytes, this.#sentBytes]);
     while (this.#samples.length > 2 && now - this.#samples[0]![0] > SPEED_WINDOW_MS) this.#samples.shift();
-    const [t0, b0] = this.#samples[0]!;
-    const speed = now > t0 ? ((this.#narBytes - b0) * 1000) / (now - t0) : 0;
+    const [t0, read0, sent0] = this.#samples[0]!;
+    const rate = (bytes: number): string => formatBytes(now > t0 ? (bytes * 1000) / (now - t0) : 0);
     const current = [...this.#current].map((p) => p.slice(p.lastIndexOf("/") + 1 + 33));
     let line =
-      `[${this.#done}/${this.#total}] ${formatBytes(this.#narBytes)} read, ` +
-      `${formatBytes(this.#sentBytes)} sent, ${formatBytes(speed)}/s`;
+      `[${this.#done}/${this.#total}] ${formatBytes(this.#narBytes)} read (${rate(this.#narBytes - read0)}/s), ` +
+      `${formatBytes(this.#sentBytes)} sent (${rate(this.#sentBytes - sent0)}/s)`;
     if (current.length > 0) line += `  ${current.join(" ")}`;
     const width = this.#out.columns || 80;
     if (line.length > width - 1) line = `${line.slice(0, width - 2)}…`;

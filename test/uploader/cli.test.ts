@@ -48,6 +48,15 @@ describe("help and version", () => {
     const r = await uploader(["--version"]);
     expect(r).toEqual({ code: 0, stdout: `${pkg.version}\n`, stderr: "" });
   });
+
+  test("the package.json bin launcher runs the same CLI", async () => {
+    const pkg = JSON.parse(await readFile(join(PROJECT_ROOT, "package.json"), "utf8")) as { version: string; bin: { uploader: string } };
+    const bin = join(PROJECT_ROOT, pkg.bin.uploader);
+    expect(await run(process.execPath, [bin, "--version"], { env: cleanEnv() })).toEqual({ code: 0, stdout: `${pkg.version}\n`, stderr: "" });
+    const usage = await run(process.execPath, [bin, "push"], { env: cleanEnv() });
+    expect(usage.code).toBe(2);
+    expect(usage.stderr).toContain("no paths given");
+  });
 });
 
 describe("usage errors exit with 2 and say what to do", () => {

@@ -125,9 +125,13 @@ export async function run(args: string[]): Promise<void> {
 function describePlan(plan: PushPlan): string {
   const bytes = plan.toUpload.reduce((n, p) => n + p.narSize, 0);
   return (
-    `${plan.closure.length} paths in the closure: ${plan.toUpload.length} to upload (${formatBytes(bytes)} of NARs), ` +
+    `${plural(plan.closure.length, "path")} in the closure: ${plan.toUpload.length} to upload (${formatBytes(bytes)} of NARs), ` +
     `${plan.alreadyCached.length} already cached, ${plan.skippedUpstream.length} skipped (upstream)`
   );
+}
+
+function plural(n: number, noun: string): string {
+  return `${n} ${noun}${n === 1 ? "" : "s"}`;
 }
 
 /** --dry-run: the plan, as JSON on stdout or as text on stderr. */
