@@ -8,12 +8,13 @@
 // NarHash. A second push uploads nothing; a corrupted path is never uploaded and blocks
 // its dependents without stopping the rest.
 import { execFile } from "node:child_process";
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { Writable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { formatSha256, normaliseSha256 } from "../../src/nix/hash.ts";
 import { parseNarInfo, type NarInfo } from "../../src/nix/narinfo.ts";
+import { encodeNix32 } from "../../src/nix/nix32.ts";
 import { parsePublicKey, verifyNarInfo } from "../../src/nix/signature.ts";
 import { HttpClient } from "../../uploader/http.ts";
 import { readSecretKeyFile } from "../../uploader/key-file.ts";
@@ -181,6 +182,21 @@ describe("push to the Worker", () => {
     expect(r.stderr).toContain(`uploaded ${path}`);
     expect(r.stderr).toMatch(/1 uploaded, 0 already cached, 0 skipped \(upstream\), 0 failed/);
     expect(r.stderr).toMatch(/done in \d+\.\d s/);
+  });
+});
+
+describe("the missing query against the Worker", () => {
+  test("closures larger than one batch are asked in several requests", async () => {
+    const present = await nix.addText("push-batch.txt");
+    expect(await pushJson([present])).toMatchObject({ uploaded: 1 });
+    const presentHash = present.slice("/nix/store/".length, "/nix/store/".length + 32);
+    // Random 160-bit hash parts: 1234 of them are absent (a collision is out of the question).
+    const unique = Array.from({ length: 1234 }, () => encodeNix32(randomBytes(20)));
+    const http = new HttpClient({ baseUrl: worker.url, token: worker.token });
+    const missing = await new RemoteCache(http).missing([...unique.slice(0, 700), presentHash, ...unique.slice(700)]);
+    http.close();
+    expect(missing.size).toBe(unique.length);
+    expect(missing.has(presentHash)).toBe(false);
   });
 });
 
