@@ -9,6 +9,7 @@
 // its dependents without stopping the rest.
 import { execFile } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
+import { readFile, readlink, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { Writable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
@@ -124,6 +125,31 @@ describe("push to the Worker", () => {
 
     const second = await pushJson(["--secret-key-file", join(keyDir, "sk"), closure.top]);
     expect(second).toMatchObject({ uploaded: 0, alreadyCached: 3, failed: 0, narBytes: 0, fileBytes: 0 });
+  });
+
+  test("real Nix substitutes what the uploader pushed, trusting only the uploader's key", async () => {
+    const closure = await nix.buildClosure();
+    expect(await pushJson(["--secret-key-file", join(keyDir, "sk"), closure.top])).toMatchObject({ uploaded: 3 });
+    const store = await nix.tempDir("store-");
+    const env = { ...nix.env, XDG_CACHE_HOME: await nix.tempDir("xdg-") };
+    await runOk(
+      "nix",
+      ["copy", "--from", worker.url, "--to", store, closure.top, "--option", "trusted-public-keys", publicKey],
+      { env },
+    );
+    // The whole closure arrived in the new store, executable bit and symlinks included.
+    expect(await readFile(`${store}${closure.dep}`, "utf8")).toContain("I am a dependency");
+    expect((await stat(`${store}${closure.top}/bin/show`)).mode & 0o111).toBe(0o111);
+    expect(await readlink(`${store}${closure.top}/dep-link`)).toBe(closure.dep);
+    expect(await readFile(`${store}${closure.tree}/bin/link-to-data`, "utf8")).toMatch(/^data /);
+    // A key Nix does not trust: the same substitution is refused.
+    const untrusted = await run(
+      "nix",
+      ["copy", "--from", worker.url, "--to", await nix.tempDir("store-"), closure.top, "--option", "trusted-public-keys", "other-1:rAWTx0noOtf7tqHO5iDnsH7gGNVdQYl99oaJk2gydic="],
+      { env: { ...nix.env, XDG_CACHE_HOME: await nix.tempDir("xdg-") } },
+    );
+    expect(untrusted.code).not.toBe(0);
+    expect(untrusted.stderr).toContain("lacks a valid signature");
   });
 
   test("xz and uncompressed NARs", async () => {
