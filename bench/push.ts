@@ -1,0 +1,126 @@
+// Benchmark: a whole push, `uploader push` against `nix copy --to 'http://…?compression=zstd'`,
+// of the same store paths to the same Worker (as `npm start` runs it), in one run.
+//
+// Each round starts a fresh local cache (empty R2) for each tool, so both upload
+// everything; cache start-up is not timed. Rounds alternate between the tools and the
+// medians are compared. The data: copies of a few system directories (many small files,
+// large binaries) and a generated file, added to the Nix store as separate paths.
+//
+// Usage: node bench/push.ts [--rounds N] [--jobs N]
+import { randomBytes } from "node:crypto";
+import { cp, lstat, mkdir, open, readdir, writeFile } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { LocalCache, NixClient, PROJECT_ROOT, runOk } from "../test/e2e/harness.ts";
+
+const DEFAULT_ROUNDS = 3;
+/** A generated file with incompressible and compressible regions. */
+const GENERATED_BYTES = 96 * 1024 * 1024;
+const SOURCES = ["/usr/share/perl", "/usr/lib/python3", "/usr/lib/gcc"];
+/** Real closures hold many small paths too: this many package doc directories, one path each. */
+const SMALL_PATHS = 60;
+const SMALL_SOURCE_ROOT = "/usr/share/doc";
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = Math.floor(s.length / 2);
+  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
+
+async function generated(path: string, salt: string): Promise<void> {
+  const fh = await open(path, "w");
+  const block = 1 << 20;
+  for (let written = 0; written < GENERATED_BYTES; written += block) {
+    const buf = (written / block) % 2 === 0 ? randomBytes(block) : Buffer.alloc(block, `${salt} text region ${written}\n`);
+    await fh.write(buf);
+  }
+  await fh.close();
+}
+
+async function timed(fn: () => Promise<unknown>): Promise<number> {
+  const start = process.hrtime.bigint();
+  await fn();
+  return Number(process.hrtime.bigint() - start) / 1e9;
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { rounds: { type: "string" }, jobs: { type: "string" } } });
+  const rounds = values.rounds ? Number(values.rounds) : DEFAULT_ROUNDS;
+  const nix = await NixClient.create();
+  try {
+    // Fresh store paths for this run: a salt file in each copy changes every hash.
+    const salt = randomBytes(8).toString("hex");
+    const paths: string[] = [];
+    const env = await nix.env();
+    const small: string[] = [];
+    for (const name of (await readdir(SMALL_SOURCE_ROOT)).sort()) {
+      const dir = join(SMALL_SOURCE_ROOT, name);
+      if (small.length < SMALL_PATHS && (await lstat(dir)).isDirectory()) small.push(dir);
+    }
+    for (const src of [...SOURCES.filter((s) => existsSync(s)), ...small]) {
+      const dir = join(nix.dir, `data-${src.replaceAll("/", "_")}`);
+      await cp(src, dir, { recursive: true, verbatimSymlinks: true });
+      await writeFile(join(dir, ".bench-salt"), salt);
+      paths.push((await runOk("nix-store", ["--add", dir], { env })).trim());
+    }
+    const gen = join(nix.dir, "generated");
+    await mkdir(gen);
+    await generated(join(gen, "data.bin"), salt);
+    paths.push((await runOk("nix-store", ["--add", gen], { env })).trim());
+    const narBytes = (
+      await Promise.all(paths.map(async (p) => Number((await runOk("nix-store", ["-q", "--size", p], { env })).trim())))
+    ).reduce((a, b) => a + b, 0);
+
+    console.log(`Whole push of ${paths.length} store paths (${(narBytes / 1048576).toFixed(0)} MiB of NAR) to a fresh local Worker`);
+    console.log(`uploader push (-j ${values.jobs ?? "default"}) vs nix copy --to 'http://…?compression=zstd'; ${rounds} alternating rounds, medians\n`);
+
+    const ours: number[] = [];
+    const theirs: number[] = [];
+    for (let round = 0; round < rounds; round++) {
+      {
+        const cache = await LocalCache.start();
+        try {
+          ours.push(
+            await timed(() =>
+              runOk(
+                process.execPath,
+                [
+                  join(PROJECT_ROOT, "uploader", "cli.ts"), "push", "--cache", cache.url,
+                  ...(values.jobs ? ["--jobs", values.jobs] : []), ...paths,
+                ],
+                { env: { ...env, NIX_CACHE_TOKEN: cache.token } },
+              ),
+            ),
+          );
+        } finally {
+          await cache.stop();
+        }
+      }
+      {
+        const cache = await LocalCache.start();
+        try {
+          const netrc = await nix.netrc(cache.token);
+          const copyEnv = await nix.env();
+          theirs.push(
+            await timed(() =>
+              runOk("nix", ["copy", "--to", `${cache.url}?compression=zstd`, "--option", "netrc-file", netrc, ...paths], {
+                env: copyEnv,
+              }),
+            ),
+          );
+        } finally {
+          await cache.stop();
+        }
+      }
+      console.log(`round ${round + 1}: uploader ${ours.at(-1)!.toFixed(2)} s, nix copy ${theirs.at(-1)!.toFixed(2)} s`);
+    }
+    const [o, t] = [median(ours), median(theirs)];
+    console.log(`\nmedian: uploader ${o.toFixed(2)} s, nix copy ${t.toFixed(2)} s`);
+    console.log(`ratio (nix copy time / uploader time): ${(t / o).toFixed(2)}×`);
+  } finally {
+    await nix.cleanup();
+  }
+}
+
+await main();
