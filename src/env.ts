@@ -18,15 +18,23 @@
 // | READ_TOKEN            | secret | optional: reads need it (or a write token), except         |
 // |                       |        | /nix-cache-info                                            |
 // | SIGNING_KEY           | secret | optional Nix secret key; the Worker signs what it stores   |
+// | AGGREGATE_UPSTREAMS   | var    | upstream aggregation: caches served through this one,      |
+// | AGGREGATE_WRITE_…KEYS | var    | the keys allowing write-through, credentials for private   |
+// | AGGREGATE_…_NETRC     | secret | upstreams (documented in upstream/settings.ts)             |
 //
 // Token values are trimmed (a secret piped in with `echo` ends in a newline); empty
 // values count as unset.
 
 import { parsePublicKey, parseSecretKey, type PublicKey, type SecretKey } from "./nix/signature.ts";
 import { fail } from "./errors.ts";
+import { aggregationOf, type Aggregation } from "./upstream/settings.ts";
 
 /** The Env the Worker runs with: generated bindings and vars, secrets (src/secrets.d.ts). */
-export type WorkerEnv = Env & { MAX_NAR_UPLOAD_BYTES?: string };
+export type WorkerEnv = Env & {
+  MAX_NAR_UPLOAD_BYTES?: string;
+  AGGREGATE_UPSTREAMS?: string;
+  AGGREGATE_WRITE_THROUGH_KEYS?: string;
+};
 
 /**
  * Default priority. Nix asks substituters in ascending priority and cache.nixos.org
@@ -60,6 +68,8 @@ export interface Settings {
   signingKey: SecretKey | null;
   /** Largest accepted NAR PUT body in bytes. */
   maxNarUploadBytes: number;
+  /** Upstream aggregation (upstream/settings.ts); no upstreams when off. */
+  aggregation: Aggregation;
 }
 
 const parsed = new WeakMap<object, Settings>();
@@ -159,5 +169,6 @@ function parseSettings(env: WorkerEnv): Settings {
     readToken: secret(env.READ_TOKEN),
     signingKey: parseSigningKey(env.SIGNING_KEY),
     maxNarUploadBytes: parseMaxNarUploadBytes(env.MAX_NAR_UPLOAD_BYTES),
+    aggregation: aggregationOf(env),
   };
 }

@@ -8,6 +8,8 @@ interface NixEdgeCacheSecrets {
   READ_TOKEN?: string;
   /** A Nix secret key (`name:base64`); the Worker signs every narinfo it stores with it. */
   SIGNING_KEY?: string;
+  /** netrc text with credentials for private aggregated upstreams (src/upstream/netrc.ts). */
+  AGGREGATE_UPSTREAMS_NETRC?: string;
   /** Further upload tokens, one per pusher, each revocable alone. */
   [key: `WRITE_TOKEN_${string}`]: string | undefined;
 }
