@@ -4,7 +4,7 @@
 // error into a message on stderr and an exit code. Every error carries a message that says
 // what went wrong, and where it helps, a `hint` that says what to do about it.
 
-/** Exit codes, documented in `uploader --help`. */
+/** Exit codes, documented in `uploader push --help`. */
 export const EXIT_OK = 0;
 /** The push ran to the end, but at least one path failed (or was blocked by one). */
 export const EXIT_PATHS_FAILED = 1;

@@ -5,7 +5,7 @@ import { rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { DEFAULT_COMPRESSION, DEFAULT_LEVEL, parseCompressionMethod, resolveLevel } from "../compress.ts";
-import { PushIncompleteError, UsageError } from "../errors.ts";
+import { EXIT_INTERRUPTED, PushIncompleteError, UsageError } from "../errors.ts";
 import { HttpClient } from "../http.ts";
 import { readSecretKeyFile } from "../key-file.ts";
 import { DEFAULT_UPSTREAM_KEYS, planPush, type PushPlan } from "../plan.ts";
@@ -100,7 +100,7 @@ export async function run(args: string[]): Promise<void> {
     const onInterrupt = (): void => {
       rmSync(tmp, { recursive: true, force: true });
       process.stderr.write("\ninterrupted; the cache holds only complete paths, run the same push again to finish\n");
-      process.exit(130);
+      process.exit(EXIT_INTERRUPTED);
     };
     process.once("SIGINT", onInterrupt);
     let outcome;
