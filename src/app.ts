@@ -13,6 +13,7 @@ import { documents } from "./routes/documents.ts";
 import { missing } from "./routes/missing.ts";
 import { nar } from "./routes/nar.ts";
 import { narinfo } from "./routes/narinfo.ts";
+import { upstreamNar } from "./routes/upstream-nar.ts";
 
 export type App = Hono<{ Bindings: WorkerEnv }>;
 
@@ -25,6 +26,7 @@ export function createApp(): App {
   app.route("/", cacheInfo);
   app.route("/", narinfo);
   app.route("/", nar);
+  app.route("/", upstreamNar);
   app.route("/", documents);
   app.route("/", missing);
   app.notFound(() => errorResponse("not_found", "no such resource in this cache"));

@@ -1,6 +1,7 @@
 // /<hash32>.narinfo: the metadata Nix asks for first for every store path.
 //
-// GET/HEAD stream the stored document. PUT parses the body with the core parser, applies
+// GET/HEAD stream the stored document; on a miss, with AGGREGATE_UPSTREAMS set, the
+// upstreams are asked (upstream-narinfo.ts). PUT parses the body with the core parser, applies
 // the acceptance rules (upload/narinfo-acceptance.ts: StorePath, URL, Compression, the
 // stored NAR, references, signatures) and stores it under the immutability rule
 // (upload/narinfo-store.ts): 201 when stored, 204 when nothing changed or signatures
@@ -10,7 +11,7 @@ import { Hono } from "hono";
 import { NixFormatError } from "../nix/errors.ts";
 import { MAX_NARINFO_LENGTH, parseNarInfo, type NarInfo } from "../nix/narinfo.ts";
 import { settingsOf, type WorkerEnv } from "../env.ts";
-import { fail } from "../errors.ts";
+import { AppError, fail } from "../errors.ts";
 import { contentEncoding, readText } from "../http/body.ts";
 import { serveObject } from "../http/object-response.ts";
 import { requireRead, requireWrite } from "../middleware/auth.ts";
@@ -18,6 +19,7 @@ import { edgeInvalidate } from "../storage/edge-cache.ts";
 import { keyFromUrl, type ObjectKey } from "../storage/keys.ts";
 import { acceptNarInfo } from "../upload/narinfo-acceptance.ts";
 import { storeNarInfo } from "../upload/narinfo-store.ts";
+import { serveUpstreamNarInfo } from "./upstream-narinfo.ts";
 
 export const narinfo = new Hono<{ Bindings: WorkerEnv }>();
 
@@ -35,10 +37,17 @@ function narInfoKeyOf(request: Request): ObjectKey | null {
   return object !== null && object.kind === "narinfo" ? object : null;
 }
 
-narinfo.get(NARINFO_ROUTE, requireRead, (c) => {
+narinfo.get(NARINFO_ROUTE, requireRead, async (c) => {
   const object = narInfoKeyOf(c.req.raw);
   if (object === null) throw fail("not_found", "no such narinfo in this cache");
-  return serveObject(c.req.raw, c.env, c.executionCtx, object);
+  if (settingsOf(c.env).aggregation.upstreams.length === 0) return serveObject(c.req.raw, c.env, c.executionCtx, object);
+  try {
+    return await serveObject(c.req.raw, c.env, c.executionCtx, object);
+  } catch (err) {
+    if (!(err instanceof AppError && err.kind === "not_found")) throw err;
+    const hashPart = object.key.slice(0, object.key.length - ".narinfo".length);
+    return serveUpstreamNarInfo(c.req.raw, c.env, c.executionCtx, hashPart);
+  }
 });
 
 narinfo.put(NARINFO_ROUTE, requireWrite, async (c) => {

@@ -12,7 +12,8 @@
 //   - with TRUSTED_PUBLIC_KEYS set, a valid signature by one of them.
 // Then the cache (R2 operations, within the free plan's per-request budget):
 //   - the NAR is stored and has FileSize bytes;
-//   - every reference other than the path itself is in the cache or served upstream.
+//   - every reference other than the path itself is in the cache or served upstream
+//     (UPSTREAM_CACHES, or AGGREGATE_UPSTREAMS, whose paths clients get through this cache).
 // Finally, with SIGNING_KEY set, the Worker adds its own signature.
 
 import { NixFormatError } from "../nix/errors.ts";
@@ -24,6 +25,7 @@ import type { Settings } from "../env.ts";
 import { fail } from "../errors.ts";
 import { headObject } from "../storage/bucket.ts";
 import { narKey, NAR_PREFIX, parseNarFileName } from "../storage/keys.ts";
+import { referenceCaches } from "../upstream/settings.ts";
 import { missingReferences, missingReferencesMessage } from "./references.ts";
 
 /** File extension Nix gives each compression method; methods not listed get none. */
@@ -102,8 +104,9 @@ export async function acceptNarInfo(info: NarInfo, hashPart: string, bucket: R2B
 
   const self = storePathBaseName(parseStorePath(info.storePath)!);
   const others = info.references.filter((ref) => ref !== self);
-  const missing = await missingReferences(bucket, others, settings.upstreams);
-  if (missing.length > 0) throw fail("unprocessable", missingReferencesMessage(missing, settings.upstreams));
+  const caches = referenceCaches(settings.upstreams, settings.aggregation);
+  const missing = await missingReferences(bucket, others, caches);
+  if (missing.length > 0) throw fail("unprocessable", missingReferencesMessage(missing, caches));
 
   if (settings.signingKey === null) return info;
   return withSignature(info, await signNarInfo(info, settings.signingKey));

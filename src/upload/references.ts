@@ -1,6 +1,7 @@
 // Which references of an uploaded narinfo are not available to a client of this cache:
 // neither stored here (a HEAD of `<hash>.narinfo` in R2) nor served by one of the
-// configured upstream caches (a HEAD of `<upstream>/<hash>.narinfo`). A narinfo is only
+// upstream caches (a HEAD of `<upstream>/<hash>.narinfo`, with the credentials configured
+// for an aggregated upstream; upstream/settings.ts referenceCaches). A narinfo is only
 // accepted when this list is empty, so the cache never holds a closure with holes.
 //
 // Budget (free plan, per request): about 1000 operations on Cloudflare services (R2 calls
@@ -11,6 +12,7 @@ import { fail } from "../errors.ts";
 import { existsMany, R2_CONCURRENCY } from "../storage/bucket.ts";
 import { narInfoKey } from "../storage/keys.ts";
 import { HASH_PART_LENGTH } from "../nix/store-path.ts";
+import type { ReferenceCache } from "../upstream/settings.ts";
 
 /**
  * Most references one narinfo may have: one R2 HEAD each must fit the ~1000 operations a
@@ -32,10 +34,15 @@ export const UPSTREAM_TIMEOUT_MS = 5000;
 /** At most this many missing references are named in an error message. */
 const NAMED_IN_ERRORS = 5;
 
-async function servedUpstream(upstreams: readonly string[], hash: string): Promise<boolean> {
-  for (const base of upstreams) {
+async function servedUpstream(upstreams: readonly ReferenceCache[], hash: string): Promise<boolean> {
+  for (const { url, authorization } of upstreams) {
     try {
-      const res = await fetch(`${base}/${narInfoKey(hash)}`, { method: "HEAD", signal: AbortSignal.timeout(UPSTREAM_TIMEOUT_MS) });
+      const res = await fetch(`${url}/${narInfoKey(hash)}`, {
+        method: "HEAD",
+        signal: AbortSignal.timeout(UPSTREAM_TIMEOUT_MS),
+        // Credentials go to the upstream only, never to where it might redirect.
+        ...(authorization === null ? {} : { headers: { Authorization: authorization }, redirect: "manual" as const }),
+      });
       if (res.status === 200) return true;
     } catch {
       // Timeout or network failure: this upstream does not vouch for the path.
@@ -48,7 +55,7 @@ async function servedUpstream(upstreams: readonly string[], hash: string): Promi
  * The references (base names, the path's own excluded by the caller) that are neither in
  * the bucket nor upstream, in input order. Throws `payload_too_large` past the budgets.
  */
-export async function missingReferences(bucket: R2Bucket, references: readonly string[], upstreams: readonly string[]): Promise<string[]> {
+export async function missingReferences(bucket: R2Bucket, references: readonly string[], upstreams: readonly ReferenceCache[]): Promise<string[]> {
   if (references.length > MAX_REFERENCES) {
     throw fail("payload_too_large", `the narinfo has ${references.length} references; this cache checks at most ${MAX_REFERENCES} per upload`);
   }
@@ -68,7 +75,7 @@ export async function missingReferences(bucket: R2Bucket, references: readonly s
 }
 
 /** The 422 message for missing references. */
-export function missingReferencesMessage(missing: readonly string[], upstreams: readonly string[]): string {
+export function missingReferencesMessage(missing: readonly string[], upstreams: readonly unknown[]): string {
   const named = missing.slice(0, NAMED_IN_ERRORS).join(", ");
   const more = missing.length > NAMED_IN_ERRORS ? ` and ${missing.length - NAMED_IN_ERRORS} more` : "";
   const where = upstreams.length === 0 ? "in this cache" : "in this cache or its upstream caches";

@@ -1,0 +1,108 @@
+// HTTP requests to an aggregated upstream: its credentials, a timeout, the request's
+// subrequest budget, and redirects followed by hand so credentials never leave the
+// upstream's origin (a NAR may redirect to a presigned object-storage URL).
+//
+// The outcome is a value, never an exception: "response" (any HTTP status) or "failed"
+// (timeout, network error, too many redirects, budget exhausted), which the callers turn
+// into "try the next upstream" or a 404, never a 5xx.
+
+import { concatBytes } from "../nix/encoding.ts";
+import type { SubrequestBudget } from "./budget.ts";
+import type { Upstream } from "./settings.ts";
+
+/** Redirects followed per request; each costs a subrequest. Caches redirect NARs once. */
+export const MAX_REDIRECTS = 2;
+
+const REDIRECT_STATUSES: ReadonlySet<number> = new Set([301, 302, 303, 307, 308]);
+
+export type UpstreamOutcome =
+  | { kind: "response"; response: Response }
+  /** No usable answer; `budgetExhausted` when the request was never sent for lack of budget. */
+  | { kind: "failed"; reason: string; budgetExhausted?: boolean };
+
+export interface UpstreamRequest {
+  method: "GET" | "HEAD";
+  /** Headers to send besides credentials (e.g. Range). */
+  headers?: Record<string, string>;
+  /**
+   * Milliseconds before giving up. "whole" bounds the request and the body read (narinfos,
+   * write-through); "headers" bounds only the wait for the response headers (NARs streamed
+   * to a client, whose own stall timeout covers the body).
+   */
+  timeoutMs: number;
+  timeoutCovers: "whole" | "headers";
+  budget: SubrequestBudget;
+}
+
+/** GET or HEAD `url` (absolute, on the upstream or where it redirects) for `upstream`. */
+export async function upstreamFetch(upstream: Upstream, url: string, req: UpstreamRequest): Promise<UpstreamOutcome> {
+  const origin = new URL(upstream.url).origin;
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), req.timeoutMs);
+  let current = url;
+  try {
+    for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
+      if (!req.budget.take()) return { kind: "failed", reason: "subrequest budget exhausted", budgetExhausted: true };
+      const target = new URL(current);
+      const headers = new Headers(req.headers);
+      // Credentials only for the upstream itself, never for where it redirects.
+      if (upstream.authorization !== null && target.origin === origin) headers.set("Authorization", upstream.authorization);
+      const response = await fetch(target.href, { method: req.method, headers, redirect: "manual", signal: controller.signal });
+      const location = response.headers.get("Location");
+      if (REDIRECT_STATUSES.has(response.status) && location !== null) {
+        await response.body?.cancel();
+        const next = new URL(location, target);
+        if (next.protocol !== "https:" && next.protocol !== "http:") return { kind: "failed", reason: "redirect to a non-HTTP URL" };
+        current = next.href;
+        continue;
+      }
+      if (req.timeoutCovers === "headers") clearTimeout(timer);
+      return { kind: "response", response };
+    }
+    return { kind: "failed", reason: `more than ${MAX_REDIRECTS} redirects` };
+  } catch (err) {
+    clearTimeout(timer);
+    const reason = controller.signal.aborted ? `no answer within ${req.timeoutMs} ms` : `network error (${err instanceof Error ? err.message : String(err)})`;
+    return { kind: "failed", reason };
+  }
+}
+
+export type SmallText =
+  | { kind: "text"; text: string }
+  /** Larger than the limit, or not UTF-8: the upstream answered, but nonsense. */
+  | { kind: "garbage"; reason: string }
+  /** The body stream broke off (e.g. the timeout fired mid-body). */
+  | { kind: "failed"; reason: string };
+
+/** Reads a small body as UTF-8 text, at most `limit` bytes. */
+export async function readSmallText(response: Response, limit: number): Promise<SmallText> {
+  const tooLarge: SmallText = { kind: "garbage", reason: `body larger than ${limit} bytes` };
+  const declared = response.headers.get("Content-Length");
+  if (declared !== null && Number(declared) > limit) {
+    await response.body?.cancel();
+    return tooLarge;
+  }
+  if (response.body === null) return { kind: "text", text: "" };
+  const reader = response.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      total += value.byteLength;
+      if (total > limit) {
+        await reader.cancel();
+        return tooLarge;
+      }
+      chunks.push(value);
+    }
+  } catch (err) {
+    return { kind: "failed", reason: `the body broke off (${err instanceof Error ? err.message : String(err)})` };
+  }
+  try {
+    return { kind: "text", text: new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(concatBytes(chunks)) };
+  } catch {
+    return { kind: "garbage", reason: "body is not UTF-8" };
+  }
+}
