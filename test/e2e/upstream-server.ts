@@ -1,0 +1,130 @@
+// Upstream binary caches for the aggregation tests: real HTTP servers on loopback.
+//
+// A good upstream serves a directory that `nix copy --to file://…` wrote, as any static
+// file server would (GET and HEAD, 404 for anything absent), optionally only to clients
+// presenting a token (HTTP Basic password, as Nix and this Worker send it). Broken ones
+// misbehave the ways real upstreams do: "hang" accepts connections and never answers,
+// "error" answers 500 to everything, "garbage" answers 200 with a body that is no narinfo,
+// "wrong-path" answers every narinfo request with the same valid narinfo of another path.
+// Every server records the requests it got, so tests can tell who was asked what.
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { createReadStream } from "node:fs";
+import { stat } from "node:fs/promises";
+import { join, normalize, sep } from "node:path";
+
+export type UpstreamBehaviour =
+  | { kind: "serve"; root: string; token?: string }
+  | { kind: "hang" }
+  | { kind: "error" }
+  | { kind: "garbage" }
+  | { kind: "wrong-path"; narinfo: string };
+
+export interface SeenRequest {
+  method: string;
+  path: string;
+  authorization: string | undefined;
+}
+
+const CONTENT_TYPES: Record<string, string> = {
+  ".narinfo": "text/x-nix-narinfo",
+  "nix-cache-info": "text/x-nix-cache-info",
+};
+
+function contentTypeOf(path: string): string {
+  for (const [suffix, type] of Object.entries(CONTENT_TYPES)) if (path.endsWith(suffix)) return type;
+  return "application/x-nix-nar";
+}
+
+function authorised(req: IncomingMessage, token: string | undefined): boolean {
+  if (token === undefined) return true;
+  const header = req.headers.authorization ?? "";
+  const m = /^Basic (.+)$/.exec(header);
+  if (m === null) return false;
+  const decoded = Buffer.from(m[1]!, "base64").toString("utf8");
+  return decoded.slice(decoded.indexOf(":") + 1) === token;
+}
+
+async function serveFile(root: string, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const path = decodeURIComponent(new URL(req.url ?? "/", "http://x").pathname);
+  const file = normalize(join(root, path));
+  if (!file.startsWith(root + sep)) {
+    res.writeHead(404).end();
+    return;
+  }
+  let size: number;
+  try {
+    const s = await stat(file);
+    if (!s.isFile()) throw new Error("not a file");
+    size = s.size;
+  } catch {
+    res.writeHead(404, { "Content-Type": "text/plain" }).end("not found\n");
+    return;
+  }
+  res.writeHead(200, { "Content-Type": contentTypeOf(file), "Content-Length": String(size) });
+  if (req.method === "HEAD") {
+    res.end();
+    return;
+  }
+  createReadStream(file).pipe(res);
+}
+
+export class UpstreamServer {
+  readonly url: string;
+  readonly port: number;
+  readonly requests: SeenRequest[] = [];
+  private readonly server: Server;
+
+  private constructor(server: Server, port: number) {
+    this.server = server;
+    this.port = port;
+    this.url = `http://127.0.0.1:${port}`;
+  }
+
+  static async start(behaviour: UpstreamBehaviour): Promise<UpstreamServer> {
+    let self: UpstreamServer | undefined;
+    const server = createServer((req, res) => {
+      self?.requests.push({ method: req.method ?? "", path: req.url ?? "", authorization: req.headers.authorization });
+      switch (behaviour.kind) {
+        case "hang":
+          return; // never answer; the socket stays open until stop()
+        case "error":
+          res.writeHead(500, { "Content-Type": "text/plain" }).end("internal server error\n");
+          return;
+        case "garbage":
+          res.writeHead(200, { "Content-Type": "text/x-nix-narinfo" }).end("<html>this is not a narinfo</html>\n");
+          return;
+        case "wrong-path":
+          if (req.url?.endsWith(".narinfo")) {
+            res.writeHead(200, { "Content-Type": "text/x-nix-narinfo" }).end(behaviour.narinfo);
+          } else {
+            res.writeHead(404).end();
+          }
+          return;
+        case "serve":
+          if (!authorised(req, behaviour.token)) {
+            res.writeHead(401, { "WWW-Authenticate": 'Basic realm="upstream"' }).end();
+            return;
+          }
+          serveFile(normalize(behaviour.root), req, res).catch(() => res.destroy());
+          return;
+      }
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const address = server.address();
+    if (address === null || typeof address === "string") throw new Error("no port");
+    self = new UpstreamServer(server, address.port);
+    return self;
+  }
+
+  /** Requests whose path ends with `suffix`. */
+  seen(suffix: string): SeenRequest[] {
+    return this.requests.filter((r) => r.path.split("?")[0]!.endsWith(suffix));
+  }
+
+  /** Stops listening and drops every open connection (a hanging one included). */
+  async stop(): Promise<void> {
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    this.server.closeAllConnections();
+    await closed;
+  }
+}
