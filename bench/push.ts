@@ -44,6 +44,30 @@ async function timed(fn: () => Promise<unknown>): Promise<number> {
   return Number(process.hrtime.bigint() - start) / 1e9;
 }
 
+/** Seconds for `uploader push` of `paths` to a fresh local cache (start-up not timed). */
+async function pushWithUploader(paths: readonly string[], env: NodeJS.ProcessEnv, jobs: string | undefined): Promise<number> {
+  const cache = await LocalCache.start();
+  try {
+    const args = [join(PROJECT_ROOT, "uploader", "cli.ts"), "push", "--cache", cache.url, ...(jobs ? ["--jobs", jobs] : []), ...paths];
+    return await timed(() => runOk(process.execPath, args, { env: { ...env, NIX_CACHE_TOKEN: cache.token } }));
+  } finally {
+    await cache.stop();
+  }
+}
+
+/** Seconds for `nix copy --to` of `paths` to a fresh local cache (start-up not timed). */
+async function pushWithNixCopy(paths: readonly string[], nix: NixClient): Promise<number> {
+  const cache = await LocalCache.start();
+  try {
+    const netrc = await nix.netrc(cache.token);
+    const env = await nix.env();
+    const args = ["copy", "--to", `${cache.url}?compression=zstd`, "--option", "netrc-file", netrc, ...paths];
+    return await timed(() => runOk("nix", args, { env }));
+  } finally {
+    await cache.stop();
+  }
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: { rounds: { type: "string" }, jobs: { type: "string" } } });
   const rounds = values.rounds ? Number(values.rounds) : DEFAULT_ROUNDS;
@@ -51,73 +75,53 @@ async function main(): Promise<void> {
   try {
     // Fresh store paths for this run: a salt file in each copy changes every hash.
     const salt = randomBytes(8).toString("hex");
-    const paths: string[] = [];
     const env = await nix.env();
-    const small: string[] = [];
-    for (const name of (await readdir(SMALL_SOURCE_ROOT)).sort()) {
-      const dir = join(SMALL_SOURCE_ROOT, name);
-      if (small.length < SMALL_PATHS && (await lstat(dir)).isDirectory()) small.push(dir);
-    }
-    for (const src of [...SOURCES.filter((s) => existsSync(s)), ...small]) {
+    const addCopy = async (src: string): Promise<string> => {
       const dir = join(nix.dir, `data-${src.replaceAll("/", "_")}`);
       await cp(src, dir, { recursive: true, verbatimSymlinks: true });
       await writeFile(join(dir, ".bench-salt"), salt);
-      paths.push((await runOk("nix-store", ["--add", dir], { env })).trim());
+      return (await runOk("nix-store", ["--add", dir], { env })).trim();
+    };
+    const smallSources: string[] = [];
+    for (const name of (await readdir(SMALL_SOURCE_ROOT)).sort()) {
+      const dir = join(SMALL_SOURCE_ROOT, name);
+      if (smallSources.length < SMALL_PATHS && (await lstat(dir)).isDirectory()) smallSources.push(dir);
     }
+    const small: string[] = [];
+    for (const src of smallSources) small.push(await addCopy(src));
+    const large: string[] = [];
+    for (const src of SOURCES.filter((s) => existsSync(s))) large.push(await addCopy(src));
     const gen = join(nix.dir, "generated");
     await mkdir(gen);
     await generated(join(gen, "data.bin"), salt);
-    paths.push((await runOk("nix-store", ["--add", gen], { env })).trim());
-    const narBytes = (
-      await Promise.all(paths.map(async (p) => Number((await runOk("nix-store", ["-q", "--size", p], { env })).trim())))
-    ).reduce((a, b) => a + b, 0);
+    large.push((await runOk("nix-store", ["--add", gen], { env })).trim());
 
-    console.log(`Whole push of ${paths.length} store paths (${(narBytes / 1048576).toFixed(0)} MiB of NAR) to a fresh local Worker`);
-    console.log(`uploader push (-j ${values.jobs ?? "default"}) vs nix copy --to 'http://…?compression=zstd'; ${rounds} alternating rounds, medians\n`);
-
-    const ours: number[] = [];
-    const theirs: number[] = [];
-    for (let round = 0; round < rounds; round++) {
-      {
-        const cache = await LocalCache.start();
-        try {
-          ours.push(
-            await timed(() =>
-              runOk(
-                process.execPath,
-                [
-                  join(PROJECT_ROOT, "uploader", "cli.ts"), "push", "--cache", cache.url,
-                  ...(values.jobs ? ["--jobs", values.jobs] : []), ...paths,
-                ],
-                { env: { ...env, NIX_CACHE_TOKEN: cache.token } },
-              ),
-            ),
-          );
-        } finally {
-          await cache.stop();
-        }
+    console.log(`uploader push (-j ${values.jobs ?? "default"}) vs nix copy --to 'http://…?compression=zstd', each to a`);
+    console.log(`fresh local Worker (npm start); ${rounds} alternating rounds per scenario, medians\n`);
+    const summary: string[] = [];
+    for (const [label, paths] of [
+      ["many small paths", small],
+      ["a few large paths", large],
+      ["both together", [...small, ...large]],
+    ] as const) {
+      const narBytes = (
+        await Promise.all(paths.map(async (p) => Number((await runOk("nix-store", ["-q", "--size", p], { env })).trim())))
+      ).reduce((a, b) => a + b, 0);
+      const title = `${label}: ${paths.length} paths, ${(narBytes / 1048576).toFixed(1)} MiB of NAR`;
+      console.log(title);
+      const ours: number[] = [];
+      const theirs: number[] = [];
+      for (let round = 0; round < rounds; round++) {
+        ours.push(await pushWithUploader(paths, env, values.jobs));
+        theirs.push(await pushWithNixCopy(paths, nix));
+        console.log(`  round ${round + 1}: uploader ${ours.at(-1)!.toFixed(2)} s, nix copy ${theirs.at(-1)!.toFixed(2)} s`);
       }
-      {
-        const cache = await LocalCache.start();
-        try {
-          const netrc = await nix.netrc(cache.token);
-          const copyEnv = await nix.env();
-          theirs.push(
-            await timed(() =>
-              runOk("nix", ["copy", "--to", `${cache.url}?compression=zstd`, "--option", "netrc-file", netrc, ...paths], {
-                env: copyEnv,
-              }),
-            ),
-          );
-        } finally {
-          await cache.stop();
-        }
-      }
-      console.log(`round ${round + 1}: uploader ${ours.at(-1)!.toFixed(2)} s, nix copy ${theirs.at(-1)!.toFixed(2)} s`);
+      const [o, t] = [median(ours), median(theirs)];
+      const line = `${title}: uploader ${o.toFixed(2)} s, nix copy ${t.toFixed(2)} s, ratio ${(t / o).toFixed(2)}×`;
+      summary.push(line);
     }
-    const [o, t] = [median(ours), median(theirs)];
-    console.log(`\nmedian: uploader ${o.toFixed(2)} s, nix copy ${t.toFixed(2)} s`);
-    console.log(`ratio (nix copy time / uploader time): ${(t / o).toFixed(2)}×`);
+    console.log(`\nmedians (ratio = nix copy time / uploader time):`);
+    for (const line of summary) console.log(`  ${line}`);
   } finally {
     await nix.cleanup();
   }

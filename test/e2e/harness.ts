@@ -187,16 +187,15 @@ export class LocalCache {
   readonly token: string;
   readonly publicKey: string;
   private readonly child: ChildProcess;
-  private output = "";
+  private readonly captured: { text: string };
 
-  private constructor(url: string, stateDir: string, token: string, publicKey: string, child: ChildProcess) {
+  private constructor(url: string, stateDir: string, token: string, publicKey: string, child: ChildProcess, output: { text: string }) {
     this.url = url;
     this.stateDir = stateDir;
     this.token = token;
     this.publicKey = publicKey;
     this.child = child;
-    child.stdout?.on("data", (d: Buffer) => (this.output += d.toString()));
-    child.stderr?.on("data", (d: Buffer) => (this.output += d.toString()));
+    this.captured = output;
   }
 
   /**
@@ -219,10 +218,15 @@ export class LocalCache {
       env: { ...process.env, WRANGLER_SEND_METRICS: "false", CLOUDFLARE_CF_FETCH_ENABLED: "false" },
       detached: true,
     });
+    const output = { text: "" };
+    child.stdout?.on("data", (d: Buffer) => (output.text += d.toString()));
+    child.stderr?.on("data", (d: Buffer) => (output.text += d.toString()));
     const url = `http://127.0.0.1:${port}`;
     const deadline = Date.now() + 60_000;
     for (;;) {
-      if (child.exitCode !== null) throw new Error(`npm start exited with ${child.exitCode}`);
+      if (child.exitCode !== null) {
+        throw new Error(`npm start exited with ${child.exitCode}:\n${output.text.split("\n").slice(-30).join("\n")}`);
+      }
       try {
         const res = await fetch(`${url}/nix-cache-info`);
         if (res.status === 200) break;
@@ -231,7 +235,7 @@ export class LocalCache {
       }
       if (Date.now() > deadline) {
         child.kill("SIGKILL");
-        throw new Error("the local cache did not come up within 60 s");
+        throw new Error(`the local cache did not come up within 60 s:\n${output.text.split("\n").slice(-30).join("\n")}`);
       }
       await new Promise((r) => setTimeout(r, 250));
     }
@@ -239,11 +243,11 @@ export class LocalCache {
     const token = /^WRITE_TOKEN=(.*)$/m.exec(vars2)?.[1];
     const publicKey = (await readFile(join(stateDir, "public-key"), "utf8")).trim();
     if (!token) throw new Error("no WRITE_TOKEN in the local cache's dev.vars");
-    return new LocalCache(url, stateDir, token, publicKey, child);
+    return new LocalCache(url, stateDir, token, publicKey, child, output);
   }
 
   get logs(): string {
-    return this.output;
+    return this.captured.text;
   }
 
   /**
