@@ -143,11 +143,11 @@ export async function writeThrough(root: UpstreamHit, bucket: R2Bucket, ctx: Loo
 
   // True when the path with this hash part is in the bucket once this returns.
   const fill = (hash: string, known: UpstreamHit | null): Promise<boolean> => {
+    // A reference cycle other than a self-reference cannot occur in a Nix store; should an
+    // upstream claim one, the paths on it are simply not stored (and nothing waits on itself).
+    if (visiting.has(hash)) return Promise.resolve(false);
     let result = done.get(hash);
     if (result === undefined) {
-      // A reference cycle other than a self-reference cannot occur in a Nix store; should
-      // an upstream claim one, the path on the cycle is simply not stored.
-      if (visiting.has(hash)) return Promise.resolve(false);
       visiting.add(hash);
       result = fillOne(hash, known).finally(() => visiting.delete(hash));
       done.set(hash, result);
