@@ -11,6 +11,7 @@ import { errorResponse, responseForError } from "./errors.ts";
 import { cacheInfo } from "./routes/cache-info.ts";
 import { documents } from "./routes/documents.ts";
 import { missing } from "./routes/missing.ts";
+import { multipart } from "./routes/multipart.ts";
 import { nar } from "./routes/nar.ts";
 import { narinfo } from "./routes/narinfo.ts";
 import { upstreamNar } from "./routes/upstream-nar.ts";
@@ -29,6 +30,7 @@ export function createApp(): App {
   app.route("/", upstreamNar);
   app.route("/", documents);
   app.route("/", missing);
+  app.route("/", multipart);
   app.notFound(() => errorResponse("not_found", "no such resource in this cache"));
   app.onError((err) => responseForError(err));
   return app;

@@ -13,6 +13,8 @@
 // |                       |        | paths they serve without those being in this cache         |
 // | MAX_NAR_UPLOAD_BYTES  | var    | optional: largest NAR PUT body (default 100 MiB, the free   |
 // |                       |        | plan's request limit; raise it on a plan that allows more) |
+// | MULTIPART_VERIFY      | var    | optional: `size` (default) or `sha256`: what completing a  |
+// |                       |        | multipart NAR upload checks (routes/multipart.ts)          |
 // | WRITE_TOKEN           | secret | a token that may upload                                    |
 // | WRITE_TOKEN_<ANY>     | secret | more upload tokens, each revocable alone                   |
 // | READ_TOKEN            | secret | optional: reads need it (or a write token), except         |
@@ -28,10 +30,12 @@
 import { parsePublicKey, parseSecretKey, type PublicKey, type SecretKey } from "./nix/signature.ts";
 import { fail } from "./errors.ts";
 import { aggregationOf, type Aggregation } from "./upstream/settings.ts";
+import type { VerifyMode } from "./storage/multipart.ts";
 
 /** The Env the Worker runs with: generated bindings and vars, secrets (src/secrets.d.ts). */
 export type WorkerEnv = Env & {
   MAX_NAR_UPLOAD_BYTES?: string;
+  MULTIPART_VERIFY?: string;
   AGGREGATE_UPSTREAMS?: string;
   AGGREGATE_WRITE_THROUGH_KEYS?: string;
 };
@@ -66,8 +70,10 @@ export interface Settings {
   readToken: string | null;
   /** Key the Worker signs stored narinfos with, or null. */
   signingKey: SecretKey | null;
-  /** Largest accepted NAR PUT body in bytes. */
+  /** Largest accepted NAR PUT body in bytes (also the largest multipart part). */
   maxNarUploadBytes: number;
+  /** What completing a multipart upload checks besides part sizes. */
+  multipartVerify: VerifyMode;
   /** Upstream aggregation (upstream/settings.ts); no upstreams when off. */
   aggregation: Aggregation;
 }
@@ -160,6 +166,13 @@ function parseMaxNarUploadBytes(value: string | undefined): number {
   return Number(text);
 }
 
+function parseMultipartVerify(value: string | undefined): VerifyMode {
+  const text = (value ?? "").trim();
+  if (text === "" || text === "size") return "size";
+  if (text === "sha256") return "sha256";
+  throw fail("misconfigured", "MULTIPART_VERIFY must be size or sha256");
+}
+
 function parseSettings(env: WorkerEnv): Settings {
   return {
     priority: parsePriority(env.PRIORITY),
@@ -169,6 +182,7 @@ function parseSettings(env: WorkerEnv): Settings {
     readToken: secret(env.READ_TOKEN),
     signingKey: parseSigningKey(env.SIGNING_KEY),
     maxNarUploadBytes: parseMaxNarUploadBytes(env.MAX_NAR_UPLOAD_BYTES),
+    multipartVerify: parseMultipartVerify(env.MULTIPART_VERIFY),
     aggregation: aggregationOf(env),
   };
 }

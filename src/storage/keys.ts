@@ -7,6 +7,10 @@
 //   realisations/sha256:<64 hex>!<output>.doi          CA realisation, Nix <= 2.34
 //   build-trace-v2/<drv base name>/<output>.doi         CA realisation, Nix >= 2.35
 //   debuginfo/<40 hex build id>             dwarffs debug info link (index-debug-info)
+//   multipart/nar/<file>/upload.json        an unfinished multipart upload of nar/<file>
+//   multipart/nar/<file>/part/<00001>       a part R2 has received for it (customMetadata)
+//   multipart/nar/<file>/object             where R2 assembles it when completion verifies
+//                                           the sha256 (storage/multipart.ts)
 //
 // A request path maps to a key only if it matches one of these shapes exactly (PROTOCOL §7
 // regexes), so no request can name any other key: traversal (`..`), encoded slashes,
@@ -55,6 +59,14 @@ export function narInfoKey(hashPart: string): string {
 /** `nar/<file>`. */
 export function narKey(fileName: string): string {
   return NAR_PREFIX + fileName;
+}
+
+/** Prefix of the multipart upload bookkeeping; never served (classifyKey gives null). */
+export const MULTIPART_PREFIX = "multipart/";
+
+/** Where the bookkeeping of a multipart upload of the NAR at `narObjectKey` lives (ends in "/"). */
+export function multipartDir(narObjectKey: string): string {
+  return `${MULTIPART_PREFIX}${narObjectKey}/`;
 }
 
 /** Splits `<filehash52>.nar[.ext]`; null for any other name. */
