@@ -23,6 +23,10 @@
 // | AGGREGATE_UPSTREAMS   | var    | upstream aggregation: caches served through this one,      |
 // | AGGREGATE_WRITE_…KEYS | var    | the keys allowing write-through, credentials for private   |
 // | AGGREGATE_…_NETRC     | secret | upstreams (documented in upstream/settings.ts)             |
+// | ADMIN_TOKEN           | secret | optional: the token for garbage collection and pins        |
+// |                       |        | (POST /_api/v1/gc, PUT/DELETE /_api/v1/pins/<name>)        |
+// | GC_RETENTION_DAYS, …  | var    | retention: days a path is kept after its last push, NAR    |
+// |                       |        | grace, upload window, interval (documented in gc/settings.ts) |
 //
 // Token values are trimmed (a secret piped in with `echo` ends in a newline); empty
 // values count as unset.
@@ -30,10 +34,11 @@
 import { parsePublicKey, parseSecretKey, type PublicKey, type SecretKey } from "./nix/signature.ts";
 import { fail } from "./errors.ts";
 import { aggregationOf, type Aggregation } from "./upstream/settings.ts";
+import { parseGcSettings, type GcSettings, type GcVars } from "./gc/settings.ts";
 import type { VerifyMode } from "./storage/multipart.ts";
 
 /** The Env the Worker runs with: generated bindings and vars, secrets (src/secrets.d.ts). */
-export type WorkerEnv = Env & {
+export type WorkerEnv = Env & GcVars & {
   MAX_NAR_UPLOAD_BYTES?: string;
   MULTIPART_VERIFY?: string;
   AGGREGATE_UPSTREAMS?: string;
@@ -76,6 +81,10 @@ export interface Settings {
   multipartVerify: VerifyMode;
   /** Upstream aggregation (upstream/settings.ts); no upstreams when off. */
   aggregation: Aggregation;
+  /** Token for garbage collection and pins, or null (those endpoints then refuse everyone). */
+  adminToken: string | null;
+  /** Retention and garbage collection (gc/settings.ts). */
+  gc: GcSettings;
 }
 
 const parsed = new WeakMap<object, Settings>();
@@ -184,5 +193,7 @@ function parseSettings(env: WorkerEnv): Settings {
     maxNarUploadBytes: parseMaxNarUploadBytes(env.MAX_NAR_UPLOAD_BYTES),
     multipartVerify: parseMultipartVerify(env.MULTIPART_VERIFY),
     aggregation: aggregationOf(env),
+    adminToken: secret(env.ADMIN_TOKEN),
+    gc: parseGcSettings(env),
   };
 }

@@ -10,6 +10,8 @@ interface NixEdgeCacheSecrets {
   SIGNING_KEY?: string;
   /** netrc text with credentials for private aggregated upstreams (src/upstream/netrc.ts). */
   AGGREGATE_UPSTREAMS_NETRC?: string;
+  /** Optional: the token for garbage collection and pins (`uploader gc`, `uploader pin`). */
+  ADMIN_TOKEN?: string;
   /** Further upload tokens, one per pusher, each revocable alone. */
   [key: `WRITE_TOKEN_${string}`]: string | undefined;
 }
