@@ -9,13 +9,25 @@
 // sides with SHA-256 and compares the digests with a loop that never exits early, against
 // every configured token, so timing reveals neither a token's prefix nor which matched.
 // Missing, malformed or wrong credentials all get the same 401 with a Basic challenge.
+// ADMIN_TOKEN, when set, is the only token that runs garbage collection and changes pins
+// (both decide what gets deleted); it is not a write token. Listing pins takes either.
 
 import type { MiddlewareHandler } from "hono";
 import { fromBase64 } from "../nix/encoding.ts";
 import { settingsOf, type Settings, type WorkerEnv } from "../env.ts";
 import { fail } from "../errors.ts";
 
-type Access = "read" | "write";
+/** read: READ_TOKEN or a write token (nothing for a public cache); write: a write token;
+ * admin: ADMIN_TOKEN (garbage collection, pins); manage: a write token or ADMIN_TOKEN. */
+type Access = "read" | "write" | "admin" | "manage";
+
+/** How the 401 message names what was attempted. */
+const WHAT_NEEDS: Record<Access, string> = {
+  read: "reads",
+  write: "uploads",
+  admin: "garbage collection and pins",
+  manage: "pin listings",
+};
 
 const UTF8_STRICT = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 const ENCODER = new TextEncoder();
@@ -61,6 +73,9 @@ export async function tokenMatches(token: string, valid: readonly string[]): Pro
 
 function tokensFor(access: Access, settings: Settings): string[] | null {
   if (access === "write") return settings.writeTokens;
+  const admin = settings.adminToken === null ? [] : [settings.adminToken];
+  if (access === "admin") return admin;
+  if (access === "manage") return [...settings.writeTokens, ...admin];
   if (settings.readToken === null) return null; // a public cache: reads need nothing
   return [settings.readToken, ...settings.writeTokens];
 }
@@ -69,9 +84,12 @@ function tokensFor(access: Access, settings: Settings): string[] | null {
 export async function authorise(request: Request, env: WorkerEnv, access: Access): Promise<void> {
   const valid = tokensFor(access, settingsOf(env));
   if (valid === null) return;
+  if (valid.length === 0) {
+    throw fail("unauthorized", "garbage collection and pins need ADMIN_TOKEN, which this cache does not set (wrangler secret put ADMIN_TOKEN)");
+  }
   const token = presentedToken(request.headers.get("Authorization"));
   if (token === null) {
-    throw fail("unauthorized", `${access === "write" ? "uploads" : "reads"} need a token: Authorization: Bearer <token>, or HTTP Basic with the token as password (a netrc entry for Nix)`);
+    throw fail("unauthorized", `${WHAT_NEEDS[access]} need a token: Authorization: Bearer <token>, or HTTP Basic with the token as password (a netrc entry for Nix)`);
   }
   if (!(await tokenMatches(token, valid))) throw fail("unauthorized", "the token is not valid for this cache");
 }
@@ -79,6 +97,18 @@ export async function authorise(request: Request, env: WorkerEnv, access: Access
 /** Middleware: the request needs a write token. */
 export const requireWrite: MiddlewareHandler<{ Bindings: WorkerEnv }> = async (c, next) => {
   await authorise(c.req.raw, c.env, "write");
+  await next();
+};
+
+/** Middleware: the request needs ADMIN_TOKEN. */
+export const requireAdmin: MiddlewareHandler<{ Bindings: WorkerEnv }> = async (c, next) => {
+  await authorise(c.req.raw, c.env, "admin");
+  await next();
+};
+
+/** Middleware: the request needs a write token or ADMIN_TOKEN. */
+export const requireWriteOrAdmin: MiddlewareHandler<{ Bindings: WorkerEnv }> = async (c, next) => {
+  await authorise(c.req.raw, c.env, "manage");
   await next();
 };
 
