@@ -4,7 +4,9 @@
 // Worker refuses NAR uploads without one, and never chunked), keeps connections alive, and
 // retries with exponential backoff and jitter on network errors, 408, 429 and 5xx,
 // honouring Retry-After. Every request the uploader makes is idempotent (PUTs of
-// content-addressed objects, a read-only POST), so retrying any of them is safe.
+// content-addressed objects and of multipart parts, a read-only POST, multipart starts that
+// resume and completions that answer "stored" when repeated, aborts), so retrying any of
+// them is safe.
 // Statuses that mean "do something else" become typed errors with a hint saying what.
 //
 // It uses node:http rather than fetch: fetch cannot stream a request body with a fixed
@@ -39,7 +41,7 @@ export interface RequestBody {
 }
 
 export interface HttpRequest {
-  method: "GET" | "HEAD" | "PUT" | "POST";
+  method: "GET" | "HEAD" | "PUT" | "POST" | "DELETE";
   /** Relative to the cache URL, without a leading slash (the URL may have a path prefix). */
   path: string;
   headers?: Record<string, string>;

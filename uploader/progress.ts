@@ -16,6 +16,11 @@ export interface PathReport {
   narSize: number;
   /** Compressed size, for uploaded paths. */
   fileSize?: number;
+  /**
+   * Request body bytes sent for uploaded paths, retries included: less than fileSize when
+   * the cache had the NAR or some of its parts already (a resumed upload).
+   */
+  sentBytes?: number;
   /** Why it failed, or which dependency blocked it. */
   error?: string;
 }
@@ -28,8 +33,10 @@ export interface PushSummary {
   blocked: number;
   /** NAR bytes of the uploaded paths, before compression. */
   narBytes: number;
-  /** Bytes of the uploaded paths after compression (what went over the network). */
+  /** Bytes of the uploaded paths after compression. */
   fileBytes: number;
+  /** Request body bytes actually sent for them (see PathReport.sentBytes); set by a push. */
+  sentBytes?: number;
   seconds: number;
   paths: PathReport[];
 }
@@ -173,7 +180,8 @@ export function formatSummary(s: PushSummary): string {
   ];
   if (s.uploaded > 0) {
     const ratio = s.narBytes > 0 ? ` (${((100 * s.fileBytes) / s.narBytes).toFixed(0)} %)` : "";
-    lines.push(`${formatBytes(s.narBytes)} of NARs compressed to ${formatBytes(s.fileBytes)}${ratio}`);
+    const sent = s.sentBytes !== undefined && s.sentBytes !== s.fileBytes ? `, ${formatBytes(s.sentBytes)} sent` : "";
+    lines.push(`${formatBytes(s.narBytes)} of NARs compressed to ${formatBytes(s.fileBytes)}${ratio}${sent}`);
   }
   lines.push(`done in ${s.seconds.toFixed(1)} s`);
   return `${lines.join("\n")}\n`;

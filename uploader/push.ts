@@ -56,8 +56,9 @@ export async function executePlan(plan: PushPlan, settings: PushSettings): Promi
     progress.started(info.path);
     try {
       const prepared = await prepareNar(info, settings);
+      let sentBytes: number;
       try {
-        await uploadNar(prepared, settings);
+        sentBytes = await uploadNar(prepared, settings);
       } finally {
         await rm(prepared.file, { force: true });
       }
@@ -66,7 +67,7 @@ export async function executePlan(plan: PushPlan, settings: PushSettings): Promi
       const missingRef = refs.find((_, i) => !outcomes[i]);
       if (missingRef) return blocked(info, missingRef);
       await settings.cache.putNarInfo(info.hashPart, text);
-      return { path: info.path, outcome: "uploaded", narSize: prepared.narSize, fileSize: prepared.fileSize };
+      return { path: info.path, outcome: "uploaded", narSize: prepared.narSize, fileSize: prepared.fileSize, sentBytes };
     } catch (err) {
       if (err instanceof AuthError) fatal ??= err;
       return { path: info.path, outcome: "failed", narSize: info.narSize, error: messageOf(err) };
@@ -101,6 +102,7 @@ function summarise(paths: PathReport[], seconds: number): PushSummary {
     blocked: count("blocked"),
     narBytes: uploaded.reduce((n, p) => n + p.narSize, 0),
     fileBytes: uploaded.reduce((n, p) => n + (p.fileSize ?? 0), 0),
+    sentBytes: uploaded.reduce((n, p) => n + (p.sentBytes ?? 0), 0),
     seconds,
     paths,
   };

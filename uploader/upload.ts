@@ -7,9 +7,11 @@
 // retry. Before anything leaves the machine, NarHash and NarSize are checked against the
 // store database: a corrupted or modified store path is reported, never pushed.
 //
-// `uploadNar` PUTs `nar/<FileHash nix32>.nar<ext>` (Nix's naming); `narInfoFor` builds the
-// narinfo with the core's formatter and signer; the caller (push.ts) PUTs it only once the
-// narinfos of all the path's references are in the cache.
+// `uploadNar` PUTs `nar/<FileHash nix32>.nar<ext>` (Nix's naming), or, when the file is
+// larger than the cache takes in one request, uploads it in parts from the temp file
+// (multipart.ts); `narInfoFor` builds the narinfo with the core's formatter and signer;
+// the caller (push.ts) PUTs it only once the narinfos of all the path's references are in
+// the cache.
 import { createHash, type Hash } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
 import { rm } from "node:fs/promises";
@@ -21,7 +23,8 @@ import { encodeNix32 } from "../src/nix/nix32.ts";
 import { formatNarInfo, type NarInfo } from "../src/nix/narinfo.ts";
 import { signNarInfo, withSignature, type SecretKey } from "../src/nix/signature.ts";
 import { createCompressor, narFileExtension, type CompressionMethod } from "./compress.ts";
-import { NarMismatchError } from "./errors.ts";
+import { NarMismatchError, TooLargeError } from "./errors.ts";
+import { counting, needsParts, uploadInParts, uploadLimits } from "./multipart.ts";
 import { READ_CHUNK_BYTES, dumpPath } from "./nar-writer.ts";
 import type { RemoteCache } from "./remote-cache.ts";
 import type { StorePathInfo } from "./store.ts";
@@ -43,7 +46,7 @@ export interface UploadSettings {
   /** Where compressed NARs wait for upload. */
   tmpDir: string;
   /** Wraps the NAR and the upload streams, for progress (see progress.ts). */
-  observe?: { nar?: () => Transform; sent?: () => Transform } | undefined;
+  observe?: { nar?: () => Transform; sent?: () => Transform; detail?: (message: string) => void } | undefined;
 }
 
 /** A NAR written, compressed and checked, waiting in a temp file. */
@@ -94,19 +97,32 @@ export async function prepareNar(info: StorePathInfo, settings: UploadSettings):
 }
 
 /**
- * PUTs the prepared NAR, unless it is large and the cache already has it. Returns whether
- * bytes were sent.
+ * Uploads the prepared NAR, unless it is large and the cache already has it: in one PUT,
+ * or in parts when it is over the cache's request limit (asked once per push). Returns the
+ * request body bytes sent, retries included (0: nothing needed sending).
  */
-export async function uploadNar(prepared: PreparedNar, settings: UploadSettings): Promise<boolean> {
-  if (prepared.fileSize >= HEAD_BEFORE_UPLOAD_BYTES && (await settings.cache.has(prepared.key))) return false;
-  const sent = settings.observe?.sent;
-  await settings.cache.putNar(prepared.key, prepared.fileSize, () => {
-    const body = createReadStream(prepared.file, { highWaterMark: READ_CHUNK_BYTES });
-    // The callback form returns the last stream and destroys both on error, so a read
-    // failure reaches the HTTP request instead of stalling it.
-    return sent ? pipelineStreams(body, sent(), () => {}) : body;
-  });
-  return true;
+export async function uploadNar(prepared: PreparedNar, settings: UploadSettings): Promise<number> {
+  if (prepared.fileSize >= HEAD_BEFORE_UPLOAD_BYTES && (await settings.cache.has(prepared.key))) return 0;
+  const http = settings.cache.http;
+  const limits = prepared.fileSize >= HEAD_BEFORE_UPLOAD_BYTES ? await uploadLimits(http) : null;
+  const observe = { sent: settings.observe?.sent, detail: settings.observe?.detail };
+  if (needsParts(prepared.fileSize, limits)) return uploadInParts(http, prepared.key, prepared.file, prepared.fileSize, observe);
+  let sent = 0;
+  try {
+    await settings.cache.putNar(prepared.key, prepared.fileSize, () => {
+      const body = counting(createReadStream(prepared.file, { highWaterMark: READ_CHUNK_BYTES }), (n) => (sent += n));
+      // The callback form returns the last stream and destroys both on error, so a read
+      // failure reaches the HTTP request instead of stalling it.
+      return observe.sent ? pipelineStreams(body, observe.sent(), () => {}) : body;
+    });
+  } catch (err) {
+    // Something in front of the Worker (Cloudflare's own request limit, which may be
+    // smaller than the Worker's setting) refused the body: parts always fit.
+    if (!(err instanceof TooLargeError) || limits === null || !needsParts(prepared.fileSize, { maxRequestBytes: 0 })) throw err;
+    settings.observe?.detail?.(`${prepared.key}: refused as one request (${err.message}); sending it in parts`);
+    return sent + (await uploadInParts(http, prepared.key, prepared.file, prepared.fileSize, observe));
+  }
+  return sent;
 }
 
 /** The narinfo text for an uploaded NAR: the store's metadata, plus the user's signature. */

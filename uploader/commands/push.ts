@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { DEFAULT_COMPRESSION, DEFAULT_LEVEL, parseCompressionMethod, resolveLevel } from "../compress.ts";
 import { EXIT_INTERRUPTED, PushIncompleteError, UsageError } from "../errors.ts";
 import { HttpClient } from "../http.ts";
+import { MULTIPART_CONCURRENCY } from "../multipart.ts";
 import { readSecretKeyFile } from "../key-file.ts";
 import { DEFAULT_UPSTREAM_KEYS, planPush, type PushPlan } from "../plan.ts";
 import { Progress, formatBytes } from "../progress.ts";
@@ -82,7 +83,8 @@ export async function run(args: string[]): Promise<void> {
   const secretKey = keyFile ? await readSecretKeyFile(keyFile) : undefined;
 
   const progress = new Progress({ verbose: values.verbose ?? false });
-  const http = new HttpClient({ baseUrl: cacheUrl, token, maxSockets: jobs + 1, onRetry: (e) => progress.retry(e) });
+  // Sockets for -j paths, the parts of a large NAR in parallel, and planning.
+  const http = new HttpClient({ baseUrl: cacheUrl, token, maxSockets: jobs + MULTIPART_CONCURRENCY, onRetry: (e) => progress.retry(e) });
   const cache = new RemoteCache(http);
   try {
     const closure = await queryClosure(await resolveStorePaths(positionals));
@@ -108,6 +110,7 @@ export async function run(args: string[]): Promise<void> {
       outcome = await executePlan(plan, { cache, compression, level, secretKey, tmpDir: tmp, jobs, progress, observe: {
         nar: () => progress.counter("nar"),
         sent: () => progress.counter("sent"),
+        detail: (message) => progress.detail(message),
       } });
     } finally {
       process.off("SIGINT", onInterrupt);

@@ -1,0 +1,153 @@
+// NARs larger than one request, through the Worker's multipart API, as users run the
+// uploader (`node uploader/cli.ts push …`) against the real Worker (workerd + local R2)
+// with a small request limit of 6 MiB, so that a NAR of a few tens of MiB takes several
+// parts and the tests stay quick.
+//
+// What is checked comes from outside the uploader: the cache's narinfo and NAR over HTTP
+// (the NAR's bytes hash to FileHash and decompress to the store's NarHash), a real Nix
+// substituting the path into an empty store (contents compared with `nix-store --dump`),
+// the Worker's own account of which parts it holds after a push was killed, and plain
+// `nix copy` refused with a 413 that names the uploader.
+import { spawn } from "node:child_process";
+import { writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, test } from "vitest";
+import { normaliseSha256 } from "../../src/nix/hash.ts";
+import { HttpClient } from "../../uploader/http.ts";
+import type { PushSummary } from "../../uploader/progress.ts";
+import { RemoteCache } from "../../uploader/remote-cache.ts";
+import { queryClosure } from "../../uploader/store.ts";
+import { prepareNar } from "../../uploader/upload.ts";
+import { CLI, NixSandbox, run } from "./helpers.ts";
+import { expectStoredNar, expectSubstitutes, randomPath } from "./multipart-helpers.ts";
+import { startWorker, type TestWorker } from "./worker.ts";
+
+/** The Worker's request limit in these tests: parts of 6 MiB. */
+const LIMIT = 6 * 1024 * 1024;
+
+let nix: NixSandbox;
+let worker: TestWorker;
+let keyFile: string;
+let publicKey: string;
+
+beforeAll(async () => {
+  nix = await NixSandbox.create();
+  worker = await startWorker({ MAX_NAR_UPLOAD_BYTES: String(LIMIT) });
+  keyFile = join(await nix.tempDir("keys-"), "sk");
+  publicKey = (await uploader(["keygen", "--name", "multipart-test-1", "--secret-key-file", keyFile])).stdout.trim();
+});
+afterAll(async () => {
+  await worker?.dispose();
+  await nix?.cleanup();
+});
+
+function uploaderEnv(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...nix.env, NIX_CACHE_URL: worker.url, NIX_CACHE_TOKEN: worker.token };
+  delete env.NIX_CACHE_SECRET_KEY_FILE;
+  return env;
+}
+
+function uploader(args: string[]) {
+  return run(process.execPath, [CLI, ...args], { env: uploaderEnv() });
+}
+
+async function pushJson(args: string[]): Promise<{ summary: PushSummary; stderr: string }> {
+  const r = await uploader(["push", "--json", "--verbose", "--secret-key-file", keyFile, ...args]);
+  if (r.code !== 0) throw new Error(`push failed (${r.code}):\n${r.stderr}`);
+  return { summary: JSON.parse(r.stdout) as PushSummary, stderr: r.stderr };
+}
+
+describe("multipart pushes with a 6 MiB request limit", () => {
+  test("a NAR over the limit goes in parts, and real Nix substitutes it", { timeout: 300_000 }, async () => {
+    const path = await randomPath(nix, "nec-multipart-20m", 20 * 1024 * 1024);
+    const { summary, stderr } = await pushJson([path]);
+    expect(summary).toMatchObject({ uploaded: 1, failed: 0 });
+    const narinfo = await expectStoredNar(worker.url, path);
+    expect(narinfo.fileSize).toBeGreaterThan(3 * LIMIT);
+    // Four parts of 6 MiB, the last one smaller; each sent once.
+    expect(stderr.match(/sent part \d+ \(\d+\/4\)/g)).toHaveLength(4);
+    expect(summary.sentBytes).toBe(narinfo.fileSize);
+    await expectSubstitutes(nix, worker.url, publicKey, path);
+
+    // Nothing to send the second time.
+    const again = await pushJson([path]);
+    expect(again.summary).toMatchObject({ uploaded: 0, alreadyCached: 1, sentBytes: 0 });
+  });
+
+  test("a push killed during a multipart upload sends only the missing parts when run again", { timeout: 300_000 }, async () => {
+    const path = await randomPath(nix, "nec-multipart-kill", 60 * 1024 * 1024);
+    const [info] = await queryClosure([path], { env: nix.env });
+    // The file the uploader will produce (compression is deterministic): its key and size.
+    const http = new HttpClient({ baseUrl: worker.url, token: worker.token });
+    const prepared = await prepareNar(info!, { cache: new RemoteCache(http), compression: "zstd", tmpDir: await nix.tempDir("prep-") });
+    const parts = Math.ceil(prepared.fileSize / LIMIT);
+    expect(parts).toBeGreaterThanOrEqual(10);
+
+    // Kill the push (SIGKILL: no cleanup at all) once the Worker has confirmed two parts.
+    const child = spawn(process.execPath, [CLI, "push", "--verbose", "--secret-key-file", keyFile, path], { env: uploaderEnv(), stdio: ["ignore", "ignore", "pipe"] });
+    const exited = new Promise<void>((resolve) => child.on("exit", () => resolve()));
+    let confirmed = 0;
+    let log = "";
+    await new Promise<void>((resolve) => {
+      child.stderr!.on("data", (d: Buffer) => {
+        log += d.toString();
+        confirmed = (log.match(/sent part /g) ?? []).length;
+        if (confirmed >= 2) resolve();
+      });
+      void exited.then(() => resolve());
+    });
+    child.kill("SIGKILL");
+    await exited;
+    expect(confirmed, log).toBeGreaterThanOrEqual(2);
+
+    // What the Worker holds: the same start a re-run makes (it resumes, changes nothing).
+    // Parts whose bytes were already on their way when the push died still arrive, so
+    // ask until two answers a second apart agree.
+    const holding = async (): Promise<{ parts: Array<{ partNumber: number; size: number }>; partCount: number }> => {
+      const res = await fetch(`${worker.url}/_api/v1/multipart/${prepared.key}`, {
+        method: "POST",
+        headers: { Authorization: `Bearer ${worker.token}`, "Content-Type": "application/json" },
+        body: JSON.stringify({ size: prepared.fileSize }),
+      });
+      expect(res.status).toBe(200);
+      return (await res.json()) as { parts: Array<{ partNumber: number; size: number }>; partCount: number };
+    };
+    let held = await holding();
+    for (;;) {
+      await new Promise((r) => setTimeout(r, 1000));
+      const now = await holding();
+      if (JSON.stringify(now) === JSON.stringify(held)) break;
+      held = now;
+    }
+    const heldBytes = held.parts.reduce((n, p) => n + p.size, 0);
+    expect(held.parts.length).toBeGreaterThanOrEqual(2);
+    expect(held.parts.length).toBeLessThan(held.partCount);
+    expect((await fetch(`${worker.url}/${prepared.key}`, { method: "HEAD" })).status).toBe(404);
+    http.close();
+
+    const { summary, stderr } = await pushJson([path]);
+    expect(summary).toMatchObject({ uploaded: 1, failed: 0 });
+    expect(stderr).toMatch(new RegExp(`resuming, ${held.parts.length} of ${held.partCount} parts already in the cache`));
+    // Exactly the missing parts were sent, each once.
+    expect(summary.sentBytes).toBe(prepared.fileSize - heldBytes);
+    expect(summary.sentBytes).toBeLessThan(prepared.fileSize);
+    const narinfo = await expectStoredNar(worker.url, path);
+    expect(narinfo.fileSize).toBe(prepared.fileSize);
+    expect(normaliseSha256(narinfo.narHash)).toBe(info!.narHash);
+    await expectSubstitutes(nix, worker.url, publicKey, path);
+  });
+
+  test("plain nix copy of a path over the limit fails with a 413 naming the uploader", { timeout: 120_000 }, async () => {
+    const path = await randomPath(nix, "nec-multipart-nixcopy", 8 * 1024 * 1024);
+    const netrc = join(await nix.tempDir("netrc-"), "netrc");
+    await writeFile(netrc, `machine 127.0.0.1 login nix password ${worker.token}\n`, { mode: 0o600 });
+    const env = { ...nix.env, XDG_CACHE_HOME: await nix.tempDir("xdg-") };
+    const r = await run("nix", ["copy", "--to", `${worker.url}?compression=zstd`, path, "--option", "netrc-file", netrc], { env });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/413/);
+    expect(r.stderr).toMatch(/push large paths with the uploader \(npx uploader push\)/);
+    // Nothing half-stored: the path is not in the cache.
+    const hashPart = path.slice("/nix/store/".length, "/nix/store/".length + 32);
+    expect((await fetch(`${worker.url}/${hashPart}.narinfo`)).status).toBe(404);
+  });
+});
