@@ -118,11 +118,12 @@ async function copyNar(copy: StorableCopy, bucket: R2Bucket, ctx: LookupContext,
     return false;
   }
   try {
+    // No `absentBefore`: another request may be storing the same file right now, and
+    // whatever R2 commits was verified against the sha256, so there is nothing to undo.
     await putStream(bucket, copy.narKey, res.body, {
       length: copy.fileSize,
       sha256Hex: copy.sha256Hex,
       contentType: CONTENT_TYPE.nar,
-      absentBefore: true,
     });
     return true;
   } catch (err) {
