@@ -10,10 +10,14 @@ import { settingsOf, type WorkerEnv } from "./env.ts";
 import { errorResponse, responseForError } from "./errors.ts";
 import { cacheInfo } from "./routes/cache-info.ts";
 import { documents } from "./routes/documents.ts";
+import { gc } from "./routes/gc.ts";
+import { landing } from "./routes/landing.ts";
 import { missing } from "./routes/missing.ts";
 import { multipart } from "./routes/multipart.ts";
 import { nar } from "./routes/nar.ts";
 import { narinfo } from "./routes/narinfo.ts";
+import { pins } from "./routes/pins.ts";
+import { stats } from "./routes/stats.ts";
 import { upstreamNar } from "./routes/upstream-nar.ts";
 
 export type App = Hono<{ Bindings: WorkerEnv }>;
@@ -30,6 +34,10 @@ export function createApp(): App {
   app.route("/", upstreamNar);
   app.route("/", documents);
   app.route("/", missing);
+  app.route("/", landing);
+  app.route("/", stats);
+  app.route("/", pins);
+  app.route("/", gc);
   app.route("/", multipart);
   app.notFound(() => errorResponse("not_found", "no such resource in this cache"));
   app.onError((err) => responseForError(err));

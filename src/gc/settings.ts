@@ -58,6 +58,11 @@ export const DEFAULT_INTERVAL_HOURS = 24;
 
 /** Shortest upload window: below a second, ordinary upload latency would trip it. */
 const MIN_UPLOAD_WINDOW_SECONDS = 1;
+/**
+ * The window a writer that does not know the settings (a background copy) must assume:
+ * the shortest any deployment may set, so it is safe whatever the setting.
+ */
+export const MIN_UPLOAD_WINDOW_MS = MIN_UPLOAD_WINDOW_SECONDS * 1000;
 
 function number(name: string, value: string | undefined, fallback: number, min: number): number {
   const text = (value ?? "").trim();

@@ -6,14 +6,17 @@
 //
 // Each distinct hash costs one R2 HEAD of `<hash>.narinfo`, 6 at a time (the connection
 // limit). Upstream caches are not consulted: skipping paths they serve is the pusher's call.
+// Paths found present count as pushed again for retention: the stale roots among them are
+// refreshed (gc/refresh.ts; at most 200, a GET and a PUT each).
 
 import { Hono } from "hono";
 import { isHashPart } from "../nix/store-path.ts";
-import type { WorkerEnv } from "../env.ts";
+import { settingsOf, type WorkerEnv } from "../env.ts";
 import { fail } from "../errors.ts";
 import { readText } from "../http/body.ts";
 import { requireWrite } from "../middleware/auth.ts";
-import { existsMany } from "../storage/bucket.ts";
+import { pathsToRefresh, refreshAge, refreshPaths, type PresentPath } from "../gc/refresh.ts";
+import { headObjects } from "../storage/narinfo-object.ts";
 import { narInfoKey } from "../storage/keys.ts";
 
 export const missing = new Hono<{ Bindings: WorkerEnv }>();
@@ -49,6 +52,12 @@ function parseHashes(text: string): string[] {
 
 missing.post("/_api/v1/missing", requireWrite, async (c) => {
   const hashes = [...new Set(parseHashes(await readText(c.req.raw, MAX_MISSING_BODY_BYTES, "the request body")))];
-  const present = await existsMany(c.env.CACHE, hashes.map(narInfoKey));
-  return c.json({ missing: hashes.filter((_, i) => !present[i]) });
+  const objects = await headObjects(c.env.CACHE, hashes.map(narInfoKey));
+  const age = refreshAge(settingsOf(c.env).gc);
+  if (age !== null) {
+    const now = Date.now();
+    const present: PresentPath[] = hashes.flatMap((hash, i) => (objects[i] ? [{ hash, object: objects[i] }] : []));
+    await refreshPaths(c.env.CACHE, pathsToRefresh(present, now - age), now);
+  }
+  return c.json({ missing: hashes.filter((_, i) => objects[i] === null) });
 });

@@ -17,6 +17,8 @@ import { serveObject } from "../http/object-response.ts";
 import { requireRead, requireWrite } from "../middleware/auth.ts";
 import { edgeInvalidate } from "../storage/edge-cache.ts";
 import { keyFromUrl, type ObjectKey } from "../storage/keys.ts";
+import { openUploadGate } from "../gc/upload-gate.ts";
+import { refreshAge } from "../gc/refresh.ts";
 import { acceptNarInfo } from "../upload/narinfo-acceptance.ts";
 import { storeNarInfo } from "../upload/narinfo-store.ts";
 import { serveUpstreamNarInfo } from "./upstream-narinfo.ts";
@@ -64,8 +66,12 @@ narinfo.put(NARINFO_ROUTE, requireWrite, async (c) => {
     throw e;
   }
   const hashPart = object.key.slice(0, object.key.length - ".narinfo".length);
-  const accepted = await acceptNarInfo(info, hashPart, c.env.CACHE, settingsOf(c.env));
-  const outcome = await storeNarInfo(c.env.CACHE, object.key, accepted);
+  const settings = settingsOf(c.env);
+  // The fence is read before the NAR and references are checked (gc/fence.ts).
+  const gate = await openUploadGate(c.env.CACHE, settings.gc.uploadWindowMs);
+  const accepted = await acceptNarInfo(info, hashPart, c.env.CACHE, settings);
+  gate.checkNarInfo(accepted);
+  const outcome = await storeNarInfo(c.env.CACHE, object.key, accepted, { gate, refreshAge: refreshAge(settings.gc) });
   if (outcome !== "unchanged") await edgeInvalidate(new URL(request.url), object.key);
   return new Response(null, { status: outcome === "created" ? 201 : 204 });
 });

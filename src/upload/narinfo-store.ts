@@ -9,14 +9,19 @@
 //   - anything else differs                     → 409 naming the first differing field
 // Writes are conditional on what was read (R2 onlyIf), so two racing uploads cannot both
 // win; the loser re-reads once and is judged against the winner.
+// Every write carries the narinfo's GC metadata (storage/narinfo-meta.ts: push time,
+// references, NAR) and happens through an upload gate (gc/upload-gate.ts), so it cannot
+// race a garbage collection deleting what the narinfo depends on. An identical re-upload
+// refreshes the push time when it is older than `refreshAge` (gc/refresh.ts).
 
 import { NixFormatError } from "../nix/errors.ts";
 import { normaliseSha256 } from "../nix/hash.ts";
 import { formatNarInfo, parseNarInfo, type NarInfo } from "../nix/narinfo.ts";
 import { withSignature } from "../nix/signature.ts";
 import { fail } from "../errors.ts";
-import { CONTENT_TYPE } from "../http/representation.ts";
-import { getText, putDocument } from "../storage/bucket.ts";
+import { encodeNarInfoMeta, decodeNarInfoMeta } from "../storage/narinfo-meta.ts";
+import { getNarInfoObject, putNarInfoObject } from "../storage/narinfo-object.ts";
+import { openGateAndRecheck, type UploadGate } from "../gc/upload-gate.ts";
 
 export type StoreOutcome = "created" | "unchanged" | "merged";
 
@@ -84,16 +89,39 @@ export function decide(stored: string | null, incoming: NarInfo): Decision {
   return { write: true, text: mergedText, outcome: "merged" };
 }
 
+export interface StoreOptions {
+  /**
+   * The gate the caller opened before checking the narinfo's NAR and references (the
+   * upload route). Without one, storeNarInfo opens one and checks them again.
+   */
+  gate?: UploadGate;
+  /** An identical stored narinfo pushed longer ago than this (ms) is refreshed; null: never. */
+  refreshAge?: number | null;
+  clock?: () => number;
+}
+
 /** Stores `incoming` at `key` following the immutability rule. */
-export async function storeNarInfo(bucket: R2Bucket, key: string, incoming: NarInfo): Promise<StoreOutcome> {
+export async function storeNarInfo(bucket: R2Bucket, key: string, incoming: NarInfo, options: StoreOptions = {}): Promise<StoreOutcome> {
+  const clock = options.clock ?? Date.now;
+  const gate = options.gate ?? (await openGateAndRecheck(bucket, incoming, clock));
   for (let attempt = 0; attempt <= RACE_RETRIES; attempt++) {
-    const stored = await getText(bucket, key);
+    const stored = await getNarInfoObject(bucket, key);
     const decision = decide(stored?.text ?? null, incoming);
-    if (!decision.write) return decision.outcome;
-    const written = await putDocument(bucket, key, decision.text, {
-      contentType: CONTENT_TYPE.narinfo,
-      ...(stored === null ? { ifAbsent: true } : { ifEtag: stored.etag }),
-    });
+    if (!decision.write) {
+      const age = options.refreshAge ?? null;
+      if (stored !== null && age !== null) {
+        const pushed = decodeNarInfoMeta(stored.customMetadata)?.pushed ?? stored.uploaded;
+        if (pushed < clock() - age) {
+          gate.assertInTime();
+          await putNarInfoObject(bucket, key, stored.text, encodeNarInfoMeta(incoming, clock()), { ifEtag: stored.etag });
+        }
+      }
+      return decision.outcome;
+    }
+    gate.assertInTime();
+    // Only signatures can differ between `incoming` and what is written: same metadata.
+    const meta = encodeNarInfoMeta(incoming, clock());
+    const written = await putNarInfoObject(bucket, key, decision.text, meta, stored === null ? { ifAbsent: true } : { ifEtag: stored.etag });
     if (written) return decision.outcome;
   }
   throw fail("conflict", "another upload of this narinfo happened at the same time; retry");

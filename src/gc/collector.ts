@@ -1,0 +1,848 @@
+// Garbage collection in bounded batches: each call of `runGcBatch` does at most a free-plan
+// invocation's worth of work (R2 operations and CPU) and leaves the collection's progress in
+// R2 for the next call, from the cron trigger (src/index.ts) or `POST /_api/v1/gc`.
+//
+// What is kept: a path is *live* when it is young (last pushed at or after the run's cutoff,
+// i.e. within GC_RETENTION_DAYS), pinned, or referenced by a live path. Anything pushed after
+// the run started is young. Everything else is garbage: its narinfo (and `.ls`) goes; a NAR
+// goes when no remaining narinfo points to it and it was uploaded before the grace period
+// (GC_NAR_GRACE_HOURS), so an upload in progress never loses its NAR; a listing whose
+// narinfo is gone goes after the same grace period. Logs, realisations and debuginfo links
+// are never collected.
+//
+// A run, phase by phase:
+//   mark      first look: list every narinfo (metadata included, ~100-1000 per operation);
+//             young and pinned paths are roots; a live path's references are added to the
+//             live set. A reference whose key the listing has already passed is queued and
+//             read with one HEAD later, so one listing plus the queue completes the mark
+//             however deep the graph. Old paths not (yet) live are written down as candidates.
+//   nars      list `nar/`; a NAR no live narinfo points to and older than the grace period is
+//             a candidate.
+//   compact   candidates that became live later in the mark are dropped: the rest is garbage.
+//   announce  write the fence (gc/fence.ts): the garbage paths and NARs.
+//   wait      GC_UPLOAD_WINDOW_SECONDS, so every upload that read no fence has finished.
+//   mark      second look (pass 2): the same listing again; whatever is live now (pushes and
+//             refreshes during the run, new pins) keeps its references, fenced or not.
+//   delete    fenced narinfos (with their `.ls`) that are still not live, then fenced NARs no
+//             live narinfo points to, in bulk (1000 keys per operation); narinfos first.
+//   finish    take the fence down, write the statistics, remove the run's working objects.
+//
+// The concurrency rule (pushes go on during all of this): an upload reads the fence before
+// anything else and refuses (422) to store a narinfo whose path, references or NAR are fenced;
+// and it must have written within half the window of reading the fence (409 otherwise). So
+// an upload either saw the fence and depends on nothing fenced, or it finished before the
+// second look, which sees it (young) and keeps everything it references. Deletions happen
+// only after the second look and only to fenced objects. Transiently, while a batch of
+// deletions is under way, a garbage path may be served whose references are already gone; it
+// is itself deleted moments later, and nothing new can come to depend on it (it is fenced).
+//
+// Batches exclude each other with a lease in the state document (taken and released with
+// conditional writes); a batch works only while it holds its lease, so a batch that stalls
+// cannot act on an outdated state once another has taken over. Working objects are named by
+// the generation that wrote them, so a batch that loses its commit leaves nothing the next
+// batch reads. Dry runs keep their own state and never write outside their working objects.
+
+import { mapConcurrent } from "../concurrency.ts";
+import { fail } from "../errors.ts";
+import { parseNarInfo } from "../nix/narinfo.ts";
+import { HASH_PART_LENGTH, isHashPart, parseStorePath } from "../nix/store-path.ts";
+import {
+  deleteKeys,
+  DRY_RUN_STATE_KEY,
+  FENCE_KEY,
+  getBinaryObject,
+  getTextObject,
+  headKey,
+  listPrefix,
+  listTopLevel,
+  MAX_DELETE_KEYS,
+  PINS_KEY,
+  putGcObject,
+  runPrefix,
+  STATE_KEY,
+  STATS_KEY,
+  type ListedObject,
+} from "../storage/gc-store.ts";
+import { NAR_PREFIX, parseNarFileName, parseNarInfoFileName } from "../storage/keys.ts";
+import { decodeNarInfoMeta, encodeNarInfoMeta } from "../storage/narinfo-meta.ts";
+import { getNarInfoObject, putNarInfoObject } from "../storage/narinfo-object.ts";
+import { formatFence, NAR_FILE_HASH_LENGTH } from "./fence.ts";
+import { KeySet } from "./key-set.ts";
+import { parsePins, pinnedHashes } from "./pins.ts";
+import { emptyTotals, formatState, parseState, type GcState, type Phase, type RunState, type RunTotals, type Trigger } from "./run-state.ts";
+import type { GcSettings } from "./settings.ts";
+import { formatStats, type CacheStats, type GcResult } from "./stats.ts";
+
+/**
+ * R2 operations one batch may make. The free plan allows about 1000 calls to Cloudflare
+ * services per invocation; this leaves room for the fixed costs counted separately below
+ * and for a margin.
+ */
+export const BATCH_OPERATIONS = 800;
+/** Operations kept back for the end of a batch: mark sets (2), commit (1), cleanup (1), slack. */
+const RESERVED_OPERATIONS = 12;
+/**
+ * Listing entries, queued lookups and chunk lines one batch handles. The free plan's 10 ms
+ * of CPU per invocation is the limit here: bench/gc-batch.ts measures the pure work at
+ * well under 1 µs per entry; the R2 client's own decoding of listings costs more and is
+ * not measurable outside Cloudflare, so this stays far below what the budget would allow.
+ */
+export const BATCH_ENTRIES = 3000;
+/** Queued narinfos read per round (each costs 1-3 operations), 6 connections at a time. */
+const QUEUE_ROUND = 60;
+/** Parallel R2 calls (Workers allow 6 open connections per invocation). */
+const CONCURRENCY = 6;
+/**
+ * How long a batch holds the state. A batch works only during the first half of it, so a
+ * call issued near the end has the other half to complete before anyone else may act.
+ */
+export const LEASE_MS = 30_000;
+
+export interface GcContext {
+  bucket: R2Bucket;
+  settings: GcSettings;
+  /** The time (ms); the scheduled handler and the route pass Date.now. */
+  clock: () => number;
+}
+
+export interface GcRequest {
+  dryRun: boolean;
+  trigger: Trigger;
+  /** Start a run with this cutoff (ms): paths last pushed before it are old. */
+  cutoff?: number;
+  /** Continue this run only (a caller that started one and loops until it is done). */
+  runId?: string;
+  /** Abandon a run in progress (only before its fence is up) and start a new one. */
+  restart?: boolean;
+  /** The cron trigger: start a run only when GC_INTERVAL_HOURS have passed since the last. */
+  onlyIfDue?: boolean;
+}
+
+/** A path the collection deletes (or would, in a dry run). */
+export interface FoundPath {
+  hash: string;
+  /** The store path's name, when the narinfo recorded it. */
+  name: string | null;
+  fileSize: number | null;
+}
+
+/** A NAR (or orphaned listing) the collection deletes (or would). */
+export interface FoundFile {
+  key: string;
+  size: number;
+}
+
+export interface RunInfo {
+  id: string;
+  dryRun: boolean;
+  trigger: Trigger;
+  startedAt: number;
+  cutoff: number;
+  phase: Phase;
+  pass: 1 | 2;
+}
+
+export interface GcProgress {
+  /**
+   * idle: nothing to do (no run, none due); running: call again; waiting: call again after
+   * waitMs; busy: another batch holds the state, call again shortly; done: the run ended.
+   */
+  status: "idle" | "running" | "waiting" | "busy" | "done";
+  run: RunInfo | null;
+  waitMs: number;
+  /** What this batch cost. */
+  batch: { operations: number; entries: number };
+  totals: RunTotals;
+  /** Garbage found in this batch (dry runs: what would go). */
+  found: { paths: FoundPath[]; files: FoundFile[] };
+  /** When a real run ended: what it did, and the statistics it wrote. */
+  result?: GcResult;
+  stats?: CacheStats;
+}
+
+/** The run's working object `name` (`<kind>-<generation>[.<n>]`). */
+function workKey(run: RunState, name: string): string {
+  return `${runPrefix(run.id)}${name}`;
+}
+
+function newRunId(now: number): string {
+  const random = crypto.getRandomValues(new Uint32Array(1))[0]!.toString(36);
+  return `${now.toString(36)}-${random}`;
+}
+
+function info(run: RunState): RunInfo {
+  return { id: run.id, dryRun: run.dryRun, trigger: run.trigger, startedAt: run.startedAt, cutoff: run.cutoff, phase: run.phase, pass: run.pass };
+}
+
+/** Candidate/garbage chunk line: `<hash>\t<name>\t<fileSize>\t<narSize>` (unknowns empty). */
+function pathLine(hash: string, name: string | null, fileSize: number | null, narSize: number | null): string {
+  return `${hash}\t${name ?? ""}\t${fileSize ?? ""}\t${narSize ?? ""}`;
+}
+
+function parsePathLine(line: string): { hash: string; name: string | null; fileSize: number | null; narSize: number | null } {
+  const [hash = "", name = "", fs = "", ns = ""] = line.split("\t");
+  return { hash, name: name === "" ? null : name, fileSize: fs === "" ? null : Number(fs), narSize: ns === "" ? null : Number(ns) };
+}
+
+/** `packed` (concatenated `width`-character keys) in ascending order. */
+function sortedPacked(packed: string, width: number): string {
+  let sorted = true;
+  for (let i = width; i < packed.length && sorted; i += width) {
+    if (packed.slice(i - width, i) >= packed.slice(i, i + width)) sorted = false;
+  }
+  if (sorted) return packed;
+  const keys: string[] = [];
+  for (let i = 0; i < packed.length; i += width) keys.push(packed.slice(i, i + width));
+  return [...new Set(keys)].sort().join("");
+}
+
+function lines(text: string): string[] {
+  return text === "" ? [] : text.split("\n");
+}
+
+/** Runs one batch of garbage collection. Throws AppError for requests that cannot be served. */
+export async function runGcBatch(ctx: GcContext, req: GcRequest): Promise<GcProgress> {
+  return new Batch(ctx, req).run();
+}
+
+class Batch {
+  readonly #bucket: R2Bucket;
+  readonly #settings: GcSettings;
+  readonly #clock: () => number;
+  readonly #req: GcRequest;
+  readonly #stateKey: string;
+  readonly #start: number;
+  #ops = 0;
+  #entries = 0;
+  #state: GcState = parseState(null);
+  #etag: string | null = null;
+  #live: KeySet | null = null;
+  #nars: KeySet | null = null;
+  #setsDirty = false;
+  #candidateLines: string[] = [];
+  #narLines: string[] = [];
+  /** Chunks written by this batch so far (their names must differ). */
+  #chunksWritten = 0;
+  #found: { paths: FoundPath[]; files: FoundFile[] } = { paths: [], files: [] };
+  #result: GcResult | undefined;
+  #stats: CacheStats | undefined;
+  /** The run this batch finished (the state no longer holds it). */
+  #finished: RunState | null = null;
+  #waitMs = 0;
+
+  constructor(ctx: GcContext, req: GcRequest) {
+    this.#bucket = ctx.bucket;
+    this.#settings = ctx.settings;
+    this.#clock = ctx.clock;
+    this.#req = req;
+    this.#stateKey = req.dryRun ? DRY_RUN_STATE_KEY : STATE_KEY;
+    this.#start = ctx.clock();
+  }
+
+  async run(): Promise<GcProgress> {
+    const loaded = await this.#op(() => getTextObject(this.#bucket, this.#stateKey));
+    this.#state = parseState(loaded?.text ?? null);
+    this.#etag = loaded?.etag ?? null;
+    const now = this.#clock();
+    if (this.#state.leaseUntil !== null && this.#state.leaseUntil > now) return this.#progress("busy");
+
+    const ended = this.#lastRunEnded();
+    if (ended !== null) return ended;
+    if (this.#state.run === null) {
+      const why = this.#whyNotStart(now);
+      if (why !== null) return why;
+    } else {
+      this.#checkJoin(this.#state.run);
+    }
+    if (!(await this.#takeLease())) return this.#progress("busy");
+
+    if (this.#state.run === null || this.#req.restart === true) await this.#startRun(now);
+    const run = this.#state.run!;
+    while (await this.#step(run)) {
+      // each step does a bounded piece of work and says whether the batch can go on
+    }
+    if (!(await this.#commit(run))) return this.#progress("busy");
+    if (this.#result !== undefined) return this.#progress("done");
+    return this.#progress(this.#waitMs > 0 ? "waiting" : "running");
+  }
+
+  // ---- starting, joining, leases and commits -------------------------------------------
+
+  /** When the caller follows a run that has ended: its result. */
+  #lastRunEnded(): GcProgress | null {
+    const id = this.#req.runId;
+    if (id === undefined || this.#state.run?.id === id) return null;
+    if (this.#state.last?.runId === id) {
+      this.#result = this.#state.last;
+      return this.#progress("done");
+    }
+    if (this.#state.run === null) return this.#progress("done");
+    throw fail("conflict", `collection ${id} is no longer running; another one (${this.#state.run.id}) is`);
+  }
+
+  /** Why no run starts now (a progress to return), or null when one should start. */
+  #whyNotStart(now: number): GcProgress | null {
+    const { retentionMs, intervalMs, uploadWindowMs } = this.#settings;
+    if (this.#req.onlyIfDue === true) {
+      if (retentionMs === null) return this.#progress("idle");
+      if (this.#state.lastStartedAt !== null && now - this.#state.lastStartedAt < intervalMs) return this.#progress("idle");
+    }
+    // A new real run waits half a window after the last one ended, so nothing a batch of the
+    // old run issued at the very end of its lease can land after the new run's fence is up.
+    const last = this.#state.last;
+    if (!this.#req.dryRun && last !== null && now < last.finishedAt + uploadWindowMs / 2) {
+      this.#waitMs = last.finishedAt + uploadWindowMs / 2 - now;
+      return this.#progress("waiting");
+    }
+    if (this.#req.cutoff === undefined && retentionMs === null) {
+      throw fail("bad_request", "GC_RETENTION_DAYS is off: give the age to collect explicitly (uploader gc --older-than <duration>)");
+    }
+    return null;
+  }
+
+  /** Refuses to silently continue a run with another cutoff than the caller asked for. */
+  #checkJoin(run: RunState): void {
+    const { cutoff, restart } = this.#req;
+    if (restart === true) {
+      if (!run.dryRun && (run.phase === "announce" || run.phase === "wait" || run.phase === "delete" || run.phase === "finish" || run.pass === 2)) {
+        throw fail("conflict", `collection ${run.id} has announced what it deletes (phase ${run.phase}); it cannot be abandoned now, only finished (uploader gc without --restart)`);
+      }
+      return;
+    }
+    if (cutoff !== undefined && Math.abs(cutoff - run.cutoff) > 1000) {
+      throw fail(
+        "conflict",
+        `collection ${run.id} (started ${new Date(run.startedAt).toISOString()}, collecting paths pushed before ` +
+          `${new Date(run.cutoff).toISOString()}) is in progress; run uploader gc without an age to finish it, or with --restart to replace it`,
+      );
+    }
+  }
+
+  async #takeLease(): Promise<boolean> {
+    this.#state.leaseUntil = this.#start + LEASE_MS;
+    const etag = await this.#op(() =>
+      putGcObject(this.#bucket, this.#stateKey, formatState(this.#state), this.#etag === null ? { ifAbsent: true } : { ifEtag: this.#etag }),
+    );
+    this.#etag = etag;
+    return etag !== null;
+  }
+
+  /** Whether this batch may still issue R2 calls that change anything. */
+  #leaseValid(): boolean {
+    return this.#clock() < this.#start + LEASE_MS / 2;
+  }
+
+  async #startRun(now: number): Promise<void> {
+    const old = this.#state.run;
+    if (old !== null) await this.#removeWorkObjects(old);
+    const cutoff = Math.min(this.#req.cutoff ?? now - (this.#settings.retentionMs ?? 0), now);
+    this.#state.run = {
+      id: newRunId(now),
+      dryRun: this.#req.dryRun,
+      trigger: this.#req.trigger,
+      startedAt: now,
+      cutoff,
+      narCutoff: now - this.#settings.narGraceMs,
+      windowMs: this.#settings.uploadWindowMs,
+      gen: 0,
+      phase: "mark",
+      pass: 1,
+      cursor: null,
+      position: "",
+      listed: false,
+      rootsLoaded: false,
+      queue: "",
+      pendingListing: null,
+      sets: null,
+      candidates: [],
+      garbage: [],
+      narCandidates: [],
+      index: 0,
+      announcedAt: null,
+      totals: emptyTotals(),
+    };
+    if (!this.#req.dryRun) {
+      this.#state.lastStartedAt = now;
+      // A fence left behind by a run that never finished (its state was lost) fences nothing now.
+      await this.#op(() => deleteKeys(this.#bucket, [FENCE_KEY]));
+    }
+  }
+
+  /** Writes this batch's objects and the state; false when the lease was lost meanwhile. */
+  async #commit(run: RunState): Promise<boolean> {
+    const gen = run.gen + 1;
+    const previousSets = run.sets;
+    if (this.#state.run !== null) {
+      if (this.#setsDirty) {
+        await this.#op(() => putGcObject(this.#bucket, workKey(run, `live-${gen}`), this.#live!.buffer));
+        await this.#op(() => putGcObject(this.#bucket, workKey(run, `nars-${gen}`), this.#nars!.buffer));
+        run.sets = gen;
+      }
+      await this.#flushChunks(run);
+      run.gen = gen;
+    }
+    this.#state.leaseUntil = null;
+    if (!this.#leaseValid()) return false;
+    const etag = await this.#op(() => putGcObject(this.#bucket, this.#stateKey, formatState(this.#state), { ifEtag: this.#etag! }));
+    if (etag === null) return false;
+    if (this.#state.run !== null && this.#setsDirty && previousSets !== null) {
+      await this.#op(() => deleteKeys(this.#bucket, [workKey(run, `live-${previousSets}`), workKey(run, `nars-${previousSets}`)]));
+    }
+    return true;
+  }
+
+  // ---- budget -------------------------------------------------------------------------------
+
+  async #op<T>(call: () => Promise<T>): Promise<T> {
+    this.#ops++;
+    return call();
+  }
+
+  /** Whether `ops` more operations and `entries` more entries fit in this batch. */
+  #fits(ops: number, entries = 0): boolean {
+    return (
+      this.#ops + ops + RESERVED_OPERATIONS <= BATCH_OPERATIONS &&
+      this.#entries + entries <= BATCH_ENTRIES &&
+      this.#leaseValid()
+    );
+  }
+
+  // ---- the phases ---------------------------------------------------------------------------
+
+  /** One bounded piece of work; false when the batch should stop. */
+  async #step(run: RunState): Promise<boolean> {
+    switch (run.phase) {
+      case "mark":
+        return this.#markStep(run);
+      case "nars":
+        return this.#narsStep(run);
+      case "compact":
+        return this.#compactStep(run);
+      case "announce":
+        return this.#announceStep(run);
+      case "wait":
+        return this.#waitStep(run);
+      case "delete":
+        return this.#deleteStep(run);
+      case "finish":
+        return this.#finishStep(run);
+    }
+  }
+
+  async #loadSets(run: RunState): Promise<void> {
+    if (this.#live !== null) return;
+    if (run.sets === null) {
+      const expected = this.#state.lastPaths + 1024;
+      this.#live = KeySet.create(HASH_PART_LENGTH, expected);
+      this.#nars = KeySet.create(NAR_FILE_HASH_LENGTH, expected);
+      this.#setsDirty = true;
+      return;
+    }
+    const gen = run.sets;
+    const [live, nars] = await Promise.all([
+      this.#op(() => getBinaryObject(this.#bucket, workKey(run, `live-${gen}`))),
+      this.#op(() => getBinaryObject(this.#bucket, workKey(run, `nars-${gen}`))),
+    ]);
+    this.#live = live === null ? null : KeySet.fromBuffer(live, HASH_PART_LENGTH);
+    this.#nars = nars === null ? null : KeySet.fromBuffer(nars, NAR_FILE_HASH_LENGTH);
+    if (this.#live === null || this.#nars === null) {
+      // Only a bug or a manual change of the bucket gets here: the run cannot go on safely.
+      throw new Error(`the mark sets of collection ${run.id} are missing or damaged`);
+    }
+  }
+
+  async #markStep(run: RunState): Promise<boolean> {
+    if (!this.#fits(4)) return false;
+    await this.#loadSets(run);
+    if (!run.rootsLoaded) {
+      const pins = await this.#op(() => getTextObject(this.#bucket, PINS_KEY));
+      for (const hash of pins === null ? [] : pinnedHashes(parsePins(pins.text))) this.#live!.add(hash);
+      run.rootsLoaded = true;
+      this.#setsDirty = true;
+    }
+    if (!run.listed) {
+      // A page holds at most 1000 entries (R2's limit).
+      if (!this.#fits(1, 1000)) return false;
+      const page = await this.#op(() => listTopLevel(this.#bucket, run.cursor));
+      for (const object of page.objects) this.#listed(run, object);
+      this.#entries += page.objects.length;
+      this.#setsDirty = true;
+      run.cursor = page.cursor;
+      if (page.cursor === null) {
+        run.listed = true;
+        this.#flushListing(run, null);
+      }
+      return true;
+    }
+    if (run.queue !== "") return this.#queueStep(run);
+    // The look is complete.
+    await this.#flushChunks(run);
+    if (run.pass === 1) {
+      run.phase = "nars";
+      run.cursor = null;
+    } else {
+      run.phase = "delete";
+      run.index = 0;
+    }
+    return true;
+  }
+
+  /** One listed object of the top level (a narinfo, a listing, or anything else). */
+  #listed(run: RunState, object: ListedObject): void {
+    const hash = parseNarInfoFileName(object.key);
+    if (hash === null) {
+      if (run.pass === 1 && /^[0-9a-z]{32}\.ls$/.test(object.key)) {
+        this.#flushListing(run, null);
+        run.pendingListing = { key: object.key, size: object.size, uploaded: object.uploaded };
+      }
+      return;
+    }
+    this.#flushListing(run, hash);
+    const totals = run.totals;
+    totals.listed++;
+    const meta = decodeNarInfoMeta(object.customMetadata);
+    const young = (meta?.pushed ?? object.uploaded) >= run.cutoff;
+    totals.paths++;
+    if (meta?.fileSize != null && meta.narSize != null) totals.savedBytes += Math.max(0, meta.narSize - meta.fileSize);
+    else totals.pathsWithoutSizes++;
+
+    run.position = hash;
+    const live = this.#live!;
+    if (young) live.add(hash);
+    if (live.has(hash)) {
+      if (!live.isExpanded(hash)) {
+        if (meta !== null && meta.refs !== null) this.#expand(run, hash, meta.refs, meta.narFile);
+        else run.queue += hash; // no references in the metadata: read the narinfo itself
+      }
+    } else if (run.pass === 1) {
+      this.#candidateLines.push(pathLine(hash, meta?.name ?? null, meta?.fileSize ?? null, meta?.narSize ?? null));
+    }
+  }
+
+  /** A pending listing is orphaned unless `nextHash` is its narinfo. */
+  #flushListing(run: RunState, nextHash: string | null): void {
+    const pending = run.pendingListing;
+    if (pending === null) return;
+    run.pendingListing = null;
+    if (nextHash !== null && pending.key === `${nextHash}.ls`) return;
+    if (pending.uploaded < run.narCutoff) {
+      this.#narLines.push(`${pending.key}\t${pending.size}`);
+      run.totals.orphanListings++;
+      if (run.dryRun) this.#found.files.push({ key: pending.key, size: pending.size });
+    }
+  }
+
+  /** Marks `hash` expanded: its references become live; those already passed are queued. */
+  #expand(run: RunState, hash: string, refs: readonly string[], narFile: string | null): void {
+    const live = this.#live!;
+    for (const ref of refs) {
+      if (ref === hash || !isHashPart(ref)) continue;
+      if (live.add(ref) && (run.listed || ref < run.position)) run.queue += ref;
+    }
+    const nar = narFile === null ? null : parseNarFileName(narFile);
+    if (nar !== null) this.#nars!.add(nar.fileHash);
+    live.setExpanded(hash);
+    run.totals.expanded++;
+  }
+
+  /** Reads queued narinfos (HEAD; their body when the metadata lacks references). */
+  async #queueStep(run: RunState): Promise<boolean> {
+    const room = Math.floor((BATCH_OPERATIONS - RESERVED_OPERATIONS - this.#ops) / 3);
+    const count = Math.min(run.queue.length / HASH_PART_LENGTH, QUEUE_ROUND, room, BATCH_ENTRIES - this.#entries);
+    if (count <= 0 || !this.#fits(count * 3, count)) return false;
+    const hashes: string[] = [];
+    for (let i = 0; i < count; i++) hashes.push(run.queue.slice(i * HASH_PART_LENGTH, (i + 1) * HASH_PART_LENGTH));
+    run.queue = run.queue.slice(count * HASH_PART_LENGTH);
+    this.#entries += count;
+    const found = await mapConcurrent(hashes, CONCURRENCY, (hash) => this.#lookUp(run, hash));
+    hashes.forEach((hash, i) => {
+      const refs = found[i];
+      if (refs !== null && refs !== undefined) this.#expand(run, hash, refs.refs, refs.narFile);
+    });
+    this.#setsDirty = true;
+    return true;
+  }
+
+  /** The references and NAR of a stored narinfo; null when it is not stored. */
+  async #lookUp(run: RunState, hash: string): Promise<{ refs: string[]; narFile: string | null } | null> {
+    const key = `${hash}.narinfo`;
+    run.totals.lookups++;
+    const head = await this.#op(() => headKey(this.#bucket, key));
+    if (head === null) return null;
+    const meta = decodeNarInfoMeta(head.customMetadata);
+    if (meta !== null && meta.refs !== null) return { refs: meta.refs, narFile: meta.narFile };
+    const stored = await this.#op(() => getNarInfoObject(this.#bucket, key));
+    if (stored === null) return null;
+    let parsed;
+    try {
+      parsed = parseNarInfo(stored.text);
+    } catch {
+      // A stored narinfo that does not parse names no references we could keep; Nix cannot
+      // use it either. Keep it (it is live) without following anything.
+      console.error(`narinfo ${key} does not parse; its references cannot be followed`);
+      return { refs: [], narFile: null };
+    }
+    const self = parseStorePath(parsed.storePath)?.hash;
+    const refs = parsed.references.map((r) => r.slice(0, HASH_PART_LENGTH)).filter((r) => r !== self);
+    const narFile = parsed.url.startsWith(NAR_PREFIX) ? parsed.url.slice(NAR_PREFIX.length) : null;
+    if (!run.dryRun && this.#leaseValid()) {
+      // Record the metadata now, so later collections list this path instead of reading it.
+      const pushed = meta?.pushed ?? stored.uploaded;
+      await this.#op(() => putNarInfoObject(this.#bucket, key, stored.text, encodeNarInfoMeta(parsed, pushed), { ifEtag: stored.etag }));
+    }
+    return { refs, narFile };
+  }
+
+  async #narsStep(run: RunState): Promise<boolean> {
+    if (!this.#fits(3, 1000)) return false;
+    await this.#loadSets(run);
+    const page = await this.#op(() => listPrefix(this.#bucket, NAR_PREFIX, run.cursor));
+    const totals = run.totals;
+    for (const object of page.objects) {
+      const file = parseNarFileName(object.key.slice(NAR_PREFIX.length));
+      if (file === null) continue; // not a NAR of ours (e.g. a part of an upload in progress)
+      totals.narFiles++;
+      totals.narBytes += object.size;
+      if (this.#nars!.has(file.fileHash) || object.uploaded >= run.narCutoff) continue;
+      this.#narLines.push(`${object.key}\t${object.size}`);
+      totals.garbageNars++;
+      totals.garbageNarBytes += object.size;
+      if (run.dryRun) this.#found.files.push({ key: object.key, size: object.size });
+    }
+    this.#entries += page.objects.length;
+    run.cursor = page.cursor;
+    if (page.cursor === null) {
+      await this.#flushChunks(run);
+      run.phase = "compact";
+      run.index = 0;
+    }
+    return true;
+  }
+
+  /**
+   * Writes the candidate and NAR lines gathered so far as chunk objects named after this
+   * batch's generation, so later phases (in this batch or the next) can read them.
+   */
+  async #flushChunks(run: RunState): Promise<void> {
+    const name = (kind: string): string => `${kind}-${run.gen + 1}.${this.#chunksWritten++}`;
+    if (this.#candidateLines.length > 0) {
+      const chunk = name("candidates");
+      await this.#op(() => putGcObject(this.#bucket, workKey(run, chunk), this.#candidateLines.join("\n")));
+      run.candidates.push(chunk);
+      this.#candidateLines = [];
+    }
+    if (this.#narLines.length > 0) {
+      const chunk = name("files");
+      await this.#op(() => putGcObject(this.#bucket, workKey(run, chunk), this.#narLines.join("\n")));
+      run.narCandidates.push(chunk);
+      this.#narLines = [];
+    }
+  }
+
+  /**
+   * Drops the candidates that became live later in the first look. Each candidate chunk
+   * becomes one garbage chunk named after it, so redoing a step after a lost commit writes
+   * the same object again.
+   */
+  async #compactStep(run: RunState): Promise<boolean> {
+    if (run.index >= run.candidates.length) {
+      run.phase = run.dryRun ? "finish" : "announce";
+      run.index = 0;
+      return true;
+    }
+    if (!this.#fits(4, BATCH_ENTRIES / 3)) return false;
+    await this.#loadSets(run);
+    const name = run.candidates[run.index]!;
+    const chunk = await this.#op(() => getTextObject(this.#bucket, workKey(run, name)));
+    const candidates = lines(chunk?.text ?? "");
+    this.#entries += candidates.length;
+    const garbage: string[] = [];
+    for (const line of candidates) {
+      const path = parsePathLine(line);
+      if (this.#live!.has(path.hash)) continue;
+      garbage.push(line);
+      run.totals.garbagePaths++;
+      run.totals.garbagePathBytes += path.fileSize ?? 0;
+      if (run.dryRun) this.#found.paths.push({ hash: path.hash, name: path.name, fileSize: path.fileSize });
+    }
+    if (garbage.length > 0 && !run.dryRun) {
+      if (!this.#leaseValid()) return false;
+      await this.#op(() => putGcObject(this.#bucket, workKey(run, `garbage-${name}`), garbage.join("\n")));
+      run.garbage.push(`garbage-${name}`);
+    }
+    run.index++;
+    return true;
+  }
+
+  async #announceStep(run: RunState): Promise<boolean> {
+    const chunks = run.garbage.length + run.narCandidates.length;
+    if (!this.#fits(chunks + 1)) return false;
+    const read = async (name: string): Promise<string[]> => lines((await this.#op(() => getTextObject(this.#bucket, workKey(run, name))))?.text ?? "");
+    let paths = "";
+    for (const name of run.garbage) for (const line of await read(name)) paths += line.slice(0, HASH_PART_LENGTH);
+    let nars = "";
+    for (const name of run.narCandidates) {
+      for (const line of await read(name)) {
+        if (!line.startsWith(NAR_PREFIX)) continue;
+        nars += line.slice(NAR_PREFIX.length, NAR_PREFIX.length + NAR_FILE_HASH_LENGTH);
+      }
+    }
+    // Uploads search the fence by bisection: it must be sorted. Listings come in key order,
+    // so it is; checking costs little and a mistake here would let an upload slip through.
+    paths = sortedPacked(paths, HASH_PART_LENGTH);
+    nars = sortedPacked(nars, NAR_FILE_HASH_LENGTH);
+    if (paths === "" && nars === "") {
+      // Nothing to delete but orphaned listings, which nothing can depend on.
+      run.phase = "delete";
+      run.index = run.garbage.length;
+      run.announcedAt = null;
+      return true;
+    }
+    if (!this.#leaseValid()) return false;
+    await this.#op(() => putGcObject(this.#bucket, FENCE_KEY, formatFence({ runId: run.id, announcedAt: this.#clock(), paths, nars })));
+    run.announcedAt = this.#clock();
+    run.phase = "wait";
+    return true;
+  }
+
+  #waitStep(run: RunState): boolean {
+    // The window may have been changed since the run started; uploads follow the current one.
+    const until = (run.announcedAt ?? 0) + Math.max(run.windowMs, this.#settings.uploadWindowMs);
+    const now = this.#clock();
+    if (now < until) {
+      this.#waitMs = until - now;
+      return false;
+    }
+    run.phase = "mark";
+    run.pass = 2;
+    run.cursor = null;
+    run.position = "";
+    run.listed = false;
+    run.rootsLoaded = false;
+    const totals = run.totals;
+    totals.paths = 0;
+    totals.savedBytes = 0;
+    totals.pathsWithoutSizes = 0;
+    return true;
+  }
+
+  async #deleteStep(run: RunState): Promise<boolean> {
+    const total = run.garbage.length + run.narCandidates.length;
+    if (run.index >= total) {
+      run.phase = "finish";
+      return true;
+    }
+    // A chunk holds at most BATCH_ENTRIES lines; deleting them takes ≤ 2 keys per line.
+    if (!this.#fits(2 + Math.ceil((2 * BATCH_ENTRIES) / MAX_DELETE_KEYS), BATCH_ENTRIES / 3)) return false;
+    await this.#loadSets(run);
+    const isPaths = run.index < run.garbage.length;
+    const name = isPaths ? run.garbage[run.index]! : run.narCandidates[run.index - run.garbage.length]!;
+    const chunk = await this.#op(() => getTextObject(this.#bucket, workKey(run, name)));
+    const entries = lines(chunk?.text ?? "");
+    this.#entries += entries.length;
+    const keys: string[] = [];
+    const totals = run.totals;
+    for (const line of entries) {
+      if (isPaths) {
+        const path = parsePathLine(line);
+        if (this.#live!.has(path.hash)) {
+          totals.rescued++;
+          continue;
+        }
+        keys.push(`${path.hash}.narinfo`, `${path.hash}.ls`);
+        totals.deletedPaths++;
+        totals.paths--;
+        if (path.fileSize !== null && path.narSize !== null) totals.savedBytes -= Math.max(0, path.narSize - path.fileSize);
+        else totals.pathsWithoutSizes--;
+        this.#found.paths.push({ hash: path.hash, name: path.name, fileSize: path.fileSize });
+      } else {
+        const [key = "", sizeText = "0"] = line.split("\t");
+        const size = Number(sizeText);
+        if (key.startsWith(NAR_PREFIX)) {
+          const file = parseNarFileName(key.slice(NAR_PREFIX.length));
+          if (file === null || this.#nars!.has(file.fileHash)) continue;
+          totals.deletedNars++;
+          totals.freedBytes += size;
+          totals.narFiles--;
+          totals.narBytes -= size;
+        } else if (this.#live!.has(key.slice(0, HASH_PART_LENGTH))) {
+          continue; // its narinfo was pushed during the run
+        }
+        keys.push(key);
+        this.#found.files.push({ key, size });
+      }
+    }
+    for (let i = 0; i < keys.length; i += MAX_DELETE_KEYS) {
+      if (!this.#leaseValid()) throw fail("storage_unavailable", "the collection batch ran out of time; the next batch redoes it");
+      const slice = keys.slice(i, i + MAX_DELETE_KEYS);
+      await this.#op(() => deleteKeys(this.#bucket, slice));
+    }
+    run.index++;
+    return true;
+  }
+
+  async #finishStep(run: RunState): Promise<boolean> {
+    if (!this.#fits(6)) return false;
+    const now = this.#clock();
+    const totals = run.totals;
+    const result: GcResult = {
+      runId: run.id,
+      trigger: run.trigger,
+      startedAt: run.startedAt,
+      finishedAt: now,
+      cutoff: run.cutoff,
+      deletedPaths: totals.deletedPaths,
+      deletedNars: totals.deletedNars,
+      freedBytes: totals.freedBytes,
+    };
+    if (!run.dryRun) {
+      if (!this.#leaseValid()) return false;
+      await this.#op(() => deleteKeys(this.#bucket, [FENCE_KEY]));
+      const stats: CacheStats = {
+        countedAt: now,
+        paths: totals.paths,
+        narFiles: totals.narFiles,
+        narBytes: totals.narBytes,
+        savedBytes: totals.savedBytes,
+        pathsWithoutSizes: totals.pathsWithoutSizes,
+        lastGc: result,
+      };
+      await this.#op(() => putGcObject(this.#bucket, STATS_KEY, formatStats(stats)));
+      this.#stats = stats;
+      this.#state.last = result;
+      this.#state.lastPaths = totals.paths;
+    }
+    if (!(await this.#removeWorkObjects(run))) return false;
+    this.#result = result;
+    this.#finished = run;
+    this.#state.run = null;
+    return false;
+  }
+
+  /** Deletes a run's working objects; false when they did not all fit in this batch. */
+  async #removeWorkObjects(run: RunState): Promise<boolean> {
+    let cursor: string | null = null;
+    do {
+      if (!this.#fits(2)) return false;
+      const page = await this.#op(() => listPrefix(this.#bucket, runPrefix(run.id), cursor));
+      const keys = page.objects.map((o) => o.key);
+      if (keys.length > 0) await this.#op(() => deleteKeys(this.#bucket, keys));
+      cursor = page.cursor;
+    } while (cursor !== null);
+    return true;
+  }
+
+  #progress(status: GcProgress["status"]): GcProgress {
+    const run = this.#state.run ?? this.#finished;
+    return {
+      status,
+      run: run === null ? null : info(run),
+      waitMs: Math.max(0, Math.ceil(this.#waitMs)),
+      batch: { operations: this.#ops, entries: this.#entries },
+      totals: run?.totals ?? emptyTotals(),
+      found: this.#found,
+      ...(this.#result === undefined ? {} : { result: this.#result }),
+      ...(this.#stats === undefined ? {} : { stats: this.#stats }),
+    };
+  }
+}

@@ -1,0 +1,200 @@
+// An exact set of fixed-length nix32 strings (store path hash parts, NAR file hashes) with
+// one "expanded" flag per member, living in a single ArrayBuffer.
+//
+// Garbage collection carries its mark from one Worker invocation to the next in R2. A
+// JavaScript Set of 20,000 strings costs ~5 ms of CPU to rebuild from JSON, half of the free
+// plan's 10 ms; this set is read back with no parsing at all (`fromBuffer` wraps the bytes R2
+// returns) and each lookup touches a few words.
+//
+// Layout (Uint32 words): header [MAGIC, keyChars, capacity, count, seed], then `capacity`
+// slots of (keyWords + 1) words: the key's nix32 digits packed 6 per word (30 bits), then a
+// flags word (bit 0 occupied, bit 1 expanded). Open addressing with linear probing; the
+// table doubles when more than half full. Keys are compared in full, never by a digest: a
+// collision would let a path's references go unmarked, so only equality is trusted. The
+// probe start is a seeded mix of all key words, so chosen hash parts cannot pile up in one
+// run of slots.
+
+import { NIX32_ALPHABET } from "../nix/nix32.ts";
+
+const MAGIC = 0x6e656331; // "nec1"
+const HEADER_WORDS = 5;
+const DIGITS_PER_WORD = 6;
+const OCCUPIED = 1;
+const EXPANDED = 2;
+/** Smallest table: 1024 slots, a few KB, for small caches and tests. */
+const MIN_CAPACITY = 1024;
+
+/** nix32 character code → digit value, or -1. */
+const DIGIT = new Int8Array(128).fill(-1);
+for (let i = 0; i < NIX32_ALPHABET.length; i++) DIGIT[NIX32_ALPHABET.charCodeAt(i)] = i;
+
+function wordsFor(keyChars: number): number {
+  return Math.ceil(keyChars / DIGITS_PER_WORD);
+}
+
+function capacityFor(expected: number): number {
+  let capacity = MIN_CAPACITY;
+  while (capacity < expected * 2) capacity *= 2;
+  return capacity;
+}
+
+export class KeySet {
+  readonly #keyChars: number;
+  readonly #keyWords: number;
+  readonly #slotWords: number;
+  #words: Uint32Array;
+  #capacity: number;
+  #count: number;
+  readonly #seed: number;
+  /** Scratch space for the key being looked up (no allocation per lookup). */
+  readonly #scratch: Uint32Array;
+
+  private constructor(words: Uint32Array) {
+    this.#words = words;
+    this.#keyChars = words[1]!;
+    this.#keyWords = wordsFor(this.#keyChars);
+    this.#slotWords = this.#keyWords + 1;
+    this.#capacity = words[2]!;
+    this.#count = words[3]!;
+    this.#seed = words[4]!;
+    this.#scratch = new Uint32Array(this.#keyWords);
+  }
+
+  /** An empty set of `keyChars`-long keys, sized for about `expected` members. */
+  static create(keyChars: number, expected = 0, seed = (Math.random() * 0x100000000) >>> 0): KeySet {
+    const capacity = capacityFor(expected);
+    const words = new Uint32Array(HEADER_WORDS + capacity * (wordsFor(keyChars) + 1));
+    words.set([MAGIC, keyChars, capacity, 0, seed]);
+    return new KeySet(words);
+  }
+
+  /** The set stored in `buffer` (as `buffer` returned it); null when it is not one. */
+  static fromBuffer(buffer: ArrayBuffer, keyChars: number): KeySet | null {
+    if (buffer.byteLength < HEADER_WORDS * 4 || buffer.byteLength % 4 !== 0) return null;
+    const words = new Uint32Array(buffer);
+    const capacity = words[2]!;
+    if (words[0] !== MAGIC || words[1] !== keyChars || (capacity & (capacity - 1)) !== 0 || capacity < MIN_CAPACITY) return null;
+    if (words.length !== HEADER_WORDS + capacity * (wordsFor(keyChars) + 1)) return null;
+    return new KeySet(words);
+  }
+
+  /** The bytes to store; valid until the next insertion. */
+  get buffer(): ArrayBuffer {
+    this.#words[3] = this.#count;
+    return this.#words.buffer as ArrayBuffer;
+  }
+
+  get size(): number {
+    return this.#count;
+  }
+
+  get keyChars(): number {
+    return this.#keyChars;
+  }
+
+  has(key: string): boolean {
+    return this.#find(key) >= 0;
+  }
+
+  /** Adds `key` (unflagged); true when it was not there before. */
+  add(key: string): boolean {
+    if (this.#find(key) >= 0) return false;
+    if ((this.#count + 1) * 2 > this.#capacity) this.#grow();
+    this.#place(this.#scratch, OCCUPIED);
+    this.#count++;
+    return true;
+  }
+
+  /** Whether `key` is a member with the expanded flag set. */
+  isExpanded(key: string): boolean {
+    const slot = this.#find(key);
+    return slot >= 0 && (this.#words[this.#flagIndex(slot)]! & EXPANDED) !== 0;
+  }
+
+  /** Sets the expanded flag of `key`, adding it first when needed. */
+  setExpanded(key: string): void {
+    this.add(key);
+    const slot = this.#find(key);
+    this.#words[this.#flagIndex(slot)]! |= EXPANDED;
+  }
+
+  #flagIndex(slot: number): number {
+    return HEADER_WORDS + slot * this.#slotWords + this.#keyWords;
+  }
+
+  /** Packs `key` into the scratch words; throws on a wrong length or a non-nix32 character. */
+  #encode(key: string): void {
+    if (key.length !== this.#keyChars) throw new RangeError(`key of ${key.length} characters in a set of ${this.#keyChars}-character keys`);
+    const out = this.#scratch;
+    let w = 0;
+    for (let i = 0; i < this.#keyWords; i++) {
+      let word = 0;
+      const end = Math.min(key.length, (i + 1) * DIGITS_PER_WORD);
+      for (let j = i * DIGITS_PER_WORD, shift = 0; j < end; j++, shift += 5) {
+        const code = key.charCodeAt(j);
+        const digit = code < 128 ? DIGIT[code]! : -1;
+        if (digit < 0) throw new RangeError(`not a nix32 key: ${JSON.stringify(key)}`);
+        word |= digit << shift;
+      }
+      out[w++] = word;
+    }
+  }
+
+  #startSlot(key: Uint32Array): number {
+    let h = this.#seed;
+    for (let i = 0; i < key.length; i++) {
+      h = Math.imul(h ^ key[i]!, 0x9e3779b1);
+      h ^= h >>> 15;
+    }
+    h = Math.imul(h ^ (h >>> 13), 0x85ebca6b);
+    h ^= h >>> 16;
+    return h & (this.#capacity - 1);
+  }
+
+  /** The slot holding `key`, or -1 (leaves `key` encoded in the scratch words). */
+  #find(key: string): number {
+    this.#encode(key);
+    const words = this.#words;
+    const k = this.#scratch;
+    const mask = this.#capacity - 1;
+    for (let slot = this.#startSlot(k); ; slot = (slot + 1) & mask) {
+      const base = HEADER_WORDS + slot * this.#slotWords;
+      if ((words[base + this.#keyWords]! & OCCUPIED) === 0) return -1;
+      let equal = true;
+      for (let i = 0; i < this.#keyWords; i++) {
+        if (words[base + i] !== k[i]) {
+          equal = false;
+          break;
+        }
+      }
+      if (equal) return slot;
+    }
+  }
+
+  /** Puts encoded `key` with `flags` into its first free slot (the key must be absent). */
+  #place(key: Uint32Array, flags: number): void {
+    const words = this.#words;
+    const mask = this.#capacity - 1;
+    let slot = this.#startSlot(key);
+    while ((words[HEADER_WORDS + slot * this.#slotWords + this.#keyWords]! & OCCUPIED) !== 0) slot = (slot + 1) & mask;
+    const base = HEADER_WORDS + slot * this.#slotWords;
+    words.set(key, base);
+    words[base + this.#keyWords] = flags;
+  }
+
+  #grow(): void {
+    const old = this.#words;
+    const oldCapacity = this.#capacity;
+    this.#capacity = oldCapacity * 2;
+    this.#words = new Uint32Array(HEADER_WORDS + this.#capacity * this.#slotWords);
+    this.#words.set([MAGIC, this.#keyChars, this.#capacity, this.#count, this.#seed]);
+    const key = new Uint32Array(this.#keyWords);
+    for (let slot = 0; slot < oldCapacity; slot++) {
+      const base = HEADER_WORDS + slot * this.#slotWords;
+      const flags = old[base + this.#keyWords]!;
+      if ((flags & OCCUPIED) === 0) continue;
+      key.set(old.subarray(base, base + this.#keyWords));
+      this.#place(key, flags);
+    }
+  }
+}

@@ -1,0 +1,24 @@
+// The Worker's cron trigger (wrangler.toml [triggers]): every tick runs one bounded batch of
+// garbage collection (gc/collector.ts), which continues the collection in progress or starts
+// one when GC_INTERVAL_HOURS have passed since the last. An idle tick costs one R2 read.
+
+import { settingsOf, type WorkerEnv } from "./env.ts";
+import { runGcBatch } from "./gc/collector.ts";
+
+export async function runScheduled(env: WorkerEnv): Promise<void> {
+  let settings;
+  try {
+    settings = settingsOf(env);
+  } catch (err) {
+    console.error("scheduled: the Worker's settings are wrong; nothing collected", err);
+    return;
+  }
+  const progress = await runGcBatch({ bucket: env.CACHE, settings: settings.gc, clock: Date.now }, { dryRun: false, trigger: "cron", onlyIfDue: true });
+  if (progress.status === "idle") return;
+  const t = progress.totals;
+  console.log(
+    `gc ${progress.run?.id ?? "-"}: ${progress.status}, phase ${progress.run?.phase ?? "-"}, ` +
+      `${progress.batch.operations} R2 operations; listed ${t.listed}, garbage ${t.garbagePaths} paths / ${t.garbageNars} NARs, ` +
+      `deleted ${t.deletedPaths} paths / ${t.deletedNars} NARs`,
+  );
+}

@@ -1,0 +1,141 @@
+// The R2 side of garbage collection, pins and statistics: the keys under `_gc/` and every
+// bucket call the collector makes. Each function is one R2 operation (the collector counts
+// them against the free plan's per-invocation budget), takes the bucket it is given (tests
+// pass a counting wrapper), and turns R2 failures into `storage_unavailable`.
+//
+//   _gc/state.json             the collection in progress and the last one (gc/run-state.ts)
+//   _gc/dry-run.json           the same for dry runs, which never touch anything else
+//   _gc/fence.json             paths and NARs about to be deleted (gc/fence.ts); uploads read it
+//   _gc/pins.json              named pins (gc/pins.ts)
+//   _gc/stats.json             counts from the last collection (gc/stats.ts)
+//   _gc/runs/<id>/<name>       a run's working objects (mark sets, candidate lists)
+//
+// No request path maps to a key under `_gc/` (storage/keys.ts accepts only the cache's own
+// layouts), so none of this can be read or written over HTTP. Listings of narinfos use the
+// delimiter "/" so that `nar/`, `log/` and `_gc/` collapse into single prefixes.
+
+import { fail } from "../errors.ts";
+
+export const GC_PREFIX = "_gc/";
+export const STATE_KEY = `${GC_PREFIX}state.json`;
+export const DRY_RUN_STATE_KEY = `${GC_PREFIX}dry-run.json`;
+export const FENCE_KEY = `${GC_PREFIX}fence.json`;
+export const PINS_KEY = `${GC_PREFIX}pins.json`;
+export const STATS_KEY = `${GC_PREFIX}stats.json`;
+const RUNS_PREFIX = `${GC_PREFIX}runs/`;
+
+/** R2 deletes at most this many keys per call. */
+export const MAX_DELETE_KEYS = 1000;
+
+/** Prefix of a run's working objects. */
+export function runPrefix(runId: string): string {
+  return `${RUNS_PREFIX}${runId}/`;
+}
+
+/** One object of a listing, with what GC reads from it. */
+export interface ListedObject {
+  key: string;
+  size: number;
+  uploaded: number;
+  customMetadata: Record<string, string> | undefined;
+}
+
+export interface ListPage {
+  objects: ListedObject[];
+  /** Where the next page starts; null after the last page. */
+  cursor: string | null;
+}
+
+function unavailable(err: unknown): never {
+  console.error("R2 operation failed", err);
+  throw fail("storage_unavailable", "the storage backend failed; try again shortly");
+}
+
+function page(result: R2Objects): ListPage {
+  return {
+    objects: result.objects.map((o) => ({ key: o.key, size: o.size, uploaded: o.uploaded.getTime(), customMetadata: o.customMetadata })),
+    cursor: result.truncated ? result.cursor : null,
+  };
+}
+
+/**
+ * One page of the bucket's top level (narinfos and listings), with customMetadata. R2 may
+ * return fewer objects per page when metadata is included (local R2: 100).
+ */
+export async function listTopLevel(bucket: R2Bucket, cursor: string | null): Promise<ListPage> {
+  try {
+    return page(await bucket.list({ delimiter: "/", include: ["customMetadata"], ...(cursor === null ? {} : { cursor }) }));
+  } catch (err) {
+    return unavailable(err);
+  }
+}
+
+/** One page of keys under `prefix` (sizes and upload times, no metadata: up to 1000). */
+export async function listPrefix(bucket: R2Bucket, prefix: string, cursor: string | null): Promise<ListPage> {
+  try {
+    return page(await bucket.list({ prefix, ...(cursor === null ? {} : { cursor }) }));
+  } catch (err) {
+    return unavailable(err);
+  }
+}
+
+/** Metadata of one object, or null. */
+export async function headKey(bucket: R2Bucket, key: string): Promise<R2Object | null> {
+  try {
+    return await bucket.head(key);
+  } catch (err) {
+    return unavailable(err);
+  }
+}
+
+/** A small text object with its etag, or null. */
+export async function getTextObject(bucket: R2Bucket, key: string): Promise<{ text: string; etag: string } | null> {
+  try {
+    const obj = await bucket.get(key);
+    if (obj === null) return null;
+    return { text: await obj.text(), etag: obj.etag };
+  } catch (err) {
+    return unavailable(err);
+  }
+}
+
+/** A binary object, or null. */
+export async function getBinaryObject(bucket: R2Bucket, key: string): Promise<ArrayBuffer | null> {
+  try {
+    const obj = await bucket.get(key);
+    return obj === null ? null : await obj.arrayBuffer();
+  } catch (err) {
+    return unavailable(err);
+  }
+}
+
+/**
+ * Writes a GC object and returns its new etag. With `ifEtag` (or `ifAbsent`) the write is
+ * conditional and returns null when someone else wrote the key since it was read.
+ */
+export async function putGcObject(
+  bucket: R2Bucket,
+  key: string,
+  body: string | ArrayBuffer,
+  condition: { ifEtag?: string; ifAbsent?: boolean } = {},
+): Promise<string | null> {
+  const onlyIf: R2Conditional | undefined =
+    condition.ifEtag !== undefined ? { etagMatches: condition.ifEtag } : condition.ifAbsent === true ? { etagDoesNotMatch: "*" } : undefined;
+  try {
+    const result = await bucket.put(key, body, onlyIf === undefined ? {} : { onlyIf });
+    return result === null ? null : result.etag;
+  } catch (err) {
+    return unavailable(err);
+  }
+}
+
+/** Deletes up to MAX_DELETE_KEYS keys in one operation (absent keys are fine). */
+export async function deleteKeys(bucket: R2Bucket, keys: readonly string[]): Promise<void> {
+  if (keys.length === 0) return;
+  if (keys.length > MAX_DELETE_KEYS) throw new RangeError(`at most ${MAX_DELETE_KEYS} keys per delete`);
+  try {
+    await bucket.delete([...keys]);
+  } catch (err) {
+    unavailable(err);
+  }
+}

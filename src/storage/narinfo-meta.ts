@@ -1,0 +1,95 @@
+// What the Worker writes into each narinfo object's R2 customMetadata, so that garbage
+// collection learns a path's push time, references and NAR from a bucket *listing*
+// (`list({ include: ["customMetadata"] })`, one operation per page of objects) instead of
+// one GET per narinfo.
+//
+//   v   "1"                          version of this layout
+//   p   <decimal ms since epoch>     when the path was last pushed (created, re-pushed,
+//                                    signatures merged, or refreshed by a push that found it)
+//   r   <hash32> <hash32> …          hash parts of the references, the path's own excluded;
+//                                    absent when they do not fit (then GC reads the body)
+//   u   <file>                       the NAR's file name (the narinfo's URL without `nar/`)
+//   fs  <decimal>                    FileSize
+//   ns  <decimal>                    NarSize
+//   n   <name>                       the store path's name (for reports)
+//
+// R2 allows 8192 bytes of metadata per object (keys and values); references past
+// MAX_METADATA_BYTES are left out rather than truncated, since a partial list would let GC
+// delete a reference of a kept path. Narinfos stored without this metadata (before it
+// existed, or by another writer) decode to null and GC falls back to reading them.
+
+import type { NarInfo } from "../nix/narinfo.ts";
+import { HASH_PART_LENGTH, isHashPart, parseStorePath } from "../nix/store-path.ts";
+import { NAR_PREFIX } from "./keys.ts";
+
+/** What GC needs to know about a stored narinfo without reading it. */
+export interface NarInfoMeta {
+  /** Last push, ms since the epoch. */
+  pushed: number;
+  /** Hash parts of the references other than the path itself; null: read the narinfo. */
+  refs: string[] | null;
+  /** The NAR's file name (`<filehash52>.nar[.ext]`), null when unknown. */
+  narFile: string | null;
+  fileSize: number | null;
+  narSize: number | null;
+  /** The store path's name, null when unknown. */
+  name: string | null;
+}
+
+const VERSION = "1";
+
+/**
+ * Budget for the metadata of one narinfo: R2's limit is 8192 bytes for keys and values
+ * together; stay well below it (the name alone may take 211).
+ */
+export const MAX_METADATA_BYTES = 7168;
+
+function decimal(value: string | undefined): number | null {
+  if (value === undefined || !/^\d{1,16}$/.test(value)) return null;
+  return Number(value);
+}
+
+/** The metadata for `info`, pushed at `pushed` (ms). */
+export function encodeNarInfoMeta(info: NarInfo, pushed: number): Record<string, string> {
+  const path = parseStorePath(info.storePath);
+  const self = path?.hash;
+  const meta: Record<string, string> = { v: VERSION, p: String(Math.floor(pushed)) };
+  if (info.url.startsWith(NAR_PREFIX)) meta.u = info.url.slice(NAR_PREFIX.length);
+  if (info.fileSize !== undefined) meta.fs = String(info.fileSize);
+  meta.ns = String(info.narSize);
+  if (path !== null) meta.n = path.name;
+  const refs: string[] = [];
+  for (const ref of info.references) {
+    const hash = ref.slice(0, HASH_PART_LENGTH);
+    if (hash !== self && isHashPart(hash) && !refs.includes(hash)) refs.push(hash);
+  }
+  const used = Object.entries(meta).reduce((n, [k, v]) => n + k.length + v.length, 0);
+  const joined = refs.join(" ");
+  if (used + 1 + joined.length <= MAX_METADATA_BYTES) meta.r = joined;
+  return meta;
+}
+
+/** The metadata of a stored narinfo, or null when it was stored without (or with another layout). */
+export function decodeNarInfoMeta(meta: Record<string, string> | undefined): NarInfoMeta | null {
+  if (meta === undefined || meta.v !== VERSION) return null;
+  const pushed = decimal(meta.p);
+  if (pushed === null) return null;
+  let refs: string[] | null = null;
+  if (meta.r !== undefined) {
+    refs = meta.r === "" ? [] : meta.r.split(" ");
+    if (!refs.every(isHashPart)) refs = null;
+  }
+  return {
+    pushed,
+    refs,
+    narFile: meta.u ?? null,
+    fileSize: decimal(meta.fs),
+    narSize: decimal(meta.ns),
+    name: meta.n ?? null,
+  };
+}
+
+/** The same metadata with another push time (a refresh). */
+export function withPushTime(meta: Record<string, string>, pushed: number): Record<string, string> {
+  return { ...meta, p: String(Math.floor(pushed)) };
+}
