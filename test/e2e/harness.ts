@@ -203,7 +203,19 @@ export class LocalCache {
    * no internet, so the default upstream (cache.nixos.org) is always switched off.
    */
   static async start(vars: Record<string, string> = {}): Promise<LocalCache> {
-    const port = await freePort();
+    // freePort() only finds a port that was free a moment ago; another test may take it
+    // before wrangler binds it. Such a start fails fast, and a new port is tried.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await LocalCache.startOnce(vars, await freePort());
+      } catch (err) {
+        const portTaken = err instanceof Error && /EADDRINUSE|Address already in use/.test(err.message);
+        if (!portTaken || attempt >= 3) throw err;
+      }
+    }
+  }
+
+  private static async startOnce(vars: Record<string, string>, port: number): Promise<LocalCache> {
     const stateDir = await mkdtemp(join(tmpdir(), "nec-cache-"));
     const allVars = { UPSTREAM_CACHES: "", ...vars };
     const args = [
@@ -227,9 +239,13 @@ export class LocalCache {
       if (child.exitCode !== null) {
         throw new Error(`npm start exited with ${child.exitCode}:\n${output.text.split("\n").slice(-30).join("\n")}`);
       }
+      // Wait for wrangler's own "Ready on <url>" too: if another process took the port,
+      // that process would answer the request below.
       try {
-        const res = await fetch(`${url}/nix-cache-info`);
-        if (res.status === 200) break;
+        if (output.text.includes(`Ready on ${url}`)) {
+          const res = await fetch(`${url}/nix-cache-info`);
+          if (res.status === 200) break;
+        }
       } catch {
         // not listening yet
       }
@@ -252,7 +268,8 @@ export class LocalCache {
 
   /**
    * A fingerprint of every object body stored in local R2 (miniflare keeps each in a blob
-   * file under `v3/r2/<bucket>/blobs/`), to assert that a refused request changed nothing.
+   * file under `v3/r2/<bucket>/blobs/`; edge-cache entries live elsewhere), to assert that
+   * a refused request changed nothing.
    */
   async bucketSnapshot(): Promise<string> {
     const root = join(this.stateDir, "r2");
@@ -268,7 +285,7 @@ export class LocalCache {
         const p = join(dir, name);
         const s = await stat(p);
         if (s.isDirectory()) await walk(p);
-        else if (p.includes("/blobs/")) lines.push(`${p.slice(root.length)} ${s.size}`);
+        else if (p.includes("/v3/r2/") && p.includes("/blobs/")) lines.push(`${p.slice(root.length)} ${s.size}`);
       }
     };
     await walk(root);
