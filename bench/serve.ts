@@ -5,7 +5,9 @@
 // by `nix copy --to file://…?compression=zstd` for nginx to serve. Then, for each server:
 //
 //   narinfo    wrk with a Lua script cycling through every narinfo of the closure, at a
-//              few connection counts: requests per second and latency percentiles
+//              few connection counts: requests per second and latency percentiles; and
+//              /nix-cache-info, which the Worker answers without reading R2, to tell the
+//              runtime's cost per request from the storage's
 //   NAR        download of a ~100 MB NAR (96 MiB of random bytes: incompressible) with
 //              curl, several rounds: MB/s
 //   substitute `nix-store --store <empty dir> -r <top>` of the whole closure, with only
@@ -34,6 +36,11 @@ const DEFAULT_DURATION_S = 10;
 const DEFAULT_ROUNDS = 3;
 /** wrk threads: one per core of the 2-core machines this project runs on. */
 const DEFAULT_THREADS = 2;
+/**
+ * wrk counts a request slower than this as a timeout (and leaves it out of the latency
+ * figures). Its default, 2 s, is reached by a loaded local Worker at 64 connections.
+ */
+const WRK_TIMEOUT = "10s";
 /**
  * The big path: 96 MiB of random bytes (100.7 MB). Its NAR stays under the Worker's default
  * MAX_NAR_UPLOAD_BYTES (100 MiB, the free plan's request body limit) after zstd, which
@@ -227,7 +234,10 @@ interface WrkResult {
   requestsPerSecond: number;
   /** Milliseconds at 50, 75, 90, 99 %. */
   latency: Record<"p50" | "p75" | "p90" | "p99", number>;
-  errors: number;
+  /** Answers other than 2xx/3xx: a wrong URL, so the run is void. */
+  non2xx: number;
+  /** Connect/read/write errors and requests slower than WRK_TIMEOUT (reported, not fatal). */
+  socketErrors: number;
 }
 
 function toMs(value: string): number {
@@ -252,15 +262,18 @@ export function parseWrk(out: string): WrkResult {
   return {
     requestsPerSecond: Number(rps[1]),
     latency: { p50: pct("50"), p75: pct("75"), p90: pct("90"), p99: pct("99") },
-    errors: non2xx + socketErrors,
+    non2xx,
+    socketErrors,
   };
 }
 
-async function wrk(url: string, script: string, connections: number, o: Options): Promise<WrkResult> {
+/** wrk against `url`, with a request script or (null) the URL itself. */
+async function wrk(url: string, script: string | null, connections: number, o: Options): Promise<WrkResult> {
   const threads = Math.min(o.threads, connections);
-  const out = await runOk("wrk", ["-t", String(threads), "-c", String(connections), "-d", `${o.duration}s`, "--latency", "-s", script, url]);
+  const args = ["-t", String(threads), "-c", String(connections), "-d", `${o.duration}s`, "--timeout", WRK_TIMEOUT, "--latency", ...(script ? ["-s", script] : []), url];
+  const out = await runOk("wrk", args);
   const result = parseWrk(out);
-  if (result.errors > 0) throw new Error(`wrk saw ${result.errors} errors against ${url}:\n${out}`);
+  if (result.non2xx > 0) throw new Error(`wrk got ${result.non2xx} answers other than 2xx/3xx from ${url}:\n${out}`);
   return result;
 }
 
@@ -382,10 +395,15 @@ async function main(): Promise<void> {
     }
 
     const narinfo = new Map<string, WrkResult>();
+    const cacheInfo = new Map<string, WrkResult>();
     for (const c of o.connections) {
       for (const s of servers) {
         log(`narinfo: wrk, ${c} connection(s), ${o.duration} s, ${s.name}…`);
         narinfo.set(`${s.name}/${c}`, await wrk(s.url, script, c, o));
+        // The same without a storage read (the Worker builds it from its settings): what
+        // the runtime and its HTTP path cost per request, apart from R2.
+        log(`nix-cache-info: wrk, ${c} connection(s), ${o.duration} s, ${s.name}…`);
+        cacheInfo.set(`${s.name}/${c}`, await wrk(`${s.url}/nix-cache-info`, null, c, o));
       }
     }
 
@@ -418,7 +436,12 @@ async function main(): Promise<void> {
       const w = narinfo.get(`Worker/${c}`)!;
       const n = narinfo.get(`nginx/${c}`)!;
       row(`narinfo requests/s, ${c} conn.`, w.requestsPerSecond, n.requestsPerSecond, "higher");
+      if (w.socketErrors + n.socketErrors > 0) rows.push(`| narinfo socket errors / timeouts, ${c} conn. | ${w.socketErrors} | ${n.socketErrors} | | lower |`);
       for (const p of ["p50", "p90", "p99"] as const) row(`narinfo latency ${p} (ms), ${c} conn.`, w.latency[p], n.latency[p], "lower");
+      const wi = cacheInfo.get(`Worker/${c}`)!;
+      const ni = cacheInfo.get(`nginx/${c}`)!;
+      row(`nix-cache-info requests/s (no R2 read), ${c} conn.`, wi.requestsPerSecond, ni.requestsPerSecond, "higher");
+      row(`nix-cache-info latency p50 (ms), ${c} conn.`, wi.latency.p50, ni.latency.p50, "lower");
     }
     row(`NAR download (MB/s), ${fmt(narSize / 1e6)} MB`, median(throughput.Worker!), median(throughput.nginx!), "higher");
     row(`nix-store -r of ${closure.all.length} paths, ${fmt(narBytes / 1e6)} MB NAR (s)`, median(substitute.Worker!), median(substitute.nginx!), "lower");
