@@ -168,8 +168,12 @@ async function startUpload(http: HttpClient, base: string, size: number): Promis
   return { stored: false, uploadId: answer.uploadId as string, size, partSize: answer.partSize as number, partCount: answer.partCount as number, parts };
 }
 
-/** A 4xx other than auth, timeouts and rate limits: sending again would be refused again. */
-function refusedForGood(err: unknown): boolean {
+/**
+ * Whether a failed multipart upload should be aborted: a 4xx other than auth, timeouts and
+ * rate limits means sending again would be refused again. Anything else (network, 5xx, a
+ * rejected token) may pass, so the parts are kept for a re-run.
+ */
+export function refusedForGood(err: unknown): boolean {
   if (!(err instanceof HttpError) || err instanceof AuthError) return false;
   return err.status >= 400 && err.status < 500 && err.status !== 408 && err.status !== 429;
 }

@@ -9,10 +9,14 @@
 // the Worker's own account of which parts it holds after a push was killed, and plain
 // `nix copy` refused with a 413 that names the uploader.
 import { spawn } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { normaliseSha256 } from "../../src/nix/hash.ts";
+import { encodeNix32 } from "../../src/nix/nix32.ts";
+import { AuthError, HttpError, NetworkError, TooLargeError } from "../../uploader/errors.ts";
+import { refusedForGood, uploadInParts } from "../../uploader/multipart.ts";
 import { HttpClient } from "../../uploader/http.ts";
 import type { PushSummary } from "../../uploader/progress.ts";
 import { RemoteCache } from "../../uploader/remote-cache.ts";
@@ -150,4 +154,65 @@ describe("multipart pushes with a 6 MiB request limit", () => {
     const hashPart = path.slice("/nix/store/".length, "/nix/store/".length + 32);
     expect((await fetch(`${worker.url}/${hashPart}.narinfo`)).status).toBe(404);
   });
+});
+
+describe("with MULTIPART_VERIFY=sha256 on the Worker", () => {
+  let strict: TestWorker;
+  beforeAll(async () => {
+    strict = await startWorker({ MAX_NAR_UPLOAD_BYTES: String(LIMIT), MULTIPART_VERIFY: "sha256" });
+  });
+  afterAll(async () => {
+    await strict?.dispose();
+  });
+
+  test("a push completes through the verified copy, and real Nix substitutes it", { timeout: 300_000 }, async () => {
+    const path = await randomPath(nix, "nec-multipart-sha256", 14 * 1024 * 1024);
+    const r = await run(process.execPath, [CLI, "push", "--json", "--secret-key-file", keyFile, path], {
+      env: { ...uploaderEnv(), NIX_CACHE_URL: strict.url, NIX_CACHE_TOKEN: strict.token },
+    });
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ uploaded: 1 });
+    const narinfo = await expectStoredNar(strict.url, path);
+    expect(narinfo.fileSize).toBeGreaterThan(2 * LIMIT);
+    await expectSubstitutes(nix, strict.url, publicKey, path);
+  });
+
+  test("a file that does not hash to its name is refused: nothing stored, nothing left to resume", { timeout: 120_000 }, async () => {
+    const file = join(await nix.tempDir("forged-"), "nar.zst");
+    const bytes = randomBytes(2 * LIMIT + 1000);
+    await writeFile(file, bytes);
+    // The name of other bytes of the same size.
+    const key = `nar/${encodeNix32(new Uint8Array(createHash("sha256").update(randomBytes(bytes.length)).digest()))}.nar.zst`;
+    const http = new HttpClient({ baseUrl: strict.url, token: strict.token });
+    try {
+      const err = await uploadInParts(http, key, file, bytes.length).then(
+        () => null,
+        (e: unknown) => e,
+      );
+      expect(err).toBeInstanceOf(HttpError);
+      expect((err as HttpError).status).toBe(400);
+      expect((err as HttpError).message).toMatch(/do not hash to the sha256/);
+      expect((await fetch(`${strict.url}/${key}`, { method: "HEAD" })).status).toBe(404);
+      // A new start finds no upload to resume.
+      const res = await fetch(`${strict.url}/_api/v1/multipart/${key}`, {
+        method: "POST",
+        headers: { Authorization: `Bearer ${strict.token}`, "Content-Type": "application/json" },
+        body: JSON.stringify({ size: bytes.length }),
+      });
+      expect(res.status).toBe(201);
+      expect(((await res.json()) as { parts: unknown[] }).parts).toEqual([]);
+    } finally {
+      http.close();
+    }
+  });
+});
+
+test("the uploader aborts an upload the cache refused for good, and keeps one it could not reach", () => {
+  const http = (status: number) => new HttpError("PUT", "http://cache/x", status, "");
+  for (const status of [400, 404, 409, 411, 422]) expect(refusedForGood(http(status)), String(status)).toBe(true);
+  expect(refusedForGood(new TooLargeError("PUT", "http://cache/x", 413, ""))).toBe(true);
+  for (const status of [408, 429, 500, 503]) expect(refusedForGood(http(status)), String(status)).toBe(false);
+  expect(refusedForGood(new AuthError("PUT", "http://cache/x", 401, ""))).toBe(false);
+  expect(refusedForGood(new NetworkError("connection refused"))).toBe(false);
+  expect(refusedForGood(new Error("a bug"))).toBe(false);
 });

@@ -24,7 +24,9 @@ export const HELP = `Usage: uploader push [options] <path>...
 
 Uploads store paths (or ./result-style symlinks to them) with their whole closures:
 asks the cache what it lacks, skips paths signed by an upstream cache, then uploads
-the rest as compressed NARs and narinfos, references first.
+the rest as compressed NARs and narinfos, references first. NARs larger than the
+cache accepts in one request (100 MiB on Cloudflare's free plan) go in parts, and
+a push run again after an interruption sends only the parts the cache lacks.
 
 Options:
   --cache <url>             the cache's URL                      [env ${ENV.cacheUrl}]
