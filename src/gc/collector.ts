@@ -88,6 +88,8 @@ const RESERVED_OPERATIONS = 12;
  * not measurable outside Cloudflare, so this stays far below what the budget would allow.
  */
 export const BATCH_ENTRIES = 3000;
+/** R2 returns at most 1000 objects per listing (fewer with metadata). */
+const MAX_PAGE = 1000;
 /** Queued narinfos read per round (each costs 1-3 operations), 6 connections at a time. */
 const QUEUE_ROUND = 60;
 /** Parallel R2 calls (Workers allow 6 open connections per invocation). */
@@ -103,6 +105,8 @@ export interface GcContext {
   settings: GcSettings;
   /** The time (ms); the scheduled handler and the route pass Date.now. */
   clock: () => number;
+  /** Smaller batches than the free plan allows (tests interrupt collections with them). */
+  limits?: { operations?: number; entries?: number };
 }
 
 export interface GcRequest {
@@ -212,6 +216,8 @@ class Batch {
   readonly #req: GcRequest;
   readonly #stateKey: string;
   readonly #start: number;
+  readonly #maxOps: number;
+  readonly #maxEntries: number;
   #ops = 0;
   #entries = 0;
   #state: GcState = parseState(null);
@@ -237,6 +243,8 @@ class Batch {
     this.#req = req;
     this.#stateKey = req.dryRun ? DRY_RUN_STATE_KEY : STATE_KEY;
     this.#start = ctx.clock();
+    this.#maxOps = Math.min(BATCH_OPERATIONS, ctx.limits?.operations ?? BATCH_OPERATIONS);
+    this.#maxEntries = Math.min(BATCH_ENTRIES, ctx.limits?.entries ?? BATCH_ENTRIES);
   }
 
   async run(): Promise<GcProgress> {
@@ -359,6 +367,7 @@ class Batch {
       narCandidates: [],
       index: 0,
       announcedAt: null,
+      draft: null,
       totals: emptyTotals(),
     };
     if (!this.#req.dryRun) {
@@ -401,8 +410,8 @@ class Batch {
   /** Whether `ops` more operations and `entries` more entries fit in this batch. */
   #fits(ops: number, entries = 0): boolean {
     return (
-      this.#ops + ops + RESERVED_OPERATIONS <= BATCH_OPERATIONS &&
-      this.#entries + entries <= BATCH_ENTRIES &&
+      this.#ops + ops + RESERVED_OPERATIONS <= this.#maxOps &&
+      this.#entries + entries <= this.#maxEntries &&
       this.#leaseValid()
     );
   }
@@ -461,9 +470,9 @@ class Batch {
       this.#setsDirty = true;
     }
     if (!run.listed) {
-      // A page holds at most 1000 entries (R2's limit).
-      if (!this.#fits(1, 1000)) return false;
-      const page = await this.#op(() => listTopLevel(this.#bucket, run.cursor));
+      const room = Math.min(MAX_PAGE, this.#maxEntries - this.#entries);
+      if (!this.#fits(1, 1)) return false;
+      const page = await this.#op(() => listTopLevel(this.#bucket, run.cursor, room));
       for (const object of page.objects) this.#listed(run, object);
       this.#entries += page.objects.length;
       this.#setsDirty = true;
@@ -547,8 +556,8 @@ class Batch {
 
   /** Reads queued narinfos (HEAD; their body when the metadata lacks references). */
   async #queueStep(run: RunState): Promise<boolean> {
-    const room = Math.floor((BATCH_OPERATIONS - RESERVED_OPERATIONS - this.#ops) / 3);
-    const count = Math.min(run.queue.length / HASH_PART_LENGTH, QUEUE_ROUND, room, BATCH_ENTRIES - this.#entries);
+    const room = Math.floor((this.#maxOps - RESERVED_OPERATIONS - this.#ops) / 3);
+    const count = Math.min(run.queue.length / HASH_PART_LENGTH, QUEUE_ROUND, room, this.#maxEntries - this.#entries);
     if (count <= 0 || !this.#fits(count * 3, count)) return false;
     const hashes: string[] = [];
     for (let i = 0; i < count; i++) hashes.push(run.queue.slice(i * HASH_PART_LENGTH, (i + 1) * HASH_PART_LENGTH));
@@ -594,9 +603,10 @@ class Batch {
   }
 
   async #narsStep(run: RunState): Promise<boolean> {
-    if (!this.#fits(3, 1000)) return false;
+    if (!this.#fits(3, 1)) return false;
     await this.#loadSets(run);
-    const page = await this.#op(() => listPrefix(this.#bucket, NAR_PREFIX, run.cursor));
+    const room = Math.min(MAX_PAGE, this.#maxEntries - this.#entries);
+    const page = await this.#op(() => listPrefix(this.#bucket, NAR_PREFIX, run.cursor, room));
     const totals = run.totals;
     for (const object of page.objects) {
       const file = parseNarFileName(object.key.slice(NAR_PREFIX.length));
@@ -650,7 +660,9 @@ class Batch {
       run.index = 0;
       return true;
     }
-    if (!this.#fits(4, BATCH_ENTRIES / 3)) return false;
+    // A chunk holds about one batch's entries; one more chunk may overrun the entry budget
+    // by that much, which keeps a batch within twice its CPU allowance.
+    if (!this.#fits(4, 1)) return false;
     await this.#loadSets(run);
     const name = run.candidates[run.index]!;
     const chunk = await this.#op(() => getTextObject(this.#bucket, workKey(run, name)));
@@ -674,23 +686,40 @@ class Batch {
     return true;
   }
 
+  /**
+   * Builds the fence from the garbage and NAR chunks, a bounded number of chunks per batch
+   * (a draft object carries the part built so far), then writes it.
+   */
   async #announceStep(run: RunState): Promise<boolean> {
-    const chunks = run.garbage.length + run.narCandidates.length;
-    if (!this.#fits(chunks + 1)) return false;
-    const read = async (name: string): Promise<string[]> => lines((await this.#op(() => getTextObject(this.#bucket, workKey(run, name))))?.text ?? "");
+    const chunks = [...run.garbage, ...run.narCandidates];
+    if (!this.#fits(3)) return false;
     let paths = "";
-    for (const name of run.garbage) for (const line of await read(name)) paths += line.slice(0, HASH_PART_LENGTH);
     let nars = "";
-    for (const name of run.narCandidates) {
-      for (const line of await read(name)) {
-        if (!line.startsWith(NAR_PREFIX)) continue;
-        nars += line.slice(NAR_PREFIX.length, NAR_PREFIX.length + NAR_FILE_HASH_LENGTH);
+    if (run.draft !== null) {
+      const draft = (await this.#op(() => getTextObject(this.#bucket, workKey(run, run.draft!))))?.text ?? "\n";
+      [paths = "", nars = ""] = draft.split("\n");
+    }
+    while (run.index < chunks.length && this.#fits(3)) {
+      const name = chunks[run.index]!;
+      const text = (await this.#op(() => getTextObject(this.#bucket, workKey(run, name))))?.text ?? "";
+      for (const line of lines(text)) {
+        if (run.index < run.garbage.length) paths += line.slice(0, HASH_PART_LENGTH);
+        else if (line.startsWith(NAR_PREFIX)) nars += line.slice(NAR_PREFIX.length, NAR_PREFIX.length + NAR_FILE_HASH_LENGTH);
       }
+      run.index++;
+    }
+    if (run.index < chunks.length) {
+      if (!this.#leaseValid()) return false;
+      const draft = `draft-${run.gen + 1}.${this.#chunksWritten++}`;
+      await this.#op(() => putGcObject(this.#bucket, workKey(run, draft), `${paths}\n${nars}`));
+      run.draft = draft;
+      return false;
     }
     // Uploads search the fence by bisection: it must be sorted. Listings come in key order,
     // so it is; checking costs little and a mistake here would let an upload slip through.
     paths = sortedPacked(paths, HASH_PART_LENGTH);
     nars = sortedPacked(nars, NAR_FILE_HASH_LENGTH);
+    run.draft = null;
     if (paths === "" && nars === "") {
       // Nothing to delete but orphaned listings, which nothing can depend on.
       run.phase = "delete";
@@ -702,6 +731,7 @@ class Batch {
     await this.#op(() => putGcObject(this.#bucket, FENCE_KEY, formatFence({ runId: run.id, announcedAt: this.#clock(), paths, nars })));
     run.announcedAt = this.#clock();
     run.phase = "wait";
+    run.index = 0;
     return true;
   }
 
@@ -732,8 +762,8 @@ class Batch {
       run.phase = "finish";
       return true;
     }
-    // A chunk holds at most BATCH_ENTRIES lines; deleting them takes ≤ 2 keys per line.
-    if (!this.#fits(2 + Math.ceil((2 * BATCH_ENTRIES) / MAX_DELETE_KEYS), BATCH_ENTRIES / 3)) return false;
+    // A chunk holds about one batch's entries; deleting them takes ≤ 2 keys per line.
+    if (!this.#fits(2 + Math.ceil((4 * this.#maxEntries) / MAX_DELETE_KEYS), 1)) return false;
     await this.#loadSets(run);
     const isPaths = run.index < run.garbage.length;
     const name = isPaths ? run.garbage[run.index]! : run.narCandidates[run.index - run.garbage.length]!;

@@ -84,8 +84,10 @@ export interface RunState {
   candidates: string[];
   garbage: string[];
   narCandidates: string[];
-  /** Next chunk to compact or delete. */
+  /** Next chunk to compact, announce or delete. */
   index: number;
+  /** The fence built so far by the announce phase (a working object), or null. */
+  draft: string | null;
   /** When the fence was written (ms). */
   announcedAt: number | null;
   totals: RunTotals;

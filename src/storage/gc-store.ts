@@ -62,18 +62,18 @@ function page(result: R2Objects): ListPage {
  * One page of the bucket's top level (narinfos and listings), with customMetadata. R2 may
  * return fewer objects per page when metadata is included (local R2: 100).
  */
-export async function listTopLevel(bucket: R2Bucket, cursor: string | null): Promise<ListPage> {
+export async function listTopLevel(bucket: R2Bucket, cursor: string | null, limit = 1000): Promise<ListPage> {
   try {
-    return page(await bucket.list({ delimiter: "/", include: ["customMetadata"], ...(cursor === null ? {} : { cursor }) }));
+    return page(await bucket.list({ delimiter: "/", include: ["customMetadata"], limit, ...(cursor === null ? {} : { cursor }) }));
   } catch (err) {
     return unavailable(err);
   }
 }
 
 /** One page of keys under `prefix` (sizes and upload times, no metadata: up to 1000). */
-export async function listPrefix(bucket: R2Bucket, prefix: string, cursor: string | null): Promise<ListPage> {
+export async function listPrefix(bucket: R2Bucket, prefix: string, cursor: string | null, limit = 1000): Promise<ListPage> {
   try {
-    return page(await bucket.list({ prefix, ...(cursor === null ? {} : { cursor }) }));
+    return page(await bucket.list({ prefix, limit, ...(cursor === null ? {} : { cursor }) }));
   } catch (err) {
     return unavailable(err);
   }

@@ -73,6 +73,8 @@ export interface GcRunOptions {
   /** Called with each batch's own count of R2 operations (through a CountingBucket). */
   perBatch?: (operations: number, progress: GcProgress) => void;
   maxBatches?: number;
+  /** Smaller batches (gc/collector.ts GcContext.limits). */
+  limits?: { operations?: number; entries?: number };
 }
 
 /** Runs batches until the collection is done; a waiting batch moves the clock on. */
@@ -84,7 +86,7 @@ export async function collect(bucket: R2Bucket, settings: GcSettings, clock: Tes
     const before = counting.count;
     const req: GcRequest = { dryRun: false, trigger: "manual", ...opts.request, ...(runId === undefined ? {} : { runId }) };
     if (runId !== undefined) delete req.cutoff;
-    const progress = await runGcBatch({ bucket: counting.bucket, settings, clock: clock.read }, req);
+    const progress = await runGcBatch({ bucket: counting.bucket, settings, clock: clock.read, ...(opts.limits ? { limits: opts.limits } : {}) }, req);
     opts.perBatch?.(counting.count - before, progress);
     batches.push(progress);
     runId ??= progress.run?.id;
