@@ -1,0 +1,122 @@
+// A bucket of 20,000 narinfos is collected in batches that each stay within the free plan's
+// per-invocation budget of R2 operations: every R2 call of every batch is counted through a
+// wrapper around the real local R2 binding (the collector takes the bucket it is given).
+import { env } from "cloudflare:workers";
+import { reset } from "cloudflare:test";
+import { afterAll, describe, expect, it } from "vitest";
+import { utf8 } from "../../src/nix/encoding.ts";
+import { formatSha256, sha256 } from "../../src/nix/hash.ts";
+import { formatNarInfo, type NarInfo } from "../../src/nix/narinfo.ts";
+import { encodeNix32 } from "../../src/nix/nix32.ts";
+import { BATCH_OPERATIONS } from "../../src/gc/collector.ts";
+import { narInfoKey } from "../../src/storage/keys.ts";
+import { encodeNarInfoMeta } from "../../src/storage/narinfo-meta.ts";
+import { putNarInfoObject } from "../../src/storage/narinfo-object.ts";
+import { collect, DAY_MS, gcSettings, setPins, TestClock } from "../helpers/gc.ts";
+
+afterAll(() => reset());
+
+/** The free plan's limit on calls to Cloudflare services (R2 included) per invocation. */
+const FREE_PLAN_OPERATIONS = 1000;
+const PATHS = 20_000;
+/** Writes in flight while filling the bucket. */
+const FILL_CONCURRENCY = 64;
+
+/** A deterministic pseudo-random generator (xorshift), so the graph is the same every run. */
+function random(seed: number): () => number {
+  let x = seed >>> 0 || 1;
+  return () => {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    return (x >>> 0) / 0x100000000;
+  };
+}
+
+async function inBatches<T>(items: readonly T[], fn: (item: T) => Promise<unknown>): Promise<void> {
+  for (let i = 0; i < items.length; i += FILL_CONCURRENCY) await Promise.all(items.slice(i, i + FILL_CONCURRENCY).map(fn));
+}
+
+describe("garbage collection of 20,000 narinfos", () => {
+  it("stays within the free plan's R2 operations in every batch and keeps exactly the live closure", async () => {
+    const clock = new TestClock();
+    const next = random(20_000);
+    const hashes: string[] = [];
+    const fileHashes: string[] = [];
+    for (let i = 0; i < PATHS; i++) {
+      hashes.push(encodeNix32((await sha256(utf8(`budget path ${i}`))).slice(0, 20)));
+      fileHashes.push(encodeNix32(await sha256(utf8(`budget nar ${i}`))));
+    }
+    // Each path references up to 4 of the 200 paths before it (a deep, wide DAG whose
+    // references point anywhere in the key order); a third are young, a few pinned.
+    const refs: number[][] = [];
+    const young: boolean[] = [];
+    for (let i = 0; i < PATHS; i++) {
+      const r = new Set<number>();
+      const count = i === 0 ? 0 : Math.floor(next() * 5);
+      for (let k = 0; k < count; k++) r.add(Math.max(0, i - 1 - Math.floor(next() * 200)));
+      refs.push([...r]);
+      young.push(next() < 1 / 3);
+    }
+    const pinned = [PATHS - 1, Math.floor(PATHS / 2)];
+    await inBatches([...Array(PATHS).keys()], async (i) => {
+      const info: NarInfo = {
+        storePath: `/nix/store/${hashes[i]}-budget-${i}`,
+        url: `nar/${fileHashes[i]}.nar.zst`,
+        compression: "zstd",
+        fileHash: `sha256:${fileHashes[i]}`,
+        fileSize: 1000 + i,
+        narHash: formatSha256(new Uint8Array(32).fill(i % 256)),
+        narSize: 3000 + i,
+        references: refs[i]!.map((j) => `${hashes[j]}-budget-${j}`).sort(),
+        sigs: [],
+        extra: [],
+      };
+      const pushedAt = clock.now - (young[i] ? 1 : 60) * DAY_MS;
+      await env.CACHE.put(`nar/${fileHashes[i]}.nar.zst`, new Uint8Array(16));
+      await putNarInfoObject(env.CACHE, narInfoKey(hashes[i]!), formatNarInfo(info), encodeNarInfoMeta(info, pushedAt));
+    });
+    await setPins(
+      env.CACHE,
+      Object.fromEntries(pinned.map((i) => [`p${i}`, { path: `/nix/store/${hashes[i]}-budget-${i}`, pinnedAt: clock.now }])),
+    );
+
+    // The expected live set: closure of young and pinned paths.
+    const live = new Set<number>();
+    const stack = [...young.flatMap((y, i) => (y ? [i] : [])), ...pinned];
+    while (stack.length > 0) {
+      const i = stack.pop()!;
+      if (live.has(i)) continue;
+      live.add(i);
+      stack.push(...refs[i]!);
+    }
+
+    const filled = Date.now();
+    const perBatch: number[] = [];
+    const batches = await collect(env.CACHE, gcSettings({ narGraceMs: 0, uploadWindowMs: 60_000 }), clock, {
+      perBatch: (operations) => perBatch.push(operations),
+    });
+    const last = batches.at(-1)!;
+    console.log(
+      `20,000 narinfos: ${batches.length} batches, R2 operations per batch max ${Math.max(...perBatch)}, ` +
+        `total ${perBatch.reduce((a, b) => a + b, 0)}; entries per batch max ${Math.max(...batches.map((b) => b.batch.entries))}; ` +
+        `${last.totals.lookups} narinfos read one by one; ${PATHS - live.size} garbage paths; collected in ${((Date.now() - filled) / 1000).toFixed(0)} s`,
+    );
+    for (const ops of perBatch) {
+      expect(ops).toBeLessThanOrEqual(BATCH_OPERATIONS);
+      expect(ops).toBeLessThan(FREE_PLAN_OPERATIONS);
+    }
+    expect(last.status).toBe("done");
+    expect(last.result?.deletedPaths).toBe(PATHS - live.size);
+    expect(last.result?.deletedNars).toBe(PATHS - live.size);
+    expect(last.stats?.paths).toBe(live.size);
+
+    // Spot checks against the bucket: live paths and their NARs are there, garbage is gone.
+    for (let i = 0; i < PATHS; i += 97) {
+      const present = (await env.CACHE.head(narInfoKey(hashes[i]!))) !== null;
+      const nar = (await env.CACHE.head(`nar/${fileHashes[i]}.nar.zst`)) !== null;
+      expect(present).toBe(live.has(i));
+      expect(nar).toBe(live.has(i));
+    }
+  }, 900_000);
+});
