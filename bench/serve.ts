@@ -1,8 +1,9 @@
 // Benchmark: serving a cache, the Worker against nginx, on loopback, in one run.
 //
-// The same closure is put in both caches: pushed to the Worker (as `npm start` runs it:
-// wrangler dev → workerd, local R2 on disk) with the uploader, and written as plain files
-// by `nix copy --to file://…?compression=zstd` for nginx to serve. Then, for each server:
+// The same closure is put in both caches: pushed with the uploader to the Worker as
+// `npm start` runs it (wrangler dev → workerd, local R2 on disk, a log line per request),
+// and written as plain files by `nix copy --to file://…?compression=zstd` for nginx to
+// serve (access log off). Then, for each server:
 //
 //   narinfo    wrk with a Lua script cycling through every narinfo of the closure, at a
 //              few connection counts: requests per second and latency percentiles; and
@@ -349,8 +350,6 @@ async function main(): Promise<void> {
   await ensureTools();
   // The machine may be shared: the report states how busy it was.
   const loadStart = loadavg()[0]!;
-  // wrangler dev logs every request by default; nginx's access log is off too.
-  process.env.WRANGLER_LOG ??= "warn";
 
   const nix = await NixClient.create();
   const work = await mkdtemp(join(tmpdir(), "nec-bench-serve-"));

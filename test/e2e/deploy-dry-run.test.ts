@@ -5,11 +5,11 @@
 import { execFile } from "node:child_process";
 import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { gzipSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { formatPublicKey, parsePublicKey, parseSecretKey, publicKeyOf } from "../../src/nix/signature.ts";
-import { PROJECT_ROOT, type RunResult } from "./harness.ts";
+import { PROJECT_ROOT, runOk, type RunResult } from "./harness.ts";
 import { checkCommand, codeBlocks, helpRunner, section, shellCommands, uploaderHelp, wranglerHelp } from "./readme-commands.ts";
 
 const WRANGLER = join(PROJECT_ROOT, "node_modules", ".bin", "wrangler");
@@ -22,7 +22,7 @@ const ENV: NodeJS.ProcessEnv = { ...process.env, WRANGLER_SEND_METRICS: "false",
  */
 const FREE_PLAN_WORKER_GZIP_BYTES = 3 * 1024 * 1024;
 /** Programs the README's shell blocks may run; anything else is probably a typo. */
-const KNOWN_PROGRAMS = ["npm", "npx", "node", "nix", "nix-store", "curl", "openssl", "export"];
+const KNOWN_PROGRAMS = ["npm", "npx", "node", "nix", "nix-store", "curl", "openssl", "export", "mkdir"];
 
 let readme: string;
 let scratch: string;
@@ -177,19 +177,26 @@ describe("the README's commands", () => {
   it("makes, with the guide's keygen command, a key the Worker accepts as SIGNING_KEY", async () => {
     const keygen = guideCommands().map((w) => argsOf(w, "uploader")).find((a) => a?.[0] === "keygen");
     expect(keygen).toBeDefined();
+    // The guide keeps the files in ~/.nix-edge-cache, made by its mkdir: a scratch home here.
     const cwd = await mkdtemp(join(scratch, "keygen-"));
-    const r = await run(process.execPath, [CLI, ...keygen!], cwd);
+    const home = join(cwd, "home");
+    const mkdirCommand = guideCommands().find((w) => w[0] === "mkdir");
+    expect(mkdirCommand).toBeDefined();
+    await runOk("mkdir", mkdirCommand!.slice(1).map((w) => w.replace(/^~(?=\/)/, home)));
+    const args = keygen!.map((w) => w.replace(/^~(?=\/)/, home));
+    const r = await run(process.execPath, [CLI, ...args], cwd);
     expect(r.code, r.stderr).toBe(0);
-    const name = keygen![keygen!.indexOf("--name") + 1]!;
-    const secretFile = join(cwd, `${name}.secret`);
+    const name = args[args.indexOf("--name") + 1]!;
+    const secretFile = resolve(cwd, args[args.indexOf("--secret-key-file") + 1] ?? `${name}.secret`);
     expect((await stat(secretFile)).mode & 0o777).toBe(0o600);
+    expect((await stat(join(home, ".nix-edge-cache"))).mode & 0o777).toBe(0o700);
     // `wrangler secret put SIGNING_KEY < file` stores the file with trailing whitespace
     // trimmed; the Worker parses that with the core's parseSecretKey.
     const key = parseSecretKey((await readFile(secretFile, "utf8")).trimEnd());
     expect(key.name).toBe(name);
-    const pubFile = keygen![keygen!.indexOf("--public-key-file") + 1];
+    const pubFile = args[args.indexOf("--public-key-file") + 1];
     expect(pubFile).toBeDefined();
-    const pub = (await readFile(join(cwd, pubFile!), "utf8")).trim();
+    const pub = (await readFile(resolve(cwd, pubFile!), "utf8")).trim();
     expect(parsePublicKey(pub).name).toBe(name);
     expect(pub).toBe(formatPublicKey(publicKeyOf(key)));
     expect(r.stdout.trim()).toBe(pub);
