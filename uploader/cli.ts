@@ -14,6 +14,10 @@ interface Command {
 const COMMANDS: Record<string, Command> = {
   push: { summary: "upload store paths and their closures to the cache", load: () => import("./commands/push.ts") },
   keygen: { summary: "create a signing key pair (Nix's format)", load: () => import("./commands/keygen.ts") },
+  gc: { summary: "collect garbage on the cache (admin token; --dry-run)", load: () => import("./commands/gc.ts") },
+  pin: { summary: "keep a store path's closure until unpinned (admin token)", load: async () => (await import("./commands/pin.ts")).pin },
+  unpin: { summary: "remove a pin (admin token)", load: async () => (await import("./commands/pin.ts")).unpin },
+  pins: { summary: "list the pins", load: async () => (await import("./commands/pin.ts")).pins },
 };
 
 const HELP = `Usage: uploader <command> [options]

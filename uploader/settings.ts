@@ -12,6 +12,8 @@ export const ENV = {
   token: "NIX_CACHE_TOKEN",
   /** --secret-key-file: the Nix secret key that signs narinfos (and keygen's output file). */
   secretKeyFile: "NIX_CACHE_SECRET_KEY_FILE",
+  /** --admin-token: the Worker's ADMIN_TOKEN (garbage collection, pin changes). */
+  adminToken: "NIX_CACHE_ADMIN_TOKEN",
 } as const;
 
 type Options = NonNullable<ParseArgsConfig["options"]>;

@@ -1,0 +1,184 @@
+// `uploader gc`: runs a garbage collection on the cache to the end, one batch per request
+// (the Worker does a free-plan invocation's worth of work each time), printing progress;
+// with --dry-run, lists what would be deleted and how many bytes that frees.
+import { CacheAdmin, type GcBatchAnswer, type GcBatchRequest } from "../cache-admin.ts";
+import { UsageError } from "../errors.ts";
+import { HttpClient } from "../http.ts";
+import { formatBytes } from "../progress.ts";
+import { ENV, flagOrEnv, parseCommandLine } from "../settings.ts";
+
+/** How long to wait before asking again when another batch (the cron trigger's) is running. */
+const BUSY_RETRY_MS = 2000;
+/** Longest single wait, so that Ctrl-C and progress stay responsive. */
+const MAX_SLEEP_MS = 10_000;
+
+const UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400, w: 604800 };
+
+export const HELP = `Usage: uploader gc [options]
+
+Collects garbage on the cache: deletes paths not pushed for the retention period
+(the Worker's GC_RETENTION_DAYS, default 30 days) unless they are pinned or needed by a
+kept path, then the NARs no remaining path uses. Runs to the end, one bounded batch per
+request; joins the collection the cron trigger may have started.
+
+Options:
+  --cache <url>           the cache's URL                           [env ${ENV.cacheUrl}]
+  --admin-token <token>   the Worker's ADMIN_TOKEN                  [env ${ENV.adminToken}]
+  --dry-run               list what would be deleted and the bytes it frees; change nothing
+  --older-than <age>      collect paths last pushed longer ago than this instead of the
+                          configured retention: a number with s, m, h, d or w (e.g. 14d)
+  --before <date>         collect paths last pushed before this date (ISO 8601, or ms
+                          since the epoch)
+  --restart               replace a collection in progress that has not yet announced
+                          what it deletes (e.g. to use another --older-than)
+  --json                  print the result as JSON on stdout
+  -v, --verbose           also list every deleted path
+  -h, --help              show this help
+
+Paths pushed while a collection runs are kept, with everything they reference. Pushes of
+paths that are being deleted right then are refused until the collection has finished.
+
+Exit status: 0 done; 2 bad usage; 4 cache unreachable, token refused or unexpected answer.
+`;
+
+/** Seconds in an age such as `90s`, `12h`, `14d`; throws UsageError. */
+export function parseAge(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([smhdw])$/.exec(text.trim());
+  if (!m) throw new UsageError(`--older-than must be a number followed by s, m, h, d or w (e.g. 14d), got "${text}"`);
+  return Number(m[1]) * UNITS[m[2]!]!;
+}
+
+/** Milliseconds since the epoch of `--before`; throws UsageError. */
+export function parseDate(text: string): number {
+  const trimmed = text.trim();
+  const ms = /^\d+$/.test(trimmed) ? Number(trimmed) : Date.parse(trimmed);
+  if (!Number.isSafeInteger(ms) || ms < 0) throw new UsageError(`--before must be an ISO 8601 date or ms since the epoch, got "${text}"`);
+  return ms;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, Math.min(ms, MAX_SLEEP_MS)));
+}
+
+function count(n: number, noun: string): string {
+  return `${n.toLocaleString("en")} ${noun}${n === 1 ? "" : "s"}`;
+}
+
+/** One line about what the run is doing, for stderr. */
+function describe(answer: GcBatchAnswer): string {
+  const t = answer.totals;
+  const phase = answer.run?.phase ?? "-";
+  switch (phase) {
+    case "mark":
+      return answer.run?.pass === 2
+        ? `second look: ${count(t.listed ?? 0, "narinfo")} listed (paths pushed meanwhile keep what they use)`
+        : `marking: ${count(t.listed ?? 0, "narinfo")} listed, ${count(t.expanded ?? 0, "path")} in use`;
+    case "nars":
+      return `NARs: ${count(t.narFiles ?? 0, "file")} (${formatBytes(t.narBytes ?? 0)}) listed`;
+    case "compact":
+    case "announce":
+      return `found ${count(t.garbagePaths ?? 0, "path")} and ${count(t.garbageNars ?? 0, "NAR")} (${formatBytes(t.garbageNarBytes ?? 0)}) to delete`;
+    case "wait":
+      return `announced what it deletes; waiting ${Math.ceil(answer.waitMs / 1000)} s for uploads in flight`;
+    case "delete":
+      return `deleting: ${count(t.deletedPaths ?? 0, "path")} and ${count(t.deletedNars ?? 0, "NAR")} so far`;
+    default:
+      return phase;
+  }
+}
+
+export async function run(args: string[]): Promise<void> {
+  const { values, positionals } = parseCommandLine(args, {
+    cache: { type: "string" },
+    "admin-token": { type: "string" },
+    "dry-run": { type: "boolean" },
+    "older-than": { type: "string" },
+    before: { type: "string" },
+    restart: { type: "boolean" },
+    json: { type: "boolean" },
+    verbose: { type: "boolean", short: "v" },
+    help: { type: "boolean", short: "h" },
+  });
+  if (values.help) {
+    process.stdout.write(HELP);
+    return;
+  }
+  if (positionals.length > 0) throw new UsageError(`unexpected argument "${positionals[0]}"`);
+  const cacheUrl = flagOrEnv(values.cache, ENV.cacheUrl);
+  if (!cacheUrl) throw new UsageError(`no cache given: pass --cache <url> or set ${ENV.cacheUrl}`);
+  const token = flagOrEnv(values["admin-token"], ENV.adminToken);
+  if (!token) throw new UsageError(`no admin token given: pass --admin-token or set ${ENV.adminToken} (the Worker's ADMIN_TOKEN)`);
+  if (values["older-than"] !== undefined && values.before !== undefined) throw new UsageError("give --older-than or --before, not both");
+  const dryRun = values["dry-run"] ?? false;
+  const first: GcBatchRequest = { dryRun };
+  if (values["older-than"] !== undefined) first.olderThanSeconds = parseAge(values["older-than"]);
+  if (values.before !== undefined) first.before = parseDate(values.before);
+  if (values.restart) first.restart = true;
+
+  const http = new HttpClient({ baseUrl: cacheUrl, token });
+  const admin = new CacheAdmin(http);
+  const paths: GcBatchAnswer["found"]["paths"] = [];
+  const files: GcBatchAnswer["found"]["files"] = [];
+  let last = "";
+  const say = (line: string): void => {
+    if (line !== last) process.stderr.write(`${line}\n`);
+    last = line;
+  };
+  try {
+    let answer = await admin.gcBatch(first);
+    const id = answer.run?.id;
+    if (answer.run) {
+      say(`${dryRun ? "dry run" : "collection"} ${answer.run.id}: paths last pushed before ${new Date(answer.run.cutoff).toISOString()} are old`);
+    }
+    for (;;) {
+      paths.push(...answer.found.paths);
+      files.push(...answer.found.files);
+      if (answer.status === "done" || answer.status === "idle") break;
+      if (answer.status === "busy") {
+        await sleep(BUSY_RETRY_MS);
+      } else {
+        say(describe(answer));
+        if (answer.status === "waiting") await sleep(answer.waitMs);
+      }
+      answer = await admin.gcBatch({ dryRun, ...(id === undefined ? {} : { runId: id }) });
+    }
+    report(answer, paths, files, { dryRun, json: values.json ?? false, verbose: values.verbose ?? false });
+  } finally {
+    http.close();
+  }
+}
+
+function report(
+  answer: GcBatchAnswer,
+  paths: GcBatchAnswer["found"]["paths"],
+  files: GcBatchAnswer["found"]["files"],
+  opts: { dryRun: boolean; json: boolean; verbose: boolean },
+): void {
+  const nars = files.filter((f) => f.key.startsWith("nar/"));
+  const narBytes = nars.reduce((n, f) => n + f.size, 0);
+  if (opts.json) {
+    const out = opts.dryRun
+      ? { dryRun: true, paths, files, pathCount: paths.length, narCount: nars.length, narBytes }
+      : { dryRun: false, result: answer.result ?? null, stats: answer.stats ?? null, paths, files };
+    process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
+    return;
+  }
+  const lines: string[] = [];
+  if (opts.dryRun) {
+    lines.push(`would delete ${count(paths.length, "path")} and ${count(nars.length, "NAR")}, freeing ${formatBytes(narBytes)}:`);
+    for (const p of paths) lines.push(`  ${p.path}${p.fileSize === null ? "" : `  (${formatBytes(p.fileSize)})`}`);
+    for (const f of files) lines.push(`  ${f.key}  (${formatBytes(f.size)})`);
+    lines.push("(dry run: nothing deleted)");
+  } else {
+    const r = answer.result;
+    if (opts.verbose) for (const p of paths) lines.push(`deleted ${p.path}`);
+    lines.push(
+      r
+        ? `deleted ${count(r.deletedPaths, "path")} and ${count(r.deletedNars, "NAR")}, freed ${formatBytes(r.freedBytes)}`
+        : "nothing to do",
+    );
+    const s = answer.stats;
+    if (s) lines.push(`the cache now holds ${count(s.paths, "path")}, ${count(s.narFiles, "NAR")} (${formatBytes(s.narBytes)})`);
+  }
+  process.stderr.write(`${lines.join("\n")}\n`);
+}
