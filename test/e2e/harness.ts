@@ -6,14 +6,24 @@
 // settings that keep a failure from stalling (download-attempts = 1, short stall timeout).
 // Every Nix command gets a fresh XDG_CACHE_HOME so its narinfo disk cache cannot hide
 // requests from the Worker.
-import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtemp, mkdir, readFile, readdir, rm, stat, writeFile, chmod } from "node:fs/promises";
+import { mkdtemp, mkdir, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 
-export const PROJECT_ROOT = resolve(new URL("../..", import.meta.url).pathname);
+import {
+  PROJECT_ROOT,
+  run,
+  runOk,
+  buildClosure as buildClosureIn,
+  type Closure,
+  type RunResult,
+} from "../uploader/helpers.ts";
+
+// One set of process and closure helpers serves the uploader tests and these.
+export { PROJECT_ROOT, run, runOk, type Closure, type RunResult };
 
 /** Settings every Nix command in the tests runs with (NIX-CLIENT.md §2.2). */
 const NIX_CONF = `sandbox = false
@@ -24,45 +34,6 @@ narinfo-cache-negative-ttl = 0
 download-attempts = 1
 stalled-download-timeout = 10
 `;
-
-export interface RunResult {
-  stdout: string;
-  stderr: string;
-  code: number;
-}
-
-/** Runs a command to completion; never throws on a non-zero exit (tests assert on it). */
-export function run(
-  cmd: string,
-  args: string[],
-  opts: { env?: NodeJS.ProcessEnv; cwd?: string; input?: string } = {},
-): Promise<RunResult> {
-  return new Promise((resolvePromise) => {
-    const child = execFile(
-      cmd,
-      args,
-      { env: opts.env ?? process.env, cwd: opts.cwd, maxBuffer: 64 * 1024 * 1024, encoding: "utf8" },
-      (err, stdout, stderr) => {
-        const code = err ? (typeof err.code === "number" ? err.code : 1) : 0;
-        resolvePromise({ stdout, stderr, code });
-      },
-    );
-    if (opts.input !== undefined) child.stdin?.end(opts.input);
-  });
-}
-
-/** Like run, but throws with the command's output when it fails. */
-export async function runOk(
-  cmd: string,
-  args: string[],
-  opts: { env?: NodeJS.ProcessEnv; cwd?: string; input?: string } = {},
-): Promise<string> {
-  const r = await run(cmd, args, opts);
-  if (r.code !== 0) {
-    throw new Error(`${cmd} ${args.join(" ")} failed (${r.code}):\n${r.stderr}\n${r.stdout}`);
-  }
-  return r.stdout;
-}
 
 export async function freePort(): Promise<number> {
   return new Promise((resolvePromise, reject) => {
@@ -123,61 +94,9 @@ export class NixClient {
   }
 }
 
-export interface Closure {
-  /** a directory with an executable and a relative symlink (nix-store --add) */
-  tree: string;
-  /** a derivation output with no references */
-  dep: string;
-  /** references dep and tree; has an executable, a symlink into dep and text naming both */
-  top: string;
-}
-
-/**
- * Builds a fresh 3-path closure without nixpkgs: builders are the host's /bin/sh, and a
- * random salt makes every call produce new store paths.
- */
+/** A fresh 3-path closure built with `nix`'s configuration (see buildClosure in the uploader helpers). */
 export async function buildClosure(nix: NixClient): Promise<Closure> {
-  const salt = randomBytes(8).toString("hex");
-  const work = await mkdtemp(join(nix.dir, "closure-"));
-  const tree = join(work, "tree");
-  await mkdir(join(tree, "bin"), { recursive: true });
-  await mkdir(join(tree, "share"), { recursive: true });
-  await writeFile(join(tree, "bin", "hello"), "#!/bin/sh\necho hi from tree\n");
-  await chmod(join(tree, "bin", "hello"), 0o755);
-  await writeFile(join(tree, "share", "data.txt"), `data ${salt}\n`);
-  await writeFile(join(tree, "share", "empty"), "");
-  await runOk("ln", ["-s", "../share/data.txt", join(tree, "bin", "link-to-data")]);
-  const env = await nix.env();
-  const treePath = (await runOk("nix-store", ["--add", tree], { env })).trim();
-
-  const expr = `
-let
-  tree = builtins.storePath "${treePath}";
-  dep = builtins.derivation {
-    name = "nec-e2e-dep";
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" "echo 'I am a dependency ${salt}' > $out" ];
-  };
-in builtins.derivation {
-  name = "nec-e2e-top";
-  system = builtins.currentSystem;
-  builder = "/bin/sh";
-  args = [ "-c" ''
-    /bin/mkdir -p $out/bin
-    echo "dep is \${dep}" > $out/refs.txt
-    echo "tree is \${tree}" >> $out/refs.txt
-    printf '#!/bin/sh\\n/bin/cat \${dep}\\n' > $out/bin/show
-    /bin/chmod +x $out/bin/show
-    /bin/ln -s \${dep} $out/dep-link
-  '' ];
-}`;
-  await writeFile(join(work, "closure.nix"), expr);
-  const top = (await runOk("nix-build", [join(work, "closure.nix"), "--no-out-link"], { env })).trim();
-  const refs = (await runOk("nix-store", ["-q", "--references", top], { env })).trim().split("\n");
-  const dep = refs.find((r) => r.endsWith("-nec-e2e-dep"));
-  if (!dep || !refs.includes(treePath)) throw new Error(`unexpected references of ${top}: ${refs.join(" ")}`);
-  return { tree: treePath, dep, top };
+  return buildClosureIn(await nix.env(), await mkdtemp(join(nix.dir, "closure-")));
 }
 
 /** The cache as `npm start` runs it, on a free port with its own state directory. */

@@ -88,35 +88,55 @@ export class NixSandbox {
     return this.add(file);
   }
 
-  /**
-   * A fresh 3-path closure: `tree` (nix-store --add: executable, relative symlink, empty
-   * file), `dep` (a derivation output) and `top`, which references both and has an
-   * executable and a symlink into dep.
-   */
-  async buildClosure(): Promise<{ tree: string; dep: string; top: string; drv: string }> {
-    const salt = randomBytes(8).toString("hex");
-    const work = await this.tempDir("closure-");
-    const tree = join(work, "tree");
-    await mkdir(join(tree, "bin"), { recursive: true });
-    await mkdir(join(tree, "share"), { recursive: true });
-    await writeFile(join(tree, "bin", "hello"), "#!/bin/sh\necho hi\n");
-    await chmod(join(tree, "bin", "hello"), 0o755);
-    await writeFile(join(tree, "share", "data.txt"), `data ${salt}\n`);
-    await writeFile(join(tree, "share", "empty"), "");
-    await symlink("../share/data.txt", join(tree, "bin", "link-to-data"));
-    const treePath = await this.add(tree);
-    const expr = `
+  /** A fresh 3-path closure (see `buildClosure`). */
+  async buildClosure(): Promise<Closure> {
+    return buildClosure(this.env, await this.tempDir("closure-"));
+  }
+
+  async cleanup(): Promise<void> {
+    await rm(this.dir, { recursive: true, force: true });
+  }
+}
+
+export interface Closure {
+  /** a directory with an executable, a relative symlink and an empty file (nix-store --add) */
+  tree: string;
+  /** a derivation output with no references */
+  dep: string;
+  /** references dep and tree; has an executable, a symlink into dep and text naming both */
+  top: string;
+  /** top's derivation */
+  drv: string;
+}
+
+/**
+ * Builds a fresh 3-path closure in the real store without nixpkgs: builders are the
+ * host's /bin/sh, and a random salt makes every call produce new store paths. `env` is a
+ * Nix environment with a private NIX_CONF_DIR; `work` a scratch directory.
+ */
+export async function buildClosure(env: NodeJS.ProcessEnv, work: string): Promise<Closure> {
+  const salt = randomBytes(8).toString("hex");
+  const tree = join(work, "tree");
+  await mkdir(join(tree, "bin"), { recursive: true });
+  await mkdir(join(tree, "share"), { recursive: true });
+  await writeFile(join(tree, "bin", "hello"), "#!/bin/sh\necho hi\n");
+  await chmod(join(tree, "bin", "hello"), 0o755);
+  await writeFile(join(tree, "share", "data.txt"), `data ${salt}\n`);
+  await writeFile(join(tree, "share", "empty"), "");
+  await symlink("../share/data.txt", join(tree, "bin", "link-to-data"));
+  const treePath = (await runOk("nix-store", ["--add", tree], { env })).trim();
+  const expr = `
 let
   # storePath gives the string the store path's context, so top references it.
   tree = builtins.storePath "${treePath}";
   dep = builtins.derivation {
-    name = "nec-up-dep";
+    name = "nec-test-dep";
     system = builtins.currentSystem;
     builder = "/bin/sh";
     args = [ "-c" "echo 'I am a dependency ${salt}' > $out" ];
   };
 in builtins.derivation {
-  name = "nec-up-top";
+  name = "nec-test-top";
   system = builtins.currentSystem;
   builder = "/bin/sh";
   args = [ "-c" ''
@@ -128,16 +148,11 @@ in builtins.derivation {
     /bin/ln -s \${dep} $out/dep-link
   '' ];
 }`;
-    await writeFile(join(work, "closure.nix"), expr);
-    const top = (await runOk("nix-build", [join(work, "closure.nix"), "--no-out-link"], { env: this.env })).trim();
-    const refs = (await this.nixStore(["-q", "--references", top])).trim().split("\n");
-    const dep = refs.find((r) => r.endsWith("-nec-up-dep"));
-    if (!dep || !refs.includes(treePath)) throw new Error(`unexpected references of ${top}: ${refs.join(" ")}`);
-    const drv = (await this.nixStore(["-q", "--deriver", top])).trim();
-    return { tree: treePath, dep, top, drv };
-  }
-
-  async cleanup(): Promise<void> {
-    await rm(this.dir, { recursive: true, force: true });
-  }
+  await writeFile(join(work, "closure.nix"), expr);
+  const top = (await runOk("nix-build", [join(work, "closure.nix"), "--no-out-link"], { env })).trim();
+  const refs = (await runOk("nix-store", ["-q", "--references", top], { env })).trim().split("\n");
+  const dep = refs.find((r) => r.endsWith("-nec-test-dep"));
+  if (!dep || !refs.includes(treePath)) throw new Error(`unexpected references of ${top}: ${refs.join(" ")}`);
+  const drv = (await runOk("nix-store", ["-q", "--deriver", top], { env })).trim();
+  return { tree: treePath, dep, top, drv };
 }
