@@ -198,3 +198,21 @@ export function formatBytes(n: number): string {
   }
   return unit === 0 ? `${Math.round(value)} B` : `${value.toFixed(1)} ${units[unit]}`;
 }
+
+/** The summary of a push from its per-path reports. */
+export function summarise(paths: PathReport[], seconds: number): PushSummary {
+  const count = (o: PathReport["outcome"]): number => paths.filter((p) => p.outcome === o).length;
+  const uploaded = paths.filter((p) => p.outcome === "uploaded");
+  return {
+    uploaded: uploaded.length,
+    alreadyCached: count("cached"),
+    skippedUpstream: count("upstream"),
+    failed: count("failed"),
+    blocked: count("blocked"),
+    narBytes: uploaded.reduce((n, p) => n + p.narSize, 0),
+    fileBytes: uploaded.reduce((n, p) => n + (p.fileSize ?? 0), 0),
+    sentBytes: uploaded.reduce((n, p) => n + (p.sentBytes ?? 0), 0),
+    seconds,
+    paths,
+  };
+}

@@ -14,7 +14,7 @@ import { rm } from "node:fs/promises";
 import { forEachLimited } from "./concurrency.ts";
 import { AuthError, messageOf } from "./errors.ts";
 import type { PushPlan } from "./plan.ts";
-import type { PathReport, Progress, PushSummary } from "./progress.ts";
+import { summarise, type PathReport, type Progress, type PushSummary } from "./progress.ts";
 import type { StorePathInfo } from "./store.ts";
 import { narInfoFor, prepareNar, uploadNar, type UploadSettings } from "./upload.ts";
 
@@ -91,22 +91,6 @@ function blocked(info: StorePathInfo, dependency: string): PathReport {
   return { path: info.path, outcome: "blocked", narSize: info.narSize, error: `dependency ${dependency} was not uploaded` };
 }
 
-function summarise(paths: PathReport[], seconds: number): PushSummary {
-  const count = (o: PathReport["outcome"]): number => paths.filter((p) => p.outcome === o).length;
-  const uploaded = paths.filter((p) => p.outcome === "uploaded");
-  return {
-    uploaded: uploaded.length,
-    alreadyCached: count("cached"),
-    skippedUpstream: count("upstream"),
-    failed: count("failed"),
-    blocked: count("blocked"),
-    narBytes: uploaded.reduce((n, p) => n + p.narSize, 0),
-    fileBytes: uploaded.reduce((n, p) => n + (p.fileSize ?? 0), 0),
-    sentBytes: uploaded.reduce((n, p) => n + (p.sentBytes ?? 0), 0),
-    seconds,
-    paths,
-  };
-}
 
 interface Deferred<T> {
   promise: Promise<T>;

@@ -7,7 +7,7 @@
 // are merged path by path (a path uploaded by one batch is "already cached" for the next).
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
-import type { PathOutcome, PathReport, PushSummary } from "../progress.ts";
+import { summarise, type PathReport, type PushSummary } from "../progress.ts";
 
 /** The uploader's entry point, next to this folder. */
 export const CLI_PATH = fileURLToPath(new URL("../cli.ts", import.meta.url));
@@ -115,18 +115,5 @@ export function mergeSummaries(summaries: readonly PushSummary[]): PushSummary {
       if (!seen || (p.outcome === "uploaded" && seen.outcome !== "uploaded")) byPath.set(p.path, p);
     }
   }
-  const paths = [...byPath.values()];
-  const count = (o: PathOutcome): number => paths.filter((p) => p.outcome === o).length;
-  const uploaded = paths.filter((p) => p.outcome === "uploaded");
-  return {
-    uploaded: uploaded.length,
-    alreadyCached: count("cached"),
-    skippedUpstream: count("upstream"),
-    failed: count("failed"),
-    blocked: count("blocked"),
-    narBytes: uploaded.reduce((n, p) => n + p.narSize, 0),
-    fileBytes: uploaded.reduce((n, p) => n + (p.fileSize ?? 0), 0),
-    seconds: summaries.reduce((n, s) => n + s.seconds, 0),
-    paths,
-  };
+  return summarise([...byPath.values()], summaries.reduce((n, s) => n + s.seconds, 0));
 }
