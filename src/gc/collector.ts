@@ -45,7 +45,7 @@
 import { mapConcurrent } from "../concurrency.ts";
 import { fail } from "../errors.ts";
 import { parseNarInfo } from "../nix/narinfo.ts";
-import { HASH_PART_LENGTH, isHashPart, parseStorePath } from "../nix/store-path.ts";
+import { HASH_PART_LENGTH, parseStorePath } from "../nix/store-path.ts";
 import {
   deleteKeys,
   DRY_RUN_STATE_KEY,
@@ -63,8 +63,8 @@ import {
   STATS_KEY,
   type ListedObject,
 } from "../storage/gc-store.ts";
-import { NAR_PREFIX, parseNarFileName, parseNarInfoFileName } from "../storage/keys.ts";
-import { decodeNarInfoMeta, encodeNarInfoMeta } from "../storage/narinfo-meta.ts";
+import { NAR_PREFIX } from "../storage/keys.ts";
+import { decodeNarInfoMeta, encodeNarInfoMeta, metaName, metaNarFile, metaNumber, metaPushTime, metaRefs } from "../storage/narinfo-meta.ts";
 import { getNarInfoObject, putNarInfoObject } from "../storage/narinfo-object.ts";
 import { formatFence, NAR_FILE_HASH_LENGTH } from "./fence.ts";
 import { KeySet } from "./key-set.ts";
@@ -82,12 +82,25 @@ export const BATCH_OPERATIONS = 800;
 /** Operations kept back for the end of a batch: mark sets (2), commit (1), cleanup (1), slack. */
 const RESERVED_OPERATIONS = 12;
 /**
- * Listing entries, queued lookups and chunk lines one batch handles. The free plan's 10 ms
- * of CPU per invocation is the limit here: bench/gc-batch.ts measures the pure work at
- * well under 1 µs per entry; the R2 client's own decoding of listings costs more and is
- * not measurable outside Cloudflare, so this stays far below what the budget would allow.
+ * CPU budget of one batch, in listing entries (a listed narinfo, a chunk line). The free
+ * plan gives an invocation 10 ms of CPU. bench/gc-cpu.mjs measures the collector's own work
+ * (without R2) at about 1-2 µs per entry; the R2 client's decoding of listings and the
+ * runtime's share of each call are not measurable outside Cloudflare, so a batch is kept
+ * at a fraction of what the measurement alone would allow.
  */
-export const BATCH_ENTRIES = 3000;
+export const BATCH_ENTRIES = 1000;
+/**
+ * What reading one queued narinfo costs, in entries: an R2 call of its own (a promise, an
+ * object with its metadata decoded) instead of a share of a listing.
+ */
+const LOOKUP_COST = 6;
+/** A run halves its batches at most this many times (1/64 of the full size). */
+const MAX_SHRINK = 6;
+/** Smallest batches a shrunken run makes: enough for every step to make progress. */
+const MIN_BATCH_OPERATIONS = 40;
+const MIN_BATCH_ENTRIES = 20;
+const NARINFO_SUFFIX = ".narinfo";
+const LISTING_SUFFIX = ".ls";
 /** R2 returns at most 1000 objects per listing (fewer with metadata). */
 const MAX_PAGE = 1000;
 /** Queued narinfos read per round (each costs 1-3 operations), 6 connections at a time. */
@@ -188,6 +201,16 @@ function parsePathLine(line: string): { hash: string; name: string | null; fileS
   return { hash, name: name === "" ? null : name, fileSize: fs === "" ? null : Number(fs), narSize: ns === "" ? null : Number(ns) };
 }
 
+/**
+ * The file hash of a NAR file name `<filehash52>.nar[.ext]`, or null. A cheap check for
+ * the listing loops; names are validated in full (keys.ts) before anything is stored.
+ */
+function narFileHash(file: string): string | null {
+  if (file.length < NAR_FILE_HASH_LENGTH + 4 || !file.startsWith(".nar", NAR_FILE_HASH_LENGTH)) return null;
+  const hash = file.slice(0, NAR_FILE_HASH_LENGTH);
+  return KeySet.isKey(hash, NAR_FILE_HASH_LENGTH) ? hash : null;
+}
+
 /** `packed` (concatenated `width`-character keys) in ascending order. */
 function sortedPacked(packed: string, width: number): string {
   let sorted = true;
@@ -216,8 +239,8 @@ class Batch {
   readonly #req: GcRequest;
   readonly #stateKey: string;
   readonly #start: number;
-  readonly #maxOps: number;
-  readonly #maxEntries: number;
+  #maxOps: number;
+  #maxEntries: number;
   #ops = 0;
   #entries = 0;
   #state: GcState = parseState(null);
@@ -253,6 +276,17 @@ class Batch {
     this.#etag = loaded?.etag ?? null;
     const now = this.#clock();
     if (this.#state.leaseUntil !== null && this.#state.leaseUntil > now) return this.#progress("busy");
+    const run0 = this.#state.run;
+    if (this.#state.leaseUntil !== null && run0 !== null) {
+      // The last batch took the lease and never committed: it failed, or the platform
+      // stopped it (over its CPU time). Do less from now on, or the run would never move.
+      run0.shrink = Math.min((run0.shrink ?? 0) + 1, MAX_SHRINK);
+      console.warn(`gc ${run0.id}: the previous batch did not finish; batches are now 1/${2 ** run0.shrink} of the full size`);
+    }
+    if (run0 !== null && (run0.shrink ?? 0) > 0) {
+      this.#maxOps = Math.max(MIN_BATCH_OPERATIONS, Math.floor(this.#maxOps / 2 ** run0.shrink));
+      this.#maxEntries = Math.max(MIN_BATCH_ENTRIES, Math.floor(this.#maxEntries / 2 ** run0.shrink));
+    }
 
     const ended = this.#lastRunEnded();
     if (ended !== null) return ended;
@@ -368,6 +402,7 @@ class Batch {
       index: 0,
       announcedAt: null,
       draft: null,
+      shrink: 0,
       totals: emptyTotals(),
     };
     if (!this.#req.dryRun) {
@@ -496,36 +531,52 @@ class Batch {
     return true;
   }
 
-  /** One listed object of the top level (a narinfo, a listing, or anything else). */
+  /**
+   * One listed object of the top level (a narinfo, a listing, or anything else). This runs
+   * for every narinfo of the bucket twice per collection, so it reads the metadata lazily:
+   * the push time always, references only of live paths, names only of candidates.
+   */
   #listed(run: RunState, object: ListedObject): void {
-    const hash = parseNarInfoFileName(object.key);
-    if (hash === null) {
-      if (run.pass === 1 && /^[0-9a-z]{32}\.ls$/.test(object.key)) {
+    const key = object.key;
+    const dot = key.length - NARINFO_SUFFIX.length;
+    if (dot !== HASH_PART_LENGTH || !key.endsWith(NARINFO_SUFFIX) || !KeySet.isKey(key.slice(0, HASH_PART_LENGTH), HASH_PART_LENGTH)) {
+      if (run.pass === 1 && key.length === HASH_PART_LENGTH + LISTING_SUFFIX.length && key.endsWith(LISTING_SUFFIX)) {
         this.#flushListing(run, null);
-        run.pendingListing = { key: object.key, size: object.size, uploaded: object.uploaded };
+        run.pendingListing = { key, size: object.size, uploaded: object.uploaded };
       }
       return;
     }
+    const hash = key.slice(0, HASH_PART_LENGTH);
     this.#flushListing(run, hash);
     const totals = run.totals;
     totals.listed++;
-    const meta = decodeNarInfoMeta(object.customMetadata);
-    const young = (meta?.pushed ?? object.uploaded) >= run.cutoff;
     totals.paths++;
-    if (meta?.fileSize != null && meta.narSize != null) totals.savedBytes += Math.max(0, meta.narSize - meta.fileSize);
+    const meta = object.customMetadata;
+    const fileSize = metaNumber(meta, "fs");
+    const narSize = metaNumber(meta, "ns");
+    if (fileSize !== null && narSize !== null) totals.savedBytes += Math.max(0, narSize - fileSize);
     else totals.pathsWithoutSizes++;
+    const young = (metaPushTime(meta) ?? object.uploaded) >= run.cutoff;
 
     run.position = hash;
     const live = this.#live!;
-    if (young) live.add(hash);
-    if (live.has(hash)) {
-      if (!live.isExpanded(hash)) {
-        if (meta !== null && meta.refs !== null) this.#expand(run, hash, meta.refs, meta.narFile);
-        else run.queue += hash; // no references in the metadata: read the narinfo itself
+    let state: 0 | 1 | 2;
+    if (meta?.r !== undefined) {
+      state = live.claim(hash, young);
+      if (state === 1) this.#expand(run, hash, metaRefs(meta) ?? [], metaNarFile(meta));
+    } else {
+      // No references in the metadata: the narinfo itself is read from the queue.
+      state = live.state(hash);
+      if (state === 0 && young) {
+        live.add(hash);
+        state = 1;
       }
-    } else if (run.pass === 1) {
-      this.#candidateLines.push(pathLine(hash, meta?.name ?? null, meta?.fileSize ?? null, meta?.narSize ?? null));
+      if (state === 1) {
+        live.setExpanded(hash);
+        run.queue += hash;
+      }
     }
+    if (state === 0 && run.pass === 1) this.#candidateLines.push(pathLine(hash, metaName(meta), fileSize, narSize));
   }
 
   /** A pending listing is orphaned unless `nextHash` is its narinfo. */
@@ -541,32 +592,40 @@ class Batch {
     }
   }
 
-  /** Marks `hash` expanded: its references become live; those already passed are queued. */
+  /**
+   * Follows the references of `hash` (already flagged expanded in the live set): they become
+   * live; those the listing has passed are queued. Its NAR is in use.
+   */
   #expand(run: RunState, hash: string, refs: readonly string[], narFile: string | null): void {
     const live = this.#live!;
     for (const ref of refs) {
-      if (ref === hash || !isHashPart(ref)) continue;
+      if (ref === hash) continue;
+      if (!KeySet.isKey(ref, HASH_PART_LENGTH)) continue;
       if (live.add(ref) && (run.listed || ref < run.position)) run.queue += ref;
     }
-    const nar = narFile === null ? null : parseNarFileName(narFile);
-    if (nar !== null) this.#nars!.add(nar.fileHash);
-    live.setExpanded(hash);
+    const fileHash = narFile === null ? null : narFileHash(narFile);
+    if (fileHash !== null) this.#nars!.add(fileHash);
     run.totals.expanded++;
   }
 
   /** Reads queued narinfos (HEAD; their body when the metadata lacks references). */
   async #queueStep(run: RunState): Promise<boolean> {
     const room = Math.floor((this.#maxOps - RESERVED_OPERATIONS - this.#ops) / 3);
-    const count = Math.min(run.queue.length / HASH_PART_LENGTH, QUEUE_ROUND, room, this.#maxEntries - this.#entries);
-    if (count <= 0 || !this.#fits(count * 3, count)) return false;
+    // A batch that has done nothing else reads at least one, however small its budget.
+    const first = this.#entries === 0;
+    const affordable = Math.max(first ? 1 : 0, Math.floor((this.#maxEntries - this.#entries) / LOOKUP_COST));
+    const count = Math.min(run.queue.length / HASH_PART_LENGTH, QUEUE_ROUND, room, affordable);
+    if (count <= 0 || !this.#fits(count * 3, first ? 0 : count * LOOKUP_COST)) return false;
     const hashes: string[] = [];
     for (let i = 0; i < count; i++) hashes.push(run.queue.slice(i * HASH_PART_LENGTH, (i + 1) * HASH_PART_LENGTH));
     run.queue = run.queue.slice(count * HASH_PART_LENGTH);
-    this.#entries += count;
+    this.#entries += count * LOOKUP_COST;
     const found = await mapConcurrent(hashes, CONCURRENCY, (hash) => this.#lookUp(run, hash));
     hashes.forEach((hash, i) => {
       const refs = found[i];
-      if (refs !== null && refs !== undefined) this.#expand(run, hash, refs.refs, refs.narFile);
+      if (refs === null || refs === undefined) return; // not stored (e.g. a path of an upstream cache)
+      this.#live!.setExpanded(hash);
+      this.#expand(run, hash, refs.refs, refs.narFile);
     });
     this.#setsDirty = true;
     return true;
@@ -609,11 +668,11 @@ class Batch {
     const page = await this.#op(() => listPrefix(this.#bucket, NAR_PREFIX, run.cursor, room));
     const totals = run.totals;
     for (const object of page.objects) {
-      const file = parseNarFileName(object.key.slice(NAR_PREFIX.length));
-      if (file === null) continue; // not a NAR of ours (e.g. a part of an upload in progress)
+      const fileHash = narFileHash(object.key.slice(NAR_PREFIX.length));
+      if (fileHash === null) continue; // not a NAR of ours
       totals.narFiles++;
       totals.narBytes += object.size;
-      if (this.#nars!.has(file.fileHash) || object.uploaded >= run.narCutoff) continue;
+      if (this.#nars!.has(fileHash) || object.uploaded >= run.narCutoff) continue;
       this.#narLines.push(`${object.key}\t${object.size}`);
       totals.garbageNars++;
       totals.garbageNarBytes += object.size;
@@ -789,8 +848,8 @@ class Batch {
         const [key = "", sizeText = "0"] = line.split("\t");
         const size = Number(sizeText);
         if (key.startsWith(NAR_PREFIX)) {
-          const file = parseNarFileName(key.slice(NAR_PREFIX.length));
-          if (file === null || this.#nars!.has(file.fileHash)) continue;
+          const fileHash = narFileHash(key.slice(NAR_PREFIX.length));
+          if (fileHash === null || this.#nars!.has(fileHash)) continue;
           totals.deletedNars++;
           totals.freedBytes += size;
           totals.narFiles--;

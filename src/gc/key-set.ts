@@ -92,52 +92,88 @@ export class KeySet {
     return this.#keyChars;
   }
 
+  /** Whether `key` is a member (false for a string that cannot be a key). */
   has(key: string): boolean {
-    return this.#find(key) >= 0;
+    return this.#encode(key) && this.#lookup() >= 0;
   }
 
-  /** Adds `key` (unflagged); true when it was not there before. */
+  /** Adds `key` (unflagged); true when it was not there before. Throws for a non-key. */
   add(key: string): boolean {
-    if (this.#find(key) >= 0) return false;
-    if ((this.#count + 1) * 2 > this.#capacity) this.#grow();
-    this.#place(this.#scratch, OCCUPIED);
-    this.#count++;
-    return true;
+    if (!this.#encode(key)) throw new RangeError(`not a ${this.#keyChars}-character nix32 key: ${JSON.stringify(key)}`);
+    return this.#insertEncoded() !== null;
+  }
+
+  /** 0 when `key` is not a member, 1 when it is, 2 when it is and is flagged expanded. */
+  state(key: string): 0 | 1 | 2 {
+    if (!this.#encode(key)) return 0;
+    const slot = this.#lookup();
+    if (slot < 0) return 0;
+    return (this.#words[this.#flagIndex(slot)]! & EXPANDED) !== 0 ? 2 : 1;
+  }
+
+  /**
+   * In one lookup: 0 when `key` is not a member (and `addIfAbsent` is false); 1 when it is
+   * (or was added because `addIfAbsent`) and was not flagged expanded, which it is now; 2
+   * when it was flagged already. The collector calls this for every listed narinfo: 1 means
+   * "follow its references now".
+   */
+  claim(key: string, addIfAbsent: boolean): 0 | 1 | 2 {
+    if (!this.#encode(key)) return 0;
+    let slot = this.#lookup();
+    if (slot < 0) {
+      if (!addIfAbsent) return 0;
+      slot = this.#insertEncoded()!;
+    } else if ((this.#words[this.#flagIndex(slot)]! & EXPANDED) !== 0) {
+      return 2;
+    }
+    this.#words[this.#flagIndex(slot)]! |= EXPANDED;
+    return 1;
   }
 
   /** Whether `key` is a member with the expanded flag set. */
   isExpanded(key: string): boolean {
-    const slot = this.#find(key);
-    return slot >= 0 && (this.#words[this.#flagIndex(slot)]! & EXPANDED) !== 0;
+    return this.state(key) === 2;
   }
 
   /** Sets the expanded flag of `key`, adding it first when needed. */
   setExpanded(key: string): void {
-    this.add(key);
-    const slot = this.#find(key);
+    if (!this.#encode(key)) throw new RangeError(`not a ${this.#keyChars}-character nix32 key: ${JSON.stringify(key)}`);
+    const found = this.#lookup();
+    const slot = found >= 0 ? found : this.#insertEncoded()!;
     this.#words[this.#flagIndex(slot)]! |= EXPANDED;
+  }
+
+  /** Whether `key` has the length and alphabet of this set's keys. */
+  static isKey(key: string, keyChars: number): boolean {
+    if (key.length !== keyChars) return false;
+    for (let i = 0; i < keyChars; i++) {
+      const code = key.charCodeAt(i);
+      if (code >= 128 || DIGIT[code]! < 0) return false;
+    }
+    return true;
   }
 
   #flagIndex(slot: number): number {
     return HEADER_WORDS + slot * this.#slotWords + this.#keyWords;
   }
 
-  /** Packs `key` into the scratch words; throws on a wrong length or a non-nix32 character. */
-  #encode(key: string): void {
-    if (key.length !== this.#keyChars) throw new RangeError(`key of ${key.length} characters in a set of ${this.#keyChars}-character keys`);
+  /** Packs `key` into the scratch words; false for a wrong length or a non-nix32 character. */
+  #encode(key: string): boolean {
+    const chars = this.#keyChars;
+    if (key.length !== chars) return false;
     const out = this.#scratch;
-    let w = 0;
-    for (let i = 0; i < this.#keyWords; i++) {
+    for (let i = 0, j = 0; i < out.length; i++) {
       let word = 0;
-      const end = Math.min(key.length, (i + 1) * DIGITS_PER_WORD);
-      for (let j = i * DIGITS_PER_WORD, shift = 0; j < end; j++, shift += 5) {
+      const end = Math.min(chars, j + DIGITS_PER_WORD);
+      for (let shift = 0; j < end; j++, shift += 5) {
         const code = key.charCodeAt(j);
         const digit = code < 128 ? DIGIT[code]! : -1;
-        if (digit < 0) throw new RangeError(`not a nix32 key: ${JSON.stringify(key)}`);
+        if (digit < 0) return false;
         word |= digit << shift;
       }
-      out[w++] = word;
+      out[i] = word;
     }
+    return true;
   }
 
   #startSlot(key: Uint32Array): number {
@@ -151,24 +187,39 @@ export class KeySet {
     return h & (this.#capacity - 1);
   }
 
-  /** The slot holding `key`, or -1 (leaves `key` encoded in the scratch words). */
-  #find(key: string): number {
-    this.#encode(key);
+  /**
+   * The slot holding the encoded scratch key, or -(s + 1) where s is the free slot where it
+   * would go.
+   */
+  #lookup(): number {
     const words = this.#words;
     const k = this.#scratch;
+    const keyWords = this.#keyWords;
+    const slotWords = this.#slotWords;
     const mask = this.#capacity - 1;
     for (let slot = this.#startSlot(k); ; slot = (slot + 1) & mask) {
-      const base = HEADER_WORDS + slot * this.#slotWords;
-      if ((words[base + this.#keyWords]! & OCCUPIED) === 0) return -1;
-      let equal = true;
-      for (let i = 0; i < this.#keyWords; i++) {
-        if (words[base + i] !== k[i]) {
-          equal = false;
-          break;
-        }
-      }
-      if (equal) return slot;
+      const base = HEADER_WORDS + slot * slotWords;
+      if ((words[base + keyWords]! & OCCUPIED) === 0) return -(slot + 1);
+      let i = 0;
+      while (i < keyWords && words[base + i] === k[i]) i++;
+      if (i === keyWords) return slot;
     }
+  }
+
+  /** Inserts the encoded scratch key; its slot, or null when it was there already. */
+  #insertEncoded(): number | null {
+    let found = this.#lookup();
+    if (found >= 0) return null;
+    if ((this.#count + 1) * 2 > this.#capacity) {
+      this.#grow();
+      found = this.#lookup();
+    }
+    const slot = -found - 1;
+    const base = HEADER_WORDS + slot * this.#slotWords;
+    this.#words.set(this.#scratch, base);
+    this.#words[base + this.#keyWords] = OCCUPIED;
+    this.#count++;
+    return slot;
   }
 
   /** Puts encoded `key` with `flags` into its first free slot (the key must be absent). */

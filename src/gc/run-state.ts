@@ -88,6 +88,8 @@ export interface RunState {
   index: number;
   /** The fence built so far by the announce phase (a working object), or null. */
   draft: string | null;
+  /** Batches of this run are 1/2^shrink of the full size (a batch failed to finish). */
+  shrink: number;
   /** When the fence was written (ms). */
   announcedAt: number | null;
   totals: RunTotals;

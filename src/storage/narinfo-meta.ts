@@ -45,8 +45,9 @@ const VERSION = "1";
 export const MAX_METADATA_BYTES = 7168;
 
 function decimal(value: string | undefined): number | null {
-  if (value === undefined || !/^\d{1,16}$/.test(value)) return null;
-  return Number(value);
+  if (value === undefined || value === "") return null;
+  const n = Number(value);
+  return Number.isSafeInteger(n) && n >= 0 ? n : null;
 }
 
 /** The metadata for `info`, pushed at `pushed` (ms). */
@@ -92,4 +93,36 @@ export function decodeNarInfoMeta(meta: Record<string, string> | undefined): Nar
 /** The same metadata with another push time (a refresh). */
 export function withPushTime(meta: Record<string, string>, pushed: number): Record<string, string> {
   return { ...meta, p: String(Math.floor(pushed)) };
+}
+
+// Cheap accessors for the collector, which reads the metadata of every narinfo of the bucket
+// and needs most fields only for some of them. Each returns null unless the metadata has
+// this layout and the field is well-formed.
+
+function current(meta: Record<string, string> | undefined): meta is Record<string, string> {
+  return meta !== undefined && meta.v === VERSION;
+}
+
+/** The push time (ms). */
+export function metaPushTime(meta: Record<string, string> | undefined): number | null {
+  return current(meta) ? decimal(meta.p) : null;
+}
+
+/** FileSize ("fs") or NarSize ("ns"). */
+export function metaNumber(meta: Record<string, string> | undefined, field: "fs" | "ns"): number | null {
+  return current(meta) ? decimal(meta[field]) : null;
+}
+
+/** Hash parts of the references (the path's own excluded); null: they are not recorded. */
+export function metaRefs(meta: Record<string, string> | undefined): string[] | null {
+  if (!current(meta) || meta.r === undefined) return null;
+  return meta.r === "" ? [] : meta.r.split(" ");
+}
+
+export function metaNarFile(meta: Record<string, string> | undefined): string | null {
+  return current(meta) ? (meta.u ?? null) : null;
+}
+
+export function metaName(meta: Record<string, string> | undefined): string | null {
+  return current(meta) ? (meta.n ?? null) : null;
 }

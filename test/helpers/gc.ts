@@ -82,7 +82,7 @@ export async function collect(bucket: R2Bucket, settings: GcSettings, clock: Tes
   const counting = new CountingBucket(bucket);
   const batches: GcProgress[] = [];
   let runId: string | undefined;
-  for (let i = 0; i < (opts.maxBatches ?? 10_000); i++) {
+  for (let i = 0; i < (opts.maxBatches ?? 3000); i++) {
     const before = counting.count;
     const req: GcRequest = { dryRun: false, trigger: "manual", ...opts.request, ...(runId === undefined ? {} : { runId }) };
     if (runId !== undefined) delete req.cutoff;

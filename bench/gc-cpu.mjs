@@ -1,0 +1,202 @@
+// Benchmark: CPU time of one garbage collection batch (src/gc/collector.ts) on a bucket of
+// 20,000 narinfos, against the free plan's 10 ms of CPU per invocation.
+//
+// Workers stop their clocks during execution (time only moves across I/O), so CPU cannot be
+// measured inside workerd; this runs the collector itself under Node (same V8) against an
+// in-memory bucket that answers like R2 (sorted listings, 1000 objects a page, metadata,
+// delimiters), and charges each batch the CPU it used outside that bucket. The R2 client's
+// own work on Cloudflare (decoding listings into objects) is not included: it is why the
+// collector's batch sizes stay far below what this measurement alone would allow.
+//
+// It is a .mjs file because it imports Worker code typed against the Workers runtime types,
+// which the Node-side typecheck (uploader/tsconfig.json) does not have.
+//
+// Usage: node bench/gc-cpu.mjs [--paths N]
+import { createHash } from "node:crypto";
+import { parseArgs } from "node:util";
+import { runGcBatch } from "../src/gc/collector.ts";
+import { formatNarInfo } from "../src/nix/narinfo.ts";
+import { encodeNix32 } from "../src/nix/nix32.ts";
+import { encodeNarInfoMeta } from "../src/storage/narinfo-meta.ts";
+import { formatPins } from "../src/gc/pins.ts";
+
+const DAY = 24 * 3600 * 1000;
+/** The free plan's CPU time per invocation, ms. */
+const FREE_PLAN_CPU_MS = 10;
+
+/** Wall time in ms; everything in a batch is synchronous computation here. */
+function now() {
+  return performance.now();
+}
+
+/** CPU time of this thread in ms (coarse on some kernels: used for totals only). */
+function threadCpuMs() {
+  const u = process.threadCpuUsage();
+  return (u.user + u.system) / 1000;
+}
+
+/**
+ * An in-memory stand-in for an R2 bucket that does as little work per call as it can:
+ * objects are built once when written, listings are slices of a sorted array, so what a
+ * batch costs is the collector's own work.
+ */
+class MemoryBucket {
+  objects = new Map();
+  keys = [];
+  etag = 0;
+
+  #index(key) {
+    let lo = 0;
+    let hi = this.keys.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.keys[mid] < key) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  async head(key) {
+    return this.objects.get(key) ?? null;
+  }
+
+  async get(key) {
+    return this.objects.get(key) ?? null;
+  }
+
+  async put(key, body, options = {}) {
+    const old = this.objects.get(key);
+    const cond = options.onlyIf;
+    if (cond?.etagMatches !== undefined && old?.etag !== cond.etagMatches) return null;
+    if (cond?.etagDoesNotMatch === "*" && old !== undefined) return null;
+    const stored = typeof body === "string" ? body : body.slice(0);
+    const object = {
+      key,
+      size: typeof stored === "string" ? stored.length : stored.byteLength,
+      etag: String(++this.etag),
+      uploaded: new Date(),
+      customMetadata: options.customMetadata ?? {},
+      text: async () => (typeof stored === "string" ? stored : new TextDecoder().decode(stored)),
+      arrayBuffer: async () => (typeof stored === "string" ? new TextEncoder().encode(stored).buffer : stored.slice(0)),
+    };
+    if (old === undefined) this.keys.splice(this.#index(key), 0, key);
+    this.objects.set(key, object);
+    return object;
+  }
+
+  async delete(keys) {
+    const gone = new Set((Array.isArray(keys) ? keys : [keys]).filter((key) => this.objects.delete(key)));
+    if (gone.size > 0) this.keys = this.keys.filter((key) => !gone.has(key));
+  }
+
+  async list(options = {}) {
+    const prefix = options.prefix ?? "";
+    const limit = Math.min(options.limit ?? 1000, 1000);
+    let i = options.cursor === undefined ? this.#index(prefix) : this.#index(options.cursor) + 1;
+    const objects = [];
+    const delimitedPrefixes = [];
+    let last = null;
+    while (i < this.keys.length && objects.length + delimitedPrefixes.length < limit) {
+      const key = this.keys[i];
+      if (!key.startsWith(prefix)) break;
+      const slash = options.delimiter === undefined ? -1 : key.indexOf(options.delimiter, prefix.length);
+      if (slash >= 0) {
+        const p = key.slice(0, slash + 1);
+        delimitedPrefixes.push(p);
+        i = this.#index(p + "\uffff");
+        last = this.keys[i - 1];
+        continue;
+      }
+      objects.push(this.objects.get(key));
+      last = key;
+      i++;
+    }
+    const truncated = i < this.keys.length && this.keys[i].startsWith(prefix);
+    return { objects, delimitedPrefixes, truncated, cursor: truncated ? last : undefined };
+  }
+}
+
+function hash32(text) {
+  return encodeNix32(createHash("sha256").update(text).digest().subarray(0, 20));
+}
+
+/** Fills a bucket with `count` narinfos (the graph of test/worker/gc-budget.test.ts). */
+async function fill(count, clockNow) {
+  const bucket = new MemoryBucket();
+  let seed = 20000;
+  const next = () => {
+    seed ^= seed << 13;
+    seed ^= seed >>> 17;
+    seed ^= seed << 5;
+    return (seed >>> 0) / 0x100000000;
+  };
+  const hashes = [];
+  const files = [];
+  for (let i = 0; i < count; i++) {
+    hashes.push(hash32(`p${i}`));
+    files.push(encodeNix32(createHash("sha256").update(`n${i}`).digest()));
+  }
+  for (let i = 0; i < count; i++) {
+    const refs = new Set();
+    const n = i === 0 ? 0 : Math.floor(next() * 5);
+    for (let k = 0; k < n; k++) refs.add(Math.max(0, i - 1 - Math.floor(next() * 200)));
+    const info = {
+      storePath: `/nix/store/${hashes[i]}-bench-${i}`,
+      url: `nar/${files[i]}.nar.zst`,
+      compression: "zstd",
+      fileHash: `sha256:${files[i]}`,
+      fileSize: 1000 + i,
+      narHash: `sha256:${files[i]}`,
+      narSize: 3000 + i,
+      references: [...refs].map((j) => `${hashes[j]}-bench-${j}`).sort(),
+      sigs: [],
+      extra: [],
+    };
+    await bucket.put(`nar/${files[i]}.nar.zst`, new Uint8Array(16).buffer);
+    const young = next() < 1 / 3;
+    await bucket.put(`${hashes[i]}.narinfo`, formatNarInfo(info), { customMetadata: encodeNarInfoMeta(info, clockNow - (young ? 1 : 60) * DAY) });
+  }
+  await bucket.put("_gc/pins.json", formatPins({ a: { path: `/nix/store/${hashes[count - 1]}-bench-${count - 1}`, pinnedAt: clockNow } }));
+  return bucket;
+}
+
+/** One whole collection; per batch: wall time, operations, entries, phase. */
+async function collectOnce(count) {
+  let clock = Date.now() + 3600 * 1000;
+  const bucket = await fill(count, clock);
+  const settings = { retentionMs: 30 * DAY, narGraceMs: 0, uploadWindowMs: 60_000, intervalMs: DAY };
+  const rows = [];
+  let runId;
+  const cpuStart = threadCpuMs();
+  for (;;) {
+    const start = now();
+    const progress = await runGcBatch({ bucket, settings, clock: () => clock }, { dryRun: false, trigger: "manual", ...(runId ? { runId } : {}) });
+    rows.push({ ms: now() - start, phase: progress.run?.phase ?? "-", ops: progress.batch.operations, entries: progress.batch.entries });
+    runId ??= progress.run?.id;
+    if (progress.status === "done") break;
+    clock += Math.max(progress.waitMs, 1000);
+  }
+  return { rows, cpu: threadCpuMs() - cpuStart };
+}
+
+async function main() {
+  const { values } = parseArgs({ options: { paths: { type: "string", default: "20000" }, rounds: { type: "string", default: "3" } } });
+  const count = Number(values.paths);
+  const rounds = [];
+  for (let r = 0; r < Number(values.rounds); r++) rounds.push(await collectOnce(count));
+  // Batches are the same in every round (same graph, same limits); the fastest round of
+  // each batch is its cost with the least interference from the rest of the machine.
+  const batches = rounds[0].rows.map((row, i) => ({ ...row, ms: Math.min(...rounds.map((r) => r.rows[i]?.ms ?? Infinity)) }));
+  const sorted = [...batches].sort((a, b) => a.ms - b.ms);
+  const q = (f) => sorted[Math.min(sorted.length - 1, Math.floor(f * sorted.length))].ms.toFixed(2);
+  const cpu = Math.min(...rounds.map((r) => r.cpu));
+  console.log(
+    `${count} narinfos: ${batches.length} batches; collector time per batch (best of ${rounds.length} rounds, R2 excluded): ` +
+      `median ${q(0.5)} ms, 90th percentile ${q(0.9)} ms, max ${q(1)} ms; thread CPU of a whole collection ${cpu.toFixed(0)} ms ` +
+      `(${(cpu / batches.length).toFixed(2)} ms per batch); free plan: ${FREE_PLAN_CPU_MS} ms per invocation`,
+  );
+  console.log("costliest batches:");
+  for (const r of sorted.slice(-5).reverse()) console.log(`  ${r.ms.toFixed(2).padStart(7)} ms  ${String(r.ops).padStart(4)} ops  ${String(r.entries).padStart(5)} entries  (ended in ${r.phase})`);
+}
+
+await main();
