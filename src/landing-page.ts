@@ -45,8 +45,10 @@ function date(ms: number): string {
   return new Date(ms).toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC");
 }
 
-function nixList(items: readonly string[]): string {
-  return items.map((i) => `"${i}"`).join(" ");
+/** A Nix list at `indent`: on one line for one item, one item per line for more. */
+function nixList(items: readonly string[], indent: string): string {
+  if (items.length <= 1) return `[ ${items.map((i) => `"${i}"`).join(" ")} ]`;
+  return `[\n${items.map((i) => `${indent}  "${i}"\n`).join("")}${indent}]`;
 }
 
 /** The configuration snippets, as text (escaped when put into the page). */
@@ -57,10 +59,10 @@ export function snippets(data: LandingData): { nixConf: string; nixos: string; f
     nixConf: `extra-substituters = ${data.origin}\nextra-trusted-public-keys = ${keys.join(" ")}\n`,
     nixos:
       `{\n  nix.settings = {\n    extra-substituters = [ "${data.origin}" ];\n` +
-      `    extra-trusted-public-keys = [ ${nixList(keys)} ];\n  };\n}\n`,
+      `    extra-trusted-public-keys = ${nixList(keys, "    ")};\n  };\n}\n`,
     flake:
       `{\n  nixConfig = {\n    extra-substituters = [ "${data.origin}" ];\n` +
-      `    extra-trusted-public-keys = [ ${nixList(keys)} ];\n  };\n}\n`,
+      `    extra-trusted-public-keys = ${nixList(keys, "    ")};\n  };\n}\n`,
     netrc: `machine ${host} login nix password <token>\n`,
   };
 }
@@ -103,7 +105,7 @@ h3{font-size:1rem;margin:1.25rem 0 .4rem}
 .lead{color:#4a5366;margin:0}
 pre{background:#1d2330;color:#e8ecf3;padding:.8rem 1rem;border-radius:6px;overflow-x:auto;font-size:.85rem;line-height:1.45}
 code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;word-break:break-all}
-pre code{word-break:normal;white-space:pre}
+pre code{white-space:pre-wrap;overflow-wrap:anywhere;word-break:normal}
 table{border-collapse:collapse}th,td{text-align:left;padding:.3rem 1.25rem .3rem 0;vertical-align:top}
 th{font-weight:600;color:#4a5366}
 .note{color:#5d6678;font-size:.9rem}
