@@ -1,0 +1,169 @@
+// The pieces of garbage collection on their own: the mark set that survives between
+// batches as bytes, the fence's bisection, the narinfo metadata layout, and how batches
+// exclude each other and recover from a batch that never finished.
+import { env } from "cloudflare:workers";
+import { reset } from "cloudflare:test";
+import fc from "fast-check";
+import { afterEach, describe, expect, it } from "vitest";
+import { NIX32_ALPHABET } from "../../src/nix/nix32.ts";
+import { KeySet } from "../../src/gc/key-set.ts";
+import { packedContains } from "../../src/gc/fence.ts";
+import { LEASE_MS, runGcBatch } from "../../src/gc/collector.ts";
+import { parseState } from "../../src/gc/run-state.ts";
+import { parseGcSettings } from "../../src/gc/settings.ts";
+import { STATE_KEY } from "../../src/storage/gc-store.ts";
+import { decodeNarInfoMeta, encodeNarInfoMeta, MAX_METADATA_BYTES } from "../../src/storage/narinfo-meta.ts";
+import { testPath } from "../helpers/worker.ts";
+import { cacheKeys, collect, DAY_MS, gcSettings, storePath, TestClock } from "../helpers/gc.ts";
+
+afterEach(() => reset());
+
+const key32 = fc.string({ unit: fc.constantFrom(...NIX32_ALPHABET), minLength: 32, maxLength: 32 });
+
+describe("KeySet", () => {
+  it("holds exactly what was added, with flags, across growth and a round trip through bytes", () => {
+    fc.assert(
+      fc.property(fc.uniqueArray(key32, { maxLength: 3000 }), fc.array(key32, { maxLength: 200 }), fc.nat(), (keys, others, seed) => {
+        const set = KeySet.create(32, 0, seed);
+        keys.forEach((k, i) => {
+          expect(set.add(k)).toBe(true);
+          if (i % 3 === 0) set.setExpanded(k);
+        });
+        for (const k of keys) expect(set.add(k)).toBe(false);
+        const copy = KeySet.fromBuffer(set.buffer.slice(0), 32)!;
+        expect(copy.size).toBe(keys.length);
+        keys.forEach((k, i) => {
+          expect(copy.has(k)).toBe(true);
+          expect(copy.isExpanded(k)).toBe(i % 3 === 0);
+        });
+        const known = new Set(keys);
+        for (const k of others) expect(copy.has(k)).toBe(known.has(k));
+      }),
+      { numRuns: 40 },
+    );
+  });
+
+  it("claims: absent keys only when asked to add them, each member once", () => {
+    const set = KeySet.create(32);
+    const a = "0".repeat(32);
+    const b = "1".repeat(32);
+    expect(set.claim(a, false)).toBe(0);
+    expect(set.has(a)).toBe(false);
+    expect(set.claim(a, true)).toBe(1);
+    expect(set.claim(a, true)).toBe(2);
+    set.add(b);
+    expect(set.claim(b, false)).toBe(1);
+    expect(set.claim(b, false)).toBe(2);
+  });
+
+  it("rejects strings that are not keys, and bytes that are not a set", () => {
+    const set = KeySet.create(32);
+    expect(set.has("e".repeat(32))).toBe(false); // e is not in the nix32 alphabet
+    expect(set.has("0".repeat(31))).toBe(false);
+    expect(() => set.add("E".repeat(32))).toThrow(RangeError);
+    expect(KeySet.fromBuffer(new ArrayBuffer(64), 32)).toBeNull();
+    expect(KeySet.fromBuffer(set.buffer.slice(0), 52)).toBeNull();
+  });
+});
+
+describe("the fence's bisection", () => {
+  it("finds exactly the keys of a sorted concatenation", () => {
+    fc.assert(
+      fc.property(fc.uniqueArray(key32, { maxLength: 200 }), fc.array(key32, { maxLength: 20 }), (keys, probes) => {
+        const packed = [...keys].sort().join("");
+        for (const k of keys) expect(packedContains(packed, 32, k)).toBe(true);
+        for (const k of probes) expect(packedContains(packed, 32, k)).toBe(keys.includes(k));
+        expect(packedContains(packed, 32, "0".repeat(31))).toBe(false);
+      }),
+    );
+  });
+});
+
+describe("narinfo metadata", () => {
+  it("records push time, references (not the path itself), NAR and sizes", async () => {
+    const dep = await testPath("meta-dep");
+    const p = await testPath("meta", { references: [dep], selfReference: true });
+    const meta = decodeNarInfoMeta(encodeNarInfoMeta(p.info, 1234))!;
+    expect(meta).toEqual({ pushed: 1234, refs: [dep.hash], narFile: p.fileName, fileSize: p.file.length, narSize: p.nar.length, name: "meta" });
+  });
+
+  it("leaves out references that do not fit R2's metadata limit rather than a part of them", async () => {
+    const refs = await Promise.all(Array.from({ length: 300 }, (_, i) => testPath(`meta-ref-${i}`)));
+    const p = await testPath("meta-many", { references: refs });
+    const raw = encodeNarInfoMeta(p.info, 1);
+    expect(Object.entries(raw).reduce((n, [k, v]) => n + k.length + v.length, 0)).toBeLessThanOrEqual(MAX_METADATA_BYTES);
+    expect(decodeNarInfoMeta(raw)!.refs).toBeNull();
+  });
+
+  it("is null for objects stored without it", () => {
+    expect(decodeNarInfoMeta(undefined)).toBeNull();
+    expect(decodeNarInfoMeta({})).toBeNull();
+    expect(decodeNarInfoMeta({ v: "1", p: "x" })).toBeNull();
+  });
+});
+
+describe("retention settings", () => {
+  it("take defaults, decimals, zero and off, and refuse nonsense naming the setting", () => {
+    expect(parseGcSettings({}).retentionMs).toBe(30 * DAY_MS);
+    expect(parseGcSettings({ GC_RETENTION_DAYS: "0.5" }).retentionMs).toBe(DAY_MS / 2);
+    expect(parseGcSettings({ GC_RETENTION_DAYS: "0" }).retentionMs).toBe(0);
+    expect(parseGcSettings({ GC_RETENTION_DAYS: "off" }).retentionMs).toBeNull();
+    expect(() => parseGcSettings({ GC_RETENTION_DAYS: "-1" })).toThrow(/GC_RETENTION_DAYS/);
+    expect(() => parseGcSettings({ GC_UPLOAD_WINDOW_SECONDS: "0" })).toThrow(/GC_UPLOAD_WINDOW_SECONDS/);
+    expect(() => parseGcSettings({ GC_NAR_GRACE_HOURS: "a day" })).toThrow(/GC_NAR_GRACE_HOURS/);
+  });
+});
+
+describe("batches", () => {
+  it("a batch finding the state leased by another answers busy and changes nothing", async () => {
+    const clock = new TestClock();
+    await env.CACHE.put(STATE_KEY, JSON.stringify({ run: null, leaseUntil: clock.now + LEASE_MS, lastStartedAt: null, lastPaths: 0, last: null }));
+    const before = await cacheKeys(env.CACHE);
+    const progress = await runGcBatch({ bucket: env.CACHE, settings: gcSettings(), clock: clock.read }, { dryRun: false, trigger: "manual" });
+    expect(progress.status).toBe("busy");
+    expect(await cacheKeys(env.CACHE)).toEqual(before);
+  });
+
+  it("after a batch that never finished, the run goes on with smaller batches and ends correctly", async () => {
+    const clock = new TestClock();
+    const kept = await testPath("shrink-kept");
+    const gone = await testPath("shrink-gone");
+    await storePath(env.CACHE, kept, clock.now - DAY_MS);
+    await storePath(env.CACHE, gone, clock.now - 90 * DAY_MS);
+    // A bucket that fails every call after the lease was taken: the batch dies mid-way, as
+    // one stopped by the platform would.
+    let calls = 0;
+    const dying = new Proxy(env.CACHE, {
+      get(target, prop, receiver) {
+        const value = Reflect.get(target, prop, receiver) as unknown;
+        if (typeof value !== "function") return value;
+        return (...args: unknown[]) => {
+          if (++calls > 3) throw new Error("stopped");
+          return (value as (...a: unknown[]) => unknown).apply(target, args);
+        };
+      },
+    });
+    await expect(runGcBatch({ bucket: dying, settings: gcSettings(), clock: clock.read }, { dryRun: false, trigger: "manual" })).rejects.toThrow();
+    // Within the lease the state is busy; after it, the next batch takes over, smaller.
+    expect((await runGcBatch({ bucket: env.CACHE, settings: gcSettings(), clock: clock.read }, { dryRun: false, trigger: "manual" })).status).toBe("busy");
+    clock.advance(LEASE_MS);
+    const batches = await collect(env.CACHE, gcSettings(), clock);
+    expect(batches.at(-1)!.status).toBe("done");
+    const keys = await cacheKeys(env.CACHE);
+    expect(keys).toContain(`${kept.hash}.narinfo`);
+    expect(keys).not.toContain(`${gone.hash}.narinfo`);
+    expect(parseState(await (await env.CACHE.get(STATE_KEY))!.text()).last?.deletedPaths).toBe(1);
+  });
+
+  it("the cron rule starts a run only when the interval has passed, and never with retention off", async () => {
+    const clock = new TestClock();
+    const ctx = { bucket: env.CACHE, clock: clock.read };
+    const cron = { dryRun: false, trigger: "cron" as const, onlyIfDue: true };
+    expect((await runGcBatch({ ...ctx, settings: gcSettings({ retentionMs: null }) }, cron)).status).toBe("idle");
+    expect((await runGcBatch({ ...ctx, settings: gcSettings() }, cron)).status).toBe("done");
+    clock.advance(DAY_MS / 2);
+    expect((await runGcBatch({ ...ctx, settings: gcSettings() }, cron)).status).toBe("idle");
+    clock.advance(DAY_MS / 2);
+    expect((await runGcBatch({ ...ctx, settings: gcSettings() }, cron)).status).toBe("done");
+  });
+});
