@@ -1,0 +1,70 @@
+// `uploader gc`, `pin`, `unpin` and `pins` as users run them: ages and dates, usage errors
+// (exit 2, nothing sent), and the help. Runs against real caches are in test/e2e/gc.test.ts.
+import { describe, expect, test } from "vitest";
+import { parseAge, parseDate } from "../../uploader/commands/gc.ts";
+import { UsageError } from "../../uploader/errors.ts";
+import { CLI, run } from "./helpers.ts";
+
+function cleanEnv(): NodeJS.ProcessEnv {
+  const env = { ...process.env };
+  for (const k of ["NIX_CACHE_URL", "NIX_CACHE_TOKEN", "NIX_CACHE_ADMIN_TOKEN", "NIX_CACHE_SECRET_KEY_FILE"]) delete env[k];
+  return env;
+}
+
+const uploader = (args: string[]) => run(process.execPath, [CLI, ...args], { env: cleanEnv() });
+
+describe("ages and dates", () => {
+  test.each([
+    ["90s", 90],
+    ["15m", 900],
+    ["12h", 43200],
+    ["14d", 14 * 86400],
+    ["2w", 14 * 86400],
+    ["0.5d", 43200],
+    ["0s", 0],
+  ])("--older-than %s is %d seconds", (text, seconds) => {
+    expect(parseAge(text)).toBe(seconds);
+  });
+
+  test.each(["14", "d", "-1d", "1y", "1 day", ""])("--older-than %j is refused", (text) => {
+    expect(() => parseAge(text)).toThrow(UsageError);
+  });
+
+  test("--before takes ISO 8601 or ms since the epoch", () => {
+    expect(parseDate("2026-01-02T03:04:05Z")).toBe(Date.UTC(2026, 0, 2, 3, 4, 5));
+    expect(parseDate("1700000000000")).toBe(1700000000000);
+    expect(() => parseDate("yesterday")).toThrow(UsageError);
+  });
+});
+
+describe("usage errors exit with 2 and say what to do", () => {
+  test.each([
+    [["gc"], /no cache given/],
+    [["gc", "--cache", "http://127.0.0.1:9"], /no admin token given.*NIX_CACHE_ADMIN_TOKEN/],
+    [["gc", "--cache", "http://127.0.0.1:9", "--admin-token", "t", "--older-than", "soon"], /--older-than/],
+    [["gc", "--cache", "http://127.0.0.1:9", "--admin-token", "t", "--older-than", "1d", "--before", "0"], /not both/],
+    [["gc", "stray"], /unexpected argument/],
+    [["pin", "--cache", "http://127.0.0.1:9", "--admin-token", "t", "only-a-name"], /give a pin name and a store path/],
+    [["pin", "--cache", "http://127.0.0.1:9", "--admin-token", "t", "bad/name", "/nix/store/00000000000000000000000000000000-x"], /pin name/],
+    [["pin", "--cache", "http://127.0.0.1:9", "release", "/nix/store/00000000000000000000000000000000-x"], /no admin token/],
+    [["unpin", "--cache", "http://127.0.0.1:9", "--admin-token", "t"], /give the name of one pin/],
+    [["pins", "--cache", "http://127.0.0.1:9"], /no token given/],
+  ])("%j", async (args, message) => {
+    const r = await uploader(args as string[]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(message);
+  });
+
+  test("the help of each command names its options and environment variables", async () => {
+    const gc = await uploader(["gc", "--help"]);
+    expect(gc.code).toBe(0);
+    for (const flag of ["--cache", "--admin-token", "--dry-run", "--older-than", "--before", "--restart", "--json", "NIX_CACHE_ADMIN_TOKEN"]) expect(gc.stdout).toContain(flag);
+    for (const command of ["pin", "unpin", "pins"]) {
+      const r = await uploader([command, "--help"]);
+      expect(r.code).toBe(0);
+      expect(r.stdout).toContain(`Usage: uploader ${command}`);
+    }
+    const top = await uploader(["--help"]);
+    for (const command of ["gc", "pin", "unpin", "pins"]) expect(top.stdout).toMatch(new RegExp(`\\n  ${command}\\s`));
+  });
+});
