@@ -13,7 +13,14 @@ export async function runScheduled(env: WorkerEnv): Promise<void> {
     console.error("scheduled: the Worker's settings are wrong; nothing collected", err);
     return;
   }
-  const progress = await runGcBatch({ bucket: env.CACHE, settings: settings.gc, clock: Date.now }, { dryRun: false, trigger: "cron", onlyIfDue: true });
+  let progress;
+  try {
+    progress = await runGcBatch({ bucket: env.CACHE, settings: settings.gc, clock: Date.now }, { dryRun: false, trigger: "cron", onlyIfDue: true });
+  } catch (err) {
+    // The state in R2 is unchanged (or leased until the lease runs out): the next tick retries.
+    console.error("gc batch failed; the next tick retries", err);
+    return;
+  }
   if (progress.status === "idle") return;
   const t = progress.totals;
   console.log(

@@ -67,16 +67,15 @@ export function pathsToRefresh(present: readonly PresentPath[], staleBefore: num
 export async function refreshPaths(bucket: R2Bucket, hashes: readonly string[], now: number): Promise<number> {
   const done = await mapConcurrent(hashes, REFRESH_CONCURRENCY, async (hash) => {
     const key = narInfoKey(hash);
-    const stored = await getNarInfoObject(bucket, key);
-    if (stored === null) return false;
-    let meta: Record<string, string>;
     try {
-      meta = encodeNarInfoMeta(parseNarInfo(stored.text), now);
+      const stored = await getNarInfoObject(bucket, key);
+      if (stored === null) return false;
+      return await putNarInfoObject(bucket, key, stored.text, encodeNarInfoMeta(parseNarInfo(stored.text), now), { ifEtag: stored.etag });
     } catch (err) {
-      if (err instanceof NixFormatError) return false;
-      throw err;
+      // A refresh is a courtesy to retention: a failure must not fail the push asking.
+      if (!(err instanceof NixFormatError)) console.warn(`refresh of ${key} failed`, err);
+      return false;
     }
-    return putNarInfoObject(bucket, key, stored.text, meta, { ifEtag: stored.etag });
   });
   return done.filter(Boolean).length;
 }
