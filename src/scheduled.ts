@@ -1,11 +1,37 @@
 // The Worker's cron trigger (wrangler.toml [triggers]): every tick runs one bounded batch of
 // garbage collection (gc/collector.ts), which continues the collection in progress or starts
 // one when GC_INTERVAL_HOURS have passed since the last. An idle tick costs one R2 read.
+// Once an hour the tick instead aborts multipart uploads that nobody resumed for a day
+// (storage/multipart.ts), so abandoned parts stop costing storage before R2's own
+// seven-day expiry; each job keeps a whole invocation's budget to itself.
 
 import { settingsOf, type WorkerEnv } from "./env.ts";
 import { runGcBatch } from "./gc/collector.ts";
+import { abortStaleUploads } from "./storage/multipart.ts";
 
-export async function runScheduled(env: WorkerEnv): Promise<void> {
+/** The minute of each hour whose tick cleans up abandoned multipart uploads. */
+const MULTIPART_CLEANUP_MINUTE = 30;
+
+export async function runScheduled(env: WorkerEnv, scheduledTime: number = Date.now()): Promise<void> {
+  if (new Date(scheduledTime).getUTCMinutes() === MULTIPART_CLEANUP_MINUTE) {
+    await cleanUpMultipart(env, scheduledTime);
+    return;
+  }
+  await collectGarbage(env);
+}
+
+async function cleanUpMultipart(env: WorkerEnv, now: number): Promise<void> {
+  try {
+    const pass = await abortStaleUploads(env.CACHE, { now });
+    if (pass.aborted.length > 0 || pass.more) {
+      console.log(`multipart cleanup: aborted ${pass.aborted.length} abandoned uploads${pass.more ? "; more next hour" : ""}`);
+    }
+  } catch (err) {
+    console.error("multipart cleanup failed; the next hour retries", err);
+  }
+}
+
+async function collectGarbage(env: WorkerEnv): Promise<void> {
   let settings;
   try {
     settings = settingsOf(env);

@@ -289,7 +289,10 @@ describe("the cron trigger", () => {
     const p = await testPath("cron-old");
     await storePath(env.CACHE, p, Date.now() - 400 * DAY_MS);
     const ctx = createExecutionContext();
-    await worker.scheduled!({ scheduledTime: Date.now(), cron: "* * * * *", noRetry() {} } as ScheduledController, { ...env, GC_UPLOAD_WINDOW_SECONDS: "1" }, ctx);
+    // Any tick but the one at minute 30, which cleans up multipart uploads instead.
+    const tick = new Date();
+    tick.setUTCMinutes(5);
+    await worker.scheduled!({ scheduledTime: tick.getTime(), cron: "* * * * *", noRetry() {} } as ScheduledController, { ...env, GC_UPLOAD_WINDOW_SECONDS: "1" }, ctx);
     await waitOnExecutionContext(ctx);
     const state = parseState(await (await env.CACHE.get(STATE_KEY))!.text());
     expect(state.lastStartedAt).not.toBeNull();

@@ -15,6 +15,8 @@ import {
 } from "../../src/storage/multipart.ts";
 import { layoutFor } from "../../src/upload/part-layout.ts";
 import { keys } from "../helpers/worker.ts";
+import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test";
+import worker from "../../src/index.ts";
 
 const MiB = 1024 * 1024;
 
@@ -118,5 +120,25 @@ describe("abortStaleUploads", { timeout: 30_000 }, () => {
     await env.CACHE.put("multipart-not-ours", "x");
     await abortStaleUploads(env.CACHE, { now: Date.now() + 2 * MULTIPART_MAX_AGE_MS });
     expect(await keys()).toEqual(["multipart-not-ours", narKey(1)]);
+  });
+});
+
+describe("the cron trigger", { timeout: 30_000 }, () => {
+  const tickAt = (at: number, minute: number): number => {
+    const d = new Date(at);
+    d.setUTCMinutes(minute);
+    return d.getTime();
+  };
+
+  it("aborts abandoned uploads at minute 30 of the hour, and only then", async () => {
+    await begin(1);
+    const dayLater = Date.now() + MULTIPART_MAX_AGE_MS + 2 * 60 * 60_000;
+    for (const [minute, left] of [[5, 1], [30, 0]] as const) {
+      const ctx = createExecutionContext();
+      const controller = { scheduledTime: tickAt(dayLater, minute), cron: "* * * * *", noRetry() {} } as ScheduledController;
+      await worker.scheduled!(controller, { ...env, GC_RETENTION_DAYS: "off" }, ctx);
+      await waitOnExecutionContext(ctx);
+      expect((await keys()).filter((k) => k.startsWith("multipart/"))).toHaveLength(left);
+    }
   });
 });
