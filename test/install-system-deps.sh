@@ -3,6 +3,7 @@
 #   nix-bin    Debian's Nix 2.8, the real client the end-to-end tests push and substitute with
 #   zstd, xz   to check the uploader's compressed NARs with the reference tools
 #   chromium   a real headless browser that renders the landing page (test/e2e/landing.test.ts)
+#   python3-yaml  the YAML parser the workflow lint reads .github/workflows with
 # Runs before `npm test`; does nothing when everything is already there.
 set -euo pipefail
 
@@ -11,6 +12,7 @@ command -v nix-store >/dev/null 2>&1 || missing+=(nix-bin)
 command -v zstd >/dev/null 2>&1 || missing+=(zstd)
 command -v xz >/dev/null 2>&1 || missing+=(xz-utils)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+/usr/bin/python3 -c 'import yaml' >/dev/null 2>&1 || missing+=(python3-yaml)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "installing ${missing[*]} (needed by the end-to-end tests)" >&2
