@@ -269,3 +269,12 @@ export function narInfoHashPart(info: Pick<NarInfo, "storePath">): string {
   if (p === null) throw new NarInfoError("StorePath", `${JSON.stringify(info.storePath)} is not a valid ${STORE_DIR} path`);
   return p.hash;
 }
+
+/**
+ * The narinfo text with its URL line replaced and every other byte kept, so signatures and
+ * unknown fields stay exactly as written (URL is not signed). `text` must have passed
+ * parseNarInfo, which guarantees exactly one `URL: ` line.
+ */
+export function replaceNarInfoUrl(text: string, url: string): string {
+  return text.replace(/^URL: .*$/m, () => `URL: ${url}`);
+}

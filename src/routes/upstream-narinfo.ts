@@ -14,7 +14,8 @@ import { isPublicCache } from "../middleware/auth.ts";
 import type { BackgroundTasks } from "../storage/edge-cache.ts";
 import { SubrequestBudget } from "../upstream/budget.ts";
 import { lookupNarInfo, type LookupContext } from "../upstream/lookup.ts";
-import { clientNarUrl, withNarUrl } from "../upstream/nar-url.ts";
+import { clientNarUrl } from "../upstream/nar-url.ts";
+import { replaceNarInfoUrl } from "../nix/narinfo.ts";
 import { writeThroughEnabled } from "../upstream/settings.ts";
 import { writeThrough } from "../upstream/write-through.ts";
 
@@ -38,7 +39,7 @@ export async function serveUpstreamNarInfo(request: Request, env: WorkerEnv, ctx
     // The background copy awaits its own memo writes: it already runs inside waitUntil.
     ctx.waitUntil(writeThrough(hit, env.CACHE, { ...lookup, defer: undefined }));
   }
-  const body = withNarUrl(hit.text, clientNarUrl(hit.upstream, hit.nar));
+  const body = replaceNarInfoUrl(hit.text, clientNarUrl(hit.upstream, hit.nar));
   const headers = new Headers({
     "Content-Type": CONTENT_TYPE.narinfo,
     "Cache-Control": cacheControlOf("narinfo", !isPublicCache(env)),

@@ -54,14 +54,6 @@ export function clientNarUrl(upstream: Upstream, location: NarLocation): string 
   return location.kind === "proxied" ? `${UPSTREAM_ROUTE_PREFIX}${upstream.id}/${location.path}` : location.url;
 }
 
-/**
- * The narinfo text with its URL line replaced and every other byte kept, so signatures and
- * unknown fields reach the client exactly as the upstream wrote them. `text` must have
- * passed parseNarInfo, which guarantees exactly one URL line.
- */
-export function withNarUrl(text: string, url: string): string {
-  return text.replace(/^URL: .*$/m, () => `URL: ${url}`);
-}
 
 /** A request for a NAR of an upstream, parsed from `/upstream/<id>/nar/…`. */
 export interface ProxiedNar {

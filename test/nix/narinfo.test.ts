@@ -12,6 +12,7 @@ import {
   type NarInfo,
   narInfoHashPart,
   parseNarInfo,
+  replaceNarInfoUrl,
 } from "../../src/nix/narinfo.ts";
 import { NIX32_ALPHABET } from "../../src/nix/nix32.ts";
 import { parsePublicKey, verifyNarInfo } from "../../src/nix/signature.ts";
@@ -39,6 +40,18 @@ describe("narinfo fixtures round-trip byte for byte", () => {
   it("has the fixtures", () => expect(fixtures.length).toBeGreaterThanOrEqual(7));
   for (const [file, text] of fixtures) {
     it(file, () => expect(formatNarInfo(parseNarInfo(text))).toBe(text));
+  }
+});
+
+describe("replaceNarInfoUrl", () => {
+  for (const [file, text] of fixtures) {
+    it(`changes only the URL line of ${file}`, () => {
+      const url = "upstream/cache.example.org/nar/some-file.nar.zst?x=1";
+      const out = replaceNarInfoUrl(text, url);
+      expect(parseNarInfo(out)).toEqual({ ...parseNarInfo(text), url });
+      const changed = out.split("\n").filter((line, i) => line !== text.split("\n")[i]);
+      expect(changed).toEqual([`URL: ${url}`]);
+    });
   }
 });
 

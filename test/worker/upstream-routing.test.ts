@@ -9,7 +9,8 @@ import { afterEach, describe, expect, it } from "vitest";
 import { formatNarInfo } from "../../src/nix/narinfo.ts";
 import type { WorkerEnv } from "../../src/env.ts";
 import { judgeNarInfo } from "../../src/upstream/lookup.ts";
-import { clientNarUrl, locateNar, parseProxiedNar, withNarUrl } from "../../src/upstream/nar-url.ts";
+import { replaceNarInfoUrl } from "../../src/nix/narinfo.ts";
+import { clientNarUrl, locateNar, parseProxiedNar } from "../../src/upstream/nar-url.ts";
 import { parseAggregation, type Upstream } from "../../src/upstream/settings.ts";
 import { bytesOf, callWith, keys, push, signed, testPath, TEST_KEY } from "../helpers/worker.ts";
 
@@ -49,7 +50,7 @@ describe("pointing a narinfo's NAR through this cache", () => {
 
   it("replaces only the URL line, keeping every other byte (signatures, unknown fields, order)", () => {
     const text = `StorePath: /nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-x\nNarHash: sha256:${"1".repeat(52)}\nURL: nar/${FILE}\nFoo: bar\nNarSize: 1\nSig: k:${"A".repeat(86)}==\n`;
-    const out = withNarUrl(text, `upstream/cache.nixos.org/nar/${FILE}`);
+    const out = replaceNarInfoUrl(text, `upstream/cache.nixos.org/nar/${FILE}`);
     expect(out).toBe(text.replace(`URL: nar/${FILE}\n`, `URL: upstream/cache.nixos.org/nar/${FILE}\n`));
   });
 });
