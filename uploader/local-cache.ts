@@ -90,7 +90,18 @@ export async function ensureLocalSecrets(stateDir: string): Promise<LocalSecrets
   return secrets;
 }
 
-function usage(url: string, s: LocalSecrets): string {
+/**
+ * A netrc file with the write token, for `nix copy --to` (Nix sends HTTP Basic from netrc;
+ * the machine is the bare host, which is all curl matches). Rewritten on every start, so
+ * it always holds the current token; the user's own netrc is never touched.
+ */
+async function writeNetrc(stateDir: string, s: LocalSecrets): Promise<string> {
+  const file = join(stateDir, "netrc");
+  await writeFile(file, `machine 127.0.0.1 login nix password ${s.writeToken}\n`, { mode: 0o600 });
+  return file;
+}
+
+function usage(url: string, s: LocalSecrets, netrc: string): string {
   return `
 nix-edge-cache is starting on ${url}  (local R2 storage; Ctrl-C stops it)
 
@@ -101,9 +112,8 @@ nix-edge-cache is starting on ${url}  (local R2 storage; Ctrl-C stops it)
   Push with the uploader:
     npx uploader push ./result --cache ${url} --token ${s.writeToken}
 
-  Push with plain Nix (token as the password in a netrc file):
-    echo "machine 127.0.0.1 login nix password ${s.writeToken}" > ~/.config/nix/netrc
-    nix copy --to '${url}?compression=zstd' --option netrc-file ~/.config/nix/netrc ./result
+  Push with plain Nix (the token is the password in this netrc file):
+    nix copy --to '${url}?compression=zstd' --option netrc-file ${netrc} ./result
 
   Collect garbage, pin a closure (the admin token):
     npx uploader gc --dry-run --cache ${url} --admin-token ${s.adminToken}
@@ -133,7 +143,7 @@ async function main(): Promise<void> {
   const stateDir = resolve(values.state ?? join(PROJECT_ROOT, ".wrangler", "local-cache"));
   const secrets = await ensureLocalSecrets(stateDir);
   const url = `http://127.0.0.1:${port}`;
-  process.stderr.write(usage(url, secrets));
+  process.stderr.write(usage(url, secrets, await writeNetrc(stateDir, secrets)));
 
   const args = [
     "dev",

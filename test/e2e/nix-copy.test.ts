@@ -47,8 +47,8 @@ describe("nix copy and substitution against the local Worker", () => {
     expect(res.status).toBe(404);
   });
 
-  it("accepts nix copy --to of a closure through a netrc file", async () => {
-    const netrc = await nix.netrc(cache.token);
+  it("accepts nix copy --to of a closure through the netrc file npm start writes", async () => {
+    const netrc = join(cache.stateDir, "netrc");
     await runOk("nix", ["copy", "--to", `${cache.url}?compression=zstd`, closure.top, "--option", "netrc-file", netrc], {
       env: await nix.env(),
     });
