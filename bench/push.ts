@@ -6,13 +6,18 @@
 // medians are compared. The data: copies of a few system directories (many small files,
 // large binaries) and a generated file, added to the Nix store as separate paths.
 //
-// Usage: node bench/push.ts [--rounds N] [--jobs N]
+// With --rtt-ms N both tools reach the Worker through bench/latency-proxy.ts, which delays
+// every byte by N/2 ms each way: the round trips of a real network (e.g. 30 ms from a CI
+// runner to the nearest Cloudflare data centre), which loopback does not have.
+//
+// Usage: node bench/push.ts [--rounds N] [--jobs N] [--rtt-ms N]
 import { randomBytes } from "node:crypto";
 import { cp, lstat, mkdir, open, readdir, writeFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { LocalCache, NixClient, PROJECT_ROOT, runOk } from "../test/e2e/harness.ts";
+import { LatencyProxy } from "./latency-proxy.ts";
 
 const DEFAULT_ROUNDS = 3;
 /** A generated file with incompressible and compressible regions. */
@@ -44,32 +49,42 @@ async function timed(fn: () => Promise<unknown>): Promise<number> {
   return Number(process.hrtime.bigint() - start) / 1e9;
 }
 
-/** Seconds for `uploader push` of `paths` to a fresh local cache (start-up not timed). */
-async function pushWithUploader(paths: readonly string[], env: NodeJS.ProcessEnv, jobs: string | undefined): Promise<number> {
+/**
+ * A fresh local cache, reached directly or, with `rttMs` > 0, through a proxy that delays
+ * every byte by half that each way (the network between a CI runner and the edge).
+ */
+async function withCache<T>(rttMs: number, use: (url: string, cache: LocalCache) => Promise<T>): Promise<T> {
   const cache = await LocalCache.start();
+  const proxy = rttMs > 0 ? await LatencyProxy.start(Number(new URL(cache.url).port), rttMs / 2) : null;
   try {
-    const args = [join(PROJECT_ROOT, "uploader", "cli.ts"), "push", "--cache", cache.url, ...(jobs ? ["--jobs", jobs] : []), ...paths];
-    return await timed(() => runOk(process.execPath, args, { env: { ...env, NIX_CACHE_TOKEN: cache.token } }));
+    return await use(proxy ? `http://127.0.0.1:${proxy.port}` : cache.url, cache);
   } finally {
+    await proxy?.stop();
     await cache.stop();
   }
+}
+
+/** Seconds for `uploader push` of `paths` to a fresh local cache (start-up not timed). */
+function pushWithUploader(paths: readonly string[], env: NodeJS.ProcessEnv, jobs: string | undefined, rttMs: number): Promise<number> {
+  return withCache(rttMs, (url, cache) => {
+    const args = [join(PROJECT_ROOT, "uploader", "cli.ts"), "push", "--cache", url, ...(jobs ? ["--jobs", jobs] : []), ...paths];
+    return timed(() => runOk(process.execPath, args, { env: { ...env, NIX_CACHE_TOKEN: cache.token } }));
+  });
 }
 
 /** Seconds for `nix copy --to` of `paths` to a fresh local cache (start-up not timed). */
-async function pushWithNixCopy(paths: readonly string[], nix: NixClient): Promise<number> {
-  const cache = await LocalCache.start();
-  try {
+function pushWithNixCopy(paths: readonly string[], nix: NixClient, rttMs: number): Promise<number> {
+  return withCache(rttMs, async (url, cache) => {
     const netrc = await nix.netrc(cache.token);
     const env = await nix.env();
-    const args = ["copy", "--to", `${cache.url}?compression=zstd`, "--option", "netrc-file", netrc, ...paths];
-    return await timed(() => runOk("nix", args, { env }));
-  } finally {
-    await cache.stop();
-  }
+    const args = ["copy", "--to", `${url}?compression=zstd`, "--option", "netrc-file", netrc, ...paths];
+    return timed(() => runOk("nix", args, { env }));
+  });
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { rounds: { type: "string" }, jobs: { type: "string" } } });
+  const { values } = parseArgs({ options: { rounds: { type: "string" }, jobs: { type: "string" }, "rtt-ms": { type: "string" } } });
+  const rttMs = values["rtt-ms"] ? Number(values["rtt-ms"]) : 0;
   const rounds = values.rounds ? Number(values.rounds) : DEFAULT_ROUNDS;
   const nix = await NixClient.create();
   try {
@@ -97,7 +112,7 @@ async function main(): Promise<void> {
     large.push((await runOk("nix-store", ["--add", gen], { env })).trim());
 
     console.log(`uploader push (-j ${values.jobs ?? "default"}) vs nix copy --to 'http://…?compression=zstd', each to a`);
-    console.log(`fresh local Worker (npm start); ${rounds} alternating rounds per scenario, medians\n`);
+    console.log(`fresh local Worker (npm start)${rttMs > 0 ? `, through a proxy adding ${rttMs} ms of round-trip time` : ""}; ${rounds} alternating rounds per scenario, medians\n`);
     const summary: string[] = [];
     for (const [label, paths] of [
       ["many small paths", small],
@@ -112,8 +127,8 @@ async function main(): Promise<void> {
       const ours: number[] = [];
       const theirs: number[] = [];
       for (let round = 0; round < rounds; round++) {
-        ours.push(await pushWithUploader(paths, env, values.jobs));
-        theirs.push(await pushWithNixCopy(paths, nix));
+        ours.push(await pushWithUploader(paths, env, values.jobs, rttMs));
+        theirs.push(await pushWithNixCopy(paths, nix, rttMs));
         console.log(`  round ${round + 1}: uploader ${ours.at(-1)!.toFixed(2)} s, nix copy ${theirs.at(-1)!.toFixed(2)} s`);
       }
       const [o, t] = [median(ours), median(theirs)];
