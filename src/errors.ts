@@ -79,7 +79,11 @@ function extraHeaders(kind: ErrorKind): Record<string, string> {
   }
 }
 
-/** JSON error body `{"error": "..."}`; never cached, since most errors are transient. */
+/**
+ * JSON error body `{"error": "..."}`; never cached, since most errors are transient. That
+ * includes 404: the typical miss is `nix copy` asking for a narinfo it is about to upload,
+ * and Nix itself already remembers misses for an hour.
+ */
 export function errorResponse(kind: ErrorKind, message: string): Response {
   return new Response(JSON.stringify({ error: message }) + "\n", {
     status: statusOf(kind),

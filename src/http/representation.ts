@@ -50,12 +50,6 @@ const DOCUMENT_SECONDS = 300;
 const CACHE_INFO_SECONDS = 3600;
 
 /**
- * Absent objects must not be remembered anywhere: the typical miss is `nix copy` asking
- * for a narinfo it is about to upload, and Nix itself already caches misses for an hour.
- */
-export const NOT_FOUND_CACHE_CONTROL = "no-store";
-
-/**
  * Cache-Control for a stored object. A private cache (READ_TOKEN set) says `private`, so
  * no shared cache stores a response that needed credentials.
  */

@@ -24,7 +24,11 @@ import { mapConcurrent } from "../concurrency.ts";
  */
 export const R2_CONCURRENCY = 6;
 
-function unavailable(err: unknown): never {
+/**
+ * Turns an R2 failure into the one `storage_unavailable` error (503 with Retry-After), so
+ * clients retry instead of treating the cache as broken; the cause goes to the log only.
+ */
+export function storageUnavailable(err: unknown): never {
   console.error("R2 operation failed", err);
   throw fail("storage_unavailable", "the storage backend failed; try again shortly");
 }
@@ -34,7 +38,7 @@ export async function headObject(bucket: R2Bucket, key: string): Promise<R2Objec
   try {
     return await bucket.head(key);
   } catch (err) {
-    return unavailable(err);
+    return storageUnavailable(err);
   }
 }
 
@@ -43,18 +47,7 @@ export async function getObject(bucket: R2Bucket, key: string, range?: { offset:
   try {
     return await bucket.get(key, range === undefined ? undefined : { range });
   } catch (err) {
-    return unavailable(err);
-  }
-}
-
-/** A small text object with its etag, or null when absent. */
-export async function getText(bucket: R2Bucket, key: string): Promise<{ text: string; etag: string } | null> {
-  const obj = await getObject(bucket, key);
-  if (obj === null) return null;
-  try {
-    return { text: await obj.text(), etag: obj.etag };
-  } catch (err) {
-    return unavailable(err);
+    return storageUnavailable(err);
   }
 }
 
@@ -111,7 +104,7 @@ export async function putStream(bucket: R2Bucket, key: string, body: ReadableStr
       if (put.absentBefore === true) await bucket.delete(key).catch(() => {});
       throw fail("bad_request", `the body did not have exactly its Content-Length of ${put.length} bytes; nothing was stored`);
     }
-    return unavailable(err);
+    return storageUnavailable(err);
   }
   await piping;
 }
@@ -135,6 +128,6 @@ export async function putDocument(
     });
     return result !== null;
   } catch (err) {
-    return unavailable(err);
+    return storageUnavailable(err);
   }
 }

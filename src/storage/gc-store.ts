@@ -14,7 +14,7 @@
 // layouts), so none of this can be read or written over HTTP. Listings of narinfos use the
 // delimiter "/" so that `nar/`, `log/` and `_gc/` collapse into single prefixes.
 
-import { fail } from "../errors.ts";
+import { storageUnavailable } from "./bucket.ts";
 
 export const GC_PREFIX = "_gc/";
 export const STATE_KEY = `${GC_PREFIX}state.json`;
@@ -46,11 +46,6 @@ export interface ListPage {
   cursor: string | null;
 }
 
-function unavailable(err: unknown): never {
-  console.error("R2 operation failed", err);
-  throw fail("storage_unavailable", "the storage backend failed; try again shortly");
-}
-
 function page(result: R2Objects): ListPage {
   return {
     objects: result.objects.map((o) => ({ key: o.key, size: o.size, uploaded: o.uploaded.getTime(), customMetadata: o.customMetadata })),
@@ -66,7 +61,7 @@ export async function listTopLevel(bucket: R2Bucket, cursor: string | null, limi
   try {
     return page(await bucket.list({ delimiter: "/", include: ["customMetadata"], limit, ...(cursor === null ? {} : { cursor }) }));
   } catch (err) {
-    return unavailable(err);
+    return storageUnavailable(err);
   }
 }
 
@@ -75,7 +70,7 @@ export async function listPrefix(bucket: R2Bucket, prefix: string, cursor: strin
   try {
     return page(await bucket.list({ prefix, limit, ...(cursor === null ? {} : { cursor }) }));
   } catch (err) {
-    return unavailable(err);
+    return storageUnavailable(err);
   }
 }
 
@@ -84,7 +79,7 @@ export async function headKey(bucket: R2Bucket, key: string): Promise<R2Object |
   try {
     return await bucket.head(key);
   } catch (err) {
-    return unavailable(err);
+    return storageUnavailable(err);
   }
 }
 
@@ -95,7 +90,7 @@ export async function getTextObject(bucket: R2Bucket, key: string): Promise<{ te
     if (obj === null) return null;
     return { text: await obj.text(), etag: obj.etag };
   } catch (err) {
-    return unavailable(err);
+    return storageUnavailable(err);
   }
 }
 
@@ -105,7 +100,7 @@ export async function getBinaryObject(bucket: R2Bucket, key: string): Promise<Ar
     const obj = await bucket.get(key);
     return obj === null ? null : await obj.arrayBuffer();
   } catch (err) {
-    return unavailable(err);
+    return storageUnavailable(err);
   }
 }
 
@@ -125,7 +120,7 @@ export async function putGcObject(
     const result = await bucket.put(key, body, onlyIf === undefined ? {} : { onlyIf });
     return result === null ? null : result.etag;
   } catch (err) {
-    return unavailable(err);
+    return storageUnavailable(err);
   }
 }
 
@@ -136,6 +131,6 @@ export async function deleteKeys(bucket: R2Bucket, keys: readonly string[]): Pro
   try {
     await bucket.delete([...keys]);
   } catch (err) {
-    unavailable(err);
+    storageUnavailable(err);
   }
 }

@@ -44,7 +44,7 @@ export const NAR_PREFIX = "nar/";
 
 const N32 = `[${NIX32_ALPHABET}]`;
 const NAR_FILE = new RegExp(`^(${N32}{52})\\.nar(${NAR_EXTENSIONS.map((e) => e.replace(".", "\\.")).join("|")})?$`);
-const NARINFO_FILE = new RegExp(`^(${N32}{32})\\.narinfo$`);
+const NARINFO_FILE = new RegExp(`^${N32}{32}\\.narinfo$`);
 const LISTING_FILE = new RegExp(`^(${N32}{32})\\.ls$`);
 // Derivation output names follow the store path name rules (they end up in path names).
 const OUTPUT_NAME = /^(?!\.\.?(-|$))[0-9A-Za-z+\-._?=]{1,211}$/;
@@ -74,11 +74,6 @@ export function parseNarFileName(fileName: string): NarFileName | null {
   const m = NAR_FILE.exec(fileName);
   if (m === null) return null;
   return { fileHash: m[1]!, extension: m[2] ?? "" };
-}
-
-/** The hash part of a `<hash32>.narinfo` file name; null for anything else. */
-export function parseNarInfoFileName(fileName: string): string | null {
-  return NARINFO_FILE.exec(fileName)?.[1] ?? null;
 }
 
 function isDrvBaseName(s: string): boolean {

@@ -30,7 +30,7 @@
 import { fail } from "../errors.ts";
 import { CONTENT_TYPE } from "../http/representation.ts";
 import type { PartLayout } from "../upload/part-layout.ts";
-import { headObject } from "./bucket.ts";
+import { headObject, storageUnavailable } from "./bucket.ts";
 import { MULTIPART_PREFIX, multipartDir } from "./keys.ts";
 
 /** What completion checks: part sizes only (free), or also the sha256 (a copy through R2). */
@@ -100,16 +100,11 @@ function messageOf(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
-function unavailable(err: unknown): never {
-  console.error("R2 multipart operation failed", err);
-  throw fail("storage_unavailable", "the storage backend failed; try again shortly");
-}
-
 async function r2<T>(op: () => Promise<T>): Promise<T> {
   try {
     return await op();
   } catch (err) {
-    return unavailable(err);
+    return storageUnavailable(err);
   }
 }
 
@@ -211,7 +206,7 @@ export async function receivePart(
     if (pipeFailed || LENGTH_MISMATCH.test(message)) {
       throw fail("bad_request", `the part did not have exactly its Content-Length of ${length} bytes; it was not stored`);
     }
-    return unavailable(err);
+    return storageUnavailable(err);
   }
   await piping;
   await r2(() =>
@@ -241,7 +236,7 @@ export async function finishUpload(bucket: R2Bucket, upload: TrackedUpload, part
     if (PART_RULES.test(message)) {
       throw fail("bad_request", "R2 refused to assemble the parts (every part but the last must be the same size, of at least 5 MiB)");
     }
-    if (!NO_SUCH_UPLOAD.test(message)) return unavailable(err);
+    if (!NO_SUCH_UPLOAD.test(message)) return storageUnavailable(err);
     // Completed by a concurrent or retried request (then the object is there), or gone.
     const done = await headObject(bucket, upload.target);
     if (done === null || done.size !== upload.size) {
@@ -263,7 +258,7 @@ export async function finishUpload(bucket: R2Bucket, upload: TrackedUpload, part
       // R2 reads the staged object's stream and checks its sha256 itself: no hashing here.
       await bucket.put(upload.narKey, staged.body, { sha256: sha256Hex, httpMetadata: { contentType: CONTENT_TYPE.nar } });
     } catch (err) {
-      if (!CHECKSUM_MISMATCH.test(messageOf(err))) return unavailable(err);
+      if (!CHECKSUM_MISMATCH.test(messageOf(err))) return storageUnavailable(err);
       await deleteDir(bucket, upload.narKey);
       throw fail("bad_request", "the uploaded parts do not hash to the sha256 in the NAR's name (MULTIPART_VERIFY=sha256); nothing was stored, upload it again");
     }

@@ -90,11 +90,6 @@ export function decodeNarInfoMeta(meta: Record<string, string> | undefined): Nar
   };
 }
 
-/** The same metadata with another push time (a refresh). */
-export function withPushTime(meta: Record<string, string>, pushed: number): Record<string, string> {
-  return { ...meta, p: String(Math.floor(pushed)) };
-}
-
 // Cheap accessors for the collector, which reads the metadata of every narinfo of the bucket
 // and needs most fields only for some of them. Each returns null unless the metadata has
 // this layout and the field is well-formed.

@@ -4,9 +4,8 @@
 // its push time with a conditional rewrite of the same bytes.
 
 import { mapConcurrent } from "../concurrency.ts";
-import { fail } from "../errors.ts";
 import { CONTENT_TYPE } from "../http/representation.ts";
-import { getObject, headObject, R2_CONCURRENCY } from "./bucket.ts";
+import { getObject, headObject, R2_CONCURRENCY, storageUnavailable } from "./bucket.ts";
 
 /** A stored narinfo: its text, etag (for conditional rewrites) and metadata. */
 export interface StoredNarInfo {
@@ -16,11 +15,6 @@ export interface StoredNarInfo {
   customMetadata: Record<string, string>;
 }
 
-function unavailable(err: unknown): never {
-  console.error("R2 operation failed", err);
-  throw fail("storage_unavailable", "the storage backend failed; try again shortly");
-}
-
 /** The narinfo at `key` with its metadata, or null when absent. */
 export async function getNarInfoObject(bucket: R2Bucket, key: string): Promise<StoredNarInfo | null> {
   const obj = await getObject(bucket, key);
@@ -28,7 +22,7 @@ export async function getNarInfoObject(bucket: R2Bucket, key: string): Promise<S
   try {
     return { text: await obj.text(), etag: obj.etag, uploaded: obj.uploaded.getTime(), customMetadata: obj.customMetadata ?? {} };
   } catch (err) {
-    return unavailable(err);
+    return storageUnavailable(err);
   }
 }
 
@@ -53,7 +47,7 @@ export async function putNarInfoObject(
     });
     return result !== null;
   } catch (err) {
-    return unavailable(err);
+    return storageUnavailable(err);
   }
 }
 
