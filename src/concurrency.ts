@@ -1,5 +1,8 @@
-// Bounded parallelism for batches of I/O (R2 HEADs, upstream checks): Workers allow only a
-// few simultaneous connections per request, so batches run through a fixed pool.
+// Bounded parallelism for batches of I/O, runtime-neutral (Web APIs only), shared by the
+// Worker (R2 HEADs, upstream checks: Workers allow only a few simultaneous connections per
+// request) and the uploader (paths, parts and existence checks in flight). Items start in
+// list order, which the uploader's push relies on: paths are listed references first, so a
+// path only ever waits for paths that have already started.
 
 /**
  * Maps `fn` over `items` with at most `limit` calls in flight; results keep input order.

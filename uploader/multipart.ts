@@ -16,7 +16,7 @@
 // to reuse; the Worker aborts uploads nobody finishes after a day.
 import { createReadStream } from "node:fs";
 import { Transform, pipeline, type Readable } from "node:stream";
-import { forEachLimited } from "./concurrency.ts";
+import { mapConcurrent } from "../src/concurrency.ts";
 import { AuthError, HttpError, UploaderError, EXIT_CACHE } from "./errors.ts";
 import type { HttpClient } from "./http.ts";
 import { READ_CHUNK_BYTES } from "./nar-writer.ts";
@@ -102,7 +102,7 @@ export async function uploadInParts(http: HttpClient, key: string, file: string,
   let sent = 0;
   let done = have.size;
   try {
-    await forEachLimited(todo, MULTIPART_CONCURRENCY, async (n) => {
+    await mapConcurrent(todo, MULTIPART_CONCURRENCY, async (n) => {
       const offset = (n - 1) * start.partSize;
       const length = Math.min(start.partSize, start.size - offset);
       await http.request({

@@ -11,7 +11,7 @@
 // references are all there. A rejected token stops the push: every later request would
 // fail the same way.
 import { rm } from "node:fs/promises";
-import { forEachLimited } from "./concurrency.ts";
+import { mapConcurrent } from "../src/concurrency.ts";
 import { AuthError, messageOf } from "./errors.ts";
 import type { PushPlan } from "./plan.ts";
 import { summarise, type PathReport, type Progress, type PushSummary } from "./progress.ts";
@@ -75,7 +75,7 @@ export async function executePlan(plan: PushPlan, settings: PushSettings): Promi
   };
 
   progress.begin(plan.toUpload.length);
-  await forEachLimited(plan.toUpload, Math.max(1, settings.jobs), async (info) => {
+  await mapConcurrent(plan.toUpload, Math.max(1, settings.jobs), async (info) => {
     const r = await uploadOne(info);
     if (r.outcome !== "uploaded") failed.add(info.path);
     committed.get(info.path)!.resolve(r.outcome === "uploaded");

@@ -3,7 +3,7 @@
 // (PROTOCOL.md §5.6); the batch query is the Worker's own `POST /_api/v1/missing`.
 import type { Readable } from "node:stream";
 import { HttpError, UploaderError, EXIT_CACHE } from "./errors.ts";
-import { forEachLimited } from "./concurrency.ts";
+import { mapConcurrent } from "../src/concurrency.ts";
 import type { HttpClient } from "./http.ts";
 
 /** The Worker answers at most this many hashes per missing query (its MAX_MISSING_BATCH). */
@@ -35,7 +35,7 @@ export class RemoteCache {
     for (let i = 0; i < hashParts.length; i += MISSING_BATCH) chunks.push(hashParts.slice(i, i + MISSING_BATCH));
     const missing = new Set<string>();
     try {
-      await forEachLimited(chunks, MISSING_CONCURRENCY, async (chunk) => {
+      await mapConcurrent(chunks, MISSING_CONCURRENCY, async (chunk) => {
         for (const hash of await this.#missingBatch(chunk)) missing.add(hash);
       });
     } catch (err) {
@@ -111,7 +111,7 @@ export class RemoteCache {
 
   async #missingByHead(hashParts: readonly string[]): Promise<Set<string>> {
     const missing = new Set<string>();
-    await forEachLimited(hashParts, HEAD_CONCURRENCY, async (hash) => {
+    await mapConcurrent(hashParts, HEAD_CONCURRENCY, async (hash) => {
       if (!(await this.has(`${hash}.narinfo`))) missing.add(hash);
     });
     return missing;
