@@ -69,8 +69,8 @@ export interface Settings {
   trustedKeys: PublicKey[];
   /** Base URLs (no trailing slash) of caches whose paths count as present. */
   upstreams: string[];
-  /** Every accepted write token (at least one). */
-  writeTokens: string[];
+  /** Every accepted write token (at least one), with the name of its secret. */
+  writeTokens: WriteToken[];
   /** Token needed for reads, or null for a public cache. */
   readToken: string | null;
   /** Key the Worker signs stored narinfos with, or null. */
@@ -85,6 +85,13 @@ export interface Settings {
   adminToken: string | null;
   /** Retention and garbage collection (gc/settings.ts). */
   gc: GcSettings;
+}
+
+/** A write token and the secret it came from (`WRITE_TOKEN` or `WRITE_TOKEN_<name>`). */
+export interface WriteToken {
+  /** The secret's name: who wrote, in multipart ownership, logs and error messages. */
+  name: string;
+  token: string;
 }
 
 const parsed = new WeakMap<object, Settings>();
@@ -144,12 +151,12 @@ function parseUpstreams(value: string | undefined): string[] {
   });
 }
 
-function parseWriteTokens(env: WorkerEnv): string[] {
-  const tokens: string[] = [];
+function parseWriteTokens(env: WorkerEnv): WriteToken[] {
+  const tokens: WriteToken[] = [];
   for (const [name, value] of Object.entries(env)) {
     if (name !== "WRITE_TOKEN" && !name.startsWith(WRITE_TOKEN_PREFIX)) continue;
     const token = typeof value === "string" ? secret(value) : null;
-    if (token !== null) tokens.push(token);
+    if (token !== null) tokens.push({ name, token });
   }
   if (tokens.length === 0) {
     throw fail("misconfigured", "no write token is configured: set WRITE_TOKEN (wrangler secret put WRITE_TOKEN)");

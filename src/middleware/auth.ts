@@ -11,6 +11,8 @@
 // Missing, malformed or wrong credentials all get the same 401 with a Basic challenge.
 // ADMIN_TOKEN, when set, is the only token that runs garbage collection and changes pins
 // (both decide what gets deleted); it is not a write token. Listing pins takes either.
+// requireWrite records which write token it was (the name of its secret) as the request's
+// `writer`, so that what one token starts (a multipart upload) only that token continues.
 
 import type { MiddlewareHandler } from "hono";
 import { fromBase64 } from "../nix/encoding.ts";
@@ -57,33 +59,49 @@ async function digest(s: string): Promise<Uint8Array> {
   return new Uint8Array(await crypto.subtle.digest("SHA-256", ENCODER.encode(s)));
 }
 
-/** True when `token` equals one of `valid`; constant time in the token's content. */
-export async function tokenMatches(token: string, valid: readonly string[]): Promise<boolean> {
+/**
+ * The index in `valid` of the token equal to `token`, or -1; constant time in the token's
+ * content (every candidate is compared in full, whichever matches).
+ */
+export async function matchingToken(token: string, valid: readonly string[]): Promise<number> {
   const presented = await digest(token);
-  let matched = 0;
-  for (const candidate of valid) {
-    const expected = await digest(candidate);
+  let matched = -1;
+  for (let n = 0; n < valid.length; n++) {
+    const expected = await digest(valid[n]!);
     let diff = 0;
     for (let i = 0; i < expected.length; i++) diff |= expected[i]! ^ presented[i]!;
     // (diff - 1) >>> 31 is 1 exactly when diff is 0, without a data-dependent branch.
-    matched |= (diff - 1) >>> 31;
+    const equal = (diff - 1) >>> 31;
+    matched = equal === 1 ? n : matched;
   }
-  return matched === 1;
+  return matched;
 }
 
-function tokensFor(access: Access, settings: Settings): string[] | null {
+/** True when `token` equals one of `valid`; constant time in the token's content. */
+export async function tokenMatches(token: string, valid: readonly string[]): Promise<boolean> {
+  return (await matchingToken(token, valid)) >= 0;
+}
+
+const ADMIN = "ADMIN_TOKEN";
+const READ = "READ_TOKEN";
+
+/** The tokens allowed `access`, named after their secrets; null when no token is needed. */
+function tokensFor(access: Access, settings: Settings): Array<{ name: string; token: string }> | null {
   if (access === "write") return settings.writeTokens;
-  const admin = settings.adminToken === null ? [] : [settings.adminToken];
+  const admin = settings.adminToken === null ? [] : [{ name: ADMIN, token: settings.adminToken }];
   if (access === "admin") return admin;
   if (access === "manage") return [...settings.writeTokens, ...admin];
   if (settings.readToken === null) return null; // a public cache: reads need nothing
-  return [settings.readToken, ...settings.writeTokens];
+  return [{ name: READ, token: settings.readToken }, ...settings.writeTokens];
 }
 
-/** Throws `unauthorized` unless the request may perform `access`. */
-export async function authorise(request: Request, env: WorkerEnv, access: Access): Promise<void> {
+/**
+ * Throws `unauthorized` unless the request may perform `access`; returns the name of the
+ * secret whose token it presented (null when none is needed).
+ */
+export async function authorise(request: Request, env: WorkerEnv, access: Access): Promise<string | null> {
   const valid = tokensFor(access, settingsOf(env));
-  if (valid === null) return;
+  if (valid === null) return null;
   if (valid.length === 0) {
     throw fail("unauthorized", "garbage collection and pins need ADMIN_TOKEN, which this cache does not set (wrangler secret put ADMIN_TOKEN)");
   }
@@ -91,14 +109,26 @@ export async function authorise(request: Request, env: WorkerEnv, access: Access
   if (token === null) {
     throw fail("unauthorized", `${WHAT_NEEDS[access]} need a token: Authorization: Bearer <token>, or HTTP Basic with the token as password (a netrc entry for Nix)`);
   }
-  if (!(await tokenMatches(token, valid))) throw fail("unauthorized", "the token is not valid for this cache");
+  const index = await matchingToken(token, valid.map((t) => t.token));
+  if (index < 0) throw fail("unauthorized", "the token is not valid for this cache");
+  return valid[index]!.name;
 }
 
-/** Middleware: the request needs a write token. */
+/** The write token (its secret's name) requireWrite admitted, per request. */
+const writers = new WeakMap<Request, string>();
+
+/** Middleware: the request needs a write token; records which one (writerOf). */
 export const requireWrite: MiddlewareHandler<{ Bindings: WorkerEnv }> = async (c, next) => {
-  await authorise(c.req.raw, c.env, "write");
+  writers.set(c.req.raw, (await authorise(c.req.raw, c.env, "write"))!);
   await next();
 };
+
+/** The name of the write token's secret (`WRITE_TOKEN`, `WRITE_TOKEN_CI`…) behind a request requireWrite admitted. */
+export function writerOf(request: Request): string {
+  const writer = writers.get(request);
+  if (writer === undefined) throw new Error("writerOf: the route does not use requireWrite");
+  return writer;
+}
 
 /** Middleware: the request needs ADMIN_TOKEN. */
 export const requireAdmin: MiddlewareHandler<{ Bindings: WorkerEnv }> = async (c, next) => {

@@ -1,7 +1,7 @@
 // Token authentication: Bearer and Basic, several write tokens, optional read token.
 import { reset } from "cloudflare:test";
 import { afterEach, describe, expect, it } from "vitest";
-import { presentedToken, tokenMatches } from "../../src/middleware/auth.ts";
+import { matchingToken, presentedToken, tokenMatches } from "../../src/middleware/auth.ts";
 import { toBase64, utf8 } from "../../src/nix/encoding.ts";
 import { basic, bearer, call, callWith, NAR_VECTORS, putNar, testPath, TEST_SECOND_WRITE_TOKEN, TEST_WRITE_TOKEN } from "../helpers/worker.ts";
 
@@ -33,6 +33,16 @@ describe("presentedToken", () => {
     ["Bearer a b"],
   ])("%o is no token", (header) => {
     expect(presentedToken(header)).toBeNull();
+  });
+});
+
+describe("matchingToken", () => {
+  it("names which token matched, or -1", async () => {
+    expect(await matchingToken("b", ["a", "b", "c"])).toBe(1);
+    expect(await matchingToken("c", ["a", "b", "c"])).toBe(2);
+    expect(await matchingToken("a", ["a"])).toBe(0);
+    expect(await matchingToken("x", ["a", "b"])).toBe(-1);
+    expect(await matchingToken("a", [])).toBe(-1);
   });
 });
 
