@@ -9,17 +9,21 @@
 //     narinfo to the stored NAR (the Worker never reads NAR bytes). FileHash, when present,
 //     is the name's hash; with Compression none the file is the NAR, so FileSize must equal
 //     NarSize and FileHash NarHash;
+//   - its Sig lines within the bounds of upload/signatures.ts (how many, how long, one per
+//     key name), so that verifying them costs at most one check per trusted key;
 //   - with TRUSTED_PUBLIC_KEYS set, a valid signature by one of them.
 // Then the cache (R2 operations, within the free plan's per-request budget):
 //   - the NAR is stored and has FileSize bytes;
 //   - every reference other than the path itself is in the cache or served upstream
-//     (UPSTREAM_CACHES, or AGGREGATE_UPSTREAMS, whose paths clients get through this cache).
-// Finally, with SIGNING_KEY set, the Worker adds its own signature.
+//     (UPSTREAM_CACHES, or AGGREGATE_UPSTREAMS, whose paths clients get through this cache)
+//     as that exact store path: hash part and name (upload/references.ts).
+// Finally, with SIGNING_KEY set, the Worker adds its own signature, replacing any Sig the
+// upload claims under the Worker's key name (the Worker alone signs with its key).
 
 import { NixFormatError } from "../nix/errors.ts";
 import { normaliseSha256 } from "../nix/hash.ts";
 import type { NarInfo } from "../nix/narinfo.ts";
-import { signNarInfo, verifyNarInfo, withSignature } from "../nix/signature.ts";
+import { signNarInfo, verifyNarInfo } from "../nix/signature.ts";
 import { parseStorePath, storePathBaseName } from "../nix/store-path.ts";
 import type { Settings } from "../env.ts";
 import { fail } from "../errors.ts";
@@ -27,6 +31,7 @@ import { headObject } from "../storage/bucket.ts";
 import { narKey, NAR_PREFIX, parseNarFileName } from "../storage/keys.ts";
 import { referenceCaches } from "../upstream/settings.ts";
 import { missingReferences, missingReferencesMessage } from "./references.ts";
+import { checkSignatures, replaceOwnSignature } from "./signatures.ts";
 
 /** File extension Nix gives each compression method; methods not listed get none. */
 const EXTENSION_OF_METHOD: Readonly<Record<string, string>> = {
@@ -81,6 +86,7 @@ export function checkDocument(info: NarInfo, hashPart: string): string {
       throw fail("bad_request", "with Compression none, FileHash must equal NarHash");
     }
   }
+  checkSignatures(info.sigs, info.storePath);
   return narKey(info.url.slice(NAR_PREFIX.length));
 }
 
@@ -109,5 +115,6 @@ export async function acceptNarInfo(info: NarInfo, hashPart: string, bucket: R2B
   if (missing.length > 0) throw fail("unprocessable", missingReferencesMessage(missing, caches));
 
   if (settings.signingKey === null) return info;
-  return withSignature(info, await signNarInfo(info, settings.signingKey));
+  const own = await signNarInfo(info, settings.signingKey);
+  return { ...info, sigs: replaceOwnSignature(info.sigs, settings.signingKey.name, own) };
 }

@@ -5,8 +5,13 @@
 //     compression, deriver, CA and other fields,
 //     and only signatures differ                → store the union of both Sig sets (204),
 //                                                 which is how `nix store sign` and a second
-//                                                 signer add signatures (PROTOCOL §4.3)
+//                                                 signer add signatures (PROTOCOL §4.3),
+//                                                 within the bounds of upload/signatures.ts
 //   - anything else differs                     → 409 naming the first differing field
+//   - the stored document cannot be read        → 409: what this cache cannot read it
+//                                                 cannot compare, so it never replaces it
+// Every document written stays within MAX_NARINFO_LENGTH, the limit the Worker's own parser
+// (and garbage collection) reads: an upload that would pass it is refused with 413.
 // Writes are conditional on what was read (R2 onlyIf), so two racing uploads cannot both
 // win; the loser re-reads once and is judged against the winner.
 // Every write carries the narinfo's GC metadata (storage/narinfo-meta.ts: push time,
@@ -16,12 +21,12 @@
 
 import { NixFormatError } from "../nix/errors.ts";
 import { normaliseSha256 } from "../nix/hash.ts";
-import { formatNarInfo, parseNarInfo, type NarInfo } from "../nix/narinfo.ts";
-import { withSignature } from "../nix/signature.ts";
+import { formatNarInfo, MAX_NARINFO_LENGTH, parseNarInfo, type NarInfo } from "../nix/narinfo.ts";
 import { fail } from "../errors.ts";
 import { encodeNarInfoMeta, decodeNarInfoMeta } from "../storage/narinfo-meta.ts";
 import { getNarInfoObject, putNarInfoObject } from "../storage/narinfo-object.ts";
 import { openGateAndRecheck, type UploadGate } from "../gc/upload-gate.ts";
+import { checkSignatures, mergeSignatures } from "./signatures.ts";
 
 export type StoreOutcome = "created" | "unchanged" | "merged";
 
@@ -66,27 +71,38 @@ export function differingField(a: NarInfo, b: NarInfo): string | null {
 
 type Decision = { write: false; outcome: StoreOutcome } | { write: true; text: string; outcome: StoreOutcome };
 
+/** The text to store for `info`; 413 past what the Worker itself parses. */
+function boundedText(info: NarInfo): string {
+  const text = formatNarInfo(info);
+  if (text.length > MAX_NARINFO_LENGTH) {
+    throw fail("payload_too_large", `the narinfo of ${info.storePath} would be ${text.length} characters; this cache stores at most ${MAX_NARINFO_LENGTH}`);
+  }
+  return text;
+}
+
 /** What to do given the stored narinfo (null when none) and the accepted upload. */
 export function decide(stored: string | null, incoming: NarInfo): Decision {
-  const text = formatNarInfo(incoming);
-  if (stored === null) return { write: true, text, outcome: "created" };
-  if (stored === text) return { write: false, outcome: "unchanged" };
+  checkSignatures(incoming.sigs, incoming.storePath);
+  if (stored === null) return { write: true, text: boundedText(incoming), outcome: "created" };
+  if (stored === formatNarInfo(incoming)) return { write: false, outcome: "unchanged" };
   let current: NarInfo;
   try {
     current = parseNarInfo(stored);
   } catch (e) {
-    // Stored before the core's rules got stricter: the valid upload replaces it.
-    if (e instanceof NixFormatError) return { write: true, text, outcome: "merged" };
+    // Not written by this version (another tool, or rules since made stricter). What cannot
+    // be compared cannot be shown to be the same path: it stays, and so does the conflict.
+    if (e instanceof NixFormatError) {
+      throw fail("conflict", `the narinfo stored for ${incoming.storePath} cannot be read by this cache (${e.message}); it is kept as it is: an admin can delete it, then push again`);
+    }
     throw e;
   }
   const field = differingField(current, incoming);
   if (field !== null) {
     throw fail("conflict", `a different narinfo is already stored for ${incoming.storePath} (${field} differs); stored paths are immutable`);
   }
-  const merged = incoming.sigs.reduce(withSignature, current);
-  const mergedText = formatNarInfo(merged);
-  if (mergedText === stored) return { write: false, outcome: "unchanged" };
-  return { write: true, text: mergedText, outcome: "merged" };
+  const sigs = mergeSignatures(current.sigs, incoming.sigs, incoming.storePath);
+  if (sigs === null) return { write: false, outcome: "unchanged" };
+  return { write: true, text: boundedText({ ...current, sigs }), outcome: "merged" };
 }
 
 export interface StoreOptions {

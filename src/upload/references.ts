@@ -1,17 +1,23 @@
-// Which references of an uploaded narinfo are not available to a client of this cache:
-// neither stored here (a HEAD of `<hash>.narinfo` in R2) nor served by one of the
-// upstream caches (a HEAD of `<upstream>/<hash>.narinfo`, with the credentials configured
-// for an aggregated upstream; upstream/settings.ts referenceCaches). A narinfo is only
-// accepted when this list is empty, so the cache never holds a closure with holes.
+// Which references of an uploaded narinfo are not available to a client of this cache as
+// that exact store path: neither stored here (a HEAD of `<hash>.narinfo` in R2 whose
+// metadata names the same path; storage/narinfo-object.ts storedPaths) nor served by one
+// of the upstream caches (a GET of `<upstream>/<hash>.narinfo`, with the credentials
+// configured for an aggregated upstream, whose StorePath is the reference;
+// upstream/settings.ts referenceCaches). A narinfo is only accepted when this list is
+// empty, so the cache never holds a closure with holes. Matching the name as well as the
+// hash part matters: `<stored hash>-<other name>` is another store path, which nobody
+// could substitute.
 //
 // Budget (free plan, per request): about 1000 operations on Cloudflare services (R2 calls
 // included) and 50 subrequests (fetch and Cache API calls), 6 connections at a time.
 
 import { mapConcurrent } from "../concurrency.ts";
 import { fail } from "../errors.ts";
-import { existsMany, R2_CONCURRENCY } from "../storage/bucket.ts";
+import { MAX_NARINFO_LENGTH, parseNarInfo } from "../nix/narinfo.ts";
+import { HASH_PART_LENGTH, STORE_DIR } from "../nix/store-path.ts";
+import { R2_CONCURRENCY } from "../storage/bucket.ts";
 import { narInfoKey } from "../storage/keys.ts";
-import { HASH_PART_LENGTH } from "../nix/store-path.ts";
+import { storedPaths } from "../storage/narinfo-object.ts";
 import type { ReferenceCache } from "../upstream/settings.ts";
 
 /**
@@ -34,18 +40,50 @@ export const UPSTREAM_TIMEOUT_MS = 5000;
 /** At most this many missing references are named in an error message. */
 const NAMED_IN_ERRORS = 5;
 
-async function servedUpstream(upstreams: readonly ReferenceCache[], hash: string): Promise<boolean> {
+/** The body of `res` as text, or null past `limit` bytes (an upstream may send anything). */
+async function smallText(res: Response, limit: number): Promise<string | null> {
+  if (res.body === null) return "";
+  const reader = res.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    total += value.byteLength;
+    if (total > limit) {
+      await reader.cancel().catch(() => {});
+      return null;
+    }
+    chunks.push(value);
+  }
+  const bytes = new Uint8Array(total);
+  let at = 0;
+  for (const c of chunks) {
+    bytes.set(c, at);
+    at += c.byteLength;
+  }
+  return new TextDecoder().decode(bytes);
+}
+
+/** Whether one of the upstreams serves a narinfo for exactly the store path `reference`. */
+async function servedUpstream(upstreams: readonly ReferenceCache[], reference: string): Promise<boolean> {
+  const hash = reference.slice(0, HASH_PART_LENGTH);
   for (const { url, authorization } of upstreams) {
     try {
       const res = await fetch(`${url}/${narInfoKey(hash)}`, {
-        method: "HEAD",
         signal: AbortSignal.timeout(UPSTREAM_TIMEOUT_MS),
         // Credentials go to the upstream only, never to where it might redirect.
         ...(authorization === null ? {} : { headers: { Authorization: authorization }, redirect: "manual" as const }),
       });
-      if (res.status === 200) return true;
+      if (res.status !== 200) {
+        await res.body?.cancel().catch(() => {});
+        continue;
+      }
+      const text = await smallText(res, MAX_NARINFO_LENGTH);
+      if (text !== null && parseNarInfo(text).storePath === `${STORE_DIR}/${reference}`) return true;
     } catch {
-      // Timeout or network failure: this upstream does not vouch for the path.
+      // Timeout, network failure or a narinfo that does not parse: this upstream does not
+      // vouch for the path.
     }
   }
   return false;
@@ -59,8 +97,7 @@ export async function missingReferences(bucket: R2Bucket, references: readonly s
   if (references.length > MAX_REFERENCES) {
     throw fail("payload_too_large", `the narinfo has ${references.length} references; this cache checks at most ${MAX_REFERENCES} per upload`);
   }
-  const hashes = references.map((ref) => ref.slice(0, HASH_PART_LENGTH));
-  const present = await existsMany(bucket, hashes.map(narInfoKey));
+  const present = await storedPaths(bucket, references);
   const absent = references.filter((_, i) => !present[i]);
   if (absent.length === 0 || upstreams.length === 0) return absent;
   if (absent.length * upstreams.length > MAX_UPSTREAM_LOOKUPS) {
@@ -70,7 +107,7 @@ export async function missingReferences(bucket: R2Bucket, references: readonly s
         `upload them first (at most ${MAX_UPSTREAM_LOOKUPS} lookups in upstream caches fit in one upload)`,
     );
   }
-  const served = await mapConcurrent(absent, R2_CONCURRENCY, (ref) => servedUpstream(upstreams, ref.slice(0, HASH_PART_LENGTH)));
+  const served = await mapConcurrent(absent, R2_CONCURRENCY, (ref) => servedUpstream(upstreams, ref));
   return absent.filter((_, i) => !served[i]);
 }
 
