@@ -2,6 +2,11 @@
 // removed. Pins are few (releases, the current system of a machine), so they live together
 // in one small JSON document, `{"pins": {"<name>": {"path": "/nix/store/…", "pinnedAt": ms}}}`,
 // updated with conditional writes so two pin changes at once cannot lose one another.
+//
+// In memory the pins are a Map, never an object's properties: a name such as
+// `constructor` or `hasOwnProperty` is an ordinary name (absent until set), and no name,
+// `__proto__` included, can reach a prototype. JSON.parse stores every key, `__proto__`
+// too, as an own property, and only own properties are read from the document.
 
 import { parseStorePath } from "../nix/store-path.ts";
 
@@ -12,7 +17,11 @@ export interface Pin {
   pinnedAt: number;
 }
 
-export type Pins = Record<string, Pin>;
+/** Pins by name: what parsePins gives and the routes change. */
+export type PinMap = Map<string, Pin>;
+
+/** The `pins` object of the document and of the list API (own properties only). */
+export type Pins = Readonly<Record<string, Pin>>;
 
 /** Pin names: what fits in a URL segment and a log line without quoting. */
 export const PIN_NAME = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$/;
@@ -20,31 +29,48 @@ export const PIN_NAME = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$/;
 /** More pins than this in one cache is a mistake (a loop pinning every build). */
 export const MAX_PINS = 1000;
 
-export function formatPins(pins: Pins): string {
-  const sorted: Pins = {};
-  for (const name of Object.keys(pins).sort()) sorted[name] = pins[name]!;
-  return JSON.stringify({ pins: sorted });
+/**
+ * The pins as the JSON object of the document and the list API, names sorted. The object
+ * has no prototype, so every name, whatever it is, becomes an own (serialised) key.
+ */
+export function pinsObject(pins: ReadonlyMap<string, Pin> | Pins): Record<string, Pin> {
+  const entries = pins instanceof Map ? [...pins.entries()] : Object.entries(pins);
+  const sorted = Object.create(null) as Record<string, Pin>;
+  for (const [name, pin] of entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+    sorted[name] = { path: pin.path, pinnedAt: pin.pinnedAt };
+  }
+  return sorted;
+}
+
+/** The pins document, from the map or from a `pins` object (own properties). */
+export function formatPins(pins: ReadonlyMap<string, Pin> | Pins): string {
+  return JSON.stringify({ pins: pinsObject(pins) });
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
 /**
  * The pins in `text`. Entries that are not valid are dropped with a log line rather than
  * failing: a damaged document must not stop garbage collection (it only loses pins).
  */
-export function parsePins(text: string): Pins {
+export function parsePins(text: string): PinMap {
+  const pins: PinMap = new Map();
   let doc: unknown;
   try {
     doc = JSON.parse(text);
   } catch {
     console.error("the pins document is not JSON; treating it as empty");
-    return {};
+    return pins;
   }
-  const raw = typeof doc === "object" && doc !== null ? (doc as { pins?: unknown }).pins : undefined;
-  const pins: Pins = {};
-  if (typeof raw !== "object" || raw === null) return pins;
-  for (const [name, value] of Object.entries(raw as Record<string, unknown>)) {
-    const pin = value as Partial<Pin> | null;
-    if (PIN_NAME.test(name) && pin && typeof pin.path === "string" && parseStorePath(pin.path) !== null && typeof pin.pinnedAt === "number") {
-      pins[name] = { path: pin.path, pinnedAt: pin.pinnedAt };
+  const raw = isRecord(doc) && Object.hasOwn(doc, "pins") ? doc.pins : undefined;
+  if (!isRecord(raw)) return pins;
+  for (const [name, value] of Object.entries(raw)) {
+    const path = isRecord(value) && Object.hasOwn(value, "path") ? value.path : undefined;
+    const pinnedAt = isRecord(value) && Object.hasOwn(value, "pinnedAt") ? value.pinnedAt : undefined;
+    if (PIN_NAME.test(name) && typeof path === "string" && parseStorePath(path) !== null && typeof pinnedAt === "number") {
+      pins.set(name, { path, pinnedAt });
     } else {
       console.error(`ignoring the invalid pin entry ${JSON.stringify(name)}`);
     }
@@ -53,6 +79,6 @@ export function parsePins(text: string): Pins {
 }
 
 /** Hash parts of every pinned path (the collection's roots besides young paths). */
-export function pinnedHashes(pins: Pins): string[] {
-  return Object.values(pins).map((p) => parseStorePath(p.path)!.hash);
+export function pinnedHashes(pins: ReadonlyMap<string, Pin>): string[] {
+  return [...pins.values()].map((p) => parseStorePath(p.path)!.hash);
 }

@@ -17,7 +17,7 @@ import { fail } from "../errors.ts";
 import { readText } from "../http/body.ts";
 import { requireAdmin, requireWriteOrAdmin } from "../middleware/auth.ts";
 import { parseStorePath } from "../nix/store-path.ts";
-import { formatPins, MAX_PINS, parsePins, PIN_NAME, type Pin, type Pins } from "../gc/pins.ts";
+import { formatPins, MAX_PINS, parsePins, PIN_NAME, pinsObject, type Pin, type PinMap } from "../gc/pins.ts";
 import { openUploadGate } from "../gc/upload-gate.ts";
 import { getTextObject, headKey, PINS_KEY, putGcObject } from "../storage/gc-store.ts";
 import { narInfoKey } from "../storage/keys.ts";
@@ -30,13 +30,13 @@ const MAX_PIN_BODY_BYTES = 4096;
 /** Tries after a lost race with another pin change, before answering 409. */
 const RACE_RETRIES = 2;
 
-async function readPins(bucket: R2Bucket): Promise<{ pins: Pins; etag: string | null }> {
+async function readPins(bucket: R2Bucket): Promise<{ pins: PinMap; etag: string | null }> {
   const stored = await getTextObject(bucket, PINS_KEY);
-  return stored === null ? { pins: {}, etag: null } : { pins: parsePins(stored.text), etag: stored.etag };
+  return stored === null ? { pins: new Map(), etag: null } : { pins: parsePins(stored.text), etag: stored.etag };
 }
 
 /** Applies `change` to the pins document with a conditional write, retrying lost races. */
-async function updatePins(bucket: R2Bucket, change: (pins: Pins) => void, beforeWrite: () => void = () => {}): Promise<void> {
+async function updatePins(bucket: R2Bucket, change: (pins: PinMap) => void, beforeWrite: () => void = () => {}): Promise<void> {
   for (let attempt = 0; attempt <= RACE_RETRIES; attempt++) {
     const { pins, etag } = await readPins(bucket);
     change(pins);
@@ -56,7 +56,7 @@ function pinName(raw: string): string {
 
 pins.get("/_api/v1/pins", requireWriteOrAdmin, async (c) => {
   const { pins: all } = await readPins(c.env.CACHE);
-  return c.json({ pins: JSON.parse(formatPins(all)).pins as Pins }, 200, { "Cache-Control": "no-store" });
+  return c.json({ pins: pinsObject(all) }, 200, { "Cache-Control": "no-store" });
 });
 
 pins.put("/_api/v1/pins/:name", requireAdmin, async (c) => {
@@ -83,11 +83,11 @@ pins.put("/_api/v1/pins/:name", requireAdmin, async (c) => {
   await updatePins(
     bucket,
     (all) => {
-      previous = all[name];
-      if (previous === undefined && Object.keys(all).length >= MAX_PINS) {
+      previous = all.get(name);
+      if (previous === undefined && all.size >= MAX_PINS) {
         throw fail("payload_too_large", `this cache already has ${MAX_PINS} pins; remove some (uploader unpin <name>)`);
       }
-      all[name] = pin;
+      all.set(name, pin);
     },
     () => gate.assertInTime(),
   );
@@ -98,9 +98,9 @@ pins.delete("/_api/v1/pins/:name", requireAdmin, async (c) => {
   const name = pinName(c.req.param("name"));
   let removed: Pin | undefined;
   await updatePins(c.env.CACHE, (all) => {
-    removed = all[name];
+    removed = all.get(name);
     if (removed === undefined) throw fail("not_found", `there is no pin named ${name}`);
-    delete all[name];
+    all.delete(name);
   });
   return c.json({ name, ...removed! });
 });
