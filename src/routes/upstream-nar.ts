@@ -43,6 +43,8 @@ async function fromUpstream(request: Request, env: WorkerEnv, target: ProxiedNar
   }
   const outcome = await upstreamFetch(target.upstream, target.url, {
     method: request.method === "HEAD" ? "HEAD" : "GET",
+    // parseProxiedNar only names URLs in the upstream's nar/ directory.
+    scope: "nar",
     headers,
     timeoutMs: NAR_RESPONSE_TIMEOUT_MS,
     timeoutCovers: "headers",

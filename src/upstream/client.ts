@@ -1,13 +1,22 @@
 // HTTP requests to an aggregated upstream: its credentials, a timeout, the request's
 // subrequest budget, and redirects followed by hand so credentials never leave the
-// upstream's origin (a NAR may redirect to a presigned object-storage URL).
+// directory of the object asked for (a NAR may redirect to a presigned object-storage URL).
+//
+// Credentials of a private upstream (AGGREGATE_UPSTREAMS_NETRC) go only to URLs under the
+// upstream's base URL plus the object's directory: `<base>/nar/` for NARs, `<base>/` for
+// narinfos. A redirect anywhere else (another origin, or the same origin outside that
+// directory) is still followed, without them, and once a chain has left the directory
+// no later hop gets them back: the upstream's other paths, and whoever it redirects to,
+// never see the token.
 //
 // The outcome is a value, never an exception: "response" (any HTTP status) or "failed"
 // (timeout, network error, too many redirects, budget exhausted), which the callers turn
 // into "try the next upstream" or a 404, never a 5xx.
 
 import { concatBytes } from "../nix/encoding.ts";
+import { NAR_PREFIX } from "../storage/keys.ts";
 import type { SubrequestBudget } from "./budget.ts";
+import { ENCODED_SEPARATOR } from "./nar-url.ts";
 import type { Upstream } from "./settings.ts";
 
 /** Redirects followed per request; each costs a subrequest. Caches redirect NARs once. */
@@ -20,8 +29,16 @@ export type UpstreamOutcome =
   /** No usable answer; `budgetExhausted` when the request was never sent for lack of budget. */
   | { kind: "failed"; reason: string; budgetExhausted?: boolean };
 
+/**
+ * The directory, under the upstream's base URL, of the object a request is for: where its
+ * credentials may go. "cache" is the base itself (narinfos), "nar" its `nar/` directory.
+ */
+export type CredentialScope = "cache" | "nar";
+
 export interface UpstreamRequest {
   method: "GET" | "HEAD";
+  /** Where credentials may be sent, on the first request and after redirects. */
+  scope: CredentialScope;
   /** Headers to send besides credentials (e.g. Range). */
   headers?: Record<string, string>;
   /**
@@ -34,19 +51,46 @@ export interface UpstreamRequest {
   budget: SubrequestBudget;
 }
 
+/**
+ * True when `url` lies in the upstream's directory for `scope`: same origin, a path under
+ * `<base path>/` (plus `nar/`), no credentials of its own, and nothing a server might
+ * decode into a step out of the directory (an encoded slash or backslash, a dot segment).
+ */
+export function inCredentialScope(upstream: Upstream, url: URL, scope: CredentialScope): boolean {
+  const base = new URL(upstream.url + "/");
+  if (url.origin !== base.origin || url.username !== "" || url.password !== "") return false;
+  const dir = base.pathname + (scope === "nar" ? NAR_PREFIX : "");
+  if (!url.pathname.startsWith(dir)) return false;
+  const rest = url.pathname.slice(dir.length);
+  if (ENCODED_SEPARATOR.test(rest)) return false;
+  for (const segment of rest.split("/")) {
+    let decoded: string;
+    try {
+      decoded = decodeURIComponent(segment);
+    } catch {
+      return false;
+    }
+    if (decoded === "." || decoded === "..") return false;
+  }
+  return true;
+}
+
 /** GET or HEAD `url` (absolute, on the upstream or where it redirects) for `upstream`. */
 export async function upstreamFetch(upstream: Upstream, url: string, req: UpstreamRequest): Promise<UpstreamOutcome> {
-  const origin = new URL(upstream.url).origin;
   const controller = new AbortController();
   const timer = setTimeout(() => controller.abort(), req.timeoutMs);
   let current = url;
+  // Cleared for good by the first hop outside the scope.
+  let mayAuthorize = upstream.authorization !== null;
   try {
     for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
       if (!req.budget.take()) return { kind: "failed", reason: "subrequest budget exhausted", budgetExhausted: true };
       const target = new URL(current);
       const headers = new Headers(req.headers);
-      // Credentials only for the upstream itself, never for where it redirects.
-      if (upstream.authorization !== null && target.origin === origin) headers.set("Authorization", upstream.authorization);
+      // Never a caller's header of that name: the only credentials sent are the upstream's.
+      headers.delete("Authorization");
+      mayAuthorize &&= inCredentialScope(upstream, target, req.scope);
+      if (mayAuthorize) headers.set("Authorization", upstream.authorization!);
       const response = await fetch(target.href, { method: req.method, headers, redirect: "manual", signal: controller.signal });
       const location = response.headers.get("Location");
       if (REDIRECT_STATUSES.has(response.status) && location !== null) {

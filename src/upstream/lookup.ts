@@ -78,6 +78,7 @@ async function ask(upstream: Upstream, hash: string, budget: SubrequestBudget): 
   if (budget.remaining === 0) return { kind: "skipped" };
   const outcome = await upstreamFetch(upstream, `${upstream.url}/${narInfoKey(hash)}`, {
     method: "GET",
+    scope: "cache",
     timeoutMs: NARINFO_TIMEOUT_MS,
     timeoutCovers: "whole",
     budget,

@@ -64,7 +64,8 @@ export interface ProxiedNar {
   bucketKey: string | null;
 }
 
-const ENCODED_SEPARATOR = /%2f|%5c|\\/i;
+/** An encoded slash or backslash: a server may decode it into a step out of a directory. */
+export const ENCODED_SEPARATOR = /%2f|%5c|\\/i;
 
 /** The upstream NAR a request path names; null for anything else (a 404). */
 export function parseProxiedNar(upstreams: readonly Upstream[], url: URL): ProxiedNar | null {

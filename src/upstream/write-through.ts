@@ -96,6 +96,7 @@ async function copyNar(copy: StorableCopy, bucket: R2Bucket, ctx: LookupContext,
   if (existing !== null) return existing.size === copy.fileSize;
   const outcome = await upstreamFetch(copy.hit.upstream, copy.sourceUrl, {
     method: "GET",
+    scope: "nar",
     // The bytes must be the file itself, not a transfer encoding of it.
     headers: { "Accept-Encoding": "identity" },
     timeoutMs: WRITE_THROUGH_NAR_TIMEOUT_MS,

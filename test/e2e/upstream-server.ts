@@ -6,14 +6,17 @@
 // misbehave the ways real upstreams do: "hang" accepts connections and never answers,
 // "error" answers 500 to everything, "garbage" answers 200 with a body that is no narinfo,
 // "wrong-path" answers every narinfo request with the same valid narinfo of another path.
-// Every server records the requests it got, so tests can tell who was asked what.
+// A serving upstream may also redirect chosen request paths (302, after the token check,
+// as a private cache moving its objects would). Every server records the requests it
+// got, with their Authorization header, so tests can tell who was asked what and who was
+// sent credentials.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { createReadStream } from "node:fs";
 import { stat } from "node:fs/promises";
 import { join, normalize, sep } from "node:path";
 
 export type UpstreamBehaviour =
-  | { kind: "serve"; root: string; token?: string }
+  | { kind: "serve"; root: string; token?: string; redirects?: Record<string, string> }
   | { kind: "hang" }
   | { kind: "error" }
   | { kind: "garbage" }
@@ -103,6 +106,10 @@ export class UpstreamServer {
         case "serve":
           if (!authorised(req, behaviour.token)) {
             res.writeHead(401, { "WWW-Authenticate": 'Basic realm="upstream"' }).end();
+            return;
+          }
+          if (behaviour.redirects !== undefined && Object.hasOwn(behaviour.redirects, req.url ?? "")) {
+            res.writeHead(302, { Location: behaviour.redirects[req.url ?? ""]! }).end();
             return;
           }
           serveFile(normalize(behaviour.root), req, res).catch(() => res.destroy());

@@ -8,6 +8,7 @@ import { env } from "cloudflare:workers";
 import { afterEach, describe, expect, it } from "vitest";
 import { formatNarInfo } from "../../src/nix/narinfo.ts";
 import type { WorkerEnv } from "../../src/env.ts";
+import { inCredentialScope } from "../../src/upstream/client.ts";
 import { judgeNarInfo } from "../../src/upstream/lookup.ts";
 import { replaceNarInfoUrl } from "../../src/nix/narinfo.ts";
 import { clientNarUrl, locateNar, parseProxiedNar } from "../../src/upstream/nar-url.ts";
@@ -85,6 +86,35 @@ describe("request paths that reach an upstream's NAR", () => {
     "/nar/x.nar",
   ])("never %j", (path) => {
     expect(parse(path)).toBeNull();
+  });
+});
+
+describe("where a private upstream's credentials may go", () => {
+  const [root, based] = upstreams("https://private.example https://private.example:8443/cache");
+  it.each([
+    // [upstream, url, scope, allowed]
+    [root, "https://private.example/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.narinfo", "cache", true],
+    [root, `https://private.example/nar/${FILE}`, "nar", true],
+    [root, `https://private.example/nar/moved/${FILE}?x=1`, "nar", true],
+    [root, `https://private.example/other/${FILE}`, "nar", false],
+    [root, "https://private.example/nar", "nar", false],
+    [root, `https://private.example/nar/..%2f${FILE}`, "nar", false],
+    [root, `https://private.example/nar/a%5C..%5C${FILE}`, "nar", false],
+    [root, `https://private.example/nar/../secret`, "nar", false],
+    [root, `https://private.example/nar/%2e%2e/secret`, "nar", false],
+    [root, `https://u:p@private.example/nar/${FILE}`, "nar", false],
+    [root, `http://private.example/nar/${FILE}`, "nar", false],
+    [root, `https://cdn.example/nar/${FILE}`, "nar", false],
+    [root, `https://private.example.evil/nar/${FILE}`, "nar", false],
+    [based, "https://private.example:8443/cache/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.narinfo", "cache", true],
+    [based, `https://private.example:8443/cache/nar/${FILE}`, "nar", true],
+    [based, "https://private.example:8443/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.narinfo", "cache", false],
+    [based, "https://private.example:8443/cachex/a.narinfo", "cache", false],
+    [based, `https://private.example:8443/nar/${FILE}`, "nar", false],
+    [based, `https://private.example:8443/cache/outside/${FILE}`, "nar", false],
+    [based, `https://private.example/cache/nar/${FILE}`, "nar", false],
+  ] as const)("%#: %s", (upstream, url, scope, allowed) => {
+    expect(inCredentialScope(upstream!, new URL(url), scope)).toBe(allowed);
   });
 });
 
