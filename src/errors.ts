@@ -13,24 +13,28 @@
 export type ErrorKind =
   | "bad_request" // malformed input: a path, header, body or document that cannot be right
   | "unauthorized" // missing, malformed or wrong credentials
+  | "forbidden" // valid credentials, but for something another token owns (a multipart upload)
   | "not_found" // no such object, or no such route
   | "conflict" // a different narinfo is already stored for this path
   | "length_required" // an upload without Content-Length (R2 needs a known length)
   | "payload_too_large" // over a named body or batch limit
   | "unsupported_media_type" // a request body with a Content-Encoding we do not decode
   | "unprocessable" // well-formed, but refers to objects that are not (yet) in the cache
+  | "too_many_requests" // over a per-token quota of things in progress (multipart uploads)
   | "misconfigured" // the deployment's settings are wrong (names the setting)
   | "storage_unavailable"; // R2 failed for a reason that is not the request's fault
 
 const STATUS: Record<ErrorKind, number> = {
   bad_request: 400,
   unauthorized: 401,
+  forbidden: 403,
   not_found: 404,
   conflict: 409,
   length_required: 411,
   payload_too_large: 413,
   unsupported_media_type: 415,
   unprocessable: 422,
+  too_many_requests: 429,
   misconfigured: 500,
   storage_unavailable: 503,
 };
@@ -68,12 +72,14 @@ function extraHeaders(kind: ErrorKind): Record<string, string> {
     case "storage_unavailable":
       return { "Retry-After": String(STORAGE_RETRY_AFTER_SECONDS) };
     case "bad_request":
+    case "forbidden":
     case "not_found":
     case "conflict":
     case "length_required":
     case "payload_too_large":
     case "unsupported_media_type":
     case "unprocessable":
+    case "too_many_requests":
     case "misconfigured":
       return {};
   }
