@@ -2,7 +2,9 @@
 // aggregated (narinfo.ts calls this on a miss): the first upstream's narinfo, byte for
 // byte except its URL, which points to the NAR through this cache (upstream/nar-url.ts).
 // Signatures stay the upstream's, so clients keep trusting the upstream's key. A GET with
-// write-through on also starts copying the path into the bucket after the response.
+// write-through on also starts copying the path into the bucket after the response, as
+// far as the day's write-through budget allows (upstream/write-through.ts); a spent budget
+// never changes the answer.
 //
 // Response header `X-Upstream-Cache: <upstream URL>` says where the narinfo came from
 // (narinfos from the bucket have none).

@@ -11,8 +11,14 @@
 // |                               |        | paths served from an upstream with a valid signature  |
 // |                               |        | by one of them are also stored in the bucket          |
 // |                               |        | (default: none, write-through off)                    |
+// | AGGREGATE_WRITE_THROUGH_      | var    | bytes write-through may copy per UTC day, NARs and    |
+// |   DAILY_BYTES                 |        | narinfos together (default 1073741824, 1 GiB)         |
+// | AGGREGATE_WRITE_THROUGH_      | var    | objects (NARs and narinfos) write-through may store   |
+// |   DAILY_OBJECTS               |        | per UTC day (default 1000); past either limit, reads  |
+// |                               |        | are still served through the upstream, not copied     |
 // | AGGREGATE_UPSTREAMS_NETRC     | secret | netrc text (netrc.ts) with credentials for private    |
-// |                               |        | upstreams, sent as HTTP Basic to the matching host    |
+// |                               |        | upstreams, sent as HTTP Basic to the matching host's  |
+// |                               |        | base URL only (client.ts)                             |
 //
 // Not to be confused with UPSTREAM_CACHES (env.ts), the caches whose paths an upload may
 // reference because clients use them directly; aggregated upstreams count for that too,
@@ -34,6 +40,26 @@ import { basicAuthorization, netrcEntryFor, NetrcError, parseNetrc, type NetrcEn
  */
 export const MAX_AGGREGATE_UPSTREAMS = 8;
 
+/**
+ * Default daily write-through budget in bytes. Write-through is started by anonymous
+ * reads, so this is what anyone can make the bucket store in a day. 1 GiB is four of the
+ * largest copyable NARs (MAX_WRITE_THROUGH_NAR_BYTES), plenty for the closures a team
+ * misses in a day, and small next to the free plan's 10 GB: even spent every day under
+ * the default 30-day retention it adds at most ~30 GiB, some $0.30 a month of storage.
+ */
+export const DEFAULT_WRITE_THROUGH_DAILY_BYTES = 1024 * 1024 * 1024;
+
+/**
+ * Default daily write-through budget in stored objects (a copied path is a NAR and a
+ * narinfo). 1000 objects is 500 paths; with the budget's own update per path that is
+ * ~1,500 writes a day, about 45,000 a month: under 5 % of the free plan's million class-A
+ * operations, and it bounds a flood of tiny paths that the byte budget would not.
+ */
+export const DEFAULT_WRITE_THROUGH_DAILY_OBJECTS = 1000;
+
+/** Largest daily budget value: what a JavaScript number holds exactly. */
+const MAX_BUDGET_VALUE = Number.MAX_SAFE_INTEGER;
+
 /** Prefix of the URL paths under which NARs of aggregated upstreams are served. */
 export const UPSTREAM_ROUTE_PREFIX = "upstream/";
 
@@ -53,11 +79,25 @@ export interface Upstream {
   authorization: string | null;
 }
 
+/** How much write-through may store per UTC day (storage/write-through-budget.ts). */
+export interface WriteThroughLimits {
+  bytes: number;
+  objects: number;
+}
+
+/** The budget vars, optional and not in wrangler.toml's [vars] (WorkerEnv has the others). */
+export interface AggregationVars {
+  AGGREGATE_WRITE_THROUGH_DAILY_BYTES?: string;
+  AGGREGATE_WRITE_THROUGH_DAILY_OBJECTS?: string;
+}
+
 export interface Aggregation {
   /** The upstreams in the order they are asked; empty when aggregation is off. */
   upstreams: Upstream[];
   /** Keys whose signature makes an upstream path eligible for write-through; empty: off. */
   writeThroughKeys: PublicKey[];
+  /** The daily budget of write-through. */
+  writeThroughLimits: WriteThroughLimits;
   /** Short digest of the upstream list, so edge memos of another configuration never apply. */
   fingerprint: string;
 }
@@ -119,6 +159,16 @@ function parseWriteThroughKeys(value: string | undefined): PublicKey[] {
   });
 }
 
+function parseDailyLimit(name: string, value: string | undefined, fallback: number): number {
+  const text = (value ?? "").trim();
+  if (text === "") return fallback;
+  // Plain digits only: "1e9" or "1 GiB" would be read differently by different people.
+  if (!/^\d{1,16}$/.test(text) || Number(text) > MAX_BUDGET_VALUE) {
+    throw fail("misconfigured", `${name} must be a whole number (0 stops write-through copies), e.g. ${fallback}`);
+  }
+  return Number(text);
+}
+
 /** FNV-1a (32 bit) as 8 hex digits: a cheap, synchronous digest for cache keys. */
 function fnv1a(text: string): string {
   let h = 0x811c9dc5;
@@ -130,7 +180,7 @@ function fnv1a(text: string): string {
 }
 
 /** Parses the aggregation settings; throws `misconfigured` naming the setting. */
-export function parseAggregation(env: WorkerEnv): Aggregation {
+export function parseAggregation(env: WorkerEnv & AggregationVars): Aggregation {
   const netrc = parseNetrcSecret(env.AGGREGATE_UPSTREAMS_NETRC);
   const list = words(env.AGGREGATE_UPSTREAMS);
   if (list.length > MAX_AGGREGATE_UPSTREAMS) {
@@ -145,6 +195,10 @@ export function parseAggregation(env: WorkerEnv): Aggregation {
   return {
     upstreams,
     writeThroughKeys: parseWriteThroughKeys(env.AGGREGATE_WRITE_THROUGH_KEYS),
+    writeThroughLimits: {
+      bytes: parseDailyLimit("AGGREGATE_WRITE_THROUGH_DAILY_BYTES", env.AGGREGATE_WRITE_THROUGH_DAILY_BYTES, DEFAULT_WRITE_THROUGH_DAILY_BYTES),
+      objects: parseDailyLimit("AGGREGATE_WRITE_THROUGH_DAILY_OBJECTS", env.AGGREGATE_WRITE_THROUGH_DAILY_OBJECTS, DEFAULT_WRITE_THROUGH_DAILY_OBJECTS),
+    },
     fingerprint: fnv1a(upstreams.map((u) => u.url).join(" ")),
   };
 }

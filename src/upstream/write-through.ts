@@ -13,17 +13,25 @@
 //     refers to it is stored. A later request picks up where this one stopped.
 // The stored narinfo is the upstream's with URL `nar/<file>`: signatures untouched, not
 // re-signed with SIGNING_KEY (clients trust the upstream's key for it, as before).
+//
+// Copies are started by reads, anonymous ones included, so they spend a daily budget
+// (AGGREGATE_WRITE_THROUGH_DAILY_BYTES and _OBJECTS, storage/write-through-budget.ts):
+// each path reserves its NAR's FileSize plus its narinfo's length, and its objects (the
+// NAR unless the bucket has it, and the narinfo), before anything of it is stored. Once
+// the day's budget is spent, reads are still served through the upstream, but nothing is
+// copied until the next UTC day; the first copy refused for it logs that.
 // Every failure is logged and leaves the bucket as a valid cache; nothing is thrown.
 
-import { toHex } from "../nix/encoding.ts";
+import { toHex, utf8 } from "../nix/encoding.ts";
 import { SHA256_BYTES } from "../nix/hash.ts";
-import type { NarInfo } from "../nix/narinfo.ts";
+import { formatNarInfo, type NarInfo } from "../nix/narinfo.ts";
 import { decodeNix32 } from "../nix/nix32.ts";
 import { verifyNarInfo, type PublicKey } from "../nix/signature.ts";
 import { HASH_PART_LENGTH, parseStorePath, storePathBaseName } from "../nix/store-path.ts";
 import { CONTENT_TYPE } from "../http/representation.ts";
 import { existsMany, headObject, putStream } from "../storage/bucket.ts";
 import { narInfoKey, NAR_PREFIX, parseNarFileName } from "../storage/keys.ts";
+import { isSpent, reserve, usageOn, type Amount } from "../storage/write-through-budget.ts";
 import { checkDocument } from "../upload/narinfo-acceptance.ts";
 import { storeNarInfo } from "../upload/narinfo-store.ts";
 import { SubrequestBudget } from "./budget.ts";
@@ -88,12 +96,8 @@ export async function storableCopy(hit: UpstreamHit, hash: string, trusted: read
   };
 }
 
-/** Streams the NAR from the upstream into R2 (unless it is there); true when it is stored. */
+/** Streams the NAR from the upstream into R2; true when it is stored. */
 async function copyNar(copy: StorableCopy, bucket: R2Bucket, ctx: LookupContext, r2: SubrequestBudget): Promise<boolean> {
-  if (!r2.take()) return false;
-  const existing = await headObject(bucket, copy.narKey);
-  // Stored objects were verified against the name's sha256: the same file.
-  if (existing !== null) return existing.size === copy.fileSize;
   const outcome = await upstreamFetch(copy.hit.upstream, copy.sourceUrl, {
     method: "GET",
     scope: "nar",
@@ -137,9 +141,19 @@ async function copyNar(copy: StorableCopy, bucket: R2Bucket, ctx: LookupContext,
  * Copies the path of `root` (and, first, whatever of its closure the bucket lacks) from
  * the upstreams into the bucket, as far as the budgets allow. Never throws.
  */
-export async function writeThrough(root: UpstreamHit, bucket: R2Bucket, ctx: LookupContext): Promise<void> {
+export async function writeThrough(root: UpstreamHit, bucket: R2Bucket, ctx: LookupContext, now: () => number = Date.now): Promise<void> {
   const trusted = ctx.aggregation.writeThroughKeys;
+  const limits = ctx.aggregation.writeThroughLimits;
   const r2 = new SubrequestBudget(WRITE_THROUGH_R2_OPERATIONS);
+  let refusedLogged = false;
+  const refused = (what: string, why: string): false => {
+    if (!refusedLogged) console.warn(`write-through: ${what} is served from its upstream but not copied: ${why}`);
+    refusedLogged = true;
+    return false;
+  };
+  const spentReason = (usage: Amount): string =>
+    `today's write-through budget is spent (${usage.bytes} of ${limits.bytes} bytes, ${usage.objects} of ${limits.objects} objects; ` +
+    "AGGREGATE_WRITE_THROUGH_DAILY_BYTES/_OBJECTS); copies resume on the next UTC day";
   const done = new Map<string, Promise<boolean>>();
   const visiting = new Set<string>();
 
@@ -175,7 +189,22 @@ export async function writeThrough(root: UpstreamHit, bucket: R2Bucket, ctx: Loo
       if (present[i] === true) continue;
       if (!(await fill(references[i]!.slice(0, HASH_PART_LENGTH), null))) return false;
     }
-    if (!(await copyNar(copy, bucket, ctx, r2))) return false;
+    if (!r2.take()) return false;
+    const existing = await headObject(bucket, copy.narKey);
+    // Stored objects were verified against the name's sha256: the same file.
+    if (existing !== null && existing.size !== copy.fileSize) return false;
+    const narNeeded = existing === null;
+    const want: Amount = {
+      bytes: (narNeeded ? copy.fileSize : 0) + utf8(formatNarInfo(copy.info)).length,
+      objects: narNeeded ? 2 : 1,
+    };
+    const reservation = await reserve(bucket, want, limits, now(), (n) => r2.take(n));
+    if (reservation.kind === "spent") return refused(copy.info.storePath, spentReason(reservation.usage));
+    if (reservation.kind === "contended") {
+      const why = "its share of the daily budget could not be reserved now (simultaneous copies, or this copy's R2 operations are spent); a later read copies it";
+      return refused(copy.info.storePath, why);
+    }
+    if (narNeeded && !(await copyNar(copy, bucket, ctx, r2))) return false;
     if (!r2.take(2)) return false;
     try {
       await storeNarInfo(bucket, narInfoKey(hash), copy.info);
@@ -188,6 +217,14 @@ export async function writeThrough(root: UpstreamHit, bucket: R2Bucket, ctx: Loo
   };
 
   try {
+    // Spent for today: not a single lookup or copy more (one R2 read per read request).
+    if (r2.take()) {
+      const usage = await usageOn(bucket, now());
+      if (isSpent(usage, limits)) {
+        refused(root.info.storePath, spentReason(usage));
+        return;
+      }
+    }
     const hash = parseStorePath(root.info.storePath)!.hash;
     await fill(hash, root);
   } catch (err) {

@@ -1,12 +1,14 @@
-// Settings of upstream aggregation: AGGREGATE_UPSTREAMS, AGGREGATE_WRITE_THROUGH_KEYS and
-// the AGGREGATE_UPSTREAMS_NETRC secret; the netrc format; what nix-cache-info announces.
+// Settings of upstream aggregation: AGGREGATE_UPSTREAMS, AGGREGATE_WRITE_THROUGH_KEYS, the
+// daily write-through budget and the AGGREGATE_UPSTREAMS_NETRC secret; the netrc format;
+// what nix-cache-info announces.
 import { reset } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { afterEach, describe, expect, it } from "vitest";
 import type { WorkerEnv } from "../../src/env.ts";
 import { basicAuthorization, netrcEntryFor, NetrcError, parseNetrc } from "../../src/upstream/netrc.ts";
 import {
-  aggregatedUpstreams, MAX_AGGREGATE_UPSTREAMS, parseAggregation, referenceCaches, writeThroughEnabled,
+  aggregatedUpstreams, DEFAULT_WRITE_THROUGH_DAILY_BYTES, DEFAULT_WRITE_THROUGH_DAILY_OBJECTS, MAX_AGGREGATE_UPSTREAMS, parseAggregation,
+  referenceCaches, writeThroughEnabled,
 } from "../../src/upstream/settings.ts";
 import { AppError } from "../../src/errors.ts";
 import { callWith, errorOf, TEST_PUBLIC_KEY_TEXT } from "../helpers/worker.ts";
@@ -103,6 +105,34 @@ describe("AGGREGATE_WRITE_THROUGH_KEYS", () => {
     expect(misconfiguration({ AGGREGATE_WRITE_THROUGH_KEYS: `${TEST_PUBLIC_KEY_TEXT} cache.nixos.org-1:short` })).toMatch(
       /AGGREGATE_WRITE_THROUGH_KEYS entry 2 is not a Nix public key/,
     );
+  });
+});
+
+describe("AGGREGATE_WRITE_THROUGH_DAILY_BYTES and _OBJECTS", () => {
+  it("default to 1 GiB and 1000 objects a day", () => {
+    expect(parseAggregation(envWith({})).writeThroughLimits).toEqual({
+      bytes: DEFAULT_WRITE_THROUGH_DAILY_BYTES,
+      objects: DEFAULT_WRITE_THROUGH_DAILY_OBJECTS,
+    });
+    expect(DEFAULT_WRITE_THROUGH_DAILY_BYTES).toBe(1024 ** 3);
+    expect(DEFAULT_WRITE_THROUGH_DAILY_OBJECTS).toBe(1000);
+  });
+
+  it("take whole numbers, 0 included (no copies)", () => {
+    const a = parseAggregation(envWith({ AGGREGATE_WRITE_THROUGH_DAILY_BYTES: " 5000000 ", AGGREGATE_WRITE_THROUGH_DAILY_OBJECTS: "0" }));
+    expect(a.writeThroughLimits).toEqual({ bytes: 5_000_000, objects: 0 });
+  });
+
+  it.each(["AGGREGATE_WRITE_THROUGH_DAILY_BYTES", "AGGREGATE_WRITE_THROUGH_DAILY_OBJECTS"])("%s refuses anything else, naming itself", (name) => {
+    for (const bad of ["-1", "1e9", "1.5", "1 GiB", "lots", "0x10", "99999999999999999"]) {
+      expect(misconfiguration({ [name]: bad })).toMatch(new RegExp(`^${name} must be a whole number`));
+    }
+  });
+
+  it("fail every request with a 500 naming the setting (fail fast)", async () => {
+    const res = await callWith({ AGGREGATE_WRITE_THROUGH_DAILY_BYTES: "1GB" }, "/nix-cache-info");
+    expect(res.status).toBe(500);
+    expect(await errorOf(res)).toMatch(/AGGREGATE_WRITE_THROUGH_DAILY_BYTES/);
   });
 });
 
