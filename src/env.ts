@@ -23,6 +23,9 @@
 // | AGGREGATE_UPSTREAMS   | var    | upstream aggregation: caches served through this one,      |
 // | AGGREGATE_WRITE_…KEYS | var    | the keys allowing write-through, credentials for private   |
 // | AGGREGATE_…_NETRC     | secret | upstreams (documented in upstream/settings.ts)             |
+// | AGGREGATE_WRITE_      | var    | optional: what write-through may store per UTC day, in     |
+// | THROUGH_DAILY_BYTES,  |        | bytes (default 1 GiB) and objects (default 1000); reads    |
+// | …_DAILY_OBJECTS       |        | past it are served, not copied (upstream/settings.ts)      |
 // | ADMIN_TOKEN           | secret | optional: the token for garbage collection and pins        |
 // |                       |        | (POST /_api/v1/gc, PUT/DELETE /_api/v1/pins/<name>)        |
 // | GC_RETENTION_DAYS, …  | var    | retention: days a path is kept after its last push, NAR    |
