@@ -7,7 +7,7 @@
 // state with another conditional write. A batch that loses either write has changed
 // nothing the next batch will read.
 
-import type { GcResult } from "./stats.ts";
+import type { GcResult, UnreadableDocument } from "./stats.ts";
 
 export type Phase = "mark" | "nars" | "compact" | "announce" | "wait" | "delete" | "finish";
 
@@ -42,6 +42,8 @@ export interface RunTotals {
   /** NAR files and bytes in the bucket. */
   narFiles: number;
   narBytes: number;
+  /** Documents the run needed and could not read: while > 0 it deletes no narinfo or NAR. */
+  unreadable: number;
 }
 
 export interface PendingListing {
@@ -92,6 +94,8 @@ export interface RunState {
   shrink: number;
   /** When the fence was written (ms). */
   announcedAt: number | null;
+  /** The first unreadable documents (totals.unreadable counts them all). */
+  unreadable: UnreadableDocument[];
   totals: RunTotals;
 }
 
@@ -126,6 +130,7 @@ export function emptyTotals(): RunTotals {
     pathsWithoutSizes: 0,
     narFiles: 0,
     narBytes: 0,
+    unreadable: 0,
   };
 }
 
@@ -147,6 +152,11 @@ export function parseState(text: string | null): GcState {
   try {
     const doc = JSON.parse(text) as GcState;
     if (typeof doc !== "object" || doc === null || !("run" in doc)) throw new Error("no run field");
+    // A run started by an earlier version of the collector has no unreadable list yet.
+    if (doc.run !== null) {
+      doc.run.unreadable ??= [];
+      doc.run.totals = { ...emptyTotals(), ...doc.run.totals };
+    }
     return { ...emptyState(), ...doc };
   } catch (err) {
     console.error("the GC state document is damaged; starting over", err);

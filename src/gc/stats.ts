@@ -5,6 +5,19 @@
 import { getTextObject, STATE_KEY, STATS_KEY } from "../storage/gc-store.ts";
 import { parseState } from "./run-state.ts";
 
+/**
+ * A document a collection needed and could not read: a narinfo it keeps whose body is
+ * missing, too large or does not parse, or names no NAR of this cache; or the pins.
+ */
+export interface UnreadableDocument {
+  /** The R2 key (`<hash>.narinfo`, `_gc/pins.json`). */
+  key: string;
+  /** The store path, when the metadata or the body names it. */
+  path: string | null;
+  /** What is wrong, for the operator. */
+  reason: string;
+}
+
 /** What one finished collection did. */
 export interface GcResult {
   runId: string;
@@ -17,6 +30,14 @@ export interface GcResult {
   deletedNars: number;
   /** Bytes of the deleted NARs. */
   freedBytes: number;
+  /**
+   * How many documents it could not read. While there are any, a collection deletes no
+   * narinfo and no NAR (retention fails safe): the operator deletes or re-pushes them.
+   * Absent in results written before this was counted.
+   */
+  unreadableCount?: number;
+  /** The first of them (gc/collector.ts MAX_REPORTED_UNREADABLE). */
+  unreadable?: UnreadableDocument[];
 }
 
 export interface CacheStats {

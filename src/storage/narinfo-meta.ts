@@ -17,10 +17,15 @@
 // MAX_METADATA_BYTES are left out rather than truncated, since a partial list would let GC
 // delete a reference of a kept path. Narinfos stored without this metadata (before it
 // existed, or by another writer) decode to null and GC falls back to reading them.
+//
+// The metadata is read as untrusted input: a field that does not have its exact shape
+// (a reference that is not a hash part, a `u` that is not a NAR file name, a version this
+// code does not know) counts as absent, never as "nothing there". GC uses the metadata
+// instead of the body only when `metaLinks` finds both the references and the NAR in it.
 
 import type { NarInfo } from "../nix/narinfo.ts";
 import { HASH_PART_LENGTH, isHashPart, parseStorePath } from "../nix/store-path.ts";
-import { NAR_PREFIX } from "./keys.ts";
+import { NAR_PREFIX, parseNarFileName } from "./keys.ts";
 
 /** What GC needs to know about a stored narinfo without reading it. */
 export interface NarInfoMeta {
@@ -28,7 +33,7 @@ export interface NarInfoMeta {
   pushed: number;
   /** Hash parts of the references other than the path itself; null: read the narinfo. */
   refs: string[] | null;
-  /** The NAR's file name (`<filehash52>.nar[.ext]`), null when unknown. */
+  /** The NAR's file name (`<filehash52>.nar[.ext]`), null when unknown or not such a name. */
   narFile: string | null;
   fileSize: number | null;
   narSize: number | null;
@@ -83,7 +88,7 @@ export function decodeNarInfoMeta(meta: Record<string, string> | undefined): Nar
   return {
     pushed,
     refs,
-    narFile: meta.u ?? null,
+    narFile: meta.u !== undefined && parseNarFileName(meta.u) !== null ? meta.u : null,
     fileSize: decimal(meta.fs),
     narSize: decimal(meta.ns),
     name: meta.n ?? null,
@@ -108,14 +113,24 @@ export function metaNumber(meta: Record<string, string> | undefined, field: "fs"
   return current(meta) ? decimal(meta[field]) : null;
 }
 
-/** Hash parts of the references (the path's own excluded); null: they are not recorded. */
-export function metaRefs(meta: Record<string, string> | undefined): string[] | null {
-  if (!current(meta) || meta.r === undefined) return null;
-  return meta.r === "" ? [] : meta.r.split(" ");
+/** What GC follows from a kept narinfo: the hash parts it references and its NAR's file hash. */
+export interface NarInfoLinks {
+  refs: string[];
+  narFileHash: string;
 }
 
-export function metaNarFile(meta: Record<string, string> | undefined): string | null {
-  return current(meta) ? (meta.u ?? null) : null;
+/**
+ * The references and NAR recorded in the metadata, or null unless both are there and
+ * well-formed: then GC reads the narinfo itself. Partial or damaged metadata must never
+ * stand for "no references" or "no NAR", or GC would delete what a kept path needs.
+ */
+export function metaLinks(meta: Record<string, string> | undefined): NarInfoLinks | null {
+  if (!current(meta) || meta.r === undefined || meta.u === undefined) return null;
+  const file = parseNarFileName(meta.u);
+  if (file === null) return null;
+  const refs = meta.r === "" ? [] : meta.r.split(" ");
+  for (const ref of refs) if (!isHashPart(ref)) return null;
+  return { refs, narFileHash: file.fileHash };
 }
 
 export function metaName(meta: Record<string, string> | undefined): string | null {
