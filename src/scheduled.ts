@@ -52,6 +52,16 @@ async function collectGarbage(env: WorkerEnv): Promise<void> {
   console.log(
     `gc ${progress.run?.id ?? "-"}: ${progress.status}, phase ${progress.run?.phase ?? "-"}, ` +
       `${progress.batch.operations} R2 operations; listed ${t.listed}, garbage ${t.garbagePaths} paths / ${t.garbageNars} NARs, ` +
-      `deleted ${t.deletedPaths} paths / ${t.deletedNars} NARs`,
+      `deleted ${t.deletedPaths} paths / ${t.deletedNars} NARs${t.unreadable > 0 ? `; ${t.unreadable} unreadable (nothing deleted)` : ""}`,
   );
+  const result = progress.result;
+  if (result?.unreadableCount) {
+    // Retention failed safe: say which documents to fix, or every run keeps everything.
+    const named = (result.unreadable ?? []).map((d) => `\n  ${d.path ?? d.key} (${d.key}): ${d.reason}`).join("");
+    console.error(
+      `gc ${result.runId}: deleted no narinfo and no NAR, because ${result.unreadableCount} documents it keeps cannot be read. ` +
+        "Delete each narinfo from the bucket and push its path again; for _gc/pins.json, set the pins again (uploader pins, pin):" +
+        named,
+    );
+  }
 }

@@ -4,7 +4,10 @@
 //              "runId"?: id, "restart"?: bool}                         all optional
 //   response  the batch's progress (gc/collector.ts GcProgress), garbage paths given as
 //             store paths: {"status", "run", "waitMs", "batch", "totals",
-//             "found": {"paths": [{"path", "fileSize"}], "files": [{"key", "size"}]}, …}
+//             "found": {"paths": [{"path", "fileSize"}], "files": [{"key", "size"}]}, …};
+//             when done, "result" says what the run deleted, and "unreadable"
+//             ([{"key", "path", "reason"}], with "unreadableCount") the documents it keeps
+//             but could not read, for which it deleted no narinfo and no NAR
 //
 // Without runId a call starts a collection (with the given age, else GC_RETENTION_DAYS) or
 // joins the one in progress; the caller then repeats the call with the run's id until the
