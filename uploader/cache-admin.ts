@@ -5,6 +5,14 @@
 import { AuthError, EXIT_CACHE, UploaderError } from "./errors.ts";
 import type { HttpClient } from "./http.ts";
 
+/** A document a collection needed and could not read (the Worker's gc/stats.ts). */
+export interface UnreadableDocument {
+  /** The R2 key: `<hash>.narinfo`, or `_gc/pins.json`. */
+  key: string;
+  path: string | null;
+  reason: string;
+}
+
 /** One garbage collection batch's answer (the Worker's gc/collector.ts GcProgress). */
 export interface GcBatchAnswer {
   status: "idle" | "running" | "waiting" | "busy" | "done";
@@ -13,7 +21,16 @@ export interface GcBatchAnswer {
   batch: { operations: number; entries: number };
   totals: Record<string, number>;
   found: { paths: Array<{ path: string; fileSize: number | null }>; files: Array<{ key: string; size: number }> };
-  result?: { runId: string; deletedPaths: number; deletedNars: number; freedBytes: number; finishedAt: number };
+  result?: {
+    runId: string;
+    deletedPaths: number;
+    deletedNars: number;
+    freedBytes: number;
+    finishedAt: number;
+    /** Documents the run keeps but could not read; while any, it deleted no path and no NAR. */
+    unreadableCount?: number;
+    unreadable?: UnreadableDocument[];
+  };
   stats?: { paths: number; narFiles: number; narBytes: number; savedBytes: number };
 }
 

@@ -1,6 +1,10 @@
 // `uploader gc`, `pin`, `unpin` and `pins` as users run them: ages and dates, usage errors
-// (exit 2, nothing sent), and the help. Runs against real caches are in test/e2e/gc.test.ts.
-import { describe, expect, test } from "vitest";
+// (exit 2, nothing sent), the help, and the report of a collection that could not read
+// documents (against a stand-in answering as the Worker does). Runs against real caches
+// are in test/e2e/gc.test.ts.
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { afterEach, describe, expect, test } from "vitest";
 import { parseAge, parseDate } from "../../uploader/commands/gc.ts";
 import { UsageError } from "../../uploader/errors.ts";
 import { CLI, run } from "./helpers.ts";
@@ -66,5 +70,65 @@ describe("usage errors exit with 2 and say what to do", () => {
     }
     const top = await uploader(["--help"]);
     for (const command of ["gc", "pin", "unpin", "pins"]) expect(top.stdout).toMatch(new RegExp(`\\n  ${command}\\s`));
+  });
+});
+
+describe("a collection blocked by documents it cannot read", () => {
+  let server: Server | null = null;
+  afterEach(async () => {
+    await new Promise((done) => server?.close(done) ?? done(undefined));
+    server = null;
+  });
+
+  /** A stand-in for the Worker whose collection ends at once, blocked by two documents. */
+  async function blockedCache(): Promise<string> {
+    const unreadable = [
+      { key: "0123456789abcdfghijklmnpqrsvwxyz.narinfo", path: "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-big", reason: "it is 2000000 bytes, more than the 1048576 a narinfo may have" },
+      { key: "_gc/pins.json", path: null, reason: "the pins document is damaged: it is not JSON" },
+    ];
+    const run = { id: "abc-def", dryRun: false, trigger: "manual", startedAt: 1, cutoff: 1, phase: "finish", pass: 1 };
+    server = createServer((req, res) => {
+      let body = "";
+      req.on("data", (chunk: Buffer) => (body += chunk.toString()));
+      req.on("end", () => {
+        const dryRun = (JSON.parse(body) as { dryRun: boolean }).dryRun;
+        res.setHeader("content-type", "application/json");
+        res.end(
+          JSON.stringify({
+            status: "done",
+            run: { ...run, dryRun },
+            waitMs: 0,
+            batch: { operations: 10, entries: 10 },
+            totals: { unreadable: 3 },
+            found: { paths: [], files: [] },
+            result: { runId: run.id, deletedPaths: 0, deletedNars: 0, freedBytes: 0, finishedAt: 2, unreadableCount: 3, unreadable },
+            ...(dryRun ? {} : { stats: { paths: 5, narFiles: 5, narBytes: 500, savedBytes: 0 } }),
+          }),
+        );
+      });
+    });
+    await new Promise<void>((done) => server!.listen(0, "127.0.0.1", done));
+    return `http://127.0.0.1:${(server!.address() as AddressInfo).port}`;
+  }
+
+  test.each([[[]], [["--dry-run"]]])("names them, says what to do and exits with 1 (%j)", async (extra) => {
+    const cache = await blockedCache();
+    const r = await uploader(["gc", "--cache", cache, "--admin-token", "t", ...extra]);
+    expect(r.code, r.stderr).toBe(1);
+    expect(r.stderr).toContain("3 documents the cache keeps cannot be read");
+    expect(r.stderr).toContain("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-big (0123456789abcdfghijklmnpqrsvwxyz.narinfo): it is 2000000 bytes");
+    expect(r.stderr).toContain("_gc/pins.json: the pins document is damaged");
+    expect(r.stderr).toContain("… and 1 more");
+    expect(r.stderr).toMatch(/error: the collection (would delete|deleted) no path and no NAR/);
+    expect(r.stderr).toMatch(/hint: delete each listed narinfo .*wrangler r2 object delete.* push its path again/);
+  });
+
+  test("--json puts them in the machine output too", async () => {
+    const cache = await blockedCache();
+    const r = await uploader(["gc", "--cache", cache, "--admin-token", "t", "--json", "--dry-run"]);
+    expect(r.code).toBe(1);
+    const out = JSON.parse(r.stdout) as { unreadableCount: number; unreadable: Array<{ key: string }> };
+    expect(out.unreadableCount).toBe(3);
+    expect(out.unreadable.map((d) => d.key)).toEqual(["0123456789abcdfghijklmnpqrsvwxyz.narinfo", "_gc/pins.json"]);
   });
 });

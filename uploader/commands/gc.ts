@@ -1,8 +1,10 @@
 // `uploader gc`: runs a garbage collection on the cache to the end, one batch per request
 // (the Worker does a free-plan invocation's worth of work each time), printing progress;
-// with --dry-run, lists what would be deleted and how many bytes that frees.
+// with --dry-run, lists what would be deleted and how many bytes that frees. A collection
+// that met documents it keeps but cannot read deletes nothing: they are listed, with what to
+// do, and the exit status is 1.
 import { CacheAdmin, type GcBatchAnswer, type GcBatchRequest } from "../cache-admin.ts";
-import { UsageError } from "../errors.ts";
+import { EXIT_PATHS_FAILED, UploaderError, UsageError } from "../errors.ts";
 import { HttpClient } from "../http.ts";
 import { formatBytes } from "../progress.ts";
 import { ENV, flagOrEnv, parseCommandLine } from "../settings.ts";
@@ -13,6 +15,11 @@ const BUSY_RETRY_MS = 2000;
 const MAX_SLEEP_MS = 10_000;
 
 const UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400, w: 604800 };
+
+/** What to do about documents a collection could not read (it deletes nothing until then). */
+const UNREADABLE_HINT =
+  "delete each listed narinfo from the R2 bucket (npx wrangler r2 object delete <bucket>/<key> --remote) and push its path again; " +
+  "for _gc/pins.json, check the pins (uploader pins) and set them again (uploader pin)";
 
 export const HELP = `Usage: uploader gc [options]
 
@@ -37,8 +44,12 @@ Options:
 
 Paths pushed while a collection runs are kept, with everything they reference. Pushes of
 paths that are being deleted right then are refused until the collection has finished.
+If a narinfo the cache keeps (or the pins document) cannot be read, what it references is
+unknown: the collection then deletes no path and no NAR, lists those documents, and exits
+with status 1 until they are deleted or pushed again.
 
-Exit status: 0 done; 2 bad usage; 4 cache unreachable, token refused or unexpected answer.
+Exit status: 0 done; 1 done, but nothing deleted because documents cannot be read;
+2 bad usage; 4 cache unreachable, token refused or unexpected answer.
 `;
 
 /** Seconds in an age such as `90s`, `12h`, `14d`; throws UsageError. */
@@ -69,10 +80,12 @@ function describe(answer: GcBatchAnswer): string {
   const t = answer.totals;
   const phase = answer.run?.phase ?? "-";
   switch (phase) {
-    case "mark":
+    case "mark": {
+      const unreadable = t.unreadable ? `; ${count(t.unreadable, "document")} cannot be read (nothing will be deleted)` : "";
       return answer.run?.pass === 2
-        ? `second look: ${count(t.listed ?? 0, "narinfo")} listed (paths pushed meanwhile keep what they use)`
-        : `marking: ${count(t.listed ?? 0, "narinfo")} listed, ${count(t.expanded ?? 0, "path")} in use`;
+        ? `second look: ${count(t.listed ?? 0, "narinfo")} listed (paths pushed meanwhile keep what they use)${unreadable}`
+        : `marking: ${count(t.listed ?? 0, "narinfo")} listed, ${count(t.expanded ?? 0, "path")} in use${unreadable}`;
+    }
     case "nars":
       return `NARs: ${count(t.narFiles ?? 0, "file")} (${formatBytes(t.narBytes ?? 0)}) listed`;
     case "compact":
@@ -143,6 +156,14 @@ export async function run(args: string[]): Promise<void> {
       answer = await admin.gcBatch({ dryRun, ...(id === undefined ? {} : { runId: id }) });
     }
     report(answer, paths, files, { dryRun, json: values.json ?? false, verbose: values.verbose ?? false });
+    const unreadable = answer.result?.unreadableCount ?? 0;
+    if (unreadable > 0) {
+      throw new UploaderError(
+        `the collection ${dryRun ? "would delete" : "deleted"} no path and no NAR: ${count(unreadable, "document")} it keeps cannot be read`,
+        EXIT_PATHS_FAILED,
+        UNREADABLE_HINT,
+      );
+    }
   } finally {
     http.close();
   }
@@ -156,9 +177,11 @@ function report(
 ): void {
   const nars = files.filter((f) => f.key.startsWith("nar/"));
   const narBytes = nars.reduce((n, f) => n + f.size, 0);
+  const unreadable = answer.result?.unreadable ?? [];
+  const unreadableCount = answer.result?.unreadableCount ?? 0;
   if (opts.json) {
     const out = opts.dryRun
-      ? { dryRun: true, paths, files, pathCount: paths.length, narCount: nars.length, narBytes }
+      ? { dryRun: true, paths, files, pathCount: paths.length, narCount: nars.length, narBytes, unreadableCount, unreadable }
       : { dryRun: false, result: answer.result ?? null, stats: answer.stats ?? null, paths, files };
     process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
     return;
@@ -179,6 +202,11 @@ function report(
     );
     const s = answer.stats;
     if (s) lines.push(`the cache now holds ${count(s.paths, "path")}, ${count(s.narFiles, "NAR")} (${formatBytes(s.narBytes)})`);
+  }
+  if (unreadableCount > 0) {
+    lines.push(`${count(unreadableCount, "document")} the cache keeps cannot be read, so no path and no NAR could be proven unused:`);
+    for (const d of unreadable) lines.push(`  ${d.path === null ? d.key : `${d.path} (${d.key})`}: ${d.reason}`);
+    if (unreadableCount > unreadable.length) lines.push(`  … and ${(unreadableCount - unreadable.length).toLocaleString("en")} more`);
   }
   process.stderr.write(`${lines.join("\n")}\n`);
 }
