@@ -11,50 +11,23 @@
 //                 cache/<C>.narinfo → private/<C>.narinfo   (outside the cache root)
 //
 // Write-through is on with the narinfos' key, so the background copy's NAR fetches are
-// covered too. The narinfos and NARs are made with the core (src/nix), no Nix needed.
+// covered too. The narinfos and NARs are made with the core (fakeCachePath), no Nix needed.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { utf8 } from "../../src/nix/encoding.ts";
-import { formatSha256, sha256 } from "../../src/nix/hash.ts";
-import { serializeNar } from "../../src/nix/nar.ts";
-import { formatNarInfo, type NarInfo } from "../../src/nix/narinfo.ts";
-import { encodeNix32 } from "../../src/nix/nix32.ts";
-import { parseSecretKey, signNarInfo, withSignature } from "../../src/nix/signature.ts";
+import { parseSecretKey } from "../../src/nix/signature.ts";
 import { LocalCache } from "./harness.ts";
-import { UpstreamServer, type SeenRequest } from "./upstream-server.ts";
+import { fakeCachePath, UpstreamServer, type FakeCachePath, type SeenRequest } from "./upstream-server.ts";
 import { eventually, serverErrors } from "./upstream-helpers.ts";
 
 const TOKEN = "private-upstream-token";
 const FIXTURES = new URL("../fixtures/keys/", import.meta.url).pathname;
 
-interface FakePath {
-  hash: string;
-  fileName: string;
-  file: Uint8Array;
-  narinfo: string;
-}
+type FakePath = FakeCachePath;
 
 async function fakePath(name: string): Promise<FakePath> {
-  const key = parseSecretKey((await readFile(join(FIXTURES, "test-cache-1.secret"), "utf8")).trim());
-  const hash = encodeNix32((await sha256(utf8(`credentials test ${name}`))).slice(0, 20));
-  const file = await serializeNar({ type: "regular", contents: utf8(`contents of ${name}\n`) });
-  const digest = await sha256(file);
-  const fileName = `${encodeNix32(digest)}.nar`;
-  const info: NarInfo = {
-    storePath: `/nix/store/${hash}-${name}`,
-    url: `nar/${fileName}`,
-    compression: "none",
-    fileHash: formatSha256(digest),
-    fileSize: file.length,
-    narHash: formatSha256(digest),
-    narSize: file.length,
-    references: [],
-    sigs: [],
-    extra: [],
-  };
-  return { hash, fileName, file, narinfo: formatNarInfo(withSignature(info, await signNarInfo(info, key))) };
+  return fakeCachePath(name, parseSecretKey((await readFile(join(FIXTURES, "test-cache-1.secret"), "utf8")).trim()));
 }
 
 let root: string;

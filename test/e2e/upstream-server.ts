@@ -9,11 +9,17 @@
 // A serving upstream may also redirect chosen request paths (302, after the token check,
 // as a private cache moving its objects would). Every server records the requests it
 // got, with their Authorization header, so tests can tell who was asked what and who was
-// sent credentials.
+// sent credentials. fakeCachePath makes signed paths for such a directory without Nix.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { createReadStream } from "node:fs";
 import { stat } from "node:fs/promises";
 import { join, normalize, sep } from "node:path";
+import { utf8 } from "../../src/nix/encoding.ts";
+import { formatSha256, sha256 } from "../../src/nix/hash.ts";
+import { serializeNar } from "../../src/nix/nar.ts";
+import { formatNarInfo, type NarInfo } from "../../src/nix/narinfo.ts";
+import { encodeNix32 } from "../../src/nix/nix32.ts";
+import { signNarInfo, withSignature, type SecretKey } from "../../src/nix/signature.ts";
 
 export type UpstreamBehaviour =
   | { kind: "serve"; root: string; token?: string; redirects?: Record<string, string> }
@@ -69,6 +75,38 @@ async function serveFile(root: string, req: IncomingMessage, res: ServerResponse
     return;
   }
   createReadStream(file).pipe(res);
+}
+
+/** A store path made up for an upstream's directory, without Nix: `<hash>.narinfo` and `nar/<fileName>`. */
+export interface FakeCachePath {
+  hash: string;
+  storePath: string;
+  fileName: string;
+  /** The NAR file (uncompressed). */
+  file: Uint8Array;
+  /** Its narinfo, signed with the given key. */
+  narinfo: string;
+}
+
+/** A path named `name` (hash part derived from it) with a one-file NAR, signed by `key`. */
+export async function fakeCachePath(name: string, key: SecretKey): Promise<FakeCachePath> {
+  const hash = encodeNix32((await sha256(utf8(`fake upstream path ${name}`))).slice(0, 20));
+  const file = await serializeNar({ type: "regular", contents: utf8(`contents of ${name}\n`) });
+  const digest = await sha256(file);
+  const fileName = `${encodeNix32(digest)}.nar`;
+  const info: NarInfo = {
+    storePath: `/nix/store/${hash}-${name}`,
+    url: `nar/${fileName}`,
+    compression: "none",
+    fileHash: formatSha256(digest),
+    fileSize: file.length,
+    narHash: formatSha256(digest),
+    narSize: file.length,
+    references: [],
+    sigs: [],
+    extra: [],
+  };
+  return { hash, storePath: info.storePath, fileName, file, narinfo: formatNarInfo(withSignature(info, await signNarInfo(info, key))) };
 }
 
 export class UpstreamServer {
