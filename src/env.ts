@@ -13,8 +13,9 @@
 // |                       |        | paths they serve without those being in this cache         |
 // | MAX_NAR_UPLOAD_BYTES  | var    | optional: largest NAR PUT body (default 100 MiB, the free   |
 // |                       |        | plan's request limit; raise it on a plan that allows more) |
-// | MULTIPART_VERIFY      | var    | optional: `size` (default) or `sha256`: what completing a  |
-// |                       |        | multipart NAR upload checks (routes/multipart.ts)          |
+// | MULTIPART_VERIFY      | var    | optional: `sha256` (the default and only mode): completing |
+// |                       |        | a multipart NAR upload has R2 check its sha256; `size` was |
+// |                       |        | removed (it let a writer replace a NAR) and is refused     |
 // | WRITE_TOKEN           | secret | a token that may upload                                    |
 // | WRITE_TOKEN_<ANY>     | secret | more upload tokens, each revocable alone                   |
 // | READ_TOKEN            | secret | optional: reads need it (or a write token), except         |
@@ -187,9 +188,14 @@ function parseMaxNarUploadBytes(value: string | undefined): number {
 
 function parseMultipartVerify(value: string | undefined): VerifyMode {
   const text = (value ?? "").trim();
-  if (text === "" || text === "size") return "size";
-  if (text === "sha256") return "sha256";
-  throw fail("misconfigured", "MULTIPART_VERIFY must be size or sha256");
+  if (text === "" || text === "sha256") return "sha256";
+  if (text === "size") {
+    throw fail(
+      "misconfigured",
+      "MULTIPART_VERIFY=size was removed: it stored multipart NARs without checking their sha256, which let any write token replace a NAR with other bytes of the same size; delete the setting (every multipart NAR is now checked against the sha256 in its name)",
+    );
+  }
+  throw fail("misconfigured", "MULTIPART_VERIFY must be sha256 or unset");
 }
 
 function parseSettings(env: WorkerEnv): Settings {

@@ -1,31 +1,41 @@
 // Multipart uploads of NARs larger than one request may carry (Cloudflare's Free and Pro
-// plans refuse request bodies over 100 MB), on top of R2's multipart uploads. Writers only.
+// plans refuse request bodies over 100 MB), on top of R2's multipart uploads. Writers only;
+// each upload belongs to the write token that started it.
 //
 //   GET    /_api/v1/limits
 //          → 200 {"maxRequestBytes", "minPartBytes", "maxParts", "defaultPartBytes",
-//                 "multipartVerify"}          what a client needs to choose single or multipart
+//                 "multipartVerify": "sha256"}   what a client needs to choose single or multipart
 //   POST   /_api/v1/multipart/nar/<file>            body {"size": <FileSize>, "partSize"?: n}
 //          → 201 {"key", "stored": false, "uploadId", "size", "partSize", "partCount",
-//                 "parts": [], "maxRequestBytes", "verify"}                    a new upload
-//          → 200 the same with the parts already received, [{"partNumber", "size"}]: the
-//                upload of this NAR in progress, resumed (same size, verify mode and
-//                request limit, started less than MULTIPART_MAX_AGE_MS ago; otherwise the
-//                old one is aborted and a new one begun)
+//                 "parts": [], "maxRequestBytes", "verify": "sha256"}      a new upload
+//          → 200 the same with the parts already received, [{"partNumber", "size"}]: this
+//                token's upload of this NAR in progress, resumed (same size and part size,
+//                parts within the request limit, started less than MULTIPART_MAX_AGE_MS
+//                ago; otherwise a new one is begun). Another token's upload is never resumed:
+//                each token uploads its own parts, and whichever completes first stores the NAR.
 //          → 200 {"key", "stored": true, "size"}      the NAR is already stored
+//          → 413 over MAX_VERIFIED_BYTES (completion verifies the NAR in one R2 put)
+//          → 429 the token has MAX_UPLOADS_PER_WRITER uploads in progress
 //   PUT    /_api/v1/multipart/nar/<file>/<partNumber>?uploadId=<id>   (Content-Length)
 //          → 200 {"partNumber", "size"}     part n of the layout: partSize bytes, the last
 //                                            one the rest; sending a part again replaces it
 //   POST   /_api/v1/multipart/nar/<file>/complete?uploadId=<id>
-//          → 201 {"key", "size"}   every part received with its size, adding up to the
-//                                  declared size (else 422 naming the missing parts); with
-//                                  MULTIPART_VERIFY=sha256 also the file's sha256
-//          → 200 {"key", "size", "stored": true}   completed already (a retried request)
+//          → 201 {"key", "size"}   every part received with its size, and the assembled file
+//                                  hashes to the sha256 in its name (checked by R2; else 400,
+//                                  nothing stored); 422 names the parts missing
+//          → 200 {"key", "size", "stored": true}   the NAR was stored already (by a retried
+//                                  completion, or by anyone meanwhile): nothing changed
 //   DELETE /_api/v1/multipart/nar/<file>?uploadId=<id>     → 204   abort
 //
 // <file> is `<filehash52>.nar[.ext]` as for a single PUT. The NAR appears under nar/ only
-// when the upload completes, so a narinfo cannot point at it before. Part bodies are
-// streamed into R2 (no Worker CPU spent on them); completion costs a few R2 operations.
-// 404 means "no such upload (any more): start again"; 409 "another upload replaced this one".
+// when the upload completes, with bytes R2 checked against its name, and only if nothing
+// is stored there yet: no writer can replace a stored NAR or squat a name with other
+// bytes. The uploadId is opaque to clients (storage/multipart.ts: `<writer>~<slot>:<R2 id>`);
+// one naming another token's upload gets 403 before anything is read. Part bodies are
+// streamed into R2 (no Worker CPU spent on them); completion costs seven R2 operations,
+// one of them R2 reading and re-writing the whole NAR to verify it.
+// 404 means "no such upload (any more): start again"; 409 "another upload of this NAR by
+// this token replaced this one".
 
 import { Hono, type Context } from "hono";
 import { toHex } from "../nix/encoding.ts";
@@ -34,22 +44,24 @@ import { decodeNix32 } from "../nix/nix32.ts";
 import { settingsOf, type Settings, type WorkerEnv } from "../env.ts";
 import { fail } from "../errors.ts";
 import { contentEncoding, readText, requireLength } from "../http/body.ts";
-import { requireWrite } from "../middleware/auth.ts";
+import { requireWrite, writerOf } from "../middleware/auth.ts";
 import { headObject } from "../storage/bucket.ts";
 import { edgeInvalidate } from "../storage/edge-cache.ts";
 import { narKey, parseNarFileName } from "../storage/keys.ts";
 import {
-  beginUpload,
   discardUpload,
   finishUpload,
+  handleOf,
   MAX_VERIFIED_BYTES,
   MULTIPART_MAX_AGE_MS,
+  parseHandle,
   readUpload,
   receivePart,
-  recordedParts,
+  startUpload,
   type TrackedUpload,
+  type UploadHandle,
 } from "../storage/multipart.ts";
-import { checkComplete, DEFAULT_PART_BYTES, expectedPartSize, layoutFor, MAX_PARTS, MIN_PART_BYTES } from "../upload/part-layout.ts";
+import { DEFAULT_PART_BYTES, expectedPartSize, layoutFor, MAX_PARTS, MIN_PART_BYTES } from "../upload/part-layout.ts";
 
 type Ctx = Context<{ Bindings: WorkerEnv }>;
 
@@ -58,38 +70,42 @@ export const multipart = new Hono<{ Bindings: WorkerEnv }>();
 const BASE = "/_api/v1/multipart/nar";
 /** Largest start request body: `{"size": …, "partSize": …}` is ~50 bytes. */
 const MAX_START_BODY_BYTES = 4096;
-/** Longest accepted upload id (R2's are a few hundred characters). */
+/** Longest accepted upload id (a writer's name, a slot, and R2's id of a few hundred characters). */
 const MAX_UPLOAD_ID_CHARS = 1024;
 
 const PART_TOO_LARGE_HINT = "send parts of the partSize the start of the upload returned (the uploader does)";
 
 /** The NAR named by the route's :file, with the sha256 its name carries; 400 otherwise. */
-function narOf(c: Ctx): { key: string; sha256Hex: string } {
+function narOf(c: Ctx): { file: string; key: string; sha256Hex: string } {
   const file = c.req.param("file") ?? "";
   const name = parseNarFileName(file);
   if (name === null) {
     throw fail("bad_request", "a multipart upload is for nar/<52-char nix32 sha256 of the file>.nar[.xz|.bz2|.zst|.br|.lz4|.lzip]");
   }
   try {
-    return { key: narKey(file), sha256Hex: toHex(decodeNix32(name.fileHash, SHA256_BYTES)) };
+    return { file, key: narKey(file), sha256Hex: toHex(decodeNix32(name.fileHash, SHA256_BYTES)) };
   } catch {
     throw fail("bad_request", "the NAR file name is not a valid nix32 sha256 (it must start with 0 or 1)");
   }
 }
 
-function uploadIdOf(c: Ctx): string {
+/** The upload the request's ?uploadId names: 400 when malformed, 403 when another token started it. */
+function handleOfRequest(c: Ctx): UploadHandle {
   const id = c.req.query("uploadId");
-  if (id === undefined || id === "" || id.length > MAX_UPLOAD_ID_CHARS) {
-    throw fail("bad_request", "pass the uploadId the start of the upload returned: ?uploadId=<id>");
+  const handle = id === undefined || id.length > MAX_UPLOAD_ID_CHARS ? null : parseHandle(id);
+  if (handle === null) throw fail("bad_request", "pass the uploadId the start of the upload returned: ?uploadId=<id>");
+  if (handle.writer !== writerOf(c.req.raw)) {
+    throw fail("forbidden", "this upload was started by another token; a token can only continue its own uploads (start one with POST on this URL without the uploadId)");
   }
-  return id;
+  return handle;
 }
 
-/** The tracked upload `uploadId` of `key`; 404 when there is none, 409 when another one replaced it. */
-async function trackedUpload(c: Ctx, key: string, uploadId: string): Promise<TrackedUpload | null> {
-  const upload = await readUpload(c.env.CACHE, key);
-  if (upload !== null && upload.uploadId !== uploadId) {
-    throw fail("conflict", `another upload of ${key} replaced this one (it was too old, or declared another size); start again`);
+/** This token's upload the handle names, if it is (still) an upload of `nar`; 409 when another one replaced it. */
+async function trackedUpload(c: Ctx, nar: { file: string; key: string }, handle: UploadHandle): Promise<TrackedUpload | null> {
+  const upload = await readUpload(c.env.CACHE, handle);
+  if (upload === null || upload.nar !== nar.file) return null;
+  if (upload.uploadId !== handle.uploadId) {
+    throw fail("conflict", `another upload of ${nar.key} by this token replaced this one (it was too old, or declared another size); start again`);
   }
   return upload;
 }
@@ -118,7 +134,6 @@ function resumable(upload: TrackedUpload, size: number, partSize: number | undef
   return (
     upload.size === size &&
     (partSize === undefined || partSize === upload.partSize) &&
-    upload.verify === settings.multipartVerify &&
     upload.partSize <= settings.maxNarUploadBytes &&
     now - upload.started < MULTIPART_MAX_AGE_MS
   );
@@ -140,10 +155,10 @@ multipart.post(`${BASE}/:file`, requireWrite, async (c) => {
   const { size, partSize } = parseStart(await readText(c.req.raw, MAX_START_BODY_BYTES, "the request body"));
   const settings = settingsOf(c.env);
   const layout = layoutFor(size, settings.maxNarUploadBytes, partSize);
-  if (settings.multipartVerify === "sha256" && size > MAX_VERIFIED_BYTES) {
+  if (size > MAX_VERIFIED_BYTES) {
     throw fail(
       "payload_too_large",
-      `this cache verifies multipart NARs by their sha256 (MULTIPART_VERIFY=sha256), which works up to ${MAX_VERIFIED_BYTES} bytes (one R2 put); this one has ${size}`,
+      `this cache checks every NAR's sha256 as it stores it, in one R2 put, which takes at most ${MAX_VERIFIED_BYTES} bytes; this NAR has ${size} (compress it harder, or keep it out of the cache)`,
     );
   }
   const bucket = c.env.CACHE;
@@ -153,24 +168,17 @@ multipart.post(`${BASE}/:file`, requireWrite, async (c) => {
     return c.json({ key: nar.key, stored: true, size });
   }
   const now = Date.now();
-  let upload = await readUpload(bucket, nar.key);
-  if (upload !== null && !resumable(upload, size, partSize, settings, now)) {
-    await discardUpload(bucket, upload);
-    upload = null;
-  }
-  const resumed = upload !== null;
-  upload ??= await beginUpload(bucket, nar.key, layout, settings.multipartVerify, now);
-  const parts = resumed ? await recordedParts(bucket, upload) : [];
+  const { upload, resumed, parts } = await startUpload(bucket, writerOf(c.req.raw), nar.file, layout, now, (u) => resumable(u, size, partSize, settings, now));
   const body = {
     key: nar.key,
     stored: false,
-    uploadId: upload.uploadId,
+    uploadId: handleOf(upload),
     size: upload.size,
     partSize: upload.partSize,
     partCount: upload.partCount,
-    parts: parts.filter((p) => expectedPartSize(upload, p.partNumber) === p.size).map((p) => ({ partNumber: p.partNumber, size: p.size })),
+    parts: parts.map((p) => ({ partNumber: p.partNumber, size: p.size })),
     maxRequestBytes: settings.maxNarUploadBytes,
-    verify: upload.verify,
+    verify: settings.multipartVerify,
   };
   return c.json(body, resumed ? 200 : 201);
 });
@@ -180,11 +188,11 @@ multipart.put(`${BASE}/:file/:part{[0-9]+}`, requireWrite, async (c) => {
   const partText = c.req.param("part");
   const partNumber = /^[1-9][0-9]{0,4}$/.test(partText) ? Number(partText) : 0;
   if (partNumber < 1 || partNumber > MAX_PARTS) throw fail("bad_request", `part numbers go from 1 to ${MAX_PARTS}`);
-  const uploadId = uploadIdOf(c);
+  const handle = handleOfRequest(c);
   const request = c.req.raw;
   contentEncoding(request, [], "NAR part");
   const length = requireLength(request, settingsOf(c.env).maxNarUploadBytes, PART_TOO_LARGE_HINT);
-  const upload = (await trackedUpload(c, nar.key, uploadId)) ?? noUpload(nar.key);
+  const upload = (await trackedUpload(c, nar, handle)) ?? noUpload(nar.key);
   const expected = expectedPartSize(upload, partNumber);
   if (expected === null) throw fail("bad_request", `this upload has ${upload.partCount} parts; there is no part ${partNumber}`);
   if (length !== expected) {
@@ -197,25 +205,25 @@ multipart.put(`${BASE}/:file/:part{[0-9]+}`, requireWrite, async (c) => {
 
 multipart.post(`${BASE}/:file/complete`, requireWrite, async (c) => {
   const nar = narOf(c);
-  const uploadId = uploadIdOf(c);
+  const handle = handleOfRequest(c);
   const bucket = c.env.CACHE;
-  const upload = await trackedUpload(c, nar.key, uploadId);
+  const upload = await trackedUpload(c, nar, handle);
   if (upload === null) {
     // A retried completion whose first attempt succeeded finds the NAR stored.
     const stored = await headObject(bucket, nar.key);
     if (stored === null) noUpload(nar.key);
     return c.json({ key: nar.key, size: stored.size, stored: true });
   }
-  const parts = checkComplete(upload, await recordedParts(bucket, upload));
-  const size = await finishUpload(bucket, upload, parts, nar.sha256Hex);
+  const finished = await finishUpload(bucket, upload, nar.sha256Hex);
+  if (finished.storedBefore) return c.json({ key: nar.key, size: finished.size, stored: true });
   await edgeInvalidate(new URL(c.req.url), nar.key);
-  return c.json({ key: nar.key, size }, 201);
+  return c.json({ key: nar.key, size: finished.size }, 201);
 });
 
 multipart.delete(`${BASE}/:file`, requireWrite, async (c) => {
   const nar = narOf(c);
-  const uploadId = uploadIdOf(c);
-  const upload = await trackedUpload(c, nar.key, uploadId);
+  const handle = handleOfRequest(c);
+  const upload = await trackedUpload(c, nar, handle);
   if (upload !== null) await discardUpload(c.env.CACHE, upload);
   return new Response(null, { status: 204 });
 });

@@ -7,10 +7,13 @@
 //   realisations/sha256:<64 hex>!<output>.doi          CA realisation, Nix <= 2.34
 //   build-trace-v2/<drv base name>/<output>.doi         CA realisation, Nix >= 2.35
 //   debuginfo/<40 hex build id>             dwarffs debug info link (index-debug-info)
-//   multipart/nar/<file>/upload.json        an unfinished multipart upload of nar/<file>
-//   multipart/nar/<file>/part/<00001>       a part R2 has received for it (customMetadata)
-//   multipart/nar/<file>/object             where R2 assembles it when completion verifies
-//                                           the sha256 (storage/multipart.ts)
+//   multipart/uploads/<writer>~<slot>       an unfinished multipart upload of a NAR by the
+//                                           write token <writer>, in one of its slots
+//                                           (storage/multipart.ts); its state in customMetadata
+//   multipart/objects/<writer>~<slot>/part/<00001>   a part R2 has received for it
+//   multipart/objects/<writer>~<slot>/assembled      where R2 assembles the parts; completion
+//                                           copies it to nar/<file> through a put R2 checks
+//                                           against the sha256 in the name
 //
 // A request path maps to a key only if it matches one of these shapes exactly (PROTOCOL §7
 // regexes), so no request can name any other key: traversal (`..`), encoded slashes,
@@ -63,10 +66,63 @@ export function narKey(fileName: string): string {
 
 /** Prefix of the multipart upload bookkeeping; never served (classifyKey gives null). */
 export const MULTIPART_PREFIX = "multipart/";
+/** Where the upload records live, one object per upload: listing it lists every upload. */
+export const MULTIPART_UPLOADS_PREFIX = `${MULTIPART_PREFIX}uploads/`;
+/** Where the parts' records and the assembled objects live, one directory per slot. */
+export const MULTIPART_OBJECTS_PREFIX = `${MULTIPART_PREFIX}objects/`;
 
-/** Where the bookkeeping of a multipart upload of the NAR at `narObjectKey` lives (ends in "/"). */
-export function multipartDir(narObjectKey: string): string {
-  return `${MULTIPART_PREFIX}${narObjectKey}/`;
+/** A write token's upload slot: `<writer>~<slot>`, the name of its record and directory. */
+export interface UploadSlot {
+  /** The write token's secret name (`WRITE_TOKEN`, `WRITE_TOKEN_CI`…). */
+  writer: string;
+  slot: number;
+}
+
+/**
+ * The writer's part of slot names, `<writer>~`: a prefix that lists exactly that writer's
+ * uploads. Secret names are `[A-Za-z0-9_]` in practice; anything else is percent-encoded,
+ * `~` included, so that no writer's prefix is the start of another's.
+ */
+export function writerSlotPrefix(writer: string): string {
+  return `${encodeURIComponent(writer).replace(/~/g, "%7E")}~`;
+}
+
+/** `<writer>~<slot>`. */
+export function uploadSlotName(s: UploadSlot): string {
+  return `${writerSlotPrefix(s.writer)}${s.slot}`;
+}
+
+/** Splits `<writer>~<slot>`; null for anything else. */
+export function parseUploadSlotName(name: string): UploadSlot | null {
+  const m = /^([^~/]+)~(0|[1-9][0-9]{0,5})$/.exec(name);
+  if (m === null) return null;
+  let writer: string;
+  try {
+    writer = decodeURIComponent(m[1]!);
+  } catch {
+    return null;
+  }
+  return writerSlotPrefix(writer) === `${m[1]!}~` ? { writer, slot: Number(m[2]) } : null;
+}
+
+/** `multipart/uploads/<writer>~<slot>`: the record of the upload in that slot. */
+export function multipartUploadKey(s: UploadSlot): string {
+  return MULTIPART_UPLOADS_PREFIX + uploadSlotName(s);
+}
+
+/** `multipart/objects/<writer>~<slot>/`: everything else of the upload in that slot. */
+export function multipartDir(s: UploadSlot): string {
+  return `${MULTIPART_OBJECTS_PREFIX}${uploadSlotName(s)}/`;
+}
+
+/** `multipart/objects/<writer>~<slot>/part/<00001>`: the record of part `partNumber`. */
+export function multipartPartKey(s: UploadSlot, partNumber: number): string {
+  return `${multipartDir(s)}part/${String(partNumber).padStart(5, "0")}`;
+}
+
+/** `multipart/objects/<writer>~<slot>/assembled`: the R2 multipart upload's own key. */
+export function multipartAssemblyKey(s: UploadSlot): string {
+  return `${multipartDir(s)}assembled`;
 }
 
 /** Splits `<filehash52>.nar[.ext]`; null for any other name. */

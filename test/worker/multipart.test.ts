@@ -2,20 +2,24 @@
 // with a small request limit (6 MiB) so that a 15 MiB NAR takes three parts.
 //
 // What is checked comes from HTTP and the bucket: a NAR appears under nar/ only once
-// completed, with exactly the bytes of its parts; a narinfo cannot point at it before;
-// an interrupted upload resumes with the parts already received; every bad request is a
-// 4xx with a reason and leaves the bucket as it was.
+// completed, with exactly the bytes of its parts and only if they hash to its name; a
+// narinfo cannot point at it before; an interrupted upload resumes with the parts already
+// received; nothing of an upload is left once it completes, fails verification or is
+// aborted; every bad request is a 4xx with a reason and leaves the bucket as it was.
+// Attacks by a second write token are in multipart-integrity.test.ts.
 import { env } from "cloudflare:workers";
 import { reset } from "cloudflare:test";
 import { beforeEach, describe, expect, it } from "vitest";
 import { formatNarInfo } from "../../src/nix/narinfo.ts";
+import { abortStaleUploads, MULTIPART_MAX_AGE_MS } from "../../src/storage/multipart.ts";
 import { MIN_PART_BYTES } from "../../src/upload/part-layout.ts";
-import { bearer, bytesOf, callWith, errorOf, keys, snapshot, testPath, type TestPath } from "../helpers/worker.ts";
+import { bearer, bytesOf, callWith, errorOf, keys, snapshot, testPath, TEST_SECOND_WRITE_TOKEN, type TestPath } from "../helpers/worker.ts";
 
 /** The test limit: parts of 6 MiB, like a cache whose request limit is 6 MiB. */
 const LIMIT = 6 * 1024 * 1024;
 const SMALL = { MAX_NAR_UPLOAD_BYTES: String(LIMIT) };
-const SHA256_MODE = { ...SMALL, MULTIPART_VERIFY: "sha256" };
+/** Where the test token's first upload is recorded (storage/multipart.ts). */
+const FIRST_SLOT = "multipart/uploads/WRITE_TOKEN~0";
 
 function randomBytes(n: number): Uint8Array {
   const out = new Uint8Array(n);
@@ -92,7 +96,7 @@ describe("limits", () => {
       minPartBytes: 5 * 1024 * 1024,
       maxParts: 10_000,
       defaultPartBytes: 64 * 1024 * 1024,
-      multipartVerify: "size",
+      multipartVerify: "sha256",
     });
   });
 
@@ -110,7 +114,7 @@ describe("limits", () => {
 describe("a multipart upload", { timeout: 60_000 }, () => {
   it("stores the NAR only at completion, with exactly the bytes of its parts", async () => {
     const s = await started();
-    expect(s).toMatchObject({ key: `nar/${big.fileName}`, stored: false, size: big.file.length, partSize: LIMIT, partCount: 3, parts: [], maxRequestBytes: LIMIT, verify: "size" });
+    expect(s).toMatchObject({ key: `nar/${big.fileName}`, stored: false, size: big.file.length, partSize: LIMIT, partCount: 3, parts: [], maxRequestBytes: LIMIT, verify: "sha256" });
 
     // Parts may arrive in any order.
     for (const n of [3, 1, 2]) {
@@ -216,29 +220,40 @@ describe("a multipart upload", { timeout: 60_000 }, () => {
     expect(((await next.json()) as Started).uploadId).not.toBe(s.uploadId);
   });
 
-  it("begins anew when the tracked upload is older than the max age, aborting the old one", async () => {
+  it("begins anew when the tracked upload is older than the max age, leaving the old one to the cleanup", async () => {
     const s = await started();
     expect((await putPart(s, 1, partBytes(big.file, s, 1))).status).toBe(200);
-    // Age the bookkeeping as a day and a bit would.
-    const stateKey = `multipart/nar/${big.fileName}/upload.json`;
-    const state = JSON.parse(await (await env.CACHE.get(stateKey))!.text()) as { started: number };
-    await env.CACHE.put(stateKey, JSON.stringify({ ...state, started: Date.now() - 25 * 3600 * 1000 }));
+    // Age the record as a day and a bit would.
+    const record = (await env.CACHE.head(FIRST_SLOT))!;
+    await env.CACHE.put(FIRST_SLOT, "", { customMetadata: { ...record.customMetadata, started: String(Date.now() - MULTIPART_MAX_AGE_MS - 3600_000) } });
     const res = await start();
     expect(res.status).toBe(201);
     const fresh = (await res.json()) as Started;
     expect(fresh.uploadId).not.toBe(s.uploadId);
     expect(fresh.parts).toEqual([]);
-    // The old upload is gone at R2 too.
-    await expect(env.CACHE.resumeMultipartUpload(`nar/${big.fileName}`, s.uploadId).uploadPart(2, new Uint8Array(1))).rejects.toThrow(/does not exist/);
+    // The next start resumes the fresh one, not the old one.
+    const again = (await (await start()).json()) as Started;
+    expect(again.uploadId).toBe(fresh.uploadId);
+    // The cleanup aborts the old one at R2 and drops its objects; the fresh one stays.
+    const pass = await abortStaleUploads(env.CACHE);
+    expect(pass.aborted).toEqual([`WRITE_TOKEN nar/${big.fileName}`]);
     const stale = await putPart(s, 2, partBytes(big.file, s, 2));
-    expect(stale.status).toBe(409);
+    expect(stale.status).toBe(404);
+    expect(await keys()).toEqual(["multipart/uploads/WRITE_TOKEN~1"]);
+    await uploadAll(fresh);
+    expect((await complete(fresh)).status).toBe(201);
+    expect(await keys()).toEqual([`nar/${big.fileName}`]);
   });
 
-  it("begins anew when a start declares another size", async () => {
+  it("begins anew when a start declares another size, discarding the old upload", async () => {
     const s = await started();
+    expect((await putPart(s, 1, partBytes(big.file, s, 1))).status).toBe(200);
     const res = await start(big, SMALL, { size: big.file.length - 1 });
     expect(res.status).toBe(201);
     expect(((await res.json()) as Started).uploadId).not.toBe(s.uploadId);
+    // Only the new upload's record is left: the old one's part record went with it.
+    expect(await keys()).toEqual([FIRST_SLOT]);
+    expect((await putPart(s, 2, partBytes(big.file, s, 2))).status).toBe(409);
   });
 
   it("uses the requested part size when it follows the rules", async () => {
@@ -247,30 +262,49 @@ describe("a multipart upload", { timeout: 60_000 }, () => {
     expect(await res.json()).toMatchObject({ partSize: MIN_PART_BYTES, partCount: 4 });
   });
 
-  it("with MULTIPART_VERIFY=sha256, stores the NAR only when its bytes hash to its name", async () => {
-    const good = await started(big, SHA256_MODE);
+  it("stores the NAR only when its bytes hash to its name; a forgery leaves nothing behind", async () => {
+    const good = await started();
     expect(good.verify).toBe("sha256");
-    await uploadAll(good, big.file, SHA256_MODE);
-    expect((await complete(good, SHA256_MODE)).status).toBe(201);
+    await uploadAll(good);
+    expect((await complete(good)).status).toBe(201);
     expect(await bytesOf(await api(`/nar/${big.fileName}`))).toEqual(big.file);
     expect(await keys()).toEqual([`nar/${big.fileName}`]);
 
     const other = await testPath("multipart-other", { nar: randomBytes(11 * 1024 * 1024) });
-    const bad = await started(other, SHA256_MODE);
+    const bad = await started(other);
+    // Bytes of the right size, in parts of the right sizes: only the hash can tell.
     const forged = randomBytes(other.file.length);
-    await uploadAll(bad, forged, SHA256_MODE, other);
-    const res = await complete(bad, SHA256_MODE, other);
+    await uploadAll(bad, forged, SMALL, other);
+    const res = await complete(bad, SMALL, other);
     expect(res.status).toBe(400);
     expect(await errorOf(res)).toMatch(/do not hash to the sha256/);
+    // No NAR, no assembled object, no part records, no upload record.
     expect(await keys()).toEqual([`nar/${big.fileName}`]);
+    expect((await complete(bad, SMALL, other)).status).toBe(404);
   });
 
-  it("by default checks sizes only: bytes of the right size are stored (Nix checks NarHash on download)", async () => {
+  it("completing when the NAR got stored meanwhile answers that it is stored, changes nothing and cleans up", async () => {
     const s = await started();
-    const forged = randomBytes(big.file.length);
-    await uploadAll(s, forged);
-    expect((await complete(s)).status).toBe(201);
-    expect(await bytesOf(await api(`/nar/${big.fileName}`))).toEqual(forged);
+    await uploadAll(s);
+    const other = await callWith(SMALL, BASE, {
+      method: "POST",
+      body: JSON.stringify({ size: big.file.length }),
+      headers: { ...bearer(TEST_SECOND_WRITE_TOKEN), "Content-Type": "application/json" },
+    });
+    const theirs = (await other.json()) as Started;
+    for (let n = 1; n <= theirs.partCount; n++) {
+      const res = await callWith(SMALL, `${BASE}/${n}?uploadId=${encodeURIComponent(theirs.uploadId)}`, { method: "PUT", body: partBytes(big.file, theirs, n), headers: bearer(TEST_SECOND_WRITE_TOKEN) });
+      expect(res.status).toBe(200);
+    }
+    const first = await callWith(SMALL, `${BASE}/complete?uploadId=${encodeURIComponent(theirs.uploadId)}`, { method: "POST", headers: bearer(TEST_SECOND_WRITE_TOKEN) });
+    expect(first.status).toBe(201);
+    const before = (await snapshot()).filter((k) => k.startsWith("nar/"));
+    expect(before).toHaveLength(1);
+    const res = await complete(s);
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual({ key: `nar/${big.fileName}`, size: big.file.length, stored: true });
+    // The NAR as it was (same etag), and nothing else: this upload's parts went too.
+    expect(await snapshot()).toEqual(before);
   });
 });
 
@@ -283,6 +317,8 @@ describe("bad multipart requests: a 4xx with a reason, the bucket unchanged", { 
     error: RegExp;
   }
   const url = (s: Started, n: number | string) => `${BASE}/${n}?uploadId=${encodeURIComponent(s.uploadId)}`;
+  /** The same slot with another R2 upload id: what an upload replaced by a newer one holds. */
+  const otherId = (s: Started) => `${s.uploadId.slice(0, s.uploadId.indexOf(":"))}:someOtherR2UploadId`;
   const cases: Record<string, Case> = {
     "start without a token": { request: () => [BASE, { method: "POST", body: "{}", headers: { Authorization: "" } }], status: 401, error: /token/ },
     "start of a bad NAR name": { request: () => ["/_api/v1/multipart/nar/x.nar", { method: "POST", body: '{"size":1}' }], status: 400, error: /nar\/<52-char/ },
@@ -308,16 +344,36 @@ describe("bad multipart requests: a 4xx with a reason, the bucket unchanged", { 
       status: 413,
       error: /minimum part size/,
     },
-    "start over the sha256 mode's 5 GiB": {
-      request: () => [BASE, { method: "POST", body: JSON.stringify({ size: 6 * 1024 ** 3 }) }, { MAX_NAR_UPLOAD_BYTES: String(100 * 1024 * 1024), MULTIPART_VERIFY: "sha256" }],
+    "start over the 5 GiB one verified put takes": {
+      request: () => [BASE, { method: "POST", body: JSON.stringify({ size: 6 * 1024 ** 3 }) }, { MAX_NAR_UPLOAD_BYTES: String(100 * 1024 * 1024) }],
       status: 413,
-      error: /MULTIPART_VERIFY=sha256/,
+      error: /in one R2 put, which takes at most 5363466240 bytes/,
     },
     "part without an upload id": { request: () => [`${BASE}/2`, { method: "PUT", body: partBytes(big.file, { partSize: LIMIT }, 2) }], status: 400, error: /uploadId/ },
-    "part with another upload id": {
+    "part with a malformed upload id": {
       request: () => [`${BASE}/2?uploadId=not-this-one`, { method: "PUT", body: partBytes(big.file, { partSize: LIMIT }, 2) }],
+      status: 400,
+      error: /uploadId/,
+    },
+    "part with another upload id of this token's slot": {
+      request: (s) => [`${BASE}/2?uploadId=${encodeURIComponent(otherId(s))}`, { method: "PUT", body: partBytes(big.file, { partSize: LIMIT }, 2) }],
       status: 409,
       error: /replaced this one/,
+    },
+    "part with an upload id of a free slot": {
+      request: (s) => [`${BASE}/2?uploadId=${encodeURIComponent(s.uploadId.replace("~0:", "~5:"))}`, { method: "PUT", body: partBytes(big.file, { partSize: LIMIT }, 2) }],
+      status: 404,
+      error: /no multipart upload/,
+    },
+    "part with an upload id of a slot that cannot exist": {
+      request: (s) => [`${BASE}/2?uploadId=${encodeURIComponent(s.uploadId.replace("~0:", "~64:"))}`, { method: "PUT", body: partBytes(big.file, { partSize: LIMIT }, 2) }],
+      status: 400,
+      error: /uploadId/,
+    },
+    "part by another write token": {
+      request: (s) => [url(s, 2), { method: "PUT", body: partBytes(big.file, { partSize: LIMIT }, 2), headers: bearer(TEST_SECOND_WRITE_TOKEN) }],
+      status: 403,
+      error: /started by another token/,
     },
     "part number 0": { request: (s) => [url(s, 0), { method: "PUT", body: new Uint8Array(10) }], status: 400, error: /part numbers/ },
     "part number 10001": { request: (s) => [url(s, 10001), { method: "PUT", body: new Uint8Array(10) }], status: 400, error: /part numbers/ },
@@ -347,8 +403,19 @@ describe("bad multipart requests: a 4xx with a reason, the bucket unchanged", { 
     },
     "part without a token": { request: (s) => [url(s, 2), { method: "PUT", body: new Uint8Array(10), headers: { Authorization: "Bearer wrong" } }], status: 401, error: /not valid/ },
     "complete with parts missing": { request: (s) => [`${BASE}/complete?uploadId=${encodeURIComponent(s.uploadId)}`, { method: "POST" }], status: 422, error: /parts 2, 3/ },
-    "complete with another upload id": { request: () => [`${BASE}/complete?uploadId=nope`, { method: "POST" }], status: 409, error: /replaced/ },
-    "abort with another upload id": { request: () => [`${BASE}?uploadId=nope`, { method: "DELETE" }], status: 409, error: /replaced/ },
+    "complete with a malformed upload id": { request: () => [`${BASE}/complete?uploadId=nope`, { method: "POST" }], status: 400, error: /uploadId/ },
+    "complete with another upload id": { request: (s) => [`${BASE}/complete?uploadId=${encodeURIComponent(otherId(s))}`, { method: "POST" }], status: 409, error: /replaced/ },
+    "complete by another write token": {
+      request: (s) => [`${BASE}/complete?uploadId=${encodeURIComponent(s.uploadId)}`, { method: "POST", headers: bearer(TEST_SECOND_WRITE_TOKEN) }],
+      status: 403,
+      error: /started by another token/,
+    },
+    "abort with another upload id": { request: (s) => [`${BASE}?uploadId=${encodeURIComponent(otherId(s))}`, { method: "DELETE" }], status: 409, error: /replaced/ },
+    "abort by another write token": {
+      request: (s) => [`${BASE}?uploadId=${encodeURIComponent(s.uploadId)}`, { method: "DELETE", headers: bearer(TEST_SECOND_WRITE_TOKEN) }],
+      status: 403,
+      error: /started by another token/,
+    },
   };
 
   for (const [name, c] of Object.entries(cases)) {
