@@ -8,7 +8,9 @@
 //
 // Resuming needs nothing local: compression is deterministic, so a re-run produces the
 // same file under the same name, and the Worker's start answer lists the parts it already
-// has for that name. Only the missing ones are sent.
+// has of this token's upload of that name (each write token has uploads of its own, so a
+// re-run with another token starts afresh). Only the missing ones are sent. The Worker
+// stores the NAR only if the assembled file hashes to its name.
 //
 // When a part or the completion is refused for good (a 4xx: the cache will not take it),
 // the upload is aborted so its parts do not linger. When the cache is unreachable or

@@ -6,7 +6,9 @@
 // What is checked comes from outside the uploader: the cache's narinfo and NAR over HTTP
 // (the NAR's bytes hash to FileHash and decompress to the store's NarHash), a real Nix
 // substituting the path into an empty store (contents compared with `nix-store --dump`),
-// the Worker's own account of which parts it holds after a push was killed, and plain
+// the Worker's own account of which parts it holds after a push was killed, a file that
+// does not hash to its name refused by the Worker's verified completion, two pipelines
+// (two write tokens, each with its own upload) pushing one path at once, and plain
 // `nix copy` refused with a 413 that names the uploader.
 import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
@@ -28,6 +30,8 @@ import { startWorker, type TestWorker } from "./worker.ts";
 
 /** The Worker's request limit in these tests: parts of 6 MiB. */
 const LIMIT = 6 * 1024 * 1024;
+/** A second write token (WRITE_TOKEN_CI), as a second CI pipeline has. */
+const SECOND_TOKEN = randomBytes(16).toString("hex");
 
 let nix: NixSandbox;
 let worker: TestWorker;
@@ -36,7 +40,7 @@ let publicKey: string;
 
 beforeAll(async () => {
   nix = await NixSandbox.create();
-  worker = await startWorker({ MAX_NAR_UPLOAD_BYTES: String(LIMIT) });
+  worker = await startWorker({ MAX_NAR_UPLOAD_BYTES: String(LIMIT), WRITE_TOKEN_CI: SECOND_TOKEN });
   keyFile = join(await nix.tempDir("keys-"), "sk");
   publicKey = (await uploader(["keygen", "--name", "multipart-test-1", "--secret-key-file", keyFile])).stdout.trim();
 });
@@ -156,25 +160,21 @@ describe("multipart pushes with a 6 MiB request limit", () => {
   });
 });
 
-describe("with MULTIPART_VERIFY=sha256 on the Worker", () => {
-  let strict: TestWorker;
-  beforeAll(async () => {
-    strict = await startWorker({ MAX_NAR_UPLOAD_BYTES: String(LIMIT), MULTIPART_VERIFY: "sha256" });
-  });
-  afterAll(async () => {
-    await strict?.dispose();
-  });
-
-  test("a push completes through the verified copy, and real Nix substitutes it", { timeout: 300_000 }, async () => {
-    const path = await randomPath(nix, "nec-multipart-sha256", 14 * 1024 * 1024);
-    const r = await run(process.execPath, [CLI, "push", "--json", "--secret-key-file", keyFile, path], {
-      env: { ...uploaderEnv(), NIX_CACHE_URL: strict.url, NIX_CACHE_TOKEN: strict.token },
-    });
-    expect(r.code, r.stderr).toBe(0);
-    expect(JSON.parse(r.stdout)).toMatchObject({ uploaded: 1 });
-    const narinfo = await expectStoredNar(strict.url, path);
-    expect(narinfo.fileSize).toBeGreaterThan(2 * LIMIT);
-    await expectSubstitutes(nix, strict.url, publicKey, path);
+describe("integrity with several writers", () => {
+  test("two pipelines pushing the same large path at once both succeed, and the NAR is stored once", { timeout: 300_000 }, async () => {
+    const path = await randomPath(nix, "nec-multipart-two-tokens", 20 * 1024 * 1024);
+    const push = (token: string) =>
+      run(process.execPath, [CLI, "push", "--json", "--verbose", "--secret-key-file", keyFile, path], { env: { ...uploaderEnv(), NIX_CACHE_TOKEN: token } });
+    const results = await Promise.all([push(worker.token), push(SECOND_TOKEN)]);
+    for (const r of results) {
+      expect(r.code, r.stderr).toBe(0);
+      const summary = JSON.parse(r.stdout) as PushSummary;
+      expect(summary.failed).toBe(0);
+      expect(summary.uploaded + summary.alreadyCached).toBe(1);
+    }
+    const narinfo = await expectStoredNar(worker.url, path);
+    expect(narinfo.fileSize).toBeGreaterThan(3 * LIMIT);
+    await expectSubstitutes(nix, worker.url, publicKey, path);
   });
 
   test("a file that does not hash to its name is refused: nothing stored, nothing left to resume", { timeout: 120_000 }, async () => {
@@ -183,7 +183,7 @@ describe("with MULTIPART_VERIFY=sha256 on the Worker", () => {
     await writeFile(file, bytes);
     // The name of other bytes of the same size.
     const key = `nar/${encodeNix32(new Uint8Array(createHash("sha256").update(randomBytes(bytes.length)).digest()))}.nar.zst`;
-    const http = new HttpClient({ baseUrl: strict.url, token: strict.token });
+    const http = new HttpClient({ baseUrl: worker.url, token: worker.token });
     try {
       const err = await uploadInParts(http, key, file, bytes.length).then(
         () => null,
@@ -192,11 +192,11 @@ describe("with MULTIPART_VERIFY=sha256 on the Worker", () => {
       expect(err).toBeInstanceOf(HttpError);
       expect((err as HttpError).status).toBe(400);
       expect((err as HttpError).message).toMatch(/do not hash to the sha256/);
-      expect((await fetch(`${strict.url}/${key}`, { method: "HEAD" })).status).toBe(404);
+      expect((await fetch(`${worker.url}/${key}`, { method: "HEAD" })).status).toBe(404);
       // A new start finds no upload to resume.
-      const res = await fetch(`${strict.url}/_api/v1/multipart/${key}`, {
+      const res = await fetch(`${worker.url}/_api/v1/multipart/${key}`, {
         method: "POST",
-        headers: { Authorization: `Bearer ${strict.token}`, "Content-Type": "application/json" },
+        headers: { Authorization: `Bearer ${worker.token}`, "Content-Type": "application/json" },
         body: JSON.stringify({ size: bytes.length }),
       });
       expect(res.status).toBe(201);
