@@ -10,6 +10,8 @@ import { env } from "cloudflare:workers";
 import { createExecutionContext, reset, waitOnExecutionContext } from "cloudflare:test";
 import fc from "fast-check";
 import { beforeEach, describe, expect, it } from "vitest";
+import { createApp } from "../../src/app.ts";
+import type { WorkerEnv } from "../../src/env.ts";
 import worker from "../../src/index.ts";
 import { toHex } from "../../src/nix/encoding.ts";
 import { sha256 } from "../../src/nix/hash.ts";
@@ -17,7 +19,7 @@ import { decodeNix32 } from "../../src/nix/nix32.ts";
 import { encodeNix32 } from "../../src/nix/nix32.ts";
 import { CLEANUP_OPERATIONS_PER_PASS, MAX_UPLOADS_PER_WRITER, MULTIPART_MAX_AGE_MS } from "../../src/storage/multipart.ts";
 import { MULTIPART_CLEANUP_EVERY_MINUTES } from "../../src/scheduled.ts";
-import { bearer, bytesOf, callWith, errorOf, keys, snapshot, testPath, TEST_SECOND_WRITE_TOKEN, TEST_WRITE_TOKEN, type TestPath } from "../helpers/worker.ts";
+import { bearer, bytesOf, callWith, errorOf, keys, ORIGIN, snapshot, testPath, TEST_SECOND_WRITE_TOKEN, TEST_WRITE_TOKEN, type TestPath } from "../helpers/worker.ts";
 
 /** Parts of 6 MiB, as on a cache whose request limit is 6 MiB. */
 const LIMIT = 6 * 1024 * 1024;
@@ -305,6 +307,23 @@ describe("bounded bookkeeping", { timeout: 120_000 }, () => {
   });
 });
 
+describe("what verification costs", { timeout: 60_000 }, () => {
+  it("a completion is seven R2 operations, one of them the put R2 checks (bench/multipart-verify.ts counts on this)", async () => {
+    const s = await started(HONEST, { fileName: big.fileName, size: big.file.length });
+    await sendAll(HONEST, big.fileName, s, big.file);
+    const counting = countingBucket(env.CACHE);
+    const ctx = createExecutionContext();
+    const request = new Request(`${ORIGIN}${base(big.fileName)}/complete?${q(s)}`, { method: "POST", headers: bearer(HONEST) });
+    const res = await createApp().fetch(request, { ...env, ...VARS, CACHE: counting.bucket } as WorkerEnv, ctx);
+    await waitOnExecutionContext(ctx);
+    expect(res.status).toBe(201);
+    // The record, the NAR's absence, the part records, R2 assembling, reading the assembled
+    // object, the checked put, one bulk delete of the bookkeeping.
+    expect(counting.ops).toEqual(["head", "head", "list", "complete", "get", "put", "delete"]);
+    expect(await keys()).toEqual([`nar/${big.fileName}`]);
+  });
+});
+
 describe("MULTIPART_VERIFY", () => {
   it("size is refused: it let a writer replace a NAR", async () => {
     const res = await callWith({ MULTIPART_VERIFY: "size" }, "/_api/v1/limits", { headers: bearer() });
@@ -391,9 +410,9 @@ describe("invariants under any interleaving of two writers", { timeout: 300_000 
   });
 });
 
-/** A view of `bucket` that counts R2 operations (each call that reaches R2). */
-function countingBucket(bucket: R2Bucket): { bucket: R2Bucket; count: number } {
-  const state = { bucket: bucket, count: 0 };
+/** A view of `bucket` that counts R2 operations (each call that reaches R2), and names them. */
+function countingBucket(bucket: R2Bucket): { bucket: R2Bucket; count: number; ops: string[] } {
+  const state = { bucket: bucket, count: 0, ops: [] as string[] };
   const countUpload = (upload: R2MultipartUpload): R2MultipartUpload =>
     new Proxy(upload, {
       get(target, prop, receiver) {
@@ -401,6 +420,7 @@ function countingBucket(bucket: R2Bucket): { bucket: R2Bucket; count: number } {
         if (typeof value !== "function") return value;
         return (...args: unknown[]) => {
           state.count++;
+          state.ops.push(String(prop));
           return (value as (...a: unknown[]) => unknown).apply(target, args);
         };
       },
@@ -415,6 +435,7 @@ function countingBucket(bucket: R2Bucket): { bucket: R2Bucket; count: number } {
       }
       return (...args: unknown[]) => {
         state.count++;
+        state.ops.push(String(prop));
         return (value as (...a: unknown[]) => unknown).apply(target, args);
       };
     },
