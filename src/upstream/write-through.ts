@@ -29,7 +29,8 @@ import { decodeNix32 } from "../nix/nix32.ts";
 import { verifyNarInfo, type PublicKey } from "../nix/signature.ts";
 import { HASH_PART_LENGTH, parseStorePath, storePathBaseName } from "../nix/store-path.ts";
 import { CONTENT_TYPE } from "../http/representation.ts";
-import { existsMany, headObject, putStream } from "../storage/bucket.ts";
+import { headObject, putStream } from "../storage/bucket.ts";
+import { storedPaths } from "../storage/narinfo-object.ts";
 import { narInfoKey, NAR_PREFIX, parseNarFileName } from "../storage/keys.ts";
 import { isSpent, reserve, usageOn, type Amount } from "../storage/write-through-budget.ts";
 import { checkDocument } from "../upload/narinfo-acceptance.ts";
@@ -184,10 +185,16 @@ export async function writeThrough(root: UpstreamHit, bucket: R2Bucket, ctx: Loo
     const self = storePathBaseName(parseStorePath(copy.info.storePath)!);
     const references = copy.info.references.filter((ref) => ref !== self);
     if (!r2.take(references.length)) return false;
-    const present = await existsMany(bucket, references.map((ref) => narInfoKey(ref.slice(0, HASH_PART_LENGTH))));
+    // References count as present only as those exact store paths (hash part and name).
+    const present = await storedPaths(bucket, references);
     for (let i = 0; i < references.length; i++) {
       if (present[i] === true) continue;
       if (!(await fill(references[i]!.slice(0, HASH_PART_LENGTH), null))) return false;
+    }
+    if (present.includes(false)) {
+      // A hash part already stored under another name is not this reference: no hole allowed.
+      if (!r2.take(references.length)) return false;
+      if ((await storedPaths(bucket, references)).includes(false)) return false;
     }
     if (!r2.take()) return false;
     const existing = await headObject(bucket, copy.narKey);

@@ -10,7 +10,7 @@ import fc from "fast-check";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import type { WorkerEnv } from "../../src/env.ts";
 import { utf8 } from "../../src/nix/encoding.ts";
-import { formatNarInfo } from "../../src/nix/narinfo.ts";
+import { formatNarInfo, parseNarInfo } from "../../src/nix/narinfo.ts";
 import {
   dayOf, formatUsage, parseUsage, reserve, RESERVE_ATTEMPTS, usageOn, WRITE_THROUGH_BUDGET_KEY, type Amount,
 } from "../../src/storage/write-through-budget.ts";
@@ -18,7 +18,7 @@ import { SubrequestBudget } from "../../src/upstream/budget.ts";
 import { judgeNarInfo, type LookupContext, type UpstreamHit } from "../../src/upstream/lookup.ts";
 import { parseAggregation } from "../../src/upstream/settings.ts";
 import { writeThrough } from "../../src/upstream/write-through.ts";
-import { callWith, keys, signed, snapshot, testPath, TEST_PUBLIC_KEY_TEXT, type TestPath } from "../helpers/worker.ts";
+import { bearer, callWith, keys, signed, snapshot, testPath, TEST_PUBLIC_KEY_TEXT, type TestPath } from "../helpers/worker.ts";
 
 afterEach(async () => {
   vi.restoreAllMocks();
@@ -266,5 +266,22 @@ describe("reads with write-through and a daily budget", () => {
       if (copied.includes(`${p.hash}.narinfo`)) expect(copied).toContain(`nar/${p.fileName}`);
     }
     expect((await stored()).objects).toBeLessThanOrEqual(7);
+  });
+});
+
+describe("write-through and references matched by full store path", () => {
+  it("never copies a referrer whose reference's hash part is stored here under another name", async () => {
+    const dep = await testPath("wt-dep");
+    const top = await testPath("wt-top", { references: [dep] });
+    const { files } = await upstreamPaths([dep, top]);
+    // A write token published another path under the dependency's hash part first.
+    const squat = await testPath("wt-squat");
+    const squatInfo = { ...squat.info, storePath: `/nix/store/${dep.hash}-wt-squat` };
+    expect((await callWith({}, `/nar/${squat.fileName}`, { method: "PUT", body: squat.file, headers: bearer() })).status).toBe(201);
+    expect((await callWith({}, `/${dep.hash}.narinfo`, { method: "PUT", body: formatNarInfo(squatInfo), headers: bearer() })).status).toBe(201);
+    fakeUpstream(files);
+    await read(settings({}), top);
+    expect(await env.CACHE.head(`${top.hash}.narinfo`), "a referrer was stored with a hole").toBeNull();
+    expect(formatNarInfo(parseNarInfo(await (await env.CACHE.get(`${dep.hash}.narinfo`))!.text()))).toContain("-wt-squat");
   });
 });
