@@ -1,8 +1,9 @@
 // `npm start`: run the cache locally, the way a newcomer first tries it.
 //
-// Starts the Worker under `wrangler dev` with local R2 storage, after making sure a
-// throwaway write token and signing key exist (generated once into the state directory,
-// never committed), and prints what Nix and the uploader need to use it. Tests start the
+// Starts the Worker under `wrangler dev` with local R2 storage and a local D1 index (its
+// migrations applied first, so a fresh or older state directory is brought up to date),
+// after making sure a throwaway write token and signing key exist (generated once into the
+// state directory, never committed), and prints what Nix and the uploader need to use it. Tests start the
 // cache through this same script, so what the README promises is what they exercise.
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
@@ -26,12 +27,12 @@ const LOCAL_KEY_NAME = "nix-edge-cache-local-1";
 
 const HELP = `Usage: npm start [-- options]
 
-Starts a local nix-edge-cache (the Worker under wrangler dev, local R2 storage) on
+Starts a local nix-edge-cache (the Worker under wrangler dev, local R2 and D1) on
 http://127.0.0.1:${DEFAULT_PORT}, creating a throwaway write token and signing key on first run.
 
 Options:
   --port <n>        port to listen on (default ${DEFAULT_PORT})
-  --state <dir>     where the token, key and R2 data live (default .wrangler/local-cache)
+  --state <dir>     where the token, key, R2 and D1 data live (default .wrangler/local-cache)
   --var KEY:VALUE   override a Worker setting from wrangler.toml (repeatable),
                     e.g. --var UPSTREAM_CACHES: to check references against this cache only
   -h, --help        show this help
@@ -43,6 +44,33 @@ interface LocalSecrets {
   adminToken: string;
   signingKey: string;
   publicKey: string;
+}
+
+/**
+ * Applies the D1 index's migrations (migrations/) to the local database kept under
+ * `persistTo` (what `wrangler dev --persist-to` and unstable_startWorker's `persist` use).
+ */
+export async function applyLocalMigrations(persistTo: string): Promise<void> {
+  const wrangler = join(PROJECT_ROOT, "node_modules", ".bin", "wrangler");
+  const args = ["d1", "migrations", "apply", "DB", "--local", "--config", join(PROJECT_ROOT, "wrangler.toml"), "--persist-to", persistTo];
+  const output: string[] = [];
+  const code = await new Promise<number | null>((resolvePromise, reject) => {
+    const child = spawn(wrangler, args, {
+      stdio: ["ignore", "pipe", "pipe"],
+      env: {
+        ...process.env,
+        PATH: `${join(PROJECT_ROOT, "node_modules", ".bin")}:${process.env.PATH ?? ""}`,
+        WRANGLER_SEND_METRICS: "false",
+        CLOUDFLARE_CF_FETCH_ENABLED: "false",
+        CI: "true",
+      },
+    });
+    child.stdout.on("data", (d: Buffer) => output.push(d.toString()));
+    child.stderr.on("data", (d: Buffer) => output.push(d.toString()));
+    child.on("error", reject);
+    child.on("exit", resolvePromise);
+  });
+  if (code !== 0) throw new Error(`applying the D1 migrations failed (wrangler ${args.join(" ")}):\n${output.join("").slice(-2000)}`);
 }
 
 /** Reads `KEY=value` lines (the .dev.vars format wrangler reads). */
@@ -143,6 +171,7 @@ async function main(): Promise<void> {
   const stateDir = resolve(values.state ?? join(PROJECT_ROOT, ".wrangler", "local-cache"));
   const secrets = await ensureLocalSecrets(stateDir);
   const url = `http://127.0.0.1:${port}`;
+  await applyLocalMigrations(join(stateDir, "r2"));
   process.stderr.write(usage(url, secrets, await writeNetrc(stateDir, secrets)));
 
   const args = [

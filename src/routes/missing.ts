@@ -4,10 +4,12 @@
 //   request   {"hashes": ["<hash32>", ...]}      at most MAX_MISSING_BATCH, writers only
 //   response  {"missing": ["<hash32>", ...]}     absent ones, each once, in request order
 //
-// Each distinct hash costs one R2 HEAD of `<hash>.narinfo`, 6 at a time (the connection
-// limit). Upstream caches are not consulted: skipping paths they serve is the pusher's call.
-// Paths found present count as pushed again for retention: the stale roots among them are
-// refreshed (gc/refresh.ts; at most 200, a GET and a PUT each).
+// One query of the D1 index answers it, whatever the number of hashes. While the index is
+// not complete yet (a bucket from before the index, still being adopted), hashes it lacks
+// are also looked up in R2 (one HEAD each), so nothing stored is reported missing; each such
+// request also adopts one page of the bucket (path-index/adoption.ts). Upstream caches are
+// not consulted: skipping paths they serve is the pusher's call. Paths found present count
+// as pushed again for retention: the stale roots among them are refreshed (gc/refresh.ts).
 
 import { Hono } from "hono";
 import { isHashPart } from "../nix/store-path.ts";
@@ -15,15 +17,18 @@ import { settingsOf, type WorkerEnv } from "../env.ts";
 import { fail } from "../errors.ts";
 import { readText } from "../http/body.ts";
 import { requireWrite } from "../middleware/auth.ts";
-import { pathsToRefresh, refreshAge, refreshPaths, type PresentPath } from "../gc/refresh.ts";
+import { pathsToRefresh, refreshAge } from "../gc/refresh.ts";
+import { adoptObjects, isIndexComplete } from "../path-index/adoption.ts";
 import { headObjects } from "../storage/narinfo-object.ts";
 import { narInfoKey } from "../storage/keys.ts";
+import { indexedPaths, refreshPaths } from "../storage/path-index.ts";
 
 export const missing = new Hono<{ Bindings: WorkerEnv }>();
 
 /**
- * Most hashes per request: one R2 HEAD each must stay well inside the free plan's ~1000
- * operations per request. A pusher splits larger closures into several requests.
+ * Most hashes per request: the index answers any number in one query, but the request body
+ * and the answer grow with it, and while the index is incomplete each unindexed hash costs
+ * an R2 HEAD, which must stay well inside the free plan's ~1000 operations per request.
  */
 export const MAX_MISSING_BATCH = 500;
 
@@ -52,12 +57,19 @@ function parseHashes(text: string): string[] {
 
 missing.post("/_api/v1/missing", requireWrite, async (c) => {
   const hashes = [...new Set(parseHashes(await readText(c.req.raw, MAX_MISSING_BODY_BYTES, "the request body")))];
-  const objects = await headObjects(c.env.CACHE, hashes.map(narInfoKey));
+  const present = await indexedPaths(c.env.DB, hashes);
+  const indexed = new Set(present.map((p) => p.hash));
+  let absent = hashes.filter((h) => !indexed.has(h));
+  if (absent.length > 0 && !(await isIndexComplete(c.env.DB))) {
+    const objects = await headObjects(c.env.CACHE, absent.map(narInfoKey));
+    absent = absent.filter((_, i) => objects[i] === null);
+    // Moves the adoption on by a page (the cron does too, but `wrangler dev` has no cron).
+    await adoptObjects(c.env.CACHE, c.env.DB);
+  }
   const age = refreshAge(settingsOf(c.env).gc);
   if (age !== null) {
     const now = Date.now();
-    const present: PresentPath[] = hashes.flatMap((hash, i) => (objects[i] ? [{ hash, object: objects[i] }] : []));
-    await refreshPaths(c.env.CACHE, pathsToRefresh(present, now - age), now);
+    await refreshPaths(c.env.DB, pathsToRefresh(present, now - age), now, now - age);
   }
-  return c.json({ missing: hashes.filter((_, i) => objects[i] === null) });
+  return c.json({ missing: absent });
 });

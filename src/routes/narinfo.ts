@@ -14,11 +14,10 @@ import { settingsOf, type WorkerEnv } from "../env.ts";
 import { AppError, fail } from "../errors.ts";
 import { contentEncoding, readText } from "../http/body.ts";
 import { serveObject } from "../http/object-response.ts";
-import { requireRead, requireWrite } from "../middleware/auth.ts";
+import { requireRead, requireWrite, writerOf } from "../middleware/auth.ts";
 import { edgeInvalidate } from "../storage/edge-cache.ts";
 import { keyFromUrl, type ObjectKey } from "../storage/keys.ts";
 import { openUploadGate } from "../gc/upload-gate.ts";
-import { refreshAge } from "../gc/refresh.ts";
 import { acceptNarInfo } from "../upload/narinfo-acceptance.ts";
 import { storeNarInfo } from "../upload/narinfo-store.ts";
 import { serveUpstreamNarInfo } from "./upstream-narinfo.ts";
@@ -69,9 +68,9 @@ narinfo.put(NARINFO_ROUTE, requireWrite, async (c) => {
   const settings = settingsOf(c.env);
   // The fence is read before the NAR and references are checked (gc/fence.ts).
   const gate = await openUploadGate(c.env.CACHE, settings.gc.uploadWindowMs);
-  const accepted = await acceptNarInfo(info, hashPart, c.env.CACHE, settings);
+  const accepted = await acceptNarInfo(info, hashPart, c.env.CACHE, c.env.DB, settings);
   gate.checkNarInfo(accepted);
-  const outcome = await storeNarInfo(c.env.CACHE, object.key, accepted, { gate, refreshAge: refreshAge(settings.gc) });
+  const outcome = await storeNarInfo(c.env.CACHE, object.key, accepted, { db: c.env.DB, token: writerOf(request), gate });
   if (outcome !== "unchanged") await edgeInvalidate(new URL(request.url), object.key);
   return new Response(null, { status: outcome === "created" ? 201 : 204 });
 });

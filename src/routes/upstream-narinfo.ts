@@ -39,7 +39,7 @@ export async function serveUpstreamNarInfo(request: Request, env: WorkerEnv, ctx
 
   if (request.method === "GET" && writeThroughEnabled(aggregation)) {
     // The background copy awaits its own memo writes: it already runs inside waitUntil.
-    ctx.waitUntil(writeThrough(hit, env.CACHE, { ...lookup, defer: undefined }));
+    ctx.waitUntil(writeThrough(hit, env.CACHE, env.DB, { ...lookup, defer: undefined }));
   }
   const body = replaceNarInfoUrl(hit.text, clientNarUrl(hit.upstream, hit.nar));
   const headers = new Headers({

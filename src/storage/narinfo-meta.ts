@@ -64,13 +64,14 @@ export function encodeNarInfoMeta(info: NarInfo, pushed: number): Record<string,
   if (info.fileSize !== undefined) meta.fs = String(info.fileSize);
   meta.ns = String(info.narSize);
   if (path !== null) meta.n = path.name;
-  const refs: string[] = [];
+  // A set, not refs.includes: linear in the number of references (900 of them took ms).
+  const refs = new Set<string>();
   for (const ref of info.references) {
     const hash = ref.slice(0, HASH_PART_LENGTH);
-    if (hash !== self && isHashPart(hash) && !refs.includes(hash)) refs.push(hash);
+    if (hash !== self && isHashPart(hash)) refs.add(hash);
   }
   const used = Object.entries(meta).reduce((n, [k, v]) => n + k.length + v.length, 0);
-  const joined = refs.join(" ");
+  const joined = [...refs].join(" ");
   if (used + 1 + joined.length <= MAX_METADATA_BYTES) meta.r = joined;
   return meta;
 }

@@ -92,3 +92,31 @@ export async function storedPaths(bucket: R2Bucket, baseNames: readonly string[]
     return path !== null && (await storesPath(bucket, path));
   });
 }
+
+/** One page of the narinfo objects at the top of the bucket, with their metadata. */
+export interface NarInfoPage {
+  objects: Array<{ key: string; size: number; uploaded: number; customMetadata: Record<string, string> }>;
+  /** Where the next page starts; null after the last. */
+  cursor: string | null;
+}
+
+const NARINFO_OBJECT_KEY = /^[0-9a-df-np-sv-z]{32}\.narinfo$/;
+
+/**
+ * Up to `limit` top-level objects from `cursor` on (one list call; narinfos are the only
+ * objects at the top besides a few documents, which are skipped).
+ */
+export async function listNarInfoPage(bucket: R2Bucket, cursor: string | null, limit: number): Promise<NarInfoPage> {
+  let page: R2Objects;
+  try {
+    page = await bucket.list({ delimiter: "/", limit, include: ["customMetadata"], ...(cursor === null ? {} : { cursor }) });
+  } catch (err) {
+    return storageUnavailable(err);
+  }
+  return {
+    objects: page.objects
+      .filter((o) => NARINFO_OBJECT_KEY.test(o.key))
+      .map((o) => ({ key: o.key, size: o.size, uploaded: o.uploaded.getTime(), customMetadata: o.customMetadata ?? {} })),
+    cursor: page.truncated ? page.cursor : null,
+  };
+}

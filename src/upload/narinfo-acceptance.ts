@@ -94,7 +94,7 @@ export function checkDocument(info: NarInfo, hashPart: string): string {
  * Applies every rule to a parsed narinfo uploaded to `<hashPart>.narinfo` and returns the
  * narinfo to store (with the Worker's signature when it has a key). Throws AppError.
  */
-export async function acceptNarInfo(info: NarInfo, hashPart: string, bucket: R2Bucket, settings: Settings): Promise<NarInfo> {
+export async function acceptNarInfo(info: NarInfo, hashPart: string, bucket: R2Bucket, db: D1Database, settings: Settings): Promise<NarInfo> {
   const narObjectKey = checkDocument(info, hashPart);
 
   if (settings.trustedKeys.length > 0 && !(await verifyNarInfo(info, settings.trustedKeys))) {
@@ -111,7 +111,7 @@ export async function acceptNarInfo(info: NarInfo, hashPart: string, bucket: R2B
   const self = storePathBaseName(parseStorePath(info.storePath)!);
   const others = info.references.filter((ref) => ref !== self);
   const caches = referenceCaches(settings.upstreams, settings.aggregation);
-  const missing = await missingReferences(bucket, others, caches);
+  const missing = await missingReferences(bucket, db, others, caches);
   if (missing.length > 0) throw fail("unprocessable", missingReferencesMessage(missing, caches));
 
   if (settings.signingKey === null) return info;

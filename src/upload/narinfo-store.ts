@@ -16,16 +16,19 @@
 // win; the loser re-reads once and is judged against the winner.
 // Every write carries the narinfo's GC metadata (storage/narinfo-meta.ts: push time,
 // references, NAR) and happens through an upload gate (gc/upload-gate.ts), so it cannot
-// race a garbage collection deleting what the narinfo depends on. An identical re-upload
-// refreshes the push time when it is older than `refreshAge` (gc/refresh.ts).
+// race a garbage collection deleting what the narinfo depends on. After the object, the
+// path's row goes into the D1 index (storage/path-index.ts), with who pushed it; an
+// identical re-upload records the row again (adopting an object a crash left unindexed)
+// and moves its push time on.
 
 import { NixFormatError } from "../nix/errors.ts";
 import { normaliseSha256 } from "../nix/hash.ts";
 import { formatNarInfo, MAX_NARINFO_LENGTH, parseNarInfo, type NarInfo } from "../nix/narinfo.ts";
 import { fail } from "../errors.ts";
-import { encodeNarInfoMeta, decodeNarInfoMeta } from "../storage/narinfo-meta.ts";
+import { encodeNarInfoMeta } from "../storage/narinfo-meta.ts";
 import { getNarInfoObject, putNarInfoObject } from "../storage/narinfo-object.ts";
 import { openGateAndRecheck, type UploadGate } from "../gc/upload-gate.ts";
+import { recordPath, rowOf } from "../storage/path-index.ts";
 import { checkSignatures, mergeSignatures } from "./signatures.ts";
 
 export type StoreOutcome = "created" | "unchanged" | "merged";
@@ -106,39 +109,41 @@ export function decide(stored: string | null, incoming: NarInfo): Decision {
 }
 
 export interface StoreOptions {
+  /** The index the path's row goes into, after its object. */
+  db: D1Database;
+  /** Who stores it: the write token's secret name, or null for a write-through copy. */
+  token: string | null;
   /**
    * The gate the caller opened before checking the narinfo's NAR and references (the
    * upload route). Without one, storeNarInfo opens one and checks them again.
    */
   gate?: UploadGate;
-  /** An identical stored narinfo pushed longer ago than this (ms) is refreshed; null: never. */
-  refreshAge?: number | null;
   clock?: () => number;
 }
 
 /** Stores `incoming` at `key` following the immutability rule. */
-export async function storeNarInfo(bucket: R2Bucket, key: string, incoming: NarInfo, options: StoreOptions = {}): Promise<StoreOutcome> {
+export async function storeNarInfo(bucket: R2Bucket, key: string, incoming: NarInfo, options: StoreOptions): Promise<StoreOutcome> {
   const clock = options.clock ?? Date.now;
   const gate = options.gate ?? (await openGateAndRecheck(bucket, incoming, clock));
+  const row = rowOf(incoming, options.token, clock());
   for (let attempt = 0; attempt <= RACE_RETRIES; attempt++) {
     const stored = await getNarInfoObject(bucket, key);
     const decision = decide(stored?.text ?? null, incoming);
     if (!decision.write) {
-      const age = options.refreshAge ?? null;
-      if (stored !== null && age !== null) {
-        const pushed = decodeNarInfoMeta(stored.customMetadata)?.pushed ?? stored.uploaded;
-        if (pushed < clock() - age) {
-          gate.assertInTime();
-          await putNarInfoObject(bucket, key, stored.text, encodeNarInfoMeta(incoming, clock()), { ifEtag: stored.etag });
-        }
-      }
+      // The same path again: it is in use. Its row is written again (a crash may have left
+      // the object unindexed) with the later push time; the facts in a row never change.
+      gate.assertInTime();
+      if (row !== null) await recordPath(options.db, row, null, null);
       return decision.outcome;
     }
     gate.assertInTime();
     // Only signatures can differ between `incoming` and what is written: same metadata.
     const meta = encodeNarInfoMeta(incoming, clock());
     const written = await putNarInfoObject(bucket, key, decision.text, meta, stored === null ? { ifAbsent: true } : { ifEtag: stored.etag });
-    if (written) return decision.outcome;
+    if (written) {
+      if (row !== null) await recordPath(options.db, row, decision.outcome === "created" ? "publish" : "sign", options.token);
+      return decision.outcome;
+    }
   }
   throw fail("conflict", "another upload of this narinfo happened at the same time; retry");
 }

@@ -1,6 +1,8 @@
 // Which references of an uploaded narinfo are not available to a client of this cache as
-// that exact store path: neither stored here (a HEAD of `<hash>.narinfo` in R2 whose
-// metadata names the same path; storage/narinfo-object.ts storedPaths) nor served by one
+// that exact store path: neither stored here (one query of the D1 index by hash part and
+// name, storage/path-index.ts; only references the index lacks are looked up in R2, a HEAD
+// of `<hash>.narinfo` whose metadata names the same path, storage/narinfo-object.ts
+// storedPaths, for objects not indexed yet) nor served by one
 // of the upstream caches (a GET of `<upstream>/<hash>.narinfo`, with the credentials
 // configured for an aggregated upstream, whose StorePath is the reference;
 // upstream/settings.ts referenceCaches). A narinfo is only accepted when this list is
@@ -8,8 +10,9 @@
 // hash part matters: `<stored hash>-<other name>` is another store path, which nobody
 // could substitute.
 //
-// Budget (free plan, per request): about 1000 operations on Cloudflare services (R2 calls
-// included) and 50 subrequests (fetch and Cache API calls), 6 connections at a time.
+// Budget (free plan, per request): about 1000 operations on Cloudflare services (R2 and D1
+// calls included) and 50 subrequests (fetch and Cache API calls), 6 connections at a time.
+// An upload whose references are all indexed costs one D1 query, whatever their number.
 
 import { mapConcurrent } from "../concurrency.ts";
 import { fail } from "../errors.ts";
@@ -18,13 +21,15 @@ import { HASH_PART_LENGTH, STORE_DIR } from "../nix/store-path.ts";
 import { R2_CONCURRENCY } from "../storage/bucket.ts";
 import { narInfoKey } from "../storage/keys.ts";
 import { storedPaths } from "../storage/narinfo-object.ts";
+import { unindexedPaths } from "../storage/path-index.ts";
 import type { ReferenceCache } from "../upstream/settings.ts";
 
 /**
- * Most references one narinfo may have: one R2 HEAD each must fit the ~1000 operations a
- * free-plan request may make, next to the few the upload itself needs (stored narinfo,
- * NAR HEAD, the write). Real paths rarely come close; the few that do (NixOS system
- * closures, big language environments) need a plan with a larger budget.
+ * Most references one narinfo may have. The index checks any number in one query, but
+ * references it lacks cost an R2 HEAD each (objects not indexed yet), which must fit the
+ * ~1000 operations a free-plan request may make next to the few the upload itself needs.
+ * Real paths rarely come close; the few that do (NixOS system closures, big language
+ * environments) need a plan with a larger budget.
  */
 export const MAX_REFERENCES = 900;
 
@@ -93,12 +98,13 @@ async function servedUpstream(upstreams: readonly ReferenceCache[], reference: s
  * The references (base names, the path's own excluded by the caller) that are neither in
  * the bucket nor upstream, in input order. Throws `payload_too_large` past the budgets.
  */
-export async function missingReferences(bucket: R2Bucket, references: readonly string[], upstreams: readonly ReferenceCache[]): Promise<string[]> {
+export async function missingReferences(bucket: R2Bucket, db: D1Database, references: readonly string[], upstreams: readonly ReferenceCache[]): Promise<string[]> {
   if (references.length > MAX_REFERENCES) {
     throw fail("payload_too_large", `the narinfo has ${references.length} references; this cache checks at most ${MAX_REFERENCES} per upload`);
   }
-  const present = await storedPaths(bucket, references);
-  const absent = references.filter((_, i) => !present[i]);
+  const unindexed = await unindexedPaths(db, references);
+  const present = await storedPaths(bucket, unindexed);
+  const absent = unindexed.filter((_, i) => !present[i]);
   if (absent.length === 0 || upstreams.length === 0) return absent;
   if (absent.length * upstreams.length > MAX_UPSTREAM_LOOKUPS) {
     throw fail(

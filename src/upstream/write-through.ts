@@ -142,7 +142,7 @@ async function copyNar(copy: StorableCopy, bucket: R2Bucket, ctx: LookupContext,
  * Copies the path of `root` (and, first, whatever of its closure the bucket lacks) from
  * the upstreams into the bucket, as far as the budgets allow. Never throws.
  */
-export async function writeThrough(root: UpstreamHit, bucket: R2Bucket, ctx: LookupContext, now: () => number = Date.now): Promise<void> {
+export async function writeThrough(root: UpstreamHit, bucket: R2Bucket, db: D1Database, ctx: LookupContext, now: () => number = Date.now): Promise<void> {
   const trusted = ctx.aggregation.writeThroughKeys;
   const limits = ctx.aggregation.writeThroughLimits;
   const r2 = new SubrequestBudget(WRITE_THROUGH_R2_OPERATIONS);
@@ -214,7 +214,7 @@ export async function writeThrough(root: UpstreamHit, bucket: R2Bucket, ctx: Loo
     if (narNeeded && !(await copyNar(copy, bucket, ctx, r2))) return false;
     if (!r2.take(2)) return false;
     try {
-      await storeNarInfo(bucket, narInfoKey(hash), copy.info);
+      await storeNarInfo(bucket, narInfoKey(hash), copy.info, { db, token: null });
       return true;
     } catch (err) {
       // E.g. a push stored a different narinfo for the path meanwhile: that one stays.

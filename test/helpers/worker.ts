@@ -3,7 +3,7 @@
 // bytes built with the core.
 
 import { env, exports } from "cloudflare:workers";
-import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test";
+import { applyD1Migrations, createExecutionContext, reset, waitOnExecutionContext, type D1Migration } from "cloudflare:test";
 import { createApp } from "../../src/app.ts";
 import type { WorkerEnv } from "../../src/env.ts";
 import { fromHex, toBase64, utf8 } from "../../src/nix/encoding.ts";
@@ -20,6 +20,17 @@ import otherPublicKey from "../fixtures/keys/test-other-1.public?raw";
 import vectorsText from "../fixtures/vectors.json?raw";
 
 export { TEST_SECOND_WRITE_TOKEN, TEST_WRITE_TOKEN };
+
+/** Gives the D1 index its schema (migrations/), unless it has it. */
+export async function migrate(): Promise<void> {
+  await applyD1Migrations(env.DB, (env as unknown as { TEST_MIGRATIONS: D1Migration[] }).TEST_MIGRATIONS);
+}
+
+/** Empties every binding (R2 and D1), then gives the index its schema again. */
+export async function resetAll(): Promise<void> {
+  await reset();
+  await migrate();
+}
 
 /** Loopback origin: the Worker skips its edge cache here, so R2 is what tests observe. */
 export const ORIGIN = "http://localhost";

@@ -14,6 +14,8 @@
 //   5. the Worker's signature is on every stored narinfo and verifies;
 //   6. uploads belong to who started them: the honest writer's multipart upload completes
 //      whatever the other token did to it, and its push is never refused because of it;
+//   7. the D1 index never has a row whose narinfo object is missing, and a row's facts are
+//      the stored narinfo's (store path, NAR, sizes, references);
 //   and every answer to anyone is below 500.
 //
 // The hostile token tries: replacing published paths with other content, merging huge or
@@ -22,7 +24,6 @@
 // name with garbage, touching the honest upload by its id, and pins and collections, which
 // its token may not do.
 import { env } from "cloudflare:workers";
-import { reset } from "cloudflare:test";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { toBase64, toHex, utf8 } from "../../src/nix/encoding.ts";
@@ -32,7 +33,7 @@ import { serializeNar } from "../../src/nix/nar.ts";
 import { formatNarInfo, MAX_NARINFO_LENGTH, parseNarInfo, type NarInfo } from "../../src/nix/narinfo.ts";
 import { signNarInfo, verifyNarInfo } from "../../src/nix/signature.ts";
 import { MAX_SIGNATURES, keyNameOf } from "../../src/upload/signatures.ts";
-import { bearer, callWith, OTHER_KEY, TEST_KEY, TEST_KEY_TEXT, TEST_PUBLIC_KEY, TEST_SECOND_WRITE_TOKEN, testPath, type TestPath } from "../helpers/worker.ts";
+import { bearer, callWith, OTHER_KEY, TEST_KEY, TEST_KEY_TEXT, TEST_PUBLIC_KEY, TEST_SECOND_WRITE_TOKEN, testPath, type TestPath, resetAll } from "../helpers/worker.ts";
 import { collect, DAY_MS, gcSettings, TestClock } from "../helpers/gc.ts";
 
 const ADMIN_TOKEN = "adversary-admin-token";
@@ -213,6 +214,24 @@ async function checkBucket(real: Real): Promise<void> {
       const refInfo = parseNarInfo(await (await env.CACHE.get(refKey))!.text());
       expect(refInfo.storePath, `${o.key} references ${ref}, but ${refKey} is another path`).toBe(`/nix/store/${ref}`);
     }
+  }
+  await checkIndex();
+}
+
+/** Invariant 7: every row of the index has its narinfo object, with the same facts. */
+async function checkIndex(): Promise<void> {
+  const rows = await env.DB.prepare("SELECT hash, name, nar_file, file_size, nar_size, refs FROM paths").all<{
+    hash: string; name: string; nar_file: string; file_size: number; nar_size: number; refs: string;
+  }>();
+  for (const row of rows.results) {
+    const obj = await env.CACHE.get(`${row.hash}.narinfo`);
+    expect(obj, `the index has ${row.hash}-${row.name}, whose narinfo is not stored`).not.toBeNull();
+    const info = parseNarInfo(await obj!.text());
+    expect(info.storePath).toBe(`/nix/store/${row.hash}-${row.name}`);
+    expect(info.url).toBe(`nar/${row.nar_file}`);
+    expect([info.fileSize, info.narSize]).toEqual([row.file_size, row.nar_size]);
+    const refs = info.references.map((r) => r.slice(0, 32)).filter((h) => h !== row.hash);
+    expect(JSON.parse(row.refs)).toEqual([...new Set(refs)]);
   }
 }
 
@@ -593,7 +612,7 @@ describe("an honest and a hostile write token, in any order", () => {
       const u = await universe();
       await fc.assert(
         fc.asyncProperty(fc.commands(commands, { maxCommands: MAX_COMMANDS }), async (cmds) => {
-          await reset();
+          await resetAll();
           const real: Real = { u, seen: { narinfos: new Map(), nars: new Map() }, log: [] };
           try {
             await fc.asyncModelRun(() => ({ model: { honestUpload: null, hostileUpload: null, pins: new Map() }, real }), cmds);

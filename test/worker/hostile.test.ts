@@ -1,12 +1,11 @@
 // Hostile and malformed requests: each gets a 4xx with a clean JSON reason, and the
 // bucket is exactly as before (every key and etag). Nix disables a cache after a 5xx and
 // Nix 2.8 hangs on a 5xx answer to a PUT, so bad input must never produce one.
-import { reset } from "cloudflare:test";
 import { beforeEach, describe, expect, it } from "vitest";
 import { toBase64, utf8 } from "../../src/nix/encoding.ts";
 import { formatNarInfo } from "../../src/nix/narinfo.ts";
 import { MAX_NARINFO_LENGTH } from "../../src/nix/narinfo.ts";
-import { bearer, call, push, putNar, snapshot, testPath, TEST_WRITE_TOKEN } from "../helpers/worker.ts";
+import { bearer, call, push, putNar, snapshot, testPath, TEST_WRITE_TOKEN, resetAll } from "../helpers/worker.ts";
 
 const dep = await testPath("hostile-dep");
 const victim = await testPath("hostile-victim", { references: [dep] });
@@ -20,7 +19,7 @@ const NI = `/${H}.narinfo`;
 const DRV = `${dep.hash}-hello.drv`;
 
 beforeEach(async () => {
-  await reset();
+  await resetAll();
   await push(dep);
   expect((await putNar(victim)).status).toBe(201);
   // The victim's narinfo would be accepted as is: every refusal below is due to the change.

@@ -7,7 +7,7 @@
 // (same bytes, same etag), every hostile request is a 4xx, and the honest writer can still
 // store its NAR whatever the squatter did before.
 import { env } from "cloudflare:workers";
-import { createExecutionContext, reset, waitOnExecutionContext } from "cloudflare:test";
+import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test";
 import fc from "fast-check";
 import { beforeEach, describe, expect, it } from "vitest";
 import { createApp } from "../../src/app.ts";
@@ -19,7 +19,7 @@ import { decodeNix32 } from "../../src/nix/nix32.ts";
 import { encodeNix32 } from "../../src/nix/nix32.ts";
 import { CLEANUP_OPERATIONS_PER_PASS, MAX_UPLOADS_PER_WRITER, MULTIPART_MAX_AGE_MS } from "../../src/storage/multipart.ts";
 import { MULTIPART_CLEANUP_EVERY_MINUTES } from "../../src/scheduled.ts";
-import { bearer, bytesOf, callWith, errorOf, keys, ORIGIN, snapshot, testPath, TEST_SECOND_WRITE_TOKEN, TEST_WRITE_TOKEN, type TestPath } from "../helpers/worker.ts";
+import { bearer, bytesOf, callWith, errorOf, keys, ORIGIN, snapshot, testPath, TEST_SECOND_WRITE_TOKEN, TEST_WRITE_TOKEN, type TestPath, resetAll } from "../helpers/worker.ts";
 
 /** Parts of 6 MiB, as on a cache whose request limit is 6 MiB. */
 const LIMIT = 6 * 1024 * 1024;
@@ -112,7 +112,7 @@ async function storedNar(p: TestPath): Promise<{ etag: string; bytes: Uint8Array
 
 const multipartKeys = async () => (await keys()).filter((k) => k.startsWith("multipart/"));
 
-beforeEach(() => reset());
+beforeEach(() => resetAll());
 
 describe("a squatter cannot replace or pre-empt a NAR", { timeout: 60_000 }, () => {
   it("an upload started before the honest NAR existed cannot replace it once stored", async () => {
@@ -359,7 +359,7 @@ describe("invariants under any interleaving of two writers", { timeout: 300_000 
     const tokens = [HONEST, SQUATTER];
     await fc.assert(
       fc.asyncProperty(fc.array(step, { minLength: 1, maxLength: 14 }), async (steps) => {
-        await reset();
+        await resetAll();
         // The upload handles each token got from its last start of each NAR.
         const handles = new Map<string, Started>();
         const stored = new Map<string, string>();

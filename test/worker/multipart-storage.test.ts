@@ -3,7 +3,7 @@
 // R2's checked, conditional put), the key and handle layout, slots, and the cleanup pass a
 // cron calls to abort abandoned uploads.
 import { env } from "cloudflare:workers";
-import { createExecutionContext, reset, waitOnExecutionContext } from "cloudflare:test";
+import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test";
 import fc from "fast-check";
 import { beforeEach, describe, expect, it } from "vitest";
 import worker from "../../src/index.ts";
@@ -22,12 +22,12 @@ import {
   type TrackedUpload,
 } from "../../src/storage/multipart.ts";
 import { layoutFor } from "../../src/upload/part-layout.ts";
-import { keys } from "../helpers/worker.ts";
+import { keys, resetAll } from "../helpers/worker.ts";
 
 const MiB = 1024 * 1024;
 const WRITER = "WRITE_TOKEN";
 
-beforeEach(() => reset());
+beforeEach(() => resetAll());
 
 function narFile(i: number): string {
   // Any valid name will do: the storage module never reads NAR bytes before completion.

@@ -8,12 +8,11 @@
 // aborted; every bad request is a 4xx with a reason and leaves the bucket as it was.
 // Attacks by a second write token are in multipart-integrity.test.ts.
 import { env } from "cloudflare:workers";
-import { reset } from "cloudflare:test";
 import { beforeEach, describe, expect, it } from "vitest";
 import { formatNarInfo } from "../../src/nix/narinfo.ts";
 import { abortStaleUploads, MULTIPART_MAX_AGE_MS } from "../../src/storage/multipart.ts";
 import { MIN_PART_BYTES } from "../../src/upload/part-layout.ts";
-import { bearer, bytesOf, callWith, errorOf, keys, snapshot, testPath, TEST_SECOND_WRITE_TOKEN, type TestPath } from "../helpers/worker.ts";
+import { bearer, bytesOf, callWith, errorOf, keys, snapshot, testPath, TEST_SECOND_WRITE_TOKEN, type TestPath, resetAll } from "../helpers/worker.ts";
 
 /** The test limit: parts of 6 MiB, like a cache whose request limit is 6 MiB. */
 const LIMIT = 6 * 1024 * 1024;
@@ -85,7 +84,7 @@ function putNarInfo(p: TestPath = big): Promise<Response> {
   return api(`/${p.hash}.narinfo`, { method: "PUT", body: formatNarInfo(p.info) });
 }
 
-beforeEach(() => reset());
+beforeEach(() => resetAll());
 
 describe("limits", () => {
   it("tells writers the request limit and R2's part rules", async () => {

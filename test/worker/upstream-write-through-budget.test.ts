@@ -4,7 +4,6 @@
 // (sequential and concurrent reservations, a new day, a damaged document), then whole
 // reads through the Worker with a fake upstream (global fetch answered in-process from a
 // map of files; the exchange with real upstream servers is in test/e2e/upstream-*.test.ts).
-import { reset } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import fc from "fast-check";
 import { afterEach, describe, expect, it, vi } from "vitest";
@@ -18,11 +17,11 @@ import { SubrequestBudget } from "../../src/upstream/budget.ts";
 import { judgeNarInfo, type LookupContext, type UpstreamHit } from "../../src/upstream/lookup.ts";
 import { parseAggregation } from "../../src/upstream/settings.ts";
 import { writeThrough } from "../../src/upstream/write-through.ts";
-import { bearer, callWith, keys, signed, snapshot, testPath, TEST_PUBLIC_KEY_TEXT, type TestPath } from "../helpers/worker.ts";
+import { bearer, callWith, keys, signed, snapshot, testPath, TEST_PUBLIC_KEY_TEXT, type TestPath, resetAll } from "../helpers/worker.ts";
 
 afterEach(async () => {
   vi.restoreAllMocks();
-  await reset();
+  await resetAll();
 });
 
 const DAY_MS = 24 * 3600 * 1000;
@@ -244,11 +243,11 @@ describe("reads with write-through and a daily budget", () => {
       return { aggregation, budget, memo: { origin: "http://localhost", fingerprint: aggregation.fingerprint, budget } };
     };
 
-    await writeThrough(hitOf(paths[0]!), env.CACHE, context(), () => NOON);
-    await writeThrough(hitOf(paths[1]!), env.CACHE, context(), () => NOON + 3600 * 1000);
+    await writeThrough(hitOf(paths[0]!), env.CACHE, env.DB, context(), () => NOON);
+    await writeThrough(hitOf(paths[1]!), env.CACHE, env.DB, context(), () => NOON + 3600 * 1000);
     expect((await copiedKeys()).sort()).toEqual(pathKeys(paths[0]!).sort());
 
-    await writeThrough(hitOf(paths[1]!), env.CACHE, context(), () => NOON + DAY_MS);
+    await writeThrough(hitOf(paths[1]!), env.CACHE, env.DB, context(), () => NOON + DAY_MS);
     expect((await copiedKeys()).sort()).toEqual([...pathKeys(paths[0]!), ...pathKeys(paths[1]!)].sort());
     expect(await stored()).toMatchObject({ day: dayOf(NOON + DAY_MS), objects: 2 });
   });

@@ -1,0 +1,144 @@
+// The D1 index of published paths, against the real local D1 and R2: what a narinfo upload
+// records (row after object, who pushed it, audit), the one-query answers about many paths
+// (missing hashes, references by hash part and name), refreshes, and adoption of objects the
+// index does not know (a crash, or a bucket from before the index), page by page.
+import { env } from "cloudflare:workers";
+import { reset } from "cloudflare:test";
+import { afterEach, describe, expect, it } from "vitest";
+import { formatNarInfo } from "../../src/nix/narinfo.ts";
+import { adoptObjects, ADOPTION_PAGE, isIndexComplete } from "../../src/path-index/adoption.ts";
+import { encodeNarInfoMeta } from "../../src/storage/narinfo-meta.ts";
+import { indexedPaths, indexStats, unindexedHashes, unindexedPaths } from "../../src/storage/path-index.ts";
+import { bearer, call, push, putNar, putNarInfo, TEST_SECOND_WRITE_TOKEN, testPath, type TestPath } from "../helpers/worker.ts";
+
+afterEach(() => reset());
+
+async function rows(): Promise<Array<{ hash: string; name: string; token: string | null; refs: string }>> {
+  return (await env.DB.prepare("SELECT hash, name, token, refs FROM paths ORDER BY name").all<{ hash: string; name: string; token: string | null; refs: string }>()).results;
+}
+
+async function audit(): Promise<Array<{ actor: string; action: string; subject: string }>> {
+  return (await env.DB.prepare("SELECT actor, action, subject FROM audit ORDER BY id").all<{ actor: string; action: string; subject: string }>()).results;
+}
+
+async function missing(hashes: string[]): Promise<string[]> {
+  const res = await call("/_api/v1/missing", { method: "POST", body: JSON.stringify({ hashes }), headers: bearer() });
+  expect(res.status).toBe(200);
+  return ((await res.json()) as { missing: string[] }).missing;
+}
+
+/** Stores a narinfo object straight into R2, as an older version or a crash left it. */
+async function storeUnindexed(p: TestPath, withMeta: boolean): Promise<void> {
+  expect([201, 204]).toContain((await putNar(p)).status);
+  await env.CACHE.put(`${p.hash}.narinfo`, formatNarInfo(p.info), withMeta ? { customMetadata: encodeNarInfoMeta(p.info, Date.now()) } : {});
+}
+
+describe("what a narinfo upload records", () => {
+  it("a row after the object, naming the token that published it, and an audit row", async () => {
+    const dep = await testPath("idx-dep");
+    const top = await testPath("idx-top", { references: [dep], selfReference: true });
+    await push(dep);
+    expect((await putNar(top)).status).toBe(201);
+    expect((await putNarInfo(top.hash, formatNarInfo(top.info), bearer(TEST_SECOND_WRITE_TOKEN))).status).toBe(201);
+    expect(await rows()).toEqual([
+      { hash: dep.hash, name: "idx-dep", token: "WRITE_TOKEN", refs: "[]" },
+      { hash: top.hash, name: "idx-top", token: "WRITE_TOKEN_CI", refs: JSON.stringify([dep.hash]) },
+    ]);
+    expect(await audit()).toEqual([
+      { actor: "WRITE_TOKEN", action: "publish", subject: dep.storePath },
+      { actor: "WRITE_TOKEN_CI", action: "publish", subject: top.storePath },
+    ]);
+    expect(await indexStats(env.DB)).toEqual({ paths: 2, fileBytes: dep.file.length + top.file.length, narBytes: dep.nar.length + top.nar.length });
+  });
+
+  it("a refused upload records nothing", async () => {
+    const p = await testPath("idx-refused");
+    expect((await putNarInfo(p.hash, formatNarInfo(p.info))).status).toBe(422);
+    expect(await rows()).toEqual([]);
+    expect(await audit()).toEqual([]);
+  });
+
+  it("an identical re-upload indexes an object a crash left unindexed", async () => {
+    const p = await testPath("idx-crash");
+    await storeUnindexed(p, true);
+    expect(await rows()).toEqual([]);
+    expect((await putNarInfo(p.hash, formatNarInfo(p.info))).status).toBe(204);
+    expect((await rows()).map((r) => r.name)).toEqual(["idx-crash"]);
+  });
+});
+
+describe("questions about many paths, one query each", () => {
+  it("unindexedHashes and unindexedPaths keep input order and match names exactly", async () => {
+    const a = await testPath("idx-a");
+    const b = await testPath("idx-b");
+    await push(a);
+    await push(b);
+    const absent = "0".repeat(32);
+    expect(await unindexedHashes(env.DB, [absent, a.hash, "1".repeat(32), b.hash])).toEqual([absent, "1".repeat(32)]);
+    expect(await unindexedPaths(env.DB, [`${a.hash}-idx-b`, b.baseName, `${absent}-x`, a.baseName])).toEqual([`${a.hash}-idx-b`, `${absent}-x`]);
+    const found = await indexedPaths(env.DB, [b.hash, absent]);
+    expect(found.map((p) => [p.hash, p.name, p.narFile, p.fileSize])).toEqual([[b.hash, "idx-b", b.fileName, b.file.length]]);
+  });
+
+  it("the missing query answers from the index once it is complete, and from R2 too before", async () => {
+    const indexed = await testPath("idx-indexed");
+    await push(indexed);
+    const legacy = await testPath("idx-legacy");
+    await storeUnindexed(legacy, false);
+    const absent = "2".repeat(32);
+    expect(await isIndexComplete(env.DB)).toBe(false);
+    expect(await missing([indexed.hash, legacy.hash, absent])).toEqual([absent]);
+    // The request adopted a page of the bucket: the index is complete.
+    expect(await isIndexComplete(env.DB)).toBe(true);
+    expect((await rows()).map((r) => r.name).sort()).toEqual(["idx-indexed", "idx-legacy"]);
+    expect(await missing([indexed.hash, legacy.hash, absent])).toEqual([absent]);
+    // An object written behind the complete index's back is reported missing until adopted.
+    const late = await testPath("idx-late");
+    await storeUnindexed(late, true);
+    expect(await missing([late.hash])).toEqual([late.hash]);
+    await adoptObjects(env.CACHE, env.DB);
+    expect(await missing([late.hash])).toEqual([]);
+  });
+
+  it("a reference that the index lacks but R2 holds as that exact path is accepted", async () => {
+    const dep = await testPath("idx-unindexed-dep");
+    await storeUnindexed(dep, false);
+    const top = await testPath("idx-referrer", { references: [dep] });
+    expect((await putNar(top)).status).toBe(201);
+    expect((await putNarInfo(top.hash, formatNarInfo({ ...top.info, references: [`${dep.hash}-other-name`] }))).status).toBe(422);
+    expect((await putNarInfo(top.hash, formatNarInfo(top.info))).status).toBe(201);
+  });
+});
+
+describe("adoption", () => {
+  it(`indexes a bucket page by page (${ADOPTION_PAGE} narinfos a step), from metadata or by reading the narinfo`, async () => {
+    const paths: TestPath[] = [];
+    for (let i = 0; i < ADOPTION_PAGE + 30; i++) {
+      const p = await testPath(`adopt-${i}`);
+      await env.CACHE.put(`${p.hash}.narinfo`, formatNarInfo(p.info), i % 3 === 0 ? {} : { customMetadata: encodeNarInfoMeta(p.info, 1000 + i) });
+      paths.push(p);
+    }
+    const broken = await testPath("adopt-broken");
+    await env.CACHE.put(`${broken.hash}.narinfo`, "not a narinfo\n");
+    // Objects that are not narinfos are never indexed.
+    await env.CACHE.put("nix-cache-info", "StoreDir: /nix/store\n");
+    await env.CACHE.put(`nar/${paths[0]!.fileName}`, paths[0]!.file);
+
+    const first = await adoptObjects(env.CACHE, env.DB);
+    expect(first.complete).toBe(false);
+    expect(await isIndexComplete(env.DB)).toBe(false);
+    const second = await adoptObjects(env.CACHE, env.DB);
+    expect(second.complete).toBe(true);
+    expect(first.adopted + second.adopted).toBe(paths.length);
+    expect([...first.unreadable, ...second.unreadable]).toEqual([`${broken.hash}.narinfo`]);
+    expect(await isIndexComplete(env.DB)).toBe(true);
+    const indexed = await indexedPaths(env.DB, paths.map((p) => p.hash));
+    expect(indexed).toHaveLength(paths.length);
+    // Push times come from the metadata where it is there.
+    expect(indexed.find((r) => r.hash === paths[1]!.hash)!.pushedAt).toBe(1001);
+    // A second pass adopts nothing new and keeps the index complete.
+    await adoptObjects(env.CACHE, env.DB);
+    expect((await adoptObjects(env.CACHE, env.DB)).adopted).toBe(0);
+    expect(await isIndexComplete(env.DB)).toBe(true);
+  });
+});
