@@ -8,17 +8,27 @@
 // own work on Cloudflare (decoding listings into objects) is not included: it is why the
 // collector's batch sizes stay far below what this measurement alone would allow.
 //
+// The D1 index is a real SQLite database (node:sqlite) with the project's migrations,
+// behind the few methods of the D1 binding the collector uses (prepare/bind/all/run/first,
+// batch); its time is taken off each batch like the bucket's, so what is measured is the
+// collector's own work with the index's answers (one query per listed page, one per
+// deleted chunk). Every path has its row; a tenth of the old ones were refreshed in the
+// index only (young there), as a push that finds a path present leaves it.
+//
 // It is a .mjs file because it imports Worker code typed against the Workers runtime types,
 // which the Node-side typecheck (uploader/tsconfig.json) does not have.
 //
 // Usage: node bench/gc-cpu.mjs [--paths N]
 import { createHash } from "node:crypto";
+import { readdirSync, readFileSync } from "node:fs";
+import { DatabaseSync } from "node:sqlite";
 import { parseArgs } from "node:util";
 import { runGcBatch } from "../src/gc/collector.ts";
 import { formatNarInfo } from "../src/nix/narinfo.ts";
 import { encodeNix32 } from "../src/nix/nix32.ts";
 import { encodeNarInfoMeta } from "../src/storage/narinfo-meta.ts";
 import { formatPins } from "../src/gc/pins.ts";
+import { recordPath, rowOf } from "../src/storage/path-index.ts";
 
 const DAY = 24 * 3600 * 1000;
 /** The free plan's CPU time per invocation, ms. */
@@ -117,13 +127,80 @@ class MemoryBucket {
   }
 }
 
+/**
+ * The D1 binding's interface over an in-memory SQLite database with the migrations applied.
+ * D1 numbers its parameters like SQLite (?1, ?2…), so statements run unchanged.
+ */
+class SqliteD1 {
+  /** Time spent in SQLite so far (ms): the benchmark takes it off each batch. */
+  ms = 0;
+
+  constructor() {
+    this.sqlite = new DatabaseSync(":memory:");
+    const dir = new URL("../migrations/", import.meta.url);
+    for (const file of readdirSync(dir).filter((f) => f.endsWith(".sql")).sort()) this.sqlite.exec(readFileSync(new URL(file, dir), "utf8"));
+  }
+
+  prepare(sql) {
+    const db = this;
+    const statement = (params) => ({
+      sql,
+      params,
+      bind: (...values) => statement(values),
+      all: async () => db.#all(sql, params),
+      first: async () => db.#all(sql, params).results[0] ?? null,
+      run: async () => db.#run(sql, params),
+    });
+    return statement([]);
+  }
+
+  async batch(statements) {
+    return this.#timed(() => {
+      this.sqlite.exec("BEGIN");
+      try {
+        const results = statements.map((s) => (/^\s*select/i.test(s.sql) ? this.#all(s.sql, s.params) : this.#run(s.sql, s.params)));
+        this.sqlite.exec("COMMIT");
+        return results;
+      } catch (err) {
+        this.sqlite.exec("ROLLBACK");
+        throw err;
+      }
+    });
+  }
+
+  #depth = 0;
+
+  /** Runs `work`, counting its time once however deeply calls nest (batch → all). */
+  #timed(work) {
+    const t = now();
+    this.#depth++;
+    try {
+      return work();
+    } finally {
+      if (--this.#depth === 0) this.ms += now() - t;
+    }
+  }
+
+  #all(sql, params) {
+    return this.#timed(() => ({ results: this.sqlite.prepare(sql).all(...params), success: true, meta: {} }));
+  }
+
+  #run(sql, params) {
+    return this.#timed(() => {
+      const r = this.sqlite.prepare(sql).run(...params);
+      return { results: [], success: true, meta: { changes: Number(r.changes) } };
+    });
+  }
+}
+
 function hash32(text) {
   return encodeNix32(createHash("sha256").update(text).digest().subarray(0, 20));
 }
 
-/** Fills a bucket with `count` narinfos (the graph of test/worker/gc-budget.test.ts). */
+/** Fills a bucket and its index with `count` narinfos (the graph of test/worker/gc-budget.test.ts). */
 async function fill(count, clockNow) {
   const bucket = new MemoryBucket();
+  const db = new SqliteD1();
   let seed = 20000;
   const next = () => {
     seed ^= seed << 13;
@@ -155,20 +232,24 @@ async function fill(count, clockNow) {
     };
     await bucket.put(`nar/${files[i]}.nar.zst`, new Uint8Array(16).buffer);
     const young = next() < 1 / 3;
-    await bucket.put(`${hashes[i]}.narinfo`, formatNarInfo(info), { customMetadata: encodeNarInfoMeta(info, clockNow - (young ? 1 : 60) * DAY) });
+    const pushed = clockNow - (young ? 1 : 60) * DAY;
+    await bucket.put(`${hashes[i]}.narinfo`, formatNarInfo(info), { customMetadata: encodeNarInfoMeta(info, pushed) });
+    const refreshed = !young && next() < 1 / 10;
+    await recordPath(db, rowOf(info, null, refreshed ? clockNow - DAY : pushed), null, null);
   }
   await bucket.put("_gc/pins.json", formatPins({ a: { path: `/nix/store/${hashes[count - 1]}-bench-${count - 1}`, pinnedAt: clockNow } }));
-  return bucket;
+  return { bucket, db };
 }
 
 /** One whole collection; per batch: wall time, operations, entries, phase. */
 async function collectOnce(count) {
   let clock = Date.now() + 3600 * 1000;
-  const bucket = await fill(count, clock);
+  const { bucket, db } = await fill(count, clock);
   const settings = { retentionMs: 30 * DAY, narGraceMs: 0, uploadWindowMs: 60_000, intervalMs: DAY };
   const rows = [];
   let runId;
-  // The bucket's own time (the synchronous part of each call) is taken off each batch.
+  // The bucket's own time (the synchronous part of each call) is taken off each batch, and
+  // so is the index's (SqliteD1 keeps its own).
   let bucketMs = 0;
   const timed = new Proxy(bucket, {
     get(target, prop) {
@@ -187,15 +268,15 @@ async function collectOnce(count) {
   const cpuStart = threadCpuMs();
   for (;;) {
     const start = now();
-    const bucketBefore = bucketMs;
-    const progress = await runGcBatch({ bucket: timed, settings, clock: () => clock }, { dryRun: false, trigger: "manual", ...(runId ? { runId } : {}) });
-    const ms = now() - start - (bucketMs - bucketBefore);
+    const bucketBefore = bucketMs + db.ms;
+    const progress = await runGcBatch({ bucket: timed, db, settings, clock: () => clock }, { dryRun: false, trigger: "manual", ...(runId ? { runId } : {}) });
+    const ms = now() - start - (bucketMs + db.ms - bucketBefore);
     rows.push({ ms, phase: progress.run?.phase ?? "-", ops: progress.batch.operations, entries: progress.batch.entries });
     runId ??= progress.run?.id;
     if (progress.status === "done") break;
     clock += Math.max(progress.waitMs, 1000);
   }
-  return { rows, cpu: threadCpuMs() - cpuStart - bucketMs };
+  return { rows, cpu: threadCpuMs() - cpuStart - bucketMs - db.ms };
 }
 
 async function main() {

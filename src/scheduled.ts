@@ -53,9 +53,11 @@ async function collectGarbage(env: WorkerEnv): Promise<void> {
   }
   let progress;
   try {
-    progress = await runGcBatch({ bucket: env.CACHE, settings: settings.gc, clock: Date.now }, { dryRun: false, trigger: "cron", onlyIfDue: true });
+    progress = await runGcBatch({ bucket: env.CACHE, db: env.DB, settings: settings.gc, clock: Date.now }, { dryRun: false, trigger: "cron", onlyIfDue: true });
   } catch (err) {
     // The state in R2 is unchanged (or leased until the lease runs out): the next tick retries.
+    // An index that cannot be read (D1 down, migrations not applied) fails every batch
+    // before it deletes anything: retention then waits rather than guess push times.
     console.error("gc batch failed; the next tick retries", err);
     return;
   }
@@ -63,7 +65,7 @@ async function collectGarbage(env: WorkerEnv): Promise<void> {
   const t = progress.totals;
   console.log(
     `gc ${progress.run?.id ?? "-"}: ${progress.status}, phase ${progress.run?.phase ?? "-"}, ` +
-      `${progress.batch.operations} R2 operations; listed ${t.listed}, garbage ${t.garbagePaths} paths / ${t.garbageNars} NARs, ` +
+      `${progress.batch.operations} R2 and D1 operations; listed ${t.listed}, garbage ${t.garbagePaths} paths / ${t.garbageNars} NARs, ` +
       `deleted ${t.deletedPaths} paths / ${t.deletedNars} NARs${t.unreadable > 0 ? `; ${t.unreadable} unreadable (nothing deleted)` : ""}`,
   );
   const result = progress.result;

@@ -4,14 +4,19 @@
 //
 // What is kept: a path is *live* when it is young (last pushed at or after the run's cutoff,
 // i.e. within GC_RETENTION_DAYS), pinned, or referenced by a live path. Anything pushed after
-// the run started is young. Everything else is garbage: its narinfo (and `.ls`) goes; a NAR
+// the run started is young. A path's last push is the later of what its narinfo object
+// records (metadata `p`, else R2's upload time: written when the object is created or its
+// signatures merged) and the `pushed_at` of its row in the D1 index (storage/path-index.ts),
+// which is all a push that finds the path present moves (a refresh touches D1 only). Everything else is garbage: its narinfo (and `.ls`) goes; a NAR
 // goes when no remaining narinfo points to it and it was uploaded before the grace period
 // (GC_NAR_GRACE_HOURS), so an upload in progress never loses its NAR; a listing whose
 // narinfo is gone goes after the same grace period. Logs, realisations and debuginfo links
 // are never collected.
 //
 // A run, phase by phase:
-//   mark      first look: list every narinfo (metadata included, ~100-1000 per operation);
+//   mark      first look: list every narinfo (metadata included, ~100-1000 per operation),
+//             and ask the index once per listed page which of the paths the metadata says
+//             are old were pushed since the cutoff (one D1 query per page, not per path);
 //             young and pinned paths are roots; a live path's references are added to the
 //             live set. A reference whose key the listing has already passed is queued and
 //             read with one HEAD later, so one listing plus the queue completes the mark
@@ -25,7 +30,13 @@
 //             refreshes during the run, new pins) keeps its references, fenced or not.
 //   delete    fenced narinfos (with their `.ls`) that are still not live, then fenced NARs no
 //             live narinfo points to, in bulk (1000 keys per operation); narinfos first.
-//   finish    take the fence down, write the statistics, remove the run's working objects.
+//             The index rows of each chunk of narinfos are removed (one D1 query) before any
+//             of their objects, so the index never has a row whose narinfo object is gone:
+//             the missing query and reference checks trust it. A batch stopped in between
+//             leaves objects without rows (harmless: they are fenced, so no upload can come
+//             to depend on them, and the next batch deletes them).
+//   finish    take the fence down, write the statistics (and drop the index's kept counts,
+//             gc/stats.ts, when paths went), remove the run's working objects.
 //
 // The concurrency rule (pushes go on during all of this): an upload reads the fence before
 // anything else and refuses (422) to store a narinfo whose path, references or NAR are fenced;
@@ -51,6 +62,11 @@
 // whose keys are not exactly the layout's (a `nar/` name that is not a NAR name, a listing
 // without a hash part) are never deleted.
 //
+// The index is only ever asked which paths are young, so whatever it says can only keep
+// more: a row missing, stale or unreadable never makes a path garbage. When D1 cannot be
+// reached the batch fails (storage_unavailable) before deleting anything, and the next
+// batch redoes the step.
+//
 // Batches exclude each other with a lease in the state document (taken and released with
 // conditional writes); a batch works only while it holds its lease, so a batch that stalls
 // cannot act on an outdated state once another has taken over. Working objects are named by
@@ -69,6 +85,7 @@ import {
   getBinaryObject,
   getTextObject,
   headKey,
+  INDEX_STATS_KEY,
   listPrefix,
   listTopLevel,
   MAX_DELETE_KEYS,
@@ -82,6 +99,7 @@ import {
 import { NAR_PREFIX, parseNarFileName } from "../storage/keys.ts";
 import { decodeNarInfoMeta, encodeNarInfoMeta, metaLinks, metaName, metaNumber, metaPushTime, type NarInfoLinks } from "../storage/narinfo-meta.ts";
 import { getNarInfoObject, putNarInfoObject } from "../storage/narinfo-object.ts";
+import { forgetPaths, pushedSince } from "../storage/path-index.ts";
 import { formatFence, NAR_FILE_HASH_LENGTH } from "./fence.ts";
 import { KeySet } from "./key-set.ts";
 import { parsePins, pinnedHashes } from "./pins.ts";
@@ -97,6 +115,13 @@ import { formatStats, type CacheStats, type GcResult, type UnreadableDocument } 
 export const BATCH_OPERATIONS = 800;
 /** Operations kept back for the end of a batch: mark sets (2), commit (1), cleanup (1), slack. */
 const RESERVED_OPERATIONS = 12;
+/**
+ * D1 queries one batch may make: the free plan allows 50 per invocation (1000 on Paid).
+ * A batch asks one per listed page and one per chunk of narinfos it deletes; a page holds
+ * up to 1000 narinfos (fewer with metadata), so a batch of BATCH_ENTRIES needs a handful.
+ * Ten are kept back for whatever else the invocation does.
+ */
+export const BATCH_QUERIES = 40;
 /**
  * CPU budget of one batch, in listing entries (a listed narinfo, a chunk line). The free
  * plan gives an invocation 10 ms of CPU. bench/gc-cpu.mjs measures the collector's own work
@@ -147,11 +172,13 @@ export const LEASE_MS = 30_000;
 
 export interface GcContext {
   bucket: R2Bucket;
+  /** The D1 index of published paths: push times are read from it, rows removed from it. */
+  db: D1Database;
   settings: GcSettings;
   /** The time (ms); the scheduled handler and the route pass Date.now. */
   clock: () => number;
   /** Smaller batches than the free plan allows (tests interrupt collections with them). */
-  limits?: { operations?: number; entries?: number };
+  limits?: { operations?: number; entries?: number; queries?: number };
 }
 
 export interface GcRequest {
@@ -291,6 +318,23 @@ function sortedPacked(packed: string, width: number): string {
   return [...new Set(keys)].sort().join("");
 }
 
+/** The hash part of a narinfo's key (`<hash32>.narinfo`), or null for any other key. */
+function narInfoHashOf(key: string): string | null {
+  if (key.length !== HASH_PART_LENGTH + NARINFO_SUFFIX.length || !key.endsWith(NARINFO_SUFFIX)) return null;
+  const hash = key.slice(0, HASH_PART_LENGTH);
+  return KeySet.isKey(hash, HASH_PART_LENGTH) ? hash : null;
+}
+
+/**
+ * When a listed narinfo object says its path was last pushed: its metadata's push time, or
+ * when R2 stored it. The index may know of a later push (#refreshedAmong).
+ */
+function objectPushTime(object: ListedObject): number {
+  return metaPushTime(object.customMetadata) ?? object.uploaded;
+}
+
+const NONE: ReadonlySet<string> = new Set();
+
 function lines(text: string): string[] {
   return text === "" ? [] : text.split("\n");
 }
@@ -302,6 +346,7 @@ export async function runGcBatch(ctx: GcContext, req: GcRequest): Promise<GcProg
 
 class Batch {
   readonly #bucket: R2Bucket;
+  readonly #db: D1Database;
   readonly #settings: GcSettings;
   readonly #clock: () => number;
   readonly #req: GcRequest;
@@ -309,8 +354,11 @@ class Batch {
   readonly #start: number;
   #maxOps: number;
   #maxEntries: number;
+  readonly #maxQueries: number;
   #ops = 0;
   #entries = 0;
+  /** D1 queries so far (also counted in #ops, with the R2 calls). */
+  #queries = 0;
   #state: GcState = parseState(null);
   #etag: string | null = null;
   #live: KeySet | null = null;
@@ -329,6 +377,7 @@ class Batch {
 
   constructor(ctx: GcContext, req: GcRequest) {
     this.#bucket = ctx.bucket;
+    this.#db = ctx.db;
     this.#settings = ctx.settings;
     this.#clock = ctx.clock;
     this.#req = req;
@@ -336,6 +385,7 @@ class Batch {
     this.#start = ctx.clock();
     this.#maxOps = Math.min(BATCH_OPERATIONS, ctx.limits?.operations ?? BATCH_OPERATIONS);
     this.#maxEntries = Math.min(BATCH_ENTRIES, ctx.limits?.entries ?? BATCH_ENTRIES);
+    this.#maxQueries = Math.min(BATCH_QUERIES, ctx.limits?.queries ?? BATCH_QUERIES);
   }
 
   async run(): Promise<GcProgress> {
@@ -506,16 +556,27 @@ class Batch {
 
   // ---- budget -------------------------------------------------------------------------------
 
+  /** One call to R2 (or D1, through #query): Cloudflare counts both per invocation. */
   async #op<T>(call: () => Promise<T>): Promise<T> {
     this.#ops++;
     return call();
   }
 
-  /** Whether `ops` more operations and `entries` more entries fit in this batch. */
-  #fits(ops: number, entries = 0): boolean {
+  /** One D1 query (a `batch` of statements is one round trip, one query). */
+  async #query<T>(call: () => Promise<T>): Promise<T> {
+    this.#queries++;
+    return this.#op(call);
+  }
+
+  /**
+   * Whether `ops` more operations (`queries` of them D1 queries) and `entries` more entries
+   * fit in this batch.
+   */
+  #fits(ops: number, entries = 0, queries = 0): boolean {
     return (
       this.#ops + ops + RESERVED_OPERATIONS <= this.#maxOps &&
       this.#entries + entries <= this.#maxEntries &&
+      this.#queries + queries <= this.#maxQueries &&
       this.#leaseValid()
     );
   }
@@ -580,9 +641,12 @@ class Batch {
     }
     if (!run.listed) {
       const room = Math.min(MAX_PAGE, this.#maxEntries - this.#entries);
-      if (!this.#fits(1, 1)) return false;
+      // The listing and the index query about its page.
+      if (!this.#fits(2, 1, 1)) return false;
       const page = await this.#op(() => listTopLevel(this.#bucket, run.cursor, room));
-      for (const object of page.objects) this.#listed(run, object);
+      const hashes = page.objects.map((o) => narInfoHashOf(o.key));
+      const refreshed = await this.#refreshedAmong(run, page.objects, hashes);
+      page.objects.forEach((object, i) => this.#listed(run, object, hashes[i]!, refreshed));
       this.#entries += page.objects.length;
       this.#setsDirty = true;
       run.cursor = page.cursor;
@@ -606,14 +670,30 @@ class Batch {
   }
 
   /**
-   * One listed object of the top level (a narinfo, a listing, or anything else). This runs
-   * for every narinfo of the bucket twice per collection, so it reads the metadata lazily:
-   * the push time always, references only of live paths, names only of candidates.
+   * Of the narinfos of a listed page that their objects say are old, those the index says
+   * were pushed since the cutoff (refreshed by a push that found them, which moves only the
+   * row's push time): one D1 query for the page, none when nothing on it is old.
    */
-  #listed(run: RunState, object: ListedObject): void {
+  async #refreshedAmong(run: RunState, objects: readonly ListedObject[], hashes: ReadonlyArray<string | null>): Promise<ReadonlySet<string>> {
+    const old: string[] = [];
+    objects.forEach((object, i) => {
+      const hash = hashes[i];
+      if (hash !== null && hash !== undefined && objectPushTime(object) < run.cutoff) old.push(hash);
+    });
+    if (old.length === 0) return NONE;
+    return new Set(await this.#query(() => pushedSince(this.#db, old, run.cutoff)));
+  }
+
+  /**
+   * One listed object of the top level (a narinfo, a listing, or anything else); `hash` is
+   * its hash part when it is a narinfo, and `refreshed` the paths of its page the index
+   * says are young. This runs for every narinfo of the bucket twice per collection, so it
+   * reads the metadata lazily: the push time always, references only of live paths, names
+   * only of candidates.
+   */
+  #listed(run: RunState, object: ListedObject, hash: string | null, refreshed: ReadonlySet<string>): void {
     const key = object.key;
-    const dot = key.length - NARINFO_SUFFIX.length;
-    if (dot !== HASH_PART_LENGTH || !key.endsWith(NARINFO_SUFFIX) || !KeySet.isKey(key.slice(0, HASH_PART_LENGTH), HASH_PART_LENGTH)) {
+    if (hash === null) {
       const isListing = key.length === HASH_PART_LENGTH + LISTING_SUFFIX.length && key.endsWith(LISTING_SUFFIX) && KeySet.isKey(key.slice(0, HASH_PART_LENGTH), HASH_PART_LENGTH);
       if (run.pass === 1 && isListing) {
         this.#flushListing(run, null);
@@ -621,7 +701,6 @@ class Batch {
       }
       return;
     }
-    const hash = key.slice(0, HASH_PART_LENGTH);
     this.#flushListing(run, hash);
     const totals = run.totals;
     totals.listed++;
@@ -631,7 +710,7 @@ class Batch {
     const narSize = metaNumber(meta, "ns");
     if (fileSize !== null && narSize !== null) totals.savedBytes += Math.max(0, narSize - fileSize);
     else totals.pathsWithoutSizes++;
-    const young = (metaPushTime(meta) ?? object.uploaded) >= run.cutoff;
+    const young = objectPushTime(object) >= run.cutoff || refreshed.has(hash);
 
     run.position = hash;
     const live = this.#live!;
@@ -942,8 +1021,9 @@ class Batch {
       run.phase = "finish";
       return true;
     }
-    // A chunk holds about one batch's entries; deleting them takes ≤ 2 keys per line.
-    if (!this.#fits(2 + Math.ceil((4 * this.#maxEntries) / MAX_DELETE_KEYS), 1)) return false;
+    // A chunk holds about one batch's entries; deleting them takes ≤ 2 keys per line, and
+    // forgetting a chunk's paths one D1 query.
+    if (!this.#fits(3 + Math.ceil((4 * this.#maxEntries) / MAX_DELETE_KEYS), 1, 1)) return false;
     const isPaths = run.index < run.garbage.length;
     if (isPaths && blocked(run)) {
       // An unreadable document turned up in the second look: no fenced narinfo goes.
@@ -956,6 +1036,7 @@ class Batch {
     const entries = lines(chunk?.text ?? "");
     this.#entries += entries.length;
     const keys: string[] = [];
+    const forgotten: string[] = [];
     const totals = run.totals;
     for (const line of entries) {
       if (isPaths) {
@@ -964,6 +1045,7 @@ class Batch {
           totals.rescued++;
           continue;
         }
+        forgotten.push(path.hash);
         keys.push(`${path.hash}.narinfo`, `${path.hash}.ls`);
         totals.deletedPaths++;
         totals.paths--;
@@ -987,8 +1069,15 @@ class Batch {
         this.#found.files.push({ key, size });
       }
     }
+    const outOfTime = () => fail("storage_unavailable", "the collection batch ran out of time; the next batch redoes it");
+    if (forgotten.length > 0) {
+      // Rows first: from here on the index no longer offers these paths as present.
+      if (!this.#leaseValid()) throw outOfTime();
+      await this.#query(() => forgetPaths(this.#db, forgotten, this.#clock()));
+    }
+    // R2 deletes up to 1000 keys per call: a chunk's objects go in a few operations.
     for (let i = 0; i < keys.length; i += MAX_DELETE_KEYS) {
-      if (!this.#leaseValid()) throw fail("storage_unavailable", "the collection batch ran out of time; the next batch redoes it");
+      if (!this.#leaseValid()) throw outOfTime();
       const slice = keys.slice(i, i + MAX_DELETE_KEYS);
       await this.#op(() => deleteKeys(this.#bucket, slice));
     }
@@ -1014,7 +1103,8 @@ class Batch {
     };
     if (!run.dryRun) {
       if (!this.#leaseValid()) return false;
-      await this.#op(() => deleteKeys(this.#bucket, [FENCE_KEY]));
+      // With the fence, the index's kept counts when paths went: the statistics count again.
+      await this.#op(() => deleteKeys(this.#bucket, totals.deletedPaths > 0 ? [FENCE_KEY, INDEX_STATS_KEY] : [FENCE_KEY]));
       const stats: CacheStats = {
         countedAt: now,
         paths: totals.paths,

@@ -9,6 +9,9 @@
 //             ([{"key", "path", "reason"}], with "unreadableCount") the documents it keeps
 //             but could not read, for which it deleted no narinfo and no NAR
 //
+// A batch reads push times from the D1 index as well as from R2, and removes the rows of the
+// paths it deletes (gc/collector.ts); "batch.operations" counts its R2 and D1 calls.
+//
 // Without runId a call starts a collection (with the given age, else GC_RETENTION_DAYS) or
 // joins the one in progress; the caller then repeats the call with the run's id until the
 // status is "done", sleeping waitMs when the run waits and a moment when it is "busy"
@@ -73,7 +76,7 @@ function parseRequest(text: string, now: number): GcRequest {
 gc.post("/_api/v1/gc", requireAdmin, async (c) => {
   const now = Date.now();
   const req = parseRequest(await readText(c.req.raw, MAX_GC_BODY_BYTES, "the request body"), now);
-  const progress = await runGcBatch({ bucket: c.env.CACHE, settings: settingsOf(c.env).gc, clock: Date.now }, req);
+  const progress = await runGcBatch({ bucket: c.env.CACHE, db: c.env.DB, settings: settingsOf(c.env).gc, clock: Date.now }, req);
   const { found, ...rest } = progress;
   return c.json(
     {

@@ -8,6 +8,8 @@
 //   _gc/fence.json             paths and NARs about to be deleted (gc/fence.ts); uploads read it
 //   _gc/pins.json              named pins (gc/pins.ts)
 //   _gc/stats.json             counts from the last collection (gc/stats.ts)
+//   _gc/index-stats.json       the D1 index's last count of paths and sizes, reused for a
+//                              while so public statistics cost few D1 rows (gc/stats.ts)
 //   _gc/runs/<id>/<name>       a run's working objects (mark sets, candidate lists)
 //
 // No request path maps to a key under `_gc/` (storage/keys.ts accepts only the cache's own
@@ -22,6 +24,7 @@ export const DRY_RUN_STATE_KEY = `${GC_PREFIX}dry-run.json`;
 export const FENCE_KEY = `${GC_PREFIX}fence.json`;
 export const PINS_KEY = `${GC_PREFIX}pins.json`;
 export const STATS_KEY = `${GC_PREFIX}stats.json`;
+export const INDEX_STATS_KEY = `${GC_PREFIX}index-stats.json`;
 const RUNS_PREFIX = `${GC_PREFIX}runs/`;
 
 /** R2 deletes at most this many keys per call. */

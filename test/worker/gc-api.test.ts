@@ -13,7 +13,7 @@ import { narInfoKey } from "../../src/storage/keys.ts";
 import { decodeNarInfoMeta, encodeNarInfoMeta } from "../../src/storage/narinfo-meta.ts";
 import { putNarInfoObject } from "../../src/storage/narinfo-object.ts";
 import { bearer, call, callWith, errorOf, ORIGIN, push, putNar, putNarInfo, snapshot, testPath, TEST_WRITE_TOKEN, type TestPath } from "../helpers/worker.ts";
-import { DAY_MS, storePath } from "../helpers/gc.ts";
+import { DAY_MS, indexedPushTime, storePath } from "../helpers/gc.ts";
 
 afterEach(() => reset());
 
@@ -30,9 +30,14 @@ function gc(body: unknown, overrides: Partial<Record<string, string>> = {}, toke
   return admin(overrides, "/_api/v1/gc", { method: "POST", body: typeof body === "string" ? body : JSON.stringify(body) }, token);
 }
 
-async function pushedAt(p: TestPath): Promise<number | null> {
-  const head = await env.CACHE.head(narInfoKey(p.hash));
-  return decodeNarInfoMeta(head?.customMetadata)?.pushed ?? null;
+/** The push time a refresh moves: the index's (the narinfo object keeps its own). */
+function pushedAt(p: TestPath): Promise<number | null> {
+  return indexedPushTime(p.hash);
+}
+
+/** Makes a pushed path's row say it was last pushed at `at`, as if pushed then. */
+async function backdateRow(p: TestPath, at: number): Promise<void> {
+  await env.DB.prepare("UPDATE paths SET pushed_at = ?2 WHERE hash = ?1").bind(p.hash, at).run();
 }
 
 describe("POST /_api/v1/gc", () => {
@@ -260,6 +265,8 @@ describe("refreshing push times", () => {
     expect(await res.json()).toEqual({ missing: [] });
     expect(await pushedAt(top)).toBeGreaterThan(Date.now() - 60_000);
     expect(await pushedAt(dep)).toBe(old);
+    // Only the index moves: the narinfo object is not rewritten.
+    expect(decodeNarInfoMeta((await env.CACHE.head(narInfoKey(top.hash)))!.customMetadata)?.pushed).toBe(old);
   });
 
   it("a re-upload of an identical narinfo refreshes it when stale, and leaves its bytes alone", async () => {
@@ -268,9 +275,12 @@ describe("refreshing push times", () => {
     const text = formatNarInfo(p.info);
     const old = Date.now() - 10 * DAY_MS;
     await putNarInfoObject(env.CACHE, narInfoKey(p.hash), text, encodeNarInfoMeta(p.info, old));
+    await backdateRow(p, old);
+    const etag = (await env.CACHE.head(narInfoKey(p.hash)))!.etag;
     expect((await putNarInfo(p.hash, text)).status).toBe(204);
     expect(await pushedAt(p)).toBeGreaterThan(Date.now() - 60_000);
     expect(await (await env.CACHE.get(narInfoKey(p.hash)))!.text()).toBe(text);
+    expect((await env.CACHE.head(narInfoKey(p.hash)))!.etag).toBe(etag);
   });
 
   it("does nothing with retention off or at zero", async () => {

@@ -119,7 +119,7 @@ describe("batches", () => {
     const clock = new TestClock();
     await env.CACHE.put(STATE_KEY, JSON.stringify({ run: null, leaseUntil: clock.now + LEASE_MS, lastStartedAt: null, lastPaths: 0, last: null }));
     const before = await cacheKeys(env.CACHE);
-    const progress = await runGcBatch({ bucket: env.CACHE, settings: gcSettings(), clock: clock.read }, { dryRun: false, trigger: "manual" });
+    const progress = await runGcBatch({ bucket: env.CACHE, db: env.DB, settings: gcSettings(), clock: clock.read }, { dryRun: false, trigger: "manual" });
     expect(progress.status).toBe("busy");
     expect(await cacheKeys(env.CACHE)).toEqual(before);
   });
@@ -143,9 +143,9 @@ describe("batches", () => {
         };
       },
     });
-    await expect(runGcBatch({ bucket: dying, settings: gcSettings(), clock: clock.read }, { dryRun: false, trigger: "manual" })).rejects.toThrow();
+    await expect(runGcBatch({ bucket: dying, db: env.DB, settings: gcSettings(), clock: clock.read }, { dryRun: false, trigger: "manual" })).rejects.toThrow();
     // Within the lease the state is busy; after it, the next batch takes over, smaller.
-    expect((await runGcBatch({ bucket: env.CACHE, settings: gcSettings(), clock: clock.read }, { dryRun: false, trigger: "manual" })).status).toBe("busy");
+    expect((await runGcBatch({ bucket: env.CACHE, db: env.DB, settings: gcSettings(), clock: clock.read }, { dryRun: false, trigger: "manual" })).status).toBe("busy");
     clock.advance(LEASE_MS);
     const batches = await collect(env.CACHE, gcSettings(), clock);
     expect(batches.at(-1)!.status).toBe("done");
@@ -157,7 +157,7 @@ describe("batches", () => {
 
   it("the cron rule starts a run only when the interval has passed, and never with retention off", async () => {
     const clock = new TestClock();
-    const ctx = { bucket: env.CACHE, clock: clock.read };
+    const ctx = { bucket: env.CACHE, db: env.DB, clock: clock.read };
     const cron = { dryRun: false, trigger: "cron" as const, onlyIfDue: true };
     expect((await runGcBatch({ ...ctx, settings: gcSettings({ retentionMs: null }) }, cron)).status).toBe("idle");
     expect((await runGcBatch({ ...ctx, settings: gcSettings() }, cron)).status).toBe("done");

@@ -1,16 +1,18 @@
 // Property: for random DAGs of store paths with random ages, pins, shared NARs, narinfos
-// stored without GC metadata, orphaned NARs and listings, a garbage collection leaves
+// stored without GC metadata, paths refreshed in the index only, orphaned NARs and listings, a garbage collection leaves
 // exactly the closure of the young and pinned paths, and every remaining narinfo has its
 // NAR and its references. Run once in one go (after a dry run that must change nothing and
 // report exactly what then goes), and once interrupted after every small batch, with paths
-// pushed and pinned through the Worker's own routes between batches.
+// pushed and pinned through the Worker's own routes between batches. Paths are indexed (a
+// row in D1, as a push records it) except the legacy ones; after every collection every
+// row of the index has its narinfo object, for the same store path.
 import { env } from "cloudflare:workers";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { formatNarInfo, parseNarInfo } from "../../src/nix/narinfo.ts";
 import { FENCE_KEY } from "../../src/storage/gc-store.ts";
 import { callWith, putNar, putNarInfo, testPath, type TestPath } from "../helpers/worker.ts";
-import { cacheKeys, collect, DAY_MS, gcSettings, setPins, storePath, TestClock } from "../helpers/gc.ts";
+import { cacheKeys, clearIndex, collect, DAY_MS, gcSettings, indexProblems, setPins, storePath, TestClock } from "../helpers/gc.ts";
 import type { GcProgress } from "../../src/gc/collector.ts";
 
 const RETENTION_DAYS = 30;
@@ -22,6 +24,8 @@ interface PathSpec {
   pinned: boolean;
   /** Stored without GC metadata (as before the Worker recorded it): R2's upload time counts. */
   legacy: boolean;
+  /** Pushed again a day ago by a push that found it: only its row's push time moved. */
+  refreshed: boolean;
   /** Same NAR bytes as this earlier path (two store paths, one NAR file). */
   shareNar: number | null;
   listing: boolean;
@@ -49,6 +53,7 @@ function pathSpec(i: number): fc.Arbitrary<PathSpec> {
     ageDays: fc.oneof(fc.integer({ min: 0, max: RETENTION_DAYS - 1 }), fc.integer({ min: RETENTION_DAYS + 1, max: 400 })),
     pinned: fc.integer({ min: 0, max: 9 }).map((x) => x === 0),
     legacy: fc.integer({ min: 0, max: 14 }).map((x) => x === 0),
+    refreshed: fc.integer({ min: 0, max: 7 }).map((x) => x === 0),
     shareNar: i === 0 ? fc.constant(null) : fc.option(fc.integer({ min: 0, max: i - 1 }), { freq: 6 }),
     listing: fc.boolean(),
   });
@@ -73,6 +78,7 @@ const actions: fc.Arbitrary<Action[]> = fc.array(
 );
 
 async function clearBucket(bucket: R2Bucket): Promise<void> {
+  await clearIndex();
   for (;;) {
     const page = await bucket.list({ limit: 1000 });
     if (page.objects.length === 0) return;
@@ -98,6 +104,7 @@ async function build(s: Scenario, clock: TestClock): Promise<Built> {
       await bucket.put(`${p.hash}.narinfo`, formatNarInfo(p.info));
     } else {
       await storePath(bucket, p, clock.now - spec.ageDays * DAY_MS);
+      if (spec.refreshed) await env.DB.prepare("UPDATE paths SET pushed_at = ?2 WHERE hash = ?1").bind(p.hash, clock.now - DAY_MS).run();
     }
     if (spec.listing) await bucket.put(`${p.hash}.ls`, '{"version":1,"root":{"type":"regular"}}');
   }
@@ -133,7 +140,7 @@ function closure(roots: Iterable<number>, refsOf: (i: number) => readonly number
 }
 
 function initialRoots(specs: readonly PathSpec[]): number[] {
-  return specs.flatMap((spec, i) => (spec.legacy || spec.ageDays < RETENTION_DAYS || spec.pinned ? [i] : []));
+  return specs.flatMap((spec, i) => (spec.legacy || spec.refreshed || spec.ageDays < RETENTION_DAYS || spec.pinned ? [i] : []));
 }
 
 /** The bucket holds exactly `live` (narinfos, NARs, listings), each narinfo complete. */
@@ -154,6 +161,8 @@ async function expectExactly(paths: readonly TestPath[], live: Set<number>, list
     for (const ref of info.references) expect(present.has(`${ref.slice(0, 32)}.narinfo`), `${key} → ${ref}`).toBe(true);
   }
   expect(await env.CACHE.head(FENCE_KEY)).toBeNull();
+  // The index: every row has its narinfo object, for the same store path.
+  expect(await indexProblems()).toEqual([]);
 }
 
 describe("garbage collection of random store path graphs", () => {
@@ -168,8 +177,10 @@ describe("garbage collection of random store path graphs", () => {
         const settings = gcSettings({ narGraceMs: 30 * 60 * 1000 });
 
         const before = await cacheKeys(env.CACHE);
+        const rowsBefore = await env.DB.prepare("SELECT count(*) AS n FROM paths").first<{ n: number }>();
         const dry = await collect(env.CACHE, settings, clock, { request: { dryRun: true } });
         expect(await cacheKeys(env.CACHE)).toEqual(before);
+        expect(await env.DB.prepare("SELECT count(*) AS n FROM paths").first<{ n: number }>()).toEqual(rowsBefore);
         const garbage = paths.filter((_, i) => !live.has(i));
         const reported = dry.flatMap((b) => b.found.paths.map((p) => p.hash)).sort();
         expect(reported).toEqual([...new Set(garbage.map((p) => p.hash))].sort());
