@@ -212,20 +212,30 @@ describe("pins", () => {
 });
 
 describe("GET /_api/v1/stats", () => {
-  it("is empty before the first collection and counts after one", async () => {
-    const before = (await (await call("/_api/v1/stats")).json()) as Record<string, unknown>;
-    expect(before.paths).toBeNull();
-    expect(before.lastGc).toBeNull();
+  it("answers the index's paths and sizes from the first request on, and the collection's numbers after one", async () => {
+    const stats = async () => (await (await call("/_api/v1/stats")).json()) as Record<string, unknown> & { lastGc: { deletedPaths: number } | null };
+    expect(await stats()).toMatchObject({
+      paths: 0,
+      fileBytes: 0,
+      savedBytes: 0,
+      pathsWithoutSizes: 0,
+      indexComplete: false,
+      narFiles: null,
+      narBytes: null,
+      countedAt: null,
+      lastGc: null,
+      gcRunning: null,
+    });
     const p = await testPath("stats-a", { compression: "gzip" });
     await push(p);
+    const saved = Math.max(0, p.nar.length - p.file.length);
+    expect(await stats()).toMatchObject({ paths: 1, fileBytes: p.file.length, savedBytes: saved, narFiles: null, lastGc: null });
     let body = (await (await gc({ dryRun: false })).json()) as { status: string; run: { id: string } };
     for (let i = 0; body.status !== "done" && i < 10; i++) body = (await (await gc({ runId: body.run.id })).json()) as typeof body;
-    const after = (await (await call("/_api/v1/stats")).json()) as { paths: number; narFiles: number; narBytes: number; savedBytes: number; lastGc: { deletedPaths: number } };
-    expect(after.paths).toBe(1);
-    expect(after.narFiles).toBe(1);
-    expect(after.narBytes).toBe(p.file.length);
-    expect(after.savedBytes).toBe(Math.max(0, p.nar.length - p.file.length));
-    expect(after.lastGc.deletedPaths).toBe(0);
+    const after = await stats();
+    expect(after).toMatchObject({ paths: 1, fileBytes: p.file.length, savedBytes: saved, narFiles: 1, narBytes: p.file.length });
+    expect(after.countedAt).toEqual(expect.any(Number));
+    expect(after.lastGc?.deletedPaths).toBe(0);
   });
 
   it("follows the read rule of a private cache", async () => {
