@@ -25,12 +25,14 @@
 //     (shown apart). Each sample counts for the sampling period achieved, the median gap
 //     between two busy samples: on a loaded VM the sampler ticks later than asked.
 // Cross-checks printed with the table:
-//   - calibration: a loop of known cost (/__bench/spin) as the profile sees it, against the
-//     kernel's CPU time of the workerd process for the same requests;
-//   - per request and in total, the kernel's CPU time (/proc/<pid>/task/*/schedstat) of the
-//     Worker's workerd process (all threads but the profiler's own). That figure also holds
-//     miniflare's entry worker, the local R2/D1 simulation and the runtime's HTTP work, so it
-//     is an upper bound; wrangler's proxy (a second workerd) is shown apart.
+//   - calibration: a loop (/__bench/spin) as the profile sees it, against the thread CPU the
+//     same loop takes in this Node process (same machine, same moment) and the kernel's
+//     figure for the workerd process;
+//   - per request (from just before it to the end of its response) and in total, the
+//     kernel's CPU time (/proc/<pid>/task/*/schedstat) of the Worker's workerd process, all
+//     threads but the profiler's own. That figure also holds miniflare's entry worker, the
+//     local R2/D1 simulation, the runtime's HTTP and stream work and the profiler's signals,
+//     so it is an upper bound; wrangler's proxy (a second workerd) is shown apart.
 //
 // Request kinds (NARs and narinfos built with the core: serializeNar, formatNarInfo, sha256):
 // /nix-cache-info; GET and HEAD of a narinfo; GET and PUT of 1 MiB and 32 MiB NARs; PUT of
@@ -102,6 +104,8 @@ const GAP_MS = 3;
 const SPIN_ITERATIONS = 200_000;
 /** GC settings for the run: NARs unreferenced at once, a short fence wait (uploads get half). */
 const GC_VARS = { GC_NAR_GRACE_HOURS: "0", GC_UPLOAD_WINDOW_SECONDS: "4" };
+/** How long the workerd process's idle CPU is sampled for. */
+const IDLE_SAMPLE_MS = 2000;
 /** How long wrangler may take to bundle and load the Worker. */
 const LOAD_TIMEOUT_MS = 120_000;
 /** Longest gap between two samples that still counts as the sampler's rhythm (µs). */
@@ -553,7 +557,8 @@ interface Sent {
   end: number;
   status: number;
   body: Buffer;
-  kernelBefore: KernelSnapshot;
+  /** The kernel's CPU of workerd from just before the request to the end of its response. */
+  kernel: KernelDelta;
 }
 
 interface Measured {
@@ -595,6 +600,10 @@ class Bench {
   profilerError = "";
   foreignRequests = 0;
   phases = 0;
+  /** Thread CPU of the calibration loop in Node, per round (ms). */
+  readonly nodeSpinMs: number[] = [];
+  /** The Worker's workerd process's CPU per second while idle (ms/s). */
+  idleWorkerMsPerS = NaN;
   worker: BenchWorker;
   readonly secrets: Secrets;
   readonly profilesDir: string | null;
@@ -628,7 +637,7 @@ class Bench {
     const end = nowUs();
     const expect = opts.expect ?? [200, 201, 204];
     if (!expect.includes(res.status)) throw new Error(`${kind}: ${method} ${path} answered ${res.status} (expected ${expect.join("/")}): ${body.toString("utf8", 0, 500)}`);
-    const sent = { kind, id, start, end, status: res.status, body, kernelBefore };
+    const sent = { kind, id, start, end, status: res.status, body, kernel: kernelDelta(kernelBefore, this.worker.kernel()) };
     pending.push(sent);
     await sleep(GAP_MS);
     return sent;
@@ -643,7 +652,6 @@ class Bench {
     log(`measuring: ${label}`);
     const pending: Sent[] = [];
     await fn((kind, method, path, opts) => this.send(pending, kind, method, path, opts));
-    const kernelEnd = this.worker.kernel();
     let reply: (ProfileReply & { window: [number, number] }) | null = null;
     if (this.profiling) {
       try {
@@ -655,20 +663,19 @@ class Bench {
         log(`V8 profiling unavailable (${err.message}): reporting the kernel's CPU per request only`);
       }
     }
-    const measured = pending.map((s, i): Measured => {
-      const next = pending[i + 1]?.kernelBefore ?? kernelEnd;
+    const measured = pending.map((s): Measured => {
       let json: unknown = null;
       try {
         json = JSON.parse(s.body.toString("utf8"));
       } catch {
         // not JSON
       }
-      return { kind: s.kind, status: s.status, samples: null, tailSamples: 0, harnessSamples: 0, kernel: kernelDelta(s.kernelBefore, next), calls: {}, json };
+      return { kind: s.kind, status: s.status, samples: null, tailSamples: 0, harnessSamples: 0, kernel: s.kernel, calls: {}, json };
     });
     if (reply !== null && this.profilesDir !== null) {
       const file = join(this.profilesDir, `${String(++this.phases).padStart(2, "0")}-${label.replace(/[^A-Za-z0-9]+/g, "-").replace(/^-|-$/g, "")}.cpuprofile`);
       await writeFile(file, JSON.stringify(reply.profile));
-      await writeFile(file.replace(/\.cpuprofile$/, ".requests.json"), JSON.stringify({ client: pending.map(({ body: _, kernelBefore: __, ...s }) => s), isolate: reply.requests }, null, 1));
+      await writeFile(file.replace(/\.cpuprofile$/, ".requests.json"), JSON.stringify({ client: pending.map(({ body: _, ...s }) => s), isolate: reply.requests }, null, 1));
     }
     if (reply !== null) {
       const before = this.charge(reply.profile!, reply.requests, pending, measured, reply.window[0]);
@@ -786,10 +793,16 @@ async function run(opts: Options): Promise<void> {
     const freshPaths = await smallNarPaths("fresh", opts.fresh);
     await worker.takeProfile().catch(() => null); // drop the setup's samples
 
+    // The workerd process's CPU while nothing is asked of it (the profiler's signals, timers).
+    const idleBefore = worker.kernel();
+    await sleep(IDLE_SAMPLE_MS);
+    bench.idleWorkerMsPerS = (kernelDelta(idleBefore, worker.kernel()).workerMs * 1000) / IDLE_SAMPLE_MS;
+    for (let i = 0; i < 5; i++) nodeSpinMs(); // warm-up: the reference is the optimised loop
     await bench.phase("calibration", async (send) => {
       for (let i = 0; i < opts.reps; i++) {
         await send("calibration: empty request (/__bench/spin, 0 iterations)", "GET", "/__bench/spin?iterations=0");
-        await send(`calibration: spin loop (${SPIN_ITERATIONS / 1e6}M iterations)`, "GET", `/__bench/spin?iterations=${SPIN_ITERATIONS}`);
+        await send(`calibration: spin loop (${SPIN_ITERATIONS / 1000}k iterations)`, "GET", `/__bench/spin?iterations=${SPIN_ITERATIONS}`);
+        bench.nodeSpinMs.push(nodeSpinMs());
       }
     });
     await bench.phase("GET /nix-cache-info", async (send) => {
@@ -902,6 +915,21 @@ async function run(opts: Options): Promise<void> {
   }
 }
 
+/** entry.ts's calibration loop, here in Node. */
+function spin(iterations: number): number {
+  let x = 0;
+  for (let i = 0; i < iterations; i++) x = (x + Math.sqrt(i)) % 1e9;
+  return x;
+}
+
+/** Thread CPU (ms) of one calibration loop in this process: what the profile should see of it. */
+function nodeSpinMs(): number {
+  const before = process.threadCpuUsage();
+  spin(SPIN_ITERATIONS);
+  const d = process.threadCpuUsage(before);
+  return (d.user + d.system) / 1000;
+}
+
 /** A setup upload (not measured). */
 async function put(bench: Bench, path: string, body: Uint8Array | string): Promise<void> {
   const res = await httpRequest(`${bench.worker.url}${path}`, "PUT", { authorization: `Bearer ${bench.secrets.writeToken}` }, body);
@@ -991,13 +1019,14 @@ function report(
 
   const all = bench.results;
   if (profiled) {
-    const spin = rows.find((r) => r.kind.startsWith("calibration: spin"));
+    const spinRow = rows.find((r) => r.kind.startsWith("calibration: spin"));
     const empty = rows.find((r) => r.kind.startsWith("calibration: empty"));
-    if (spin && empty) {
+    if (spinRow && empty) {
       out.push(
-        `calibration: the spin loop costs ${fmt(spin.mean - empty.mean)} ms more than an empty request according to the profile, ` +
-          `${fmt(spin.kernel - empty.kernel)} ms according to the kernel (workerd process); an empty request costs ${fmt(empty.mean)} ms ` +
-          `in the isolate, ${fmt(empty.kernel)} ms in the whole workerd process`,
+        `calibration: the spin loop costs ${fmt(spinRow.mean - empty.mean)} ms more than an empty request according to the profile; ` +
+          `the same loop takes ${fmt(quantile(bench.nodeSpinMs, 0.5))} ms of thread CPU in this Node process (median), and the workerd process ` +
+          `${fmt(spinRow.kernel - empty.kernel)} ms more CPU according to the kernel. An empty request costs ${fmt(empty.mean)} ms in the isolate, ` +
+          `${fmt(empty.kernel)} ms in the whole workerd process, which uses ${fmt(bench.idleWorkerMsPerS, 0)} ms per second while idle (the profiler's signals, timers)`,
       );
     }
     const profileTotal = all.reduce((a, r) => a + cpuOf(r), 0);
@@ -1006,8 +1035,8 @@ function report(
     const proxyTotal = all.reduce((a, r) => a + r.kernel.proxyMs, 0);
     out.push(
       `total over ${all.length} measured requests: profile ${fmt(profileTotal, 0)} ms; kernel: the Worker's workerd process ${fmt(kernelTotal, 0)} ms ` +
-        `(the isolate's share ${fmt((100 * profileTotal) / kernelTotal, 0)} %; the rest is miniflare's entry worker, the local R2/D1 simulation and ` +
-        `the runtime's HTTP and stream work, so the kernel figure is an upper bound, not the Worker's CPU), ` +
+        `(the isolate's share ${fmt((100 * profileTotal) / kernelTotal, 0)} %; the rest is miniflare's entry worker, the local R2/D1 simulation, ` +
+        `the runtime's HTTP and stream work and the profiler's signals: an upper bound, not the Worker's CPU), ` +
         `its profiler thread ${fmt(profilerTotal, 0)} ms, wrangler's proxy (another workerd) ${fmt(proxyTotal, 0)} ms`,
     );
     const harness = all.reduce((a, r) => a + r.harnessSamples, 0);
