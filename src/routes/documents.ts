@@ -7,14 +7,21 @@
 //   /debuginfo/<build id>                   dwarffs link (index-debug-info=1)
 // Reads are public (or need the read token); uploads need a write token, a key of the
 // right shape and a Content-Length within the kind's limit, and are streamed into R2. A
-// later upload replaces an earlier one (logs of a rebuild, re-signed realisations). A body
-// compressed by Nix 2.32+ (ls-compression, log-compression) is stored with its
-// Content-Encoding and served back with it, which every Nix since 2.8 decodes.
+// later upload replaces an earlier one (logs of a rebuild, re-signed realisations).
+//
+// A body compressed by Nix 2.32+ (ls-compression, log-compression: any of its compression
+// methods) is stored as sent, with its Content-Encoding, and served back with it (never
+// re-encoded: object-response.ts sends it with encodeBody "manual"). Decoding it here
+// would cost more CPU than a request has for a large listing or log, and nothing in it
+// needs checking. Who can read what back (PROTOCOL §5.4): Nix 2.8–2.33 decode every
+// method Nix compresses with; 2.34+ let libcurl decode, which knows gzip, deflate, br and
+// zstd only, so a log uploaded with xz or bzip2 is readable by older Nix only. Nix never
+// reads a .ls back. `none` is stored as no encoding.
 
 import { Hono } from "hono";
 import type { WorkerEnv } from "../env.ts";
 import { fail } from "../errors.ts";
-import { contentEncoding, requireLength } from "../http/body.ts";
+import { contentEncoding, requireLength, UPLOAD_ENCODINGS } from "../http/body.ts";
 import { serveObject } from "../http/object-response.ts";
 import { contentTypeOf } from "../http/representation.ts";
 import { requireRead, requireWrite } from "../middleware/auth.ts";
@@ -39,9 +46,6 @@ export const MAX_DOCUMENT_BYTES: Readonly<Record<DocumentKind, number>> = {
   debuginfo: 4 * 1024,
 };
 
-/** Encodings Nix 2.32+ may send and every Nix client decodes in responses (PROTOCOL §5.4). */
-const STORABLE_ENCODINGS = ["br", "gzip", "zstd"] as const;
-
 const ROUTES = ["/:file{[^/]+\\.ls}", "/log/*", "/realisations/*", "/build-trace-v2/*", "/debuginfo/*"];
 
 function documentKeyOf(request: Request): (ObjectKey & { kind: DocumentKind }) | null {
@@ -65,7 +69,7 @@ for (const route of ROUTES) {
     const request = c.req.raw;
     const object = documentKeyOf(request);
     if (object === null) throw fail("bad_request", `not a valid key; documents are stored at ${SHAPES}`);
-    const encoding = contentEncoding(request, STORABLE_ENCODINGS, "document");
+    const encoding = contentEncoding(request, UPLOAD_ENCODINGS, "document");
     const limit = MAX_DOCUMENT_BYTES[object.kind];
     const length = requireLength(request, limit, "this kind of document is not expected to be that large");
     await putStream(c.env.CACHE, object.key, request.body, {

@@ -1,7 +1,8 @@
 // /<hash32>.narinfo: the metadata Nix asks for first for every store path.
 //
 // GET/HEAD stream the stored document; on a miss, with AGGREGATE_UPSTREAMS set, the
-// upstreams are asked (upstream-narinfo.ts). PUT parses the body with the core parser, applies
+// upstreams are asked (upstream-narinfo.ts). PUT decodes a body sent with a Content-Encoding
+// (narinfo-compression: br, zstd, gzip or deflate), parses it with the core parser, applies
 // the acceptance rules (upload/narinfo-acceptance.ts: StorePath, URL, Compression, the
 // stored NAR, references, signatures) and stores it under the immutability rule
 // (upload/narinfo-store.ts): 201 when stored, 204 when nothing changed or signatures
@@ -12,7 +13,7 @@ import { NixFormatError } from "../nix/errors.ts";
 import { MAX_NARINFO_LENGTH, parseNarInfo, type NarInfo } from "../nix/narinfo.ts";
 import { settingsOf, type WorkerEnv } from "../env.ts";
 import { AppError, fail } from "../errors.ts";
-import { contentEncoding, readText } from "../http/body.ts";
+import { contentEncoding, DECODABLE_ENCODINGS, readDecodedText } from "../http/body.ts";
 import { serveObject } from "../http/object-response.ts";
 import { requireRead, requireWrite, writerOf } from "../middleware/auth.ts";
 import { edgeInvalidate } from "../storage/edge-cache.ts";
@@ -55,8 +56,15 @@ narinfo.put(NARINFO_ROUTE, requireWrite, async (c) => {
   const request = c.req.raw;
   const object = narInfoKeyOf(request);
   if (object === null) throw fail("bad_request", "a narinfo is uploaded to /<32-char nix32 hash part>.narinfo");
-  contentEncoding(request, [], "narinfo");
-  const text = await readText(request, MAX_NARINFO_BYTES, "the narinfo");
+  // Nix 2.32+ with narinfo-compression sends the narinfo encoded: it is decoded (bounded)
+  // to be checked, and stored and served plain like any other.
+  const encoding = contentEncoding(
+    request,
+    DECODABLE_ENCODINGS,
+    "narinfo",
+    "the Worker decodes a narinfo to check it and can only decode those: set narinfo-compression to one of them, or leave it unset",
+  );
+  const text = await readDecodedText(request, encoding, MAX_NARINFO_BYTES, "the narinfo");
   let info: NarInfo;
   try {
     info = parseNarInfo(text);

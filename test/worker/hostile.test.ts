@@ -118,7 +118,8 @@ const cases: Record<string, Hostile> = {
   "binary garbage": { method: "PUT", path: NI, body: new Uint8Array(64).fill(0), status: 400 },
   "a JSON body": { method: "PUT", path: NI, body: JSON.stringify(victim.info), status: 400 },
   "an oversized narinfo": { method: "PUT", path: NI, body: good + `X-Pad: ${"p".repeat(MAX_NARINFO_LENGTH)}\n`, status: 413 },
-  "a gzip-encoded narinfo": { method: "PUT", path: NI, body: good, headers: { "Content-Encoding": "gzip" }, status: 415 },
+  "a narinfo said to be gzip that is not": { method: "PUT", path: NI, body: good, headers: { "Content-Encoding": "gzip" }, status: 400, error: /gzip/ },
+  "an xz-encoded narinfo (the Worker cannot decode xz)": { method: "PUT", path: NI, body: good, headers: { "Content-Encoding": "xz" }, status: 415 },
   "a narinfo with a stray CR": { method: "PUT", path: NI, body: withLine("References", `${dep.baseName}\r`), status: 400 },
 
   // Bodies that do not match their headers
