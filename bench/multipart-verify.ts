@@ -122,22 +122,46 @@ async function statTicks(path: string): Promise<number> {
   return Number(fields[11]) + Number(fields[12]);
 }
 
-/** CPU of `pids` in ms: summed over their live threads, and the processes' own totals. */
-async function cpuMs(pids: readonly number[]): Promise<{ threads: number; process: number }> {
-  let threads = 0;
-  let process = 0;
-  for (const pid of pids) {
-    process += await statTicks(`/proc/${pid}/stat`);
-    for (const task of await readdir(`/proc/${pid}/task`)) {
-      try {
-        threads += await statTicks(`/proc/${pid}/task/${task}/stat`);
-      } catch {
-        // A thread that ended meanwhile.
+/** CPU per workerd process descending from this one, in clock ticks: summed over its live threads, and its own total. */
+type CpuSample = Map<number, { threads: number; process: number }>;
+
+/**
+ * Samples the CPU of the Worker's workerd processes, found afresh each time (wrangler may
+ * start the runtime's process after the Worker reports ready).
+ */
+async function sampleCpu(): Promise<CpuSample> {
+  const sample: CpuSample = new Map();
+  for (const pid of await workerdPids()) {
+    try {
+      let threads = 0;
+      for (const task of await readdir(`/proc/${pid}/task`)) {
+        try {
+          threads += await statTicks(`/proc/${pid}/task/${task}/stat`);
+        } catch {
+          // A thread that ended meanwhile.
+        }
       }
+      sample.set(pid, { threads, process: await statTicks(`/proc/${pid}/stat`) });
+    } catch {
+      // A process that ended meanwhile.
     }
   }
+  if (sample.size === 0) throw new Error("no workerd process found among this process's descendants");
+  return sample;
+}
+
+/** CPU in ms between two samples; a process that appeared in between counts whole, one that vanished is reported. */
+function cpuBetween(before: CpuSample, after: CpuSample): { threads: number; process: number } {
+  for (const pid of before.keys()) if (!after.has(pid)) process.stderr.write(`warning: workerd ${pid} ended during a measurement; its CPU is missing\n`);
+  let threads = 0;
+  let total = 0;
+  for (const [pid, a] of after) {
+    const b = before.get(pid) ?? { threads: 0, process: 0 };
+    threads += a.threads - b.threads;
+    total += a.process - b.process;
+  }
   const ms = (ticks: number) => (ticks * 1000) / CLOCK_TICKS_PER_SECOND;
-  return { threads: ms(threads), process: ms(process) };
+  return { threads: ms(threads), process: ms(total) };
 }
 
 /** Wall time and workerd CPU of one PUT /nar/<name> of the whole file, on a Worker whose limit allows it. */
@@ -145,8 +169,9 @@ async function singlePut(file: string, size: number, name: string): Promise<{ ms
   const worker = await startWorker({ MAX_NAR_UPLOAD_BYTES: String(2 * size) });
   const http = new HttpClient({ baseUrl: worker.url, token: worker.token });
   try {
-    const pids = await workerdPids();
-    const cpuBefore = await cpuMs(pids);
+    // The runtime is surely up once it has answered.
+    await http.request({ method: "GET", path: "nix-cache-info" });
+    const cpuBefore = await sampleCpu();
     const began = performance.now();
     const res = await http.request({
       method: "PUT",
@@ -156,7 +181,7 @@ async function singlePut(file: string, size: number, name: string): Promise<{ ms
     });
     const ms = performance.now() - began;
     if (res.status !== 201) throw new Error(`the single PUT answered ${res.status}`);
-    return { ms, cpuMs: (await cpuMs(pids)).process - cpuBefore.process };
+    return { ms, cpuMs: cpuBetween(cpuBefore, await sampleCpu()).process };
   } finally {
     http.close();
     await worker.dispose();
@@ -168,9 +193,7 @@ async function round(file: string, size: number, name: string): Promise<Round> {
   const worker = await startWorker();
   const http = new HttpClient({ baseUrl: worker.url, token: worker.token, maxSockets: MULTIPART_CONCURRENCY + 1 });
   try {
-    const pids = await workerdPids();
-    if (pids.length === 0) throw new Error("no workerd process found among this process's descendants");
-    process.stderr.write(`workerd: pid ${pids.join(", ")}\n`);
+    await http.request({ method: "GET", path: "nix-cache-info" });
     const base = `_api/v1/multipart/nar/${name}`;
     const began = performance.now();
     const startBody = Buffer.from(JSON.stringify({ size }));
@@ -191,25 +214,25 @@ async function round(file: string, size: number, name: string): Promise<Round> {
     });
     // One attempt, without the uploader's 2-minute idle timeout (local R2 may take longer
     // for a large NAR; a retried completion would only find the NAR stored).
-    const cpuBefore = await cpuMs(pids);
+    const cpuBefore = await sampleCpu();
     const completing = performance.now();
     const done = await fetch(`${worker.url}/${base}/complete?uploadId=${id}`, { method: "POST", headers: { Authorization: `Bearer ${worker.token}` } });
     const answer = await done.text();
     const completeMs = performance.now() - completing;
-    const cpuAfter = await cpuMs(pids);
+    const cpu = cpuBetween(cpuBefore, await sampleCpu());
     const uploadMs = performance.now() - began;
     if (done.status !== 201) throw new Error(`completion answered ${done.status}: ${answer}`);
     const head = await http.request({ method: "HEAD", path: `nar/${name}` });
     if (head.status !== 200 || Number(head.headers["content-length"]) !== size) throw new Error(`the stored NAR is not there with ${size} bytes`);
     // The background over as long a wait, for comparison.
-    const idleBefore = await cpuMs(pids);
+    const idleBefore = await sampleCpu();
     await new Promise((r) => setTimeout(r, completeMs));
-    const idleCpuMs = (await cpuMs(pids)).process - idleBefore.process;
+    const idleCpuMs = cpuBetween(idleBefore, await sampleCpu()).process;
     return {
       completeMs,
       uploadMs,
-      cpuMs: cpuAfter.threads - cpuBefore.threads,
-      processCpuMs: cpuAfter.process - cpuBefore.process,
+      cpuMs: cpu.threads,
+      processCpuMs: cpu.process,
       idleCpuMs, parts: started.partCount, singlePutMs: single.ms, singlePutCpuMs: single.cpuMs };
   } finally {
     http.close();
