@@ -5,13 +5,13 @@
 // What is kept: a path is *live* when it is young (last pushed at or after the run's cutoff,
 // i.e. within GC_RETENTION_DAYS), pinned, or referenced by a live path. Anything pushed after
 // the run started is young. A path's last push is the later of what its narinfo object
-// records (metadata `p`, else R2's upload time: written when the object is created or its
+// records (metadata `p`, else R2's upload time; written when the object is created or its
 // signatures merged) and the `pushed_at` of its row in the D1 index (storage/path-index.ts),
-// which is all a push that finds the path present moves (a refresh touches D1 only). Everything else is garbage: its narinfo (and `.ls`) goes; a NAR
-// goes when no remaining narinfo points to it and it was uploaded before the grace period
-// (GC_NAR_GRACE_HOURS), so an upload in progress never loses its NAR; a listing whose
-// narinfo is gone goes after the same grace period. Logs, realisations and debuginfo links
-// are never collected.
+// which is all that a push finding the path present moves (a refresh touches D1 only).
+// Everything else is garbage: its narinfo (and `.ls`) goes; a NAR goes when no remaining
+// narinfo points to it and it was uploaded before the grace period (GC_NAR_GRACE_HOURS), so
+// an upload in progress never loses its NAR; a listing whose narinfo is gone goes after the
+// same grace period. Logs, realisations and debuginfo links are never collected.
 //
 // A run, phase by phase:
 //   mark      first look: list every narinfo (metadata included, ~100-1000 per operation),
@@ -385,7 +385,8 @@ class Batch {
     this.#start = ctx.clock();
     this.#maxOps = Math.min(BATCH_OPERATIONS, ctx.limits?.operations ?? BATCH_OPERATIONS);
     this.#maxEntries = Math.min(BATCH_ENTRIES, ctx.limits?.entries ?? BATCH_ENTRIES);
-    this.#maxQueries = Math.min(BATCH_QUERIES, ctx.limits?.queries ?? BATCH_QUERIES);
+    // At least one: a batch that may not ask the index cannot list anything.
+    this.#maxQueries = Math.max(1, Math.min(BATCH_QUERIES, ctx.limits?.queries ?? BATCH_QUERIES));
   }
 
   async run(): Promise<GcProgress> {
@@ -646,7 +647,7 @@ class Batch {
       const page = await this.#op(() => listTopLevel(this.#bucket, run.cursor, room));
       const hashes = page.objects.map((o) => narInfoHashOf(o.key));
       const refreshed = await this.#refreshedAmong(run, page.objects, hashes);
-      page.objects.forEach((object, i) => this.#listed(run, object, hashes[i]!, refreshed));
+      page.objects.forEach((object, i) => this.#listed(run, object, hashes[i] ?? null, refreshed));
       this.#entries += page.objects.length;
       this.#setsDirty = true;
       run.cursor = page.cursor;
