@@ -38,14 +38,15 @@
 // /nix-cache-info; GET and HEAD of a narinfo; GET and PUT of 1 MiB and 32 MiB NARs; PUT of
 // narinfos with 0, 100 and 900 references (the references pushed first, as real paths);
 // POST /_api/v1/missing with 100 and 500 hashes, half present; a multipart upload's start,
-// 8 MiB parts and completion; the first narinfo PUT of a fresh isolate (the Worker
-// restarted); and every batch of a garbage collection over ~1000 narinfos.
+// 8 MiB parts and completion; the first request of a fresh isolate (the Worker restarted),
+// GET /nix-cache-info and a narinfo PUT; and every batch of a garbage collection over ~1000
+// narinfos.
 //
 // Usage: node bench/worker-cpu.ts [--reps 30] [--big-reps 5] [--fresh 3] [--interval-us 50]
 //                                 [--top 10] [--keep] [--profiles <dir>]
 //   --reps N           requests per kind (and paths per narinfo kind); default 30
 //   --big-reps N       32 MiB NAR uploads and multipart uploads (16 MiB each); default 5
-//   --fresh N          Worker restarts, each measuring a fresh isolate's first request; default 3
+//   --fresh N          fresh isolates (Worker restarts) per first-request kind; default 3
 //   --interval-us N    the profiler's sampling interval asked for; default 50
 //   --top N            functions listed per heavy request kind; default 10
 //   --keep             keep the temporary directory (R2 state) and say where it is
@@ -876,13 +877,21 @@ async function run(opts: Options): Promise<void> {
       }
     });
     // The first request of a fresh isolate: the Worker restarted (same bucket); the profiler
-    // starts with the module, so nothing runs before this request but module evaluation.
-    for (const p of freshPaths) {
+    // starts before the modules are evaluated, so nothing runs before this request but that.
+    // Once a request that touches nothing (GET /nix-cache-info), once a narinfo upload.
+    const restart = async (): Promise<void> => {
       await worker.dispose();
       worker = await BenchWorker.start(stateDir, secrets, opts, locator);
       bench.worker = worker;
-      await bench.phase("first request of a fresh isolate", async (send) => {
-        await send("PUT narinfo, 0 references, first request of a fresh isolate", "PUT", `/${p.hash}.narinfo`, { body: narInfoOf(p, []), auth: "write", expect: [201] });
+    };
+    for (const p of freshPaths) {
+      await restart();
+      await bench.phase("fresh isolate, GET /nix-cache-info", async (send) => {
+        await send("first request of a fresh isolate: GET /nix-cache-info", "GET", "/nix-cache-info");
+      }, true);
+      await restart();
+      await bench.phase("fresh isolate, PUT narinfo", async (send) => {
+        await send("first request of a fresh isolate: PUT narinfo, 0 references", "PUT", `/${p.hash}.narinfo`, { body: narInfoOf(p, []), auth: "write", expect: [201] });
       }, true);
     }
     const narinfoCount = MAX_REFS + small.length + with100.length + with900.length + freshPaths.length;
