@@ -151,7 +151,7 @@ describe("push times from the index", () => {
     for (const p of paths.slice(0, 3)) await storePath(env.CACHE, p, clock.now);
     done(await collect(env.CACHE, gcSettings(), clock, { db: young.db }));
     expect(young.count(/pushed_at >= /)).toBe(0);
-  });
+  }, 60_000); // two collections in small batches
 
   it("stays within a budget of one D1 query per batch and still collects exactly", async () => {
     const clock = new TestClock();
@@ -179,7 +179,7 @@ describe("push times from the index", () => {
     );
     expect(last.result?.deletedPaths).toBe(garbage.length);
     expect(await rowHashes()).toEqual([kept.hash, dep.hash, user.hash].sort());
-  });
+  }, 60_000); // a collection in batches of one query
 });
 
 describe("rows before objects", () => {
