@@ -5,6 +5,8 @@ import { env } from "cloudflare:workers";
 import { createExecutionContext, reset, waitOnExecutionContext } from "cloudflare:test";
 import { afterEach, describe, expect, it } from "vitest";
 import worker from "../../src/index.ts";
+import { MULTIPART_CLEANUP_EVERY_MINUTES } from "../../src/scheduled.ts";
+import { adoptObjects } from "../../src/path-index/adoption.ts";
 import { formatNarInfo } from "../../src/nix/narinfo.ts";
 import { formatFence } from "../../src/gc/fence.ts";
 import { parseState } from "../../src/gc/run-state.ts";
@@ -308,10 +310,14 @@ describe("the cron trigger", () => {
   it("starts a collection when one is due and then stays idle until the interval has passed", async () => {
     const p = await testPath("cron-old");
     await storePath(env.CACHE, p, Date.now() - 400 * DAY_MS);
+    // The index is complete (until then every tick adopts a page of narinfos instead).
+    expect((await adoptObjects(env.CACHE, env.DB)).complete).toBe(true);
     const ctx = createExecutionContext();
-    // Any tick but the one at minute 30, which cleans up multipart uploads instead.
+    // Any tick but those that clean up multipart uploads (minute 0 of ten) or adopt a page of
+    // narinfos once the index is complete (scheduled.ts ADOPTION_MINUTE, 5) instead.
     const tick = new Date();
-    tick.setUTCMinutes(5);
+    tick.setUTCMinutes(3);
+    expect(tick.getUTCMinutes() % MULTIPART_CLEANUP_EVERY_MINUTES).not.toBe(0);
     await worker.scheduled!({ scheduledTime: tick.getTime(), cron: "* * * * *", noRetry() {} } as ScheduledController, { ...env, GC_UPLOAD_WINDOW_SECONDS: "1" }, ctx);
     await waitOnExecutionContext(ctx);
     const state = parseState(await (await env.CACHE.get(STATE_KEY))!.text());
