@@ -1,5 +1,6 @@
 // The upload side of the fence (gc/fence.ts): every write that makes a narinfo depend on
-// stored objects (a narinfo upload, a write-through copy, a pin) opens a gate *before* it
+// stored objects (a narinfo upload, a write-through copy, a pin, an index row adopted for
+// an object; path-index/adoption.ts) opens a gate *before* it
 // checks that those objects exist, refuses what a collection is about to delete, and writes
 // within half the upload window of opening the gate.
 
@@ -23,6 +24,11 @@ export class UploadGate {
     this.#fence = fence;
     this.#deadline = deadline;
     this.#clock = clock;
+  }
+
+  /** Whether the store path with this hash part is about to be deleted. */
+  fencesPath(hashPart: string): boolean {
+    return this.#fence !== null && fencesPath(this.#fence, hashPart);
   }
 
   /** Throws 422 when the store path with this hash part is about to be deleted. */

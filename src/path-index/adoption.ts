@@ -5,7 +5,11 @@
 // One call adopts one page of the bucket listing (ADOPTION_PAGE narinfos): the metadata the
 // Worker writes with every narinfo (storage/narinfo-meta.ts) gives the row; a narinfo stored
 // without it is read and parsed. A narinfo that does not parse is left alone (garbage
-// collection reports it). When a pass reaches the end of the listing the index is complete:
+// collection reports it). Like an upload, a step opens the collection's upload gate before
+// it looks (gc/upload-gate.ts): a narinfo a collection is deleting (its row already gone,
+// its object about to go) is not adopted, and rows are written within the gate's window,
+// so the index never gets a row whose object a collection then deletes.
+// When a pass reaches the end of the listing the index is complete:
 // from then on the missing query trusts the index alone. The cron runs one page a tick
 // while the index is incomplete, and keeps making passes afterwards, more slowly, so that
 // objects a crash left unindexed are adopted too.
@@ -16,6 +20,8 @@ import { decodeNarInfoMeta } from "../storage/narinfo-meta.ts";
 import { getNarInfoObject, listNarInfoPage } from "../storage/narinfo-object.ts";
 import { adoptionState, adoptRows, indexComplete, rowOf, unindexedHashes, type IndexedPath } from "../storage/path-index.ts";
 import { NAR_PREFIX } from "../storage/keys.ts";
+import { MIN_UPLOAD_WINDOW_MS } from "../gc/settings.ts";
+import { openUploadGate } from "../gc/upload-gate.ts";
 
 /**
  * Narinfos one adoption step lists. Each that lacks the Worker's metadata costs a GET and a
@@ -46,6 +52,7 @@ export interface AdoptionStep {
 
 /** Adopts one page of the bucket's narinfos, from where the last step stopped. */
 export async function adoptObjects(bucket: R2Bucket, db: D1Database, now: number = Date.now()): Promise<AdoptionStep> {
+  const gate = await openUploadGate(bucket, MIN_UPLOAD_WINDOW_MS);
   const state = await adoptionState(db);
   const page = await listNarInfoPage(bucket, state.cursor, ADOPTION_PAGE);
   const hashes = page.objects.map((o) => o.key.slice(0, -".narinfo".length));
@@ -54,7 +61,7 @@ export async function adoptObjects(bucket: R2Bucket, db: D1Database, now: number
   const unreadable: string[] = [];
   for (const o of page.objects) {
     const hash = o.key.slice(0, -".narinfo".length);
-    if (!unknown.has(hash)) continue;
+    if (!unknown.has(hash) || gate.fencesPath(hash)) continue;
     const fromMeta = rowFromMeta(hash, o.customMetadata);
     if (fromMeta !== null) {
       rows.push(fromMeta);
@@ -72,6 +79,8 @@ export async function adoptObjects(bucket: R2Bucket, db: D1Database, now: number
       unreadable.push(o.key);
     }
   }
+  // Too slow to be safe next to a collection: nothing written, the next step retries.
+  gate.assertInTime();
   await adoptRows(db, rows, page.cursor === null ? "complete" : { cursor: page.cursor }, now);
   if (unreadable.length > 0) console.warn(`adoption: ${unreadable.length} narinfos could not be read and stay unindexed`, unreadable.slice(0, 10));
   return { adopted: rows.length, unreadable, complete: page.cursor === null };

@@ -35,7 +35,7 @@ landing.get("/", requireRead, async (c) => {
     aggregated: settings.aggregation.upstreams.map((u) => u.url),
     referenced: settings.upstreams,
     retentionDays: settings.gc.retentionMs === null ? null : settings.gc.retentionMs / DAY_MS,
-    stats: await loadStatsView(c.env.CACHE),
+    stats: await loadStatsView(c.env.CACHE, c.env.DB),
   });
   return new Response(html, {
     headers: {

@@ -28,8 +28,8 @@ export const R2_CONCURRENCY = 6;
  * Turns an R2 failure into the one `storage_unavailable` error (503 with Retry-After), so
  * clients retry instead of treating the cache as broken; the cause goes to the log only.
  */
-export function storageUnavailable(err: unknown): never {
-  console.error("R2 operation failed", err);
+export function storageUnavailable(err: unknown, what: "R2" | "D1" = "R2"): never {
+  console.error(`${what} operation failed`, err);
   throw fail("storage_unavailable", "the storage backend failed; try again shortly");
 }
 

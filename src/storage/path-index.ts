@@ -44,7 +44,7 @@ async function d1<T>(op: () => Promise<T>): Promise<T> {
   try {
     return await op();
   } catch (err) {
-    return storageUnavailable(err);
+    return storageUnavailable(err, "D1");
   }
 }
 

@@ -116,6 +116,8 @@ interface Real {
   u: Universe;
   seen: Observed;
   log: string[];
+  /** The collections' clock: it only moves forward, as time does. */
+  clock: TestClock;
 }
 
 function call(path: string, init: RequestInit = {}): Promise<Response> {
@@ -379,7 +381,14 @@ class Unpin implements Cmd {
   toString = () => `Unpin(${this.i})`;
 }
 
-/** A whole collection; `old`: every path is past retention, so only pinned closures stay. */
+/** Retention in the collections' settings (gcSettings). */
+const RETENTION_MS = 30 * DAY_MS;
+
+/**
+ * A whole collection, after the clock moved on by a minute or (`old`) by 40 days. Paths are
+ * pushed at the real time, so once the clock is past retention every unpinned path is old
+ * and only pinned closures stay; before, everything stays.
+ */
 class Collect implements Cmd {
   readonly old: boolean;
   constructor(old: boolean) {
@@ -388,10 +397,11 @@ class Collect implements Cmd {
   check = () => true;
   async run(m: Model, r: Real): Promise<void> {
     const before = await storedNarInfos();
-    const kept = this.old ? closure(m.pins.values(), before) : new Set(before.keys());
-    const clock = new TestClock(this.old ? 40 * DAY_MS : 3600 * 1000);
-    await collect(env.CACHE, gcSettings(), clock);
-    r.log.push(`collection (${this.old ? "all old" : "all young"})`);
+    r.clock.advance(this.old ? 40 * DAY_MS : 60 * 1000);
+    const allOld = r.clock.now - Date.now() > RETENTION_MS;
+    const kept = allOld ? closure(m.pins.values(), before) : new Set(before.keys());
+    await collect(env.CACHE, gcSettings({ retentionMs: RETENTION_MS }), r.clock);
+    r.log.push(`collection (${allOld ? "all old" : "all young"})`);
     const after = await storedNarInfos();
     for (const hash of kept) {
       const info = after.get(hash);
@@ -613,7 +623,7 @@ describe("an honest and a hostile write token, in any order", () => {
       await fc.assert(
         fc.asyncProperty(fc.commands(commands, { maxCommands: MAX_COMMANDS }), async (cmds) => {
           await resetAll();
-          const real: Real = { u, seen: { narinfos: new Map(), nars: new Map() }, log: [] };
+          const real: Real = { u, seen: { narinfos: new Map(), nars: new Map() }, log: [], clock: new TestClock() };
           try {
             await fc.asyncModelRun(() => ({ model: { honestUpload: null, hostileUpload: null, pins: new Map() }, real }), cmds);
           } catch (err) {
