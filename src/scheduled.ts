@@ -5,11 +5,15 @@
 // (storage/multipart.ts): it aborts uploads started more than a day ago, about 40 per pass,
 // and deletes their parts, so abandoned parts stop costing storage before R2's own
 // seven-day expiry and every token's uploads are cleared in a bounded number of passes.
-// An idle pass (no upload in progress) is one R2 list. Each job keeps a whole invocation's
-// budget (the free plan's 50 subrequests) to itself.
+// An idle pass (no upload in progress) is one R2 list. While the D1 index is not complete
+// (a bucket filled before it existed), the other ticks adopt one page of narinfos each
+// instead of collecting (path-index/adoption.ts); once it is complete, the tick five
+// minutes after each cleanup adopts a page, so objects a crash left unindexed are found
+// too. Each job keeps a whole invocation's budget (the free plan's 50 subrequests) to itself.
 
 import { settingsOf, type WorkerEnv } from "./env.ts";
 import { runGcBatch } from "./gc/collector.ts";
+import { adoptObjects, isIndexComplete } from "./path-index/adoption.ts";
 import { abortStaleUploads } from "./storage/multipart.ts";
 
 /**
@@ -21,12 +25,40 @@ import { abortStaleUploads } from "./storage/multipart.ts";
  */
 export const MULTIPART_CLEANUP_EVERY_MINUTES = 10;
 
+/** Once the index is complete, the tick this many minutes after each cleanup adopts a page. */
+export const ADOPTION_MINUTE = 5;
+
 export async function runScheduled(env: WorkerEnv, scheduledTime: number = Date.now()): Promise<void> {
-  if (new Date(scheduledTime).getUTCMinutes() % MULTIPART_CLEANUP_EVERY_MINUTES === 0) {
+  const minute = new Date(scheduledTime).getUTCMinutes() % MULTIPART_CLEANUP_EVERY_MINUTES;
+  if (minute === 0) {
     await cleanUpMultipart(env, scheduledTime);
     return;
   }
+  if (minute === ADOPTION_MINUTE || !(await indexComplete(env))) {
+    await adopt(env, scheduledTime);
+    return;
+  }
   await collectGarbage(env);
+}
+
+async function indexComplete(env: WorkerEnv): Promise<boolean> {
+  try {
+    return await isIndexComplete(env.DB);
+  } catch (err) {
+    console.error("scheduled: the D1 index cannot be read (are its migrations applied?)", err);
+    return true;
+  }
+}
+
+async function adopt(env: WorkerEnv, now: number): Promise<void> {
+  try {
+    const step = await adoptObjects(env.CACHE, env.DB, now);
+    if (step.adopted > 0 || step.unreadable.length > 0) {
+      console.log(`index: adopted ${step.adopted} narinfos, ${step.unreadable.length} unreadable${step.complete ? "; the pass is complete" : ""}`);
+    }
+  } catch (err) {
+    console.error("index adoption failed; the next tick retries", err);
+  }
 }
 
 async function cleanUpMultipart(env: WorkerEnv, now: number): Promise<void> {
