@@ -7,6 +7,11 @@
 //
 // The name is everything before the first ":". Signing is pure Ed25519 over the UTF-8
 // fingerprint and deterministic, so re-signing reproduces Nix's Sig byte for byte.
+//
+// Signing and verifying use the runtime's native Ed25519 (WebCrypto: workerd, Node 24)
+// when it has one, and @noble/ed25519 otherwise. The native path matters in the Worker: the
+// JavaScript implementation builds its base-point tables on first use, tens of milliseconds
+// of CPU in every fresh isolate, more than a free-plan request may spend.
 
 import { getPublicKeyAsync, Point, signAsync, verifyAsync } from "@noble/ed25519";
 import { compareBytes, fromBase64, toBase64, utf8 } from "./encoding.ts";
@@ -100,16 +105,19 @@ function derivePublicKey(seed: Uint8Array): Uint8Array {
 /**
  * Parses a Nix secret key `name:base64(seed ‖ public key)` and checks that the public half
  * belongs to the seed (a mismatch means a corrupted or hand-assembled key, which would sign
- * with one key and advertise another). Surrounding whitespace is ignored.
+ * with one key and advertise another). Surrounding whitespace is ignored. With
+ * `checkPublicHalf: false` the check is left to signNarInfo, which makes it natively (the
+ * Worker parses its key on every isolate's first request, where the JavaScript check costs
+ * tens of milliseconds of CPU).
  */
-export function parseSecretKey(s: string): SecretKey {
+export function parseSecretKey(s: string, options: { checkPublicHalf?: boolean } = {}): SecretKey {
   const [name, bytes] = splitNamed(s.trim(), "secret key", (m) => new KeyError(m));
   if (bytes.length !== SEED_BYTES + PUBLIC_KEY_BYTES) {
     throw new KeyError(`secret key ${JSON.stringify(name)} has ${bytes.length} bytes, expected 64`);
   }
   const seed = bytes.slice(0, SEED_BYTES);
   const publicKey = bytes.slice(SEED_BYTES);
-  if (compareBytes(derivePublicKey(seed), publicKey) !== 0) {
+  if (options.checkPublicHalf !== false && compareBytes(derivePublicKey(seed), publicKey) !== 0) {
     throw new KeyError(`secret key ${JSON.stringify(name)}: the public half does not belong to the seed`);
   }
   return { name, seed, publicKey };
@@ -162,12 +170,82 @@ export function fingerprint(
   return `1;${info.storePath};${narHash};${info.narSize};${refs.join(",")}`;
 }
 
+/** PKCS#8 wrapping of a 32-byte Ed25519 seed (RFC 8410): this prefix, then the seed. */
+const PKCS8_ED25519_PREFIX = new Uint8Array([0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20]);
+
+function base64UrlToBytes(s: string): Uint8Array {
+  const b64 = s.replace(/-/g, "+").replace(/_/g, "/");
+  return fromBase64(b64 + "=".repeat((4 - (b64.length % 4)) % 4));
+}
+
+/** A key of the runtime's WebCrypto (its type name differs between workerd's and Node's typings). */
+type NativeKey = Awaited<ReturnType<typeof crypto.subtle.importKey>>;
+
+/** Native signing keys per parsed secret key; null: the runtime has no native Ed25519. */
+const nativeSigners = new WeakMap<SecretKey, Promise<NativeKey | null>>();
+
+async function importSigner(key: SecretKey): Promise<NativeKey | null> {
+  const pkcs8 = new Uint8Array(PKCS8_ED25519_PREFIX.length + SEED_BYTES);
+  pkcs8.set(PKCS8_ED25519_PREFIX);
+  pkcs8.set(key.seed, PKCS8_ED25519_PREFIX.length);
+  let signer: NativeKey;
+  let derived: Uint8Array;
+  try {
+    signer = await crypto.subtle.importKey("pkcs8", pkcs8, { name: "Ed25519" }, true, ["sign"]);
+    const jwk = (await crypto.subtle.exportKey("jwk", signer)) as { x?: string };
+    derived = base64UrlToBytes(jwk.x ?? "");
+  } catch {
+    return null;
+  }
+  if (compareBytes(derived, key.publicKey) !== 0) {
+    throw new KeyError(`secret key ${JSON.stringify(key.name)}: the public half does not belong to the seed`);
+  }
+  return signer;
+}
+
+/** Native public keys per parsed public key; null: the runtime has no native Ed25519. */
+const nativeVerifiers = new WeakMap<PublicKey, Promise<NativeKey | null>>();
+
+async function importVerifier(key: PublicKey): Promise<NativeKey | null> {
+  try {
+    return await crypto.subtle.importKey("raw", key.key, { name: "Ed25519" }, false, ["verify"]);
+  } catch {
+    return null;
+  }
+}
+
+async function ed25519Sign(message: Uint8Array, key: SecretKey): Promise<Uint8Array> {
+  let signer = nativeSigners.get(key);
+  if (signer === undefined) {
+    signer = importSigner(key);
+    nativeSigners.set(key, signer);
+  }
+  const native = await signer;
+  if (native !== null) return new Uint8Array(await crypto.subtle.sign("Ed25519", native, message));
+  // No native Ed25519: the JavaScript one, after the check parseSecretKey may have skipped.
+  if (compareBytes(derivePublicKey(key.seed), key.publicKey) !== 0) {
+    throw new KeyError(`secret key ${JSON.stringify(key.name)}: the public half does not belong to the seed`);
+  }
+  return signAsync(message, key.seed);
+}
+
+async function ed25519Verify(sig: Uint8Array, message: Uint8Array, key: PublicKey): Promise<boolean> {
+  let verifier = nativeVerifiers.get(key);
+  if (verifier === undefined) {
+    verifier = importVerifier(key);
+    nativeVerifiers.set(key, verifier);
+  }
+  const native = await verifier;
+  if (native !== null) return crypto.subtle.verify("Ed25519", native, sig, message);
+  return verifyAsync(sig, message, key.key, { zip215: false });
+}
+
 /** Signs the narinfo's fingerprint: `name:base64(signature)`, a Sig value. */
 export async function signNarInfo(
   info: Pick<NarInfo, "storePath" | "narHash" | "narSize" | "references">,
   key: SecretKey,
 ): Promise<string> {
-  const sig = await signAsync(utf8(fingerprint(info)), key.seed);
+  const sig = await ed25519Sign(utf8(fingerprint(info)), key);
   return formatSignature({ name: key.name, sig });
 }
 
@@ -196,7 +274,7 @@ export async function verifyNarInfo(
     for (const key of trusted) {
       if (key.name !== parsed.name) continue;
       try {
-        if (await verifyAsync(parsed.sig, message, key.key, { zip215: false })) return true;
+        if (await ed25519Verify(parsed.sig, message, key)) return true;
       } catch {
         // A malformed public key or signature encoding counts as "not valid".
       }

@@ -20,7 +20,7 @@
 // Finally, with SIGNING_KEY set, the Worker adds its own signature, replacing any Sig the
 // upload claims under the Worker's key name (the Worker alone signs with its key).
 
-import { NixFormatError } from "../nix/errors.ts";
+import { KeyError, NixFormatError } from "../nix/errors.ts";
 import { normaliseSha256 } from "../nix/hash.ts";
 import type { NarInfo } from "../nix/narinfo.ts";
 import { signNarInfo, verifyNarInfo } from "../nix/signature.ts";
@@ -115,6 +115,12 @@ export async function acceptNarInfo(info: NarInfo, hashPart: string, bucket: R2B
   if (missing.length > 0) throw fail("unprocessable", missingReferencesMessage(missing, caches));
 
   if (settings.signingKey === null) return info;
-  const own = await signNarInfo(info, settings.signingKey);
+  let own: string;
+  try {
+    own = await signNarInfo(info, settings.signingKey);
+  } catch (e) {
+    if (e instanceof KeyError) throw fail("misconfigured", "SIGNING_KEY's public half does not belong to its secret half; generate a new key (uploader keygen)");
+    throw e;
+  }
   return { ...info, sigs: replaceOwnSignature(info.sigs, settings.signingKey.name, own) };
 }

@@ -63,6 +63,16 @@ describe("keys (PROTOCOL §8.3, vectors.json keys)", () => {
     flipped[0]! ^= 1;
     expect(() => parseSecretKey(`test-key:${toBase64(flipped)}`)).toThrow(KeyError);
   });
+  it("leaves that check to signing when asked, which then refuses to sign", async () => {
+    const bytes = fromBase64(vectors.keys.secretKey.slice("test-key:".length));
+    bytes.set(CACHE_NIXOS_ORG.key, 32);
+    const mismatched = parseSecretKey(`test-key:${toBase64(bytes)}`, { checkPublicHalf: false });
+    const info = parseNarInfo(fixture("nix-2.8-d-zstd.narinfo"));
+    await expect(signNarInfo(info, mismatched)).rejects.toThrow(KeyError);
+    // The same key, whole, signs exactly what the checked parse signs.
+    const unchecked = parseSecretKey(vectors.keys.secretKey, { checkPublicHalf: false });
+    expect(await signNarInfo(info, unchecked)).toBe(await signNarInfo(info, TEST_SECRET));
+  });
   it("rejects malformed keys with KeyError", () => {
     const pub64 = toBase64(new Uint8Array(32));
     for (const bad of [

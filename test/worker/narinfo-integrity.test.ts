@@ -198,3 +198,20 @@ describe("references match by full store path", () => {
     expect(res.status).toBe(422);
   });
 });
+
+describe("a SIGNING_KEY whose halves do not belong together", () => {
+  it("never signs: the upload answers 500 naming the setting and stores nothing; reads still work", async () => {
+    const [name, b64] = [TEST_KEY_TEXT.slice(0, TEST_KEY_TEXT.indexOf(":")), TEST_KEY_TEXT.trim().slice(TEST_KEY_TEXT.indexOf(":") + 1)];
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    bytes[63]! ^= 1;
+    const broken = `${name}:${toBase64(bytes)}`;
+    const p = await testPath("broken-key");
+    expect((await putNar(p)).status).toBe(201);
+    const before = await snapshot();
+    const res = await putAs({ SIGNING_KEY: broken }, p, p.info, bearer());
+    expect(res.status).toBe(500);
+    expect(await errorOf(res)).toMatch(/SIGNING_KEY/);
+    expect(await snapshot()).toEqual(before);
+    expect((await callWith({ SIGNING_KEY: broken }, "/nix-cache-info")).status).toBe(200);
+  });
+});
