@@ -9,6 +9,9 @@
 //   2.19+     {"/nix/store/…": {"narHash": …, …} | null, …}
 //   newer     hashes as {"algorithm", "format", "hash"} objects, store paths as base names,
 //             "ca" as {"method", "hash"}
+//   2.34 `--json-format 2`: {"version": 2, "storeDir": "/nix/store", "info": {<base name>: …}}
+//             (2.34 warns that `--json` without `--json-format` is deprecated; older Nix
+//             rejects the flag, so queryClosure asks for format 2 and falls back once)
 // Hashes are normalised to `sha256:<nix32>`, the form narinfo files and fingerprints use.
 import { spawn } from "node:child_process";
 import { realpath } from "node:fs/promises";
@@ -101,6 +104,21 @@ async function realpathOr(path: string): Promise<string> {
 }
 
 /**
+ * `--json-format` per nix program: Nix 2.34 deprecates `--json` without it ("will become an
+ * error"), and Nix before it rejects the flag ("unrecognised flag"). The first query tries
+ * format 2 and falls back to the plain `--json` once; the answer is kept for the process.
+ */
+const jsonFormatFlag = new Map<string, readonly string[]>();
+
+/** The `--json-format` flags queryClosure settled on for `nix`; undefined before its first query. */
+export function pathInfoFormatFlags(nix = "nix"): readonly string[] | undefined {
+  return jsonFormatFlag.get(nix);
+}
+
+/** How Nix before 2.34 refuses a flag it does not know. */
+const UNKNOWN_JSON_FORMAT = /unrecogni[sz]ed flag '--json-format'/;
+
+/**
  * The closure of `paths` with metadata, from `nix path-info --json --recursive`.
  * Throws NixError when nix cannot run or fails, InvalidStorePathError when Nix says a path
  * is not valid (not built, or garbage-collected).
@@ -109,8 +127,20 @@ export async function queryClosure(paths: readonly string[], options: StoreOptio
   if (paths.length === 0) return [];
   const storeDir = options.storeDir ?? defaultStoreDir(options.env);
   const nix = options.nix ?? "nix";
-  const args = ["--extra-experimental-features", "nix-command", "path-info", "--json", "--recursive", ...paths];
-  const { code, stdout, stderr } = await run(nix, args, options.env ?? process.env);
+  const env = options.env ?? process.env;
+  const query = (format: readonly string[]) =>
+    run(nix, ["--extra-experimental-features", "nix-command", "path-info", "--json", ...format, "--recursive", ...paths], env);
+  const known = jsonFormatFlag.get(nix);
+  let result = await query(known ?? ["--json-format", "2"]);
+  if (known === undefined) {
+    if (result.code !== 0 && UNKNOWN_JSON_FORMAT.test(result.stderr)) {
+      jsonFormatFlag.set(nix, []);
+      result = await query([]);
+    } else if (result.code === 0) {
+      jsonFormatFlag.set(nix, ["--json-format", "2"]);
+    }
+  }
+  const { code, stdout, stderr } = result;
   if (code !== 0) {
     const invalid = /path '([^']+)' is not valid/.exec(stderr);
     if (invalid) {
@@ -128,6 +158,12 @@ export function parsePathInfoJson(text: string, storeDir: string = STORE_DIR): S
     parsed = JSON.parse(text);
   } catch (err) {
     throw new NixError(`cannot read the output of nix path-info --json: ${messageOf(err)}`);
+  }
+  // --json-format 2 wraps the entries: {"version": 2, "storeDir": …, "info": {…}}.
+  if (isObject(parsed) && typeof parsed.version === "number" && isObject(parsed.info)) {
+    if (parsed.version !== 2) throw new NixError(`nix path-info --json gave format version ${parsed.version}; this uploader reads versions 1 and 2`);
+    if (typeof parsed.storeDir === "string" && parsed.storeDir !== "") storeDir = parsed.storeDir;
+    parsed = parsed.info;
   }
   const entries: Array<[string | undefined, unknown]> = Array.isArray(parsed)
     ? parsed.map((e) => [undefined, e])
