@@ -157,7 +157,8 @@ ${privateNote}
 <p>With the uploader (compresses, signs and uploads whole closures; a write token in <code>NIX_CACHE_TOKEN</code>):</p>
 ${pre("push-uploader", `npx uploader push ./result --cache ${data.origin}\n`)}
 <p>With plain Nix (the write token as the password of a netrc entry for <code>${escapeHtml(host)}</code>):</p>
-${pre("push-nix", `nix copy --to '${data.origin}?compression=zstd' ./result\n`)}
+${pre("push-nix", `nix copy --extra-experimental-features nix-command --to '${data.origin}?compression=zstd' ./result\n`)}
+<p class="note" id="push-nix-note">Nix keeps each narinfo it uploads, without this cache's signature, in its narinfo cache for 30 days, so the machine that pushed refuses those paths as unsigned. Substitute them there with <code>--option narinfo-cache-positive-ttl 0</code>, push with the uploader, or sign as you push (<code>&amp;secret-key=…</code>) with a key that machine trusts.</p>
 
 <h2>Statistics</h2>
 ${statsSection(data.stats)}

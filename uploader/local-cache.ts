@@ -141,7 +141,9 @@ nix-edge-cache is starting on ${url}  (local R2 storage; Ctrl-C stops it)
     npx uploader push ./result --cache ${url} --token ${s.writeToken}
 
   Push with plain Nix (the token is the password in this netrc file):
-    nix copy --to '${url}?compression=zstd' --option netrc-file ${netrc} ./result
+    nix copy --extra-experimental-features nix-command --to '${url}?compression=zstd' --option netrc-file ${netrc} ./result
+  Nix keeps the narinfos it uploaded, without the cache's signature, for 30 days: to
+  substitute them on this machine, add --option narinfo-cache-positive-ttl 0.
 
   Collect garbage, pin a closure (the admin token):
     npx uploader gc --dry-run --cache ${url} --admin-token ${s.adminToken}

@@ -94,7 +94,8 @@ describe("the landing page in headless Chromium", () => {
     }
     expect(snippet(dom, "nixos")).toMatch(/nix\.settings = \{/);
     expect(snippet(dom, "flake")).toMatch(/nixConfig = \{/);
-    expect(snippet(dom, "push-nix")).toBe(`nix copy --to '${cache.url}?compression=zstd' ./result\n`);
+    expect(snippet(dom, "push-nix")).toBe(`nix copy --extra-experimental-features nix-command --to '${cache.url}?compression=zstd' ./result\n`);
+    expect(dom).toContain("--option narinfo-cache-positive-ttl 0");
     expect(snippet(dom, "push-uploader")).toContain(`--cache ${cache.url}`);
 
     // Statistics of the collection: the closure's 3 paths and their NARs.

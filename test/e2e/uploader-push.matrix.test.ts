@@ -1,55 +1,80 @@
-// The uploader against the Worker as the README starts it (`npm start`): a pushed closure
-// is substituted by a real Nix into an empty store trusting only the uploader's key, and
-// pushing it again uploads nothing in a handful of requests.
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { readFile } from "node:fs/promises";
+// The uploader against the Worker as the README starts it (`npm start`), run inside each
+// Nix version's chroot with the pinned Node (the checkout is mounted there), reading that
+// version's store through its own `nix path-info`: a pushed closure is substituted by the
+// same Nix into an empty store trusting only the uploader's key, and pushing it again
+// uploads nothing in a handful of requests. On Nix 2.34 the uploader asks for
+// `--json-format 2`, so Nix prints no deprecation warning; older versions reject that flag
+// and get the plain `--json`.
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { join } from "node:path";
-import { buildClosure, LocalCache, NixClient, PROJECT_ROOT, runOk, type Closure } from "./harness.ts";
+import { CHROOT_NODE, ChrootNix } from "./chroot-nix.ts";
+import { LocalCache, PROJECT_ROOT, type Closure } from "./harness.ts";
 
-const CLI = join(PROJECT_ROOT, "uploader", "cli.ts");
+const chroots = inject("nixChroots");
 
-let nix: NixClient;
 let cache: LocalCache;
-let closure: Closure;
-let secretKeyFile: string;
-let publicKey: string;
 
 beforeAll(async () => {
-  nix = await NixClient.create();
-  closure = await buildClosure(nix);
   cache = await LocalCache.start();
-  secretKeyFile = join(nix.dir, "pusher-1.secret");
-  publicKey = (await runOk(process.execPath, [CLI, "keygen", "--name", "pusher-1", "--secret-key-file", secretKeyFile])).trim();
 });
 
 afterAll(async () => {
   await cache?.stop();
-  await nix?.cleanup();
 });
-
-async function push(): Promise<{ uploaded: number; alreadyCached: number; failed: number }> {
-  const out = await runOk(process.execPath, [CLI, "push", "--json", "--cache", cache.url, "--secret-key-file", secretKeyFile, closure.top], {
-    env: { ...(await nix.env()), NIX_CACHE_TOKEN: cache.token },
-  });
-  return JSON.parse(out) as { uploaded: number; alreadyCached: number; failed: number };
-}
 
 /** The requests wrangler logged (one line each: `[wrangler:info] GET /path 200 OK (3ms)`). */
 function requestLines(logs: string): string[] {
   return logs.split("\n").filter((l) => /\b(GET|HEAD|PUT|POST|DELETE) \/\S* \d{3}\b/.test(l));
 }
 
-describe("uploader push to the Worker as npm start runs it", () => {
-  it("pushes a closure that Nix substitutes into an empty store trusting only the uploader's key", async () => {
+describe.each(chroots.map((c) => [c.name]))("uploader push with Nix %s, to the Worker as npm start runs it", (name) => {
+  let nix: ChrootNix;
+  let closure: Closure;
+  let secretKeyFile: string;
+  let publicKey: string;
+
+  beforeAll(async () => {
+    nix = await ChrootNix.create(chroots.find((c) => c.name === name)!);
+    closure = await nix.buildClosure();
+    secretKeyFile = join(nix.dir, `pusher-${name}.secret`);
+    const keygen = await nix.uploader(["keygen", "--name", `pusher-${name}`, "--secret-key-file", secretKeyFile]);
+    expect(keygen.code, keygen.stderr).toBe(0);
+    publicKey = keygen.stdout.trim();
+  });
+
+  afterAll(async () => {
+    await nix?.cleanup();
+  });
+
+  async function push(): Promise<{ uploaded: number; alreadyCached: number; failed: number }> {
+    const r = await nix.uploader(["push", "--json", "--cache", cache.url, "--secret-key-file", secretKeyFile, closure.top], {
+      env: { NIX_CACHE_TOKEN: cache.token },
+    });
+    expect(r.code, r.stderr).toBe(0);
+    return JSON.parse(r.stdout) as { uploaded: number; alreadyCached: number; failed: number };
+  }
+
+  it("pushes a closure that the same Nix substitutes into an empty store trusting only the uploader's key", async () => {
     expect(await push()).toMatchObject({ uploaded: 3, alreadyCached: 0, failed: 0 });
     const store = await nix.emptyStore();
-    await runOk(
-      "nix-store",
-      ["--store", store, "-r", closure.top, "--option", "substituters", cache.url, "--option", "trusted-public-keys", publicKey],
-      { env: await nix.env() },
-    );
-    expect(await readFile(join(store, closure.dep), "utf8")).toMatch(/^I am a dependency /);
-    expect(await readFile(join(store, closure.top, "refs.txt"), "utf8")).toContain(closure.tree);
+    await nix.runOk("nix-store", ["--store", store, "-r", closure.top, "--option", "substituters", cache.url, "--option", "trusted-public-keys", publicKey]);
+    expect(await nix.readFile(join(store, closure.dep))).toMatch(/^I am a dependency /);
+    expect(await nix.readFile(join(store, closure.top, "refs.txt"))).toContain(closure.tree);
+    for (const p of [closure.top, closure.dep, closure.tree]) expect(await nix.dumpHash(p, store)).toBe(await nix.dumpHash(p));
+  });
+
+  it("reads the store with --json-format 2 where Nix has it (2.34+), else with the plain --json", async () => {
+    const script = `
+      import { queryClosure, pathInfoFormatFlags } from ${JSON.stringify(join(PROJECT_ROOT, "uploader", "store.ts"))};
+      const infos = await queryClosure([${JSON.stringify(closure.top)}]);
+      console.log(JSON.stringify({ paths: infos.map((i) => i.path).sort(), flags: pathInfoFormatFlags() }));`;
+    const r = await nix.run(CHROOT_NODE, ["--input-type=module", "-e", script]);
+    expect(r.code, r.stderr).toBe(0);
+    const [major, minor] = nix.chroot.nixVersion.split(".").map(Number) as [number, number];
+    expect(JSON.parse(r.stdout)).toEqual({
+      paths: [closure.dep, closure.top, closure.tree].sort(),
+      flags: major > 2 || minor >= 34 ? ["--json-format", "2"] : [],
+    });
   });
 
   it("uploads nothing the second time, in a handful of requests", async () => {
