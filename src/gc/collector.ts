@@ -133,9 +133,12 @@ export const BATCH_QUERIES = 40;
 export const BATCH_ENTRIES = 1000;
 /**
  * What reading one queued narinfo costs, in entries: an R2 call of its own (a promise, an
- * object with its metadata decoded) instead of a share of a listing.
+ * object with its metadata decoded) instead of a share of a listing. bench/worker-cpu.ts
+ * (V8's profiler inside workerd) found the runtime's side of each R2 call at about 0.1 ms,
+ * the cost of some 30 listed entries: at 6, mark batches made ~166 HEADs and spent 20+ ms.
+ * At 30 a batch makes at most ~33 lookups, about 4 ms of calls.
  */
-const LOOKUP_COST = 6;
+const LOOKUP_COST = 30;
 /**
  * Bytes of narinfo body read from the queue that count as one entry. Reading and parsing a
  * body costs CPU in proportion to its size; a listed entry makes the runtime decode up to
