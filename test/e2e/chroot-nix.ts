@@ -155,13 +155,14 @@ export class ChrootNix {
   /**
    * Builds a fresh one-file derivation output: an input-addressed path, which (unlike the
    * content-addressed paths of addText) a client accepts only with a trusted signature.
+   * Its build log says `building <name>`.
    */
   async buildText(name: string, text = ""): Promise<string> {
     const file = join(await this.tempDir("drv-"), "default.nix");
     const content = `${text}${randomBytes(8).toString("hex")}`.replace(/[^A-Za-z0-9 ._-]/g, "_");
     await this.writeFile(
       file,
-      `builtins.derivation { name = "${name}"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo '${content}' > $out" ]; }`,
+      `builtins.derivation { name = "${name}"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo 'building ${name}'; echo '${content}' > $out" ]; }`,
     );
     return (await this.runOk("nix-build", [file, "--no-out-link"])).trim();
   }
