@@ -30,7 +30,7 @@ import { execFileSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { mkdtemp, open, readdir, readFile, rm } from "node:fs/promises";
-import { cpus, tmpdir, totalmem } from "node:os";
+import { cpus, loadavg, tmpdir, totalmem } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { mapConcurrent } from "../src/concurrency.ts";
@@ -247,6 +247,7 @@ async function main(): Promise<void> {
   if (!Number.isInteger(sizeMiB) || sizeMiB < 6) throw new Error("--size-mib must be a whole number of at least 6 (more than one part)");
   if (!Number.isInteger(rounds) || rounds < 1) throw new Error("--rounds must be a positive whole number");
   const size = sizeMiB * 2 ** 20;
+  const loadAtStart = loadavg()[0]!;
   const dir = await mkdtemp(join(tmpdir(), "bench-multipart-"));
   try {
     const file = join(dir, "nar.zst");
@@ -265,6 +266,7 @@ async function main(): Promise<void> {
     const col = (label: string, f: (r: Round) => string) => `| ${label} | ${results.map(f).join(" | ")} |`;
     const lines = [
       `${cpus().length} × ${cpus()[0]?.model ?? "?"}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB; Node ${process.version}, wrangler ${wrangler.version}; clock tick ${1000 / CLOCK_TICKS_PER_SECOND} ms`,
+      `load average (1 min) at start ${loadAtStart.toFixed(2)}, at end ${loadavg()[0]!.toFixed(2)}`,
       `a ${sizeMiB} MiB NAR in ${results[0]!.parts} parts of 64 MiB, ${MULTIPART_CONCURRENCY} in flight, ${rounds} rounds (fresh Worker each)`,
       `R2 operations of the completion: ${COMPLETION_R2_OPERATIONS.length} (${COMPLETION_R2_OPERATIONS.join(", ")})`,
       "",
