@@ -208,7 +208,17 @@ export class HttpClient {
             : "no token given: pass --token or set NIX_CACHE_TOKEN to one of the Worker's WRITE_TOKEN secrets",
         );
       case 403:
-        return new AuthError(method, where, 403, message, "this token may not write to the cache: use a write token (WRITE_TOKEN or WRITE_TOKEN_*)");
+        // The Worker answers 403 to a token that touches another token's multipart upload;
+        // its message says so. Anything else in front of it (an access policy) says its own.
+        return new AuthError(
+          method,
+          where,
+          403,
+          message,
+          /another token/.test(message)
+            ? "another pipeline's token started this upload: run the push again (it starts its own upload)"
+            : "the cache refused this token for this request: check that it is a write token (WRITE_TOKEN or WRITE_TOKEN_*)",
+        );
       case 413:
         return new TooLargeError(
           method,

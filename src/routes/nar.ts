@@ -58,7 +58,9 @@ nar.put("/nar/*", requireWrite, async (c) => {
     }
     return new Response(null, { status: 204 });
   }
-  await putStream(c.env.CACHE, object.key, request.body, { length, sha256Hex, contentType: CONTENT_TYPE.nar, absentBefore: true });
+  // Conditional: a concurrent upload of the same name stored it first (the same bytes).
+  const stored = await putStream(c.env.CACHE, object.key, request.body, { length, sha256Hex, contentType: CONTENT_TYPE.nar, absentBefore: true, onlyIfAbsent: true });
+  if (!stored) return new Response(null, { status: 204 });
   await edgeInvalidate(new URL(request.url), object.key);
   return new Response(null, { status: 201 });
 });

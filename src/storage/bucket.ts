@@ -70,6 +70,8 @@ export interface StreamPut {
    * against sha256Hex when given, but a refused upload must leave nothing behind.)
    */
   absentBefore?: boolean;
+  /** Store only while the key is absent (R2 onlyIf); false when it was there meanwhile. */
+  onlyIfAbsent?: boolean;
 }
 
 const LENGTH_MISMATCH = /FixedLengthStream|expected bytes|too many bytes|known length|disconnected|connection/i;
@@ -81,15 +83,17 @@ const CHECKSUM_MISMATCH = /checksum|\(10037\)/i;
  * that is shorter or longer than announced fails instead of being stored truncated.
  * With `sha256Hex`, R2 verifies the digest and stores nothing on a mismatch.
  */
-export async function putStream(bucket: R2Bucket, key: string, body: ReadableStream<Uint8Array> | null, put: StreamPut): Promise<void> {
+export async function putStream(bucket: R2Bucket, key: string, body: ReadableStream<Uint8Array> | null, put: StreamPut): Promise<boolean> {
   const fixed = new FixedLengthStream(put.length);
   let pipeFailed = false;
   const piping = (body ?? new Response(new Uint8Array(0)).body!).pipeTo(fixed.writable).catch(() => {
     pipeFailed = true;
   });
+  let stored: R2Object | null;
   try {
-    await bucket.put(key, fixed.readable, {
+    stored = await bucket.put(key, fixed.readable, {
       ...(put.sha256Hex === undefined ? {} : { sha256: put.sha256Hex }),
+      ...(put.onlyIfAbsent === true ? { onlyIf: { etagDoesNotMatch: "*" } } : {}),
       httpMetadata: {
         contentType: put.contentType,
         ...(put.contentEncoding === undefined ? {} : { contentEncoding: put.contentEncoding }),
@@ -106,7 +110,10 @@ export async function putStream(bucket: R2Bucket, key: string, body: ReadableStr
     }
     return storageUnavailable(err);
   }
+  // A put refused by its condition need not have read the body: do not wait on the pipe.
+  if (stored === null) return false;
   await piping;
+  return true;
 }
 
 /**

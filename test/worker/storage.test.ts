@@ -68,6 +68,16 @@ describe("putStream", () => {
     expect(await keys()).toEqual([]);
   });
 
+  it("with onlyIfAbsent, leaves a stored object alone and says so (a large body does not hang)", async () => {
+    const digest = toHex(await sha256(body));
+    expect(await putStream(env.CACHE, "once", streamOf(body), { length: body.length, sha256Hex: digest, contentType: "x", onlyIfAbsent: true })).toBe(true);
+    const first = await env.CACHE.head("once");
+    const big = new Uint8Array(8 * 1024 * 1024);
+    const chunks = Array.from({ length: 128 }, (_, i) => big.subarray(i * 65536, (i + 1) * 65536));
+    expect(await putStream(env.CACHE, "once", streamOf(...chunks), { length: big.length, contentType: "x", onlyIfAbsent: true })).toBe(false);
+    expect((await env.CACHE.head("once"))?.etag).toBe(first!.etag);
+  });
+
   it("stores an empty body when the length is 0", async () => {
     await putStream(env.CACHE, "empty", null, { length: 0, contentType: "x" });
     expect((await env.CACHE.head("empty"))?.size).toBe(0);
