@@ -73,14 +73,18 @@ function pre(id: string, text: string): string {
 
 function statsSection(view: StatsView): string {
   const s = view.stats;
+  const index = view.index;
   const running = view.running === null ? "" : `<p>A garbage collection is running (started ${escapeHtml(date(view.running.startedAt))}, ${escapeHtml(view.running.phase)}).</p>`;
-  if (s === null) return `<p>Not counted yet: the first garbage collection counts them.</p>${running}`;
-  const rows: Array<[string, string]> = [
-    ["Store paths", s.paths.toLocaleString("en")],
-    ["NAR files stored", `${s.narFiles.toLocaleString("en")} (${formatBytes(s.narBytes)})`],
-    ["Saved by compression", formatBytes(s.savedBytes)],
-  ];
-  const last = s.lastGc;
+  if (s === null && index === null) return `<p>Not counted yet: the first garbage collection counts them.</p>${running}`;
+  const rows: Array<[string, string]> = [];
+  // Paths and sizes from the D1 index (recent) when there is one; NAR files from collections.
+  if (index !== null) {
+    rows.push(["Store paths", index.paths.toLocaleString("en")], ["Saved by compression", formatBytes(Math.max(0, index.narBytes - index.fileBytes))]);
+  } else if (s !== null) {
+    rows.push(["Store paths", s.paths.toLocaleString("en")], ["Saved by compression", formatBytes(s.savedBytes)]);
+  }
+  if (s !== null) rows.splice(1, 0, ["NAR files stored", `${s.narFiles.toLocaleString("en")} (${formatBytes(s.narBytes)})`]);
+  const last = s?.lastGc ?? null;
   if (last !== null) {
     rows.push([
       "Last garbage collection",
@@ -88,7 +92,8 @@ function statsSection(view: StatsView): string {
     ]);
   }
   const table = rows.map(([k, v]) => `<tr><th scope="row">${escapeHtml(k)}</th><td>${escapeHtml(v)}</td></tr>`).join("");
-  return `<table id="stats">${table}</table><p class="note">Counted ${escapeHtml(date(s.countedAt))}.</p>${running}`;
+  const counted = index?.countedAt ?? s?.countedAt ?? null;
+  return `<table id="stats">${table}</table>${counted === null ? "" : `<p class="note">Counted ${escapeHtml(date(counted))}.</p>`}${running}`;
 }
 
 function list(items: readonly string[], empty: string): string {
