@@ -4,7 +4,7 @@
 #   zstd, xz   to check the uploader's compressed NARs with the reference tools
 #   chromium   a real headless browser that renders the landing page (test/e2e/landing.test.ts)
 #   python3-yaml  the YAML parser the workflow lint reads .github/workflows with
-#   debootstrap   builds the Debian chroots of the Nix version matrix (test/e2e/nix-versions.ts:
+#   mmdebstrap    builds the Debian chroots of the Nix version matrix (test/e2e/nix-versions.ts:
 #                 Nix 2.8, 2.26 and 2.34 from bookworm, trixie and forky)
 # Runs before `npm test`; does nothing when everything is already there.
 set -euo pipefail
@@ -15,7 +15,7 @@ command -v zstd >/dev/null 2>&1 || missing+=(zstd)
 command -v xz >/dev/null 2>&1 || missing+=(xz-utils)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 /usr/bin/python3 -c 'import yaml' >/dev/null 2>&1 || missing+=(python3-yaml)
-[ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
+[ -x /usr/bin/mmdebstrap ] || missing+=(mmdebstrap)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "installing ${missing[*]} (needed by the end-to-end tests)" >&2

@@ -4,7 +4,7 @@
 // hands their roots to the test files (inject("nixChroots")), and unmounts everything
 // when the run ends, whatever happened in between.
 //
-// A machine that cannot run the matrix (not root, no debootstrap, no overlayfs) fails the
+// A machine that cannot run the matrix (not root, no mmdebstrap, no overlayfs) fails the
 // run here with the reason: the matrix is never skipped quietly.
 import type { TestProject } from "vitest/node";
 import { ChrootRun, matrixPrerequisites, NIX_VERSIONS, type MountedChroot } from "./nix-versions.ts";

@@ -1,8 +1,9 @@
 // The Nix versions the end-to-end matrix proves, each a real Debian `nix-bin` in a minimal
 // Debian chroot: bookworm → 2.8.0, trixie → 2.26.3, forky (testing) → 2.34.x.
 //
-// Each chroot is built once (`debootstrap --variant=minbase` with nix-bin, zstd, xz-utils
-// and ca-certificates, about a minute and ~500 MB) into a git-ignored cache folder,
+// Each chroot is built once (`mmdebstrap --variant=minbase` with nix-bin, zstd, xz-utils
+// and ca-certificates: about a minute alone, three minutes for the three at once on two
+// cores, ~330 MB each) into a git-ignored cache folder,
 // `.cache/nix-chroots/<suite>` (or $NIX_CHROOT_CACHE), and reused by later runs; a
 // missing or half-built one is built again. A run never writes into the cached tree: it
 // mounts an overlay per chroot (the cache read-only below, a scratch layer on top), so
@@ -31,19 +32,14 @@ export interface NixVersion {
   name: string;
   /** The Debian suite whose nix-bin it is. */
   suite: string;
-  /**
-   * debootstrap's script for the suite: bookworm's debootstrap has no `forky` script, and
-   * `sid`'s fits every suite after trixie.
-   */
-  script: string;
   /** What `nix --version` must report (a prefix): the version the matrix claims to prove. */
   expect: string;
 }
 
 export const NIX_VERSIONS: readonly NixVersion[] = [
-  { name: "2.8", suite: "bookworm", script: "bookworm", expect: "2.8." },
-  { name: "2.26", suite: "trixie", script: "trixie", expect: "2.26." },
-  { name: "2.34", suite: "forky", script: "sid", expect: "2.34." },
+  { name: "2.8", suite: "bookworm", expect: "2.8." },
+  { name: "2.26", suite: "trixie", expect: "2.26." },
+  { name: "2.34", suite: "forky", expect: "2.34." },
 ];
 
 /** Packages each chroot gets besides the minimal base (zstd/xz to check compressed bodies). */
@@ -63,8 +59,6 @@ substituters =
 
 /** Written last into a finished chroot: its presence means the build completed. */
 const READY_FILE = ".nec-ready";
-/** Written into a chroot being built once debootstrap has finished. */
-const DEBOOTSTRAPPED = ".nec-debootstrapped";
 
 export function chrootCacheDir(): string {
   return process.env.NIX_CHROOT_CACHE ?? join(PROJECT_ROOT, ".cache", "nix-chroots");
@@ -146,37 +140,32 @@ export async function ensureChroot(v: NixVersion, log: (line: string) => void = 
     const again = await readyVersion(dir);
     if (again !== null) return { dir, nixVersion: again };
     const started = Date.now();
-    log(`building the ${v.suite} chroot for Nix ${v.name} in ${dir} (debootstrap, about a minute)…`);
+    log(`building the ${v.suite} chroot for Nix ${v.name} in ${dir} (mmdebstrap, a minute or three)…`);
     const building = `${dir}.building`;
     await rm(dir, { recursive: true, force: true });
-    const script = `/usr/share/debootstrap/scripts/${v.script}`;
+    await unmountUnder(building);
+    await rm(building, { recursive: true, force: true });
     let version = "";
-    // debootstrap mounts /proc (and /sys) in the new tree while it configures packages;
-    // a failed build must not leave them mounted. A finished debootstrap is kept for the
-    // next attempt (DEBOOTSTRAPPED), so a failed package install does not cost it again.
-    // Its own --include resolves dependencies too naively for nix-bin (a virtual package
-    // on forky), so apt installs the packages after it.
+    // mmdebstrap resolves the packages with apt (debootstrap's own --include cannot: nix-bin
+    // needs a virtual package on forky) and is about twice as fast as debootstrap followed
+    // by apt-get (measured on 2 cores: the three chroots in 189 s against 357 s). It mounts
+    // /proc, /sys and /dev in the new tree while packages configure and unmounts them; a
+    // failed build must not leave anything mounted either way.
     try {
-      if (!existsSync(join(building, DEBOOTSTRAPPED))) {
-        await unmountUnder(building);
-        await rm(building, { recursive: true, force: true });
-        const boot = await run("debootstrap", ["--variant=minbase", v.suite, building, MIRROR, script]);
-        if (boot.code !== 0) {
-          throw new Error(`debootstrap of ${v.suite} failed (${boot.code}); see ${building}/debootstrap/debootstrap.log:\n${boot.stderr.slice(-3000)}`);
-        }
-        await writeFile(join(building, DEBOOTSTRAPPED), "");
-      }
-      await unmountUnder(building);
-      await runOk("mount", ["-t", "proc", "proc", join(building, "proc")]);
-      const aptEnv = chrootEnv({ DEBIAN_FRONTEND: "noninteractive" });
-      // The archive's Release files may be past their Valid-Until on a machine whose clock
-      // runs ahead of the mirror it reaches; the signatures are still checked.
-      const apt = ["-q", "-o", "Acquire::Retries=3", "-o", "Acquire::Check-Valid-Until=false"];
-      await runOk("chroot", [building, "dpkg", "--configure", "-a"], aptEnv);
-      await runOk("chroot", [building, "apt-get", ...apt, "update"], aptEnv);
-      await runOk("chroot", [building, "apt-get", ...apt, "-y", "install", "--no-install-recommends", ...PACKAGES], aptEnv);
-      await runOk("chroot", [building, "apt-get", "clean"], aptEnv);
+      const build = await run("mmdebstrap", [
+        "--variant=minbase",
+        `--include=${PACKAGES.join(",")}`,
+        // The archive's Release files may be past their Valid-Until on a machine whose
+        // clock runs ahead of the mirror it reaches; signatures are still checked.
+        "--aptopt=Acquire::Check-Valid-Until \"false\"",
+        "--aptopt=Acquire::Retries \"3\"",
+        v.suite,
+        building,
+        MIRROR,
+      ]);
+      if (build.code !== 0) throw new Error(`mmdebstrap of ${v.suite} failed (${build.code}):\n${build.stderr.slice(-4000)}`);
       // Nix reads /proc/self/exe, so it runs only while /proc is mounted.
+      await runOk("mount", ["-t", "proc", "proc", join(building, "proc")]);
       version = (await runOk("chroot", [building, "/usr/bin/nix", "--version"], chrootEnv({}))).trim().split(/\s+/).pop() ?? "";
     } finally {
       await unmountUnder(building);
@@ -316,10 +305,10 @@ export class ChrootRun {
   }
 }
 
-/** Whether this machine can build and mount the chroots at all (root, debootstrap, overlayfs). */
+/** Whether this machine can build and mount the chroots at all (root, mmdebstrap, overlayfs). */
 export async function matrixPrerequisites(): Promise<string | null> {
-  if (process.getuid?.() !== 0) return "the Nix version matrix needs root (debootstrap, chroot, mount)";
-  if (!existsSync("/usr/sbin/debootstrap")) return "debootstrap is not installed (test/install-system-deps.sh installs it)";
+  if (process.getuid?.() !== 0) return "the Nix version matrix needs root (mmdebstrap, chroot, mount)";
+  if (!existsSync("/usr/bin/mmdebstrap")) return "mmdebstrap is not installed (test/install-system-deps.sh installs it)";
   const fs = await readFile("/proc/filesystems", "utf8");
   if (!/\toverlay$/m.test(fs)) return "the kernel has no overlay filesystem";
   return null;
