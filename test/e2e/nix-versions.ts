@@ -2,8 +2,8 @@
 // Debian chroot: bookworm → 2.8.0, trixie → 2.26.3, forky (testing) → 2.34.x.
 //
 // Each chroot is built once (`mmdebstrap --variant=minbase` with nix-bin, zstd, xz-utils
-// and ca-certificates: about a minute alone, three minutes for the three at once on two
-// cores, ~330 MB each) into a git-ignored cache folder,
+// and ca-certificates: about a minute alone, 2.5 minutes for the three at once on two
+// cores, ~250 MB each) into a git-ignored cache folder,
 // `.cache/nix-chroots/<suite>` (or $NIX_CHROOT_CACHE), and reused by later runs; a
 // missing or half-built one is built again. A run never writes into the cached tree: it
 // mounts an overlay per chroot (the cache read-only below, a scratch layer on top), so
