@@ -10,7 +10,9 @@ import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { chmod, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { inject } from "vitest";
 import { chrootEnv, type MountedChroot } from "./nix-versions.ts";
+import type { MatrixState } from "./nix-versions.setup.ts";
 import { PROJECT_ROOT, type Closure, type RunResult } from "./harness.ts";
 
 /** Settings every Nix command in the matrix runs with, unless a test writes its own. */
@@ -218,6 +220,33 @@ in builtins.derivation {
 
   async cleanup(): Promise<void> {
     await rm(this.host(this.dir), { recursive: true, force: true });
+  }
+}
+
+/** How long a matrix test file waits for the chroots: a first build takes a few minutes. */
+const MATRIX_WAIT_MS = 20 * 60 * 1000;
+
+/**
+ * The chroots of this run, once the matrix's globalSetup has mounted them (it builds and
+ * mounts while the host's tests run); throws its error when that failed.
+ */
+export async function matrixChroots(): Promise<MountedChroot[]> {
+  const file = inject("nixMatrixState");
+  const deadline = Date.now() + MATRIX_WAIT_MS;
+  for (;;) {
+    let text: string | null = null;
+    try {
+      text = await readFile(file, "utf8");
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+    }
+    if (text !== null) {
+      const state = JSON.parse(text) as MatrixState;
+      if ("error" in state) throw new Error(`the Nix version matrix could not be set up:\n${state.error}`);
+      return state.chroots;
+    }
+    if (Date.now() > deadline) throw new Error(`the Nix version matrix was not ready after ${MATRIX_WAIT_MS / 60_000} minutes`);
+    await new Promise((r) => setTimeout(r, 1000));
   }
 }
 

@@ -9,13 +9,13 @@
 // derivation's realisation; a private cache read through netrc. Then across versions: what
 // each version pushed, every other substitutes. The encodings only Nix 2.32+ can send
 // (narinfo-, ls-, log-compression) are in nix-encodings.matrix.test.ts.
-import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { join } from "node:path";
-import { ChrootNix, hashPart } from "./chroot-nix.ts";
+import { ChrootNix, hashPart, matrixChroots } from "./chroot-nix.ts";
 import { LocalCache, type Closure, type RunResult } from "./harness.ts";
 import { parsePathInfoJson } from "../../uploader/store.ts";
 
-const chroots = inject("nixChroots");
+const chroots = await matrixChroots();
 const READ_TOKEN = "matrix-read-token";
 
 let cache: LocalCache;

@@ -15,14 +15,14 @@
 //   except that bookworm's libarchive does not recognise Nix's lzma stream); from 2.34 on
 //   libcurl decodes, which knows only br, gzip and zstd (and deflate): an xz or bzip2 log
 //   is unreadable to it ("Unrecognized or bad HTTP Content or Transfer-Encoding").
-import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { execFileSync } from "node:child_process";
 import { brotliDecompressSync, gunzipSync, zstdDecompressSync } from "node:zlib";
-import { ChrootNix, hashPart } from "./chroot-nix.ts";
+import { ChrootNix, hashPart, matrixChroots } from "./chroot-nix.ts";
 import { LocalCache } from "./harness.ts";
 import type { MountedChroot } from "./nix-versions.ts";
 
-const chroots = inject("nixChroots");
+const chroots = await matrixChroots();
 
 /** Every compression method Nix 2.34 knows (NIX_FOR_EACH_COMPRESSION_ALGO). */
 const NIX_METHODS = ["none", "br", "bzip2", "compress", "grzip", "gzip", "lrzip", "lz4", "lzip", "lzma", "lzop", "xz", "zstd"] as const;

@@ -10,14 +10,14 @@
 // the trap and the remedies the README gives: sign as you push with a key that machine
 // trusts, or substitute with narinfo-cache-positive-ttl = 0 (once: Nix then remembers the
 // signed narinfo). `uploader push` never touches Nix's narinfo cache.
-import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { mkdir, readFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { ChrootNix, hashPart } from "./chroot-nix.ts";
+import { ChrootNix, hashPart, matrixChroots } from "./chroot-nix.ts";
 import { LocalCache, PROJECT_ROOT } from "./harness.ts";
 import { codeBlocks, section } from "./readme-commands.ts";
 
-const chroots = inject("nixChroots");
+const chroots = await matrixChroots();
 
 /** The settings of a fresh single-user install (no experimental features), test-friendly. */
 const PLAIN_CONF = `sandbox = false

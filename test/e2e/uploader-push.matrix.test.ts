@@ -5,12 +5,12 @@
 // uploads nothing in a handful of requests. On Nix 2.34 the uploader asks for
 // `--json-format 2`, so Nix prints no deprecation warning; older versions reject that flag
 // and get the plain `--json`.
-import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { join } from "node:path";
-import { CHROOT_NODE, ChrootNix } from "./chroot-nix.ts";
+import { CHROOT_NODE, ChrootNix, matrixChroots } from "./chroot-nix.ts";
 import { LocalCache, PROJECT_ROOT, type Closure } from "./harness.ts";
 
-const chroots = inject("nixChroots");
+const chroots = await matrixChroots();
 
 let cache: LocalCache;
 
