@@ -22,6 +22,7 @@ import { R2_CONCURRENCY } from "../storage/bucket.ts";
 import { narInfoKey } from "../storage/keys.ts";
 import { storedPaths } from "../storage/narinfo-object.ts";
 import { unindexedPaths } from "../storage/path-index.ts";
+import { readSmallText } from "../upstream/client.ts";
 import type { ReferenceCache } from "../upstream/settings.ts";
 
 /**
@@ -45,31 +46,6 @@ export const UPSTREAM_TIMEOUT_MS = 5000;
 /** At most this many missing references are named in an error message. */
 const NAMED_IN_ERRORS = 5;
 
-/** The body of `res` as text, or null past `limit` bytes (an upstream may send anything). */
-async function smallText(res: Response, limit: number): Promise<string | null> {
-  if (res.body === null) return "";
-  const reader = res.body.getReader();
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    total += value.byteLength;
-    if (total > limit) {
-      await reader.cancel().catch(() => {});
-      return null;
-    }
-    chunks.push(value);
-  }
-  const bytes = new Uint8Array(total);
-  let at = 0;
-  for (const c of chunks) {
-    bytes.set(c, at);
-    at += c.byteLength;
-  }
-  return new TextDecoder().decode(bytes);
-}
-
 /** Whether one of the upstreams serves a narinfo for exactly the store path `reference`. */
 async function servedUpstream(upstreams: readonly ReferenceCache[], reference: string): Promise<boolean> {
   const hash = reference.slice(0, HASH_PART_LENGTH);
@@ -84,8 +60,8 @@ async function servedUpstream(upstreams: readonly ReferenceCache[], reference: s
         await res.body?.cancel().catch(() => {});
         continue;
       }
-      const text = await smallText(res, MAX_NARINFO_LENGTH);
-      if (text !== null && parseNarInfo(text).storePath === `${STORE_DIR}/${reference}`) return true;
+      const body = await readSmallText(res, MAX_NARINFO_LENGTH);
+      if (body.kind === "text" && parseNarInfo(body.text).storePath === `${STORE_DIR}/${reference}`) return true;
     } catch {
       // Timeout, network failure or a narinfo that does not parse: this upstream does not
       // vouch for the path.
