@@ -70,15 +70,15 @@ export function contentEncoding<E extends string>(
   throw fail("unsupported_media_type", `${what} uploads take ${accepted}, not ${JSON.stringify(value)}; ${hint}`);
 }
 
-/** Reads a small body completely; 413 past `limit` bytes, 400 if it ends early. */
-export async function readBody(request: Request, limit: number, what: string): Promise<Uint8Array> {
-  const length = declaredLength(request);
-  const tooLarge = () => fail("payload_too_large", `${what} is over the limit of ${limit} bytes`);
-  if (length !== null && length > limit) throw tooLarge();
-  if (request.body === null) return new Uint8Array(0);
+/**
+ * Every chunk of `stream`, joined; throws `tooLarge()` past `limit` bytes and `broken()`
+ * when the stream fails (cancelling it either way). One loop for request bodies and
+ * decoded ones.
+ */
+async function readAllBounded(stream: ReadableStream<Uint8Array>, limit: number, tooLarge: () => AppError, broken: () => AppError): Promise<Uint8Array> {
+  const reader = stream.getReader();
   const chunks: Uint8Array[] = [];
   let total = 0;
-  const reader = request.body.getReader();
   try {
     for (;;) {
       const { done, value } = await reader.read();
@@ -90,10 +90,20 @@ export async function readBody(request: Request, limit: number, what: string): P
   } catch (err) {
     await reader.cancel().catch(() => {});
     if (err instanceof AppError) throw err;
-    throw fail("bad_request", `${what} ended before its Content-Length`);
+    throw broken();
   }
-  if (length !== null && total !== length) throw fail("bad_request", `${what} is ${total} bytes but Content-Length says ${length}`);
   return concatBytes(chunks);
+}
+
+/** Reads a small body completely; 413 past `limit` bytes, 400 if it ends early. */
+export async function readBody(request: Request, limit: number, what: string): Promise<Uint8Array> {
+  const length = declaredLength(request);
+  const tooLarge = () => fail("payload_too_large", `${what} is over the limit of ${limit} bytes`);
+  if (length !== null && length > limit) throw tooLarge();
+  if (request.body === null) return new Uint8Array(0);
+  const bytes = await readAllBounded(request.body, limit, tooLarge, () => fail("bad_request", `${what} ended before its Content-Length`));
+  if (length !== null && bytes.length !== length) throw fail("bad_request", `${what} is ${bytes.length} bytes but Content-Length says ${length}`);
+  return bytes;
 }
 
 const UTF8_STRICT = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
@@ -107,8 +117,6 @@ export async function readText(request: Request, limit: number, what: string): P
     throw fail("bad_request", `${what} is not valid UTF-8`);
   }
 }
-
-const UTF8_STRICT_DECODER = UTF8_STRICT;
 
 /**
  * Decodes a small encoded body to at most `limit` bytes: 413 past it (a compression bomb
@@ -132,23 +140,7 @@ export async function decodeBounded(bytes: Uint8Array, encoding: (typeof DECODAB
     return new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
   }
   const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream(encoding));
-  const reader = stream.getReader();
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  try {
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      total += value.byteLength;
-      if (total > limit) throw tooLarge();
-      chunks.push(value);
-    }
-  } catch (err) {
-    await reader.cancel().catch(() => {});
-    if (err instanceof AppError) throw err;
-    throw invalid();
-  }
-  return concatBytes(chunks);
+  return readAllBounded(stream, limit, tooLarge, invalid);
 }
 
 /**
@@ -164,7 +156,7 @@ export async function readDecodedText(
   if (encoding === undefined) return readText(request, limit, what);
   const bytes = await decodeBounded(await readBody(request, limit, what), encoding, limit, what);
   try {
-    return UTF8_STRICT_DECODER.decode(bytes);
+    return UTF8_STRICT.decode(bytes);
   } catch {
     throw fail("bad_request", `${what} is not valid UTF-8`);
   }
