@@ -1,7 +1,10 @@
-// Command-line and environment settings shared by the commands: parsing with node:util's
-// parseArgs (errors become UsageError), the documented environment variables, and the
-// rule that a flag wins over its environment variable.
+// Command-line, environment and config-file settings shared by the commands: parsing with
+// node:util's parseArgs (errors become UsageError), the documented environment variables,
+// and `resolveCache`, the one place that decides which cache and which tokens a command
+// uses: a flag wins over its environment variable, which wins over the config file that
+// `uploader login` writes (config-file.ts).
 import { parseArgs, type ParseArgsConfig } from "node:util";
+import { CACHE_NAME, configFilePath, defaultEntry, readConfigFile, type CacheEntry } from "./config-file.ts";
 import { UsageError } from "./errors.ts";
 
 /** Environment variables the uploader reads, each the fallback for one flag. */
@@ -28,11 +31,147 @@ export function parseCommandLine<T extends Options>(args: string[], options: T) 
   }
 }
 
-/** The flag's value, else the environment variable's (empty counts as unset). */
+/**
+ * The flag's value, else the environment variable's (empty counts as unset), without
+ * surrounding whitespace: a secret pasted or piped in with `echo` ends in a newline.
+ */
 export function flagOrEnv(flag: string | undefined, envName: string, env: NodeJS.ProcessEnv = process.env): string | undefined {
-  if (flag !== undefined && flag !== "") return flag;
-  const fromEnv = env[envName];
-  return fromEnv !== undefined && fromEnv !== "" ? fromEnv : undefined;
+  const fromFlag = flag?.trim();
+  if (fromFlag) return fromFlag;
+  const fromEnv = env[envName]?.trim();
+  return fromEnv ? fromEnv : undefined;
+}
+
+/** parseArgs options of the settings every cache command takes (commands pick theirs). */
+export const CACHE_OPTIONS = {
+  cache: { type: "string" },
+  token: { type: "string" },
+  "admin-token": { type: "string" },
+  "secret-key-file": { type: "string" },
+} as const satisfies Options;
+
+/** The cache settings as given on a command line (parseArgs values; all optional). */
+export interface CacheFlags {
+  /** A URL, or the name of a cache in the config file. */
+  cache?: string | undefined;
+  token?: string | undefined;
+  "admin-token"?: string | undefined;
+  "secret-key-file"?: string | undefined;
+}
+
+/** Where a setting came from, for `doctor` and for hints. */
+export type SettingSource = "flag" | "env" | "config";
+
+/** The cache a command talks to and the credentials it has for it. */
+export interface CacheSettings {
+  /** The cache's URL as given (http(s)://host[:port][/prefix]). */
+  url: string;
+  /** The config file's entry for this cache, when there is one. */
+  name: string | undefined;
+  /** A write token (or a read token, for reading a private cache). */
+  token: string | undefined;
+  /** The Worker's ADMIN_TOKEN. */
+  adminToken: string | undefined;
+  secretKeyFile: string | undefined;
+  /** The config file consulted (it may not exist). */
+  configFile: string;
+  from: { url: SettingSource; token?: SettingSource; adminToken?: SettingSource; secretKeyFile?: SettingSource };
+}
+
+/**
+ * Which cache, and with which credentials: each setting from its flag, else its environment
+ * variable, else the config file's entry for the cache. The cache is `--cache` or
+ * NIX_CACHE_URL (a URL, or the name of an entry), else the config file's default entry.
+ * A URL that matches an entry's URL takes that entry's tokens. Throws UsageError when no
+ * cache is given anywhere, ConfigFileError when the config file is malformed.
+ */
+export function resolveCache(flags: CacheFlags, env: NodeJS.ProcessEnv = process.env): CacheSettings {
+  const configFile = configFilePath(env);
+  const config = readConfigFile(configFile);
+  const given = flagOrEnv(flags.cache, ENV.cacheUrl, env);
+  const urlSource: SettingSource = flags.cache?.trim() ? "flag" : "env";
+  let entry: [string, CacheEntry] | undefined;
+  let url: string;
+  let from: CacheSettings["from"];
+  if (given !== undefined) {
+    if (!given.includes("://")) {
+      const named = config.caches[given];
+      if (!named) {
+        const known = Object.keys(config.caches);
+        throw new UsageError(
+          CACHE_NAME.test(given) ? `no cache named "${given}" in ${configFile}` : `the cache "${given}" is neither a URL nor a cache name`,
+          known.length > 0
+            ? `known caches: ${known.join(", ")}; or give a URL such as https://cache.example.com`
+            : "give its URL (https://…), or run uploader login <cache-url> --name <name> first",
+        );
+      }
+      entry = [given, named];
+      url = named.url;
+    } else {
+      url = given;
+      const wanted = normalised(given);
+      entry = Object.entries(config.caches).find(([, e]) => normalised(e.url) === wanted);
+    }
+    from = { url: urlSource };
+  } else {
+    entry = defaultEntry(config);
+    if (!entry) {
+      const names = Object.keys(config.caches);
+      throw new UsageError(
+        `no cache given: pass --cache <url>, set ${ENV.cacheUrl}, or run uploader login <cache-url>`,
+        names.length > 1 ? `${configFile} has several caches (${names.join(", ")}) and no default: pass --cache <name> or run uploader login --default` : undefined,
+      );
+    }
+    url = entry[1].url;
+    from = { url: "config" };
+  }
+  const pick = (flag: string | undefined, envName: string, fromConfig: string | undefined, key: "token" | "adminToken" | "secretKeyFile"): string | undefined => {
+    if (flag?.trim()) {
+      from[key] = "flag";
+      return flag.trim();
+    }
+    const e = env[envName]?.trim();
+    if (e) {
+      from[key] = "env";
+      return e;
+    }
+    if (fromConfig) from[key] = "config";
+    return fromConfig;
+  };
+  const e = entry?.[1];
+  return {
+    url,
+    name: entry?.[0],
+    token: pick(flags.token, ENV.token, e?.token, "token"),
+    adminToken: pick(flags["admin-token"], ENV.adminToken, e?.adminToken, "adminToken"),
+    secretKeyFile: pick(flags["secret-key-file"], ENV.secretKeyFile, e?.secretKeyFile, "secretKeyFile"),
+    configFile,
+    from,
+  };
+}
+
+/** A URL compared as the HTTP client uses it: trailing slash, default port, lower-case host. */
+function normalised(url: string): string {
+  try {
+    const u = new URL(url);
+    if (!u.pathname.endsWith("/")) u.pathname += "/";
+    return u.href;
+  } catch {
+    return url;
+  }
+}
+
+/**
+ * Throws UsageError unless the settings carry the token a command needs: `write` (push),
+ * `admin` (gc, pin, unpin), `any` (either, e.g. listing pins). Returns the token to send.
+ */
+export function requireToken(settings: CacheSettings, kind: "write" | "admin" | "any"): string {
+  const token = kind === "write" ? settings.token : kind === "admin" ? settings.adminToken : (settings.adminToken ?? settings.token);
+  if (token) return token;
+  const login = `or store it with uploader login ${settings.url}`;
+  if (kind === "write") throw new UsageError(`no write token given: set ${ENV.token} (or pass --token), ${login}`, "a write token is one of the Worker's WRITE_TOKEN secrets");
+  if (kind === "admin") throw new UsageError(`no admin token given: set ${ENV.adminToken} (or pass --admin-token), ${login}`, "the admin token is the Worker's ADMIN_TOKEN secret");
+  throw new UsageError(`no token given: set ${ENV.adminToken} or ${ENV.token} (or pass --admin-token or --token), ${login}`);
 }
 
 /** A whole number flag within [min, max]; undefined when not given. */

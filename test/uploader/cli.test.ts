@@ -65,7 +65,7 @@ describe("usage errors exit with 2 and say what to do", () => {
     [["--frobnicate"], /unknown option "--frobnicate"/],
     [["push", "--frobnicate", "/nix/store/x"], /Unknown option '--frobnicate'/],
     [["push", "--cache", "http://127.0.0.1:9"], /no paths given/],
-    [["push", "/nix/store/x"], /no cache given: pass --cache <url> or set NIX_CACHE_URL/],
+    [["push", "/nix/store/x"], /no cache given: pass --cache <url>, set NIX_CACHE_URL, or run uploader login <cache-url>/],
     [["push", "--cache", "ftp://x", "/nix/store/x"], /must be http or https/],
     [["push", "--cache", "http://x", "-j", "0", "/nix/store/x"], /--jobs must be a whole number from 1 to 64/],
     [["push", "--cache", "http://x", "--compression", "gzip", "/nix/store/x"], /unknown compression "gzip"/],

@@ -12,6 +12,8 @@ import { CLI, run } from "./helpers.ts";
 function cleanEnv(): NodeJS.ProcessEnv {
   const env = { ...process.env };
   for (const k of ["NIX_CACHE_URL", "NIX_CACHE_TOKEN", "NIX_CACHE_ADMIN_TOKEN", "NIX_CACHE_SECRET_KEY_FILE"]) delete env[k];
+  // Not the user's own `uploader login` file.
+  env.NIX_CACHE_CONFIG = "/nonexistent/nix-edge-cache.json";
   return env;
 }
 

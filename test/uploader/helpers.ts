@@ -51,7 +51,9 @@ export class NixSandbox {
 
   private constructor(dir: string) {
     this.dir = dir;
-    this.env = { ...process.env, NIX_CONF_DIR: join(dir, "nix-conf"), XDG_CACHE_HOME: join(dir, "xdg") };
+    // XDG_CONFIG_HOME too: the uploader must not read the user's own `uploader login` file.
+    this.env = { ...process.env, NIX_CONF_DIR: join(dir, "nix-conf"), XDG_CACHE_HOME: join(dir, "xdg"), XDG_CONFIG_HOME: join(dir, "config") };
+    delete this.env.NIX_CACHE_CONFIG;
   }
 
   static async create(): Promise<NixSandbox> {

@@ -7,7 +7,7 @@ import { CacheAdmin, type GcBatchAnswer, type GcBatchRequest } from "../cache-ad
 import { EXIT_PATHS_FAILED, UploaderError, UsageError } from "../errors.ts";
 import { HttpClient } from "../http.ts";
 import { formatBytes } from "../progress.ts";
-import { ENV, flagOrEnv, parseCommandLine } from "../settings.ts";
+import { ENV, parseCommandLine, requireToken, resolveCache } from "../settings.ts";
 
 /** How long to wait before asking again when another batch (the cron trigger's) is running. */
 const BUSY_RETRY_MS = 2000;
@@ -29,7 +29,7 @@ kept path, then the NARs no remaining path uses. Runs to the end, one bounded ba
 request; joins the collection the cron trigger may have started.
 
 Options:
-  --cache <url>           the cache's URL                           [env ${ENV.cacheUrl}]
+  --cache <url|name>      the cache's URL, or a name given to login [env ${ENV.cacheUrl}]
   --admin-token <token>   the Worker's ADMIN_TOKEN                  [env ${ENV.adminToken}]
   --dry-run               list what would be deleted and the bytes it frees; change nothing
   --older-than <age>      collect paths last pushed longer ago than this instead of the
@@ -41,6 +41,9 @@ Options:
   --json                  print the result as JSON on stdout
   -v, --verbose           also list every deleted path
   -h, --help              show this help
+
+Without --cache, the cache stored by \`uploader login\` is used; flags win over environment
+variables, which win over what login stored.
 
 Paths pushed while a collection runs are kept, with everything they reference. Pushes of
 paths that are being deleted right then are refused until the collection has finished.
@@ -117,10 +120,8 @@ export async function run(args: string[]): Promise<void> {
     return;
   }
   if (positionals.length > 0) throw new UsageError(`unexpected argument "${positionals[0]}"`);
-  const cacheUrl = flagOrEnv(values.cache, ENV.cacheUrl);
-  if (!cacheUrl) throw new UsageError(`no cache given: pass --cache <url> or set ${ENV.cacheUrl}`);
-  const token = flagOrEnv(values["admin-token"], ENV.adminToken);
-  if (!token) throw new UsageError(`no admin token given: pass --admin-token or set ${ENV.adminToken} (the Worker's ADMIN_TOKEN)`);
+  const settings = resolveCache(values);
+  const token = requireToken(settings, "admin");
   if (values["older-than"] !== undefined && values.before !== undefined) throw new UsageError("give --older-than or --before, not both");
   const dryRun = values["dry-run"] ?? false;
   const first: GcBatchRequest = { dryRun };
@@ -128,7 +129,7 @@ export async function run(args: string[]): Promise<void> {
   if (values.before !== undefined) first.before = parseDate(values.before);
   if (values.restart) first.restart = true;
 
-  const http = new HttpClient({ baseUrl: cacheUrl, token });
+  const http = new HttpClient({ baseUrl: settings.url, token });
   const admin = new CacheAdmin(http);
   const paths: GcBatchAnswer["found"]["paths"] = [];
   const files: GcBatchAnswer["found"]["files"] = [];

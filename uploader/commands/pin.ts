@@ -5,13 +5,13 @@
 import { CacheAdmin } from "../cache-admin.ts";
 import { UsageError } from "../errors.ts";
 import { HttpClient } from "../http.ts";
-import { ENV, flagOrEnv, parseCommandLine } from "../settings.ts";
+import { ENV, parseCommandLine, requireToken, resolveCache } from "../settings.ts";
 import { resolveStorePaths } from "../store.ts";
 
 /** Pin names the Worker accepts (src/gc/pins.ts PIN_NAME). */
 const PIN_NAME = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$/;
 
-const COMMON = `  --cache <url>           the cache's URL                           [env ${ENV.cacheUrl}]
+const COMMON = `  --cache <url|name>      the cache's URL, or a name given to login [env ${ENV.cacheUrl}]
   --admin-token <token>   the Worker's ADMIN_TOKEN                  [env ${ENV.adminToken}]`;
 
 interface Command {
@@ -20,18 +20,9 @@ interface Command {
 }
 
 function client(values: { cache?: string | undefined; "admin-token"?: string | undefined; token?: string | undefined }, tokenNeeded: "admin" | "any"): { http: HttpClient; admin: CacheAdmin } {
-  const cacheUrl = flagOrEnv(values.cache, ENV.cacheUrl);
-  if (!cacheUrl) throw new UsageError(`no cache given: pass --cache <url> or set ${ENV.cacheUrl}`);
-  const adminToken = flagOrEnv(values["admin-token"], ENV.adminToken);
-  const token = adminToken ?? (tokenNeeded === "any" ? flagOrEnv(values.token, ENV.token) : undefined);
-  if (!token) {
-    throw new UsageError(
-      tokenNeeded === "admin"
-        ? `no admin token given: pass --admin-token or set ${ENV.adminToken} (the Worker's ADMIN_TOKEN)`
-        : `no token given: pass --admin-token or --token, or set ${ENV.adminToken} or ${ENV.token}`,
-    );
-  }
-  const http = new HttpClient({ baseUrl: cacheUrl, token });
+  const settings = resolveCache(values);
+  const token = requireToken(settings, tokenNeeded);
+  const http = new HttpClient({ baseUrl: settings.url, token });
   return { http, admin: new CacheAdmin(http) };
 }
 

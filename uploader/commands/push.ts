@@ -13,7 +13,7 @@ import { DEFAULT_UPSTREAM_KEYS, planPush, type PushPlan } from "../plan.ts";
 import { Progress, formatBytes } from "../progress.ts";
 import { DEFAULT_JOBS, executePlan } from "../push.ts";
 import { RemoteCache } from "../remote-cache.ts";
-import { ENV, flagOrEnv, integerFlag, parseCommandLine } from "../settings.ts";
+import { CACHE_OPTIONS, ENV, integerFlag, parseCommandLine, resolveCache } from "../settings.ts";
 import { queryClosure, resolveStorePaths } from "../store.ts";
 
 /** Upper bound for -j: beyond this, more connections only add contention. */
@@ -29,7 +29,8 @@ cache accepts in one request (100 MiB on Cloudflare's free plan) go in parts, an
 a push run again after an interruption sends only the parts the cache lacks.
 
 Options:
-  --cache <url>             the cache's URL                      [env ${ENV.cacheUrl}]
+  --cache <url|name>        the cache's URL, or a name given to login
+                                                                 [env ${ENV.cacheUrl}]
   --token <token>           a write token for the cache          [env ${ENV.token}]
   --secret-key-file <file>  sign narinfos with this Nix secret key
                                                                  [env ${ENV.secretKeyFile}]
@@ -44,7 +45,8 @@ Options:
   -v, --verbose             also report cached and skipped paths, and retries
   -h, --help                show this help
 
-Flags win over environment variables. Prefer ${ENV.token} to --token, which other
+Without --cache, the cache stored by \`uploader login\` is used (with its tokens and key).
+Flags win over environment variables, which win over what login stored. Prefer ${ENV.token} to --token, which other
 users of the machine can see in the process list.
 
 Exit status: 0 all uploaded or already there; 1 some paths failed; 2 bad usage;
@@ -53,9 +55,9 @@ Exit status: 0 all uploaded or already there; 1 some paths failed; 2 bad usage;
 
 export async function run(args: string[]): Promise<void> {
   const { values, positionals } = parseCommandLine(args, {
-    cache: { type: "string" },
-    token: { type: "string" },
-    "secret-key-file": { type: "string" },
+    cache: CACHE_OPTIONS.cache,
+    token: CACHE_OPTIONS.token,
+    "secret-key-file": CACHE_OPTIONS["secret-key-file"],
     jobs: { type: "string", short: "j" },
     compression: { type: "string" },
     "compression-level": { type: "string" },
@@ -71,9 +73,8 @@ export async function run(args: string[]): Promise<void> {
     return;
   }
   if (positionals.length === 0) throw new UsageError("no paths given", "usage: uploader push [options] <path>...");
-  const cacheUrl = flagOrEnv(values.cache, ENV.cacheUrl);
-  if (!cacheUrl) throw new UsageError(`no cache given: pass --cache <url> or set ${ENV.cacheUrl}`);
-  const token = flagOrEnv(values.token, ENV.token);
+  const settings = resolveCache(values);
+  const { url: cacheUrl, token } = settings;
   const jobs = integerFlag("--jobs", values.jobs, 1, MAX_JOBS) ?? DEFAULT_JOBS;
   const compression = parseCompressionMethod(values.compression ?? DEFAULT_COMPRESSION);
   const level = resolveLevel(compression, integerFlag("--compression-level", values["compression-level"], -100, 100));
@@ -81,7 +82,7 @@ export async function run(args: string[]): Promise<void> {
     throw new UsageError("--upstream-key and --no-skip-upstream contradict each other");
   }
   const upstreamKeys = values["no-skip-upstream"] ? [] : (values["upstream-key"] ?? DEFAULT_UPSTREAM_KEYS);
-  const keyFile = flagOrEnv(values["secret-key-file"], ENV.secretKeyFile);
+  const keyFile = settings.secretKeyFile;
   const secretKey = keyFile ? await readSecretKeyFile(keyFile) : undefined;
 
   const progress = new Progress({ verbose: values.verbose ?? false });
