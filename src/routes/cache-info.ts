@@ -9,12 +9,20 @@
 // Always public, even for a private cache: it reveals only settings, and Nix 2.35+ treats
 // a 401 on it as an error. Nix PUTs it when its GET looked absent; an authorised PUT is
 // accepted and ignored, since the Worker generates the file from its settings.
+//
+// GET /_api/v1/cache: the same settings and more for the uploader (`use`, `login`,
+// `doctor`): the public keys, whether reads are private, the Worker's clock, the request
+// limit, and what the presented token may do. The shape is src/api/cache-description.ts.
+// Public as well; never cached, since `access` depends on the Authorization header.
 
 import { Hono } from "hono";
+import { API_VERSION, CACHE_DESCRIPTION_PATH, SERVICE_NAME, type CacheDescription } from "../api/cache-description.ts";
 import { STORE_DIR } from "../nix/store-path.ts";
+import { formatPublicKey, publicKeyOf } from "../nix/signature.ts";
 import { settingsOf, type WorkerEnv } from "../env.ts";
+import { AppError } from "../errors.ts";
 import { CACHE_INFO_CACHE_CONTROL, CONTENT_TYPE } from "../http/representation.ts";
-import { requireWrite } from "../middleware/auth.ts";
+import { authorise, requireWrite } from "../middleware/auth.ts";
 import { aggregatedUpstreams } from "../upstream/settings.ts";
 
 export const cacheInfo = new Hono<{ Bindings: WorkerEnv }>();
@@ -33,3 +41,39 @@ cacheInfo.get("/nix-cache-info", (c) => {
 });
 
 cacheInfo.put("/nix-cache-info", requireWrite, () => new Response(null, { status: 204 }));
+
+/** Whether the request's credentials allow `access` (a refusal is an answer, not an error). */
+async function allows(request: Request, env: WorkerEnv, access: "read" | "write" | "admin"): Promise<boolean> {
+  try {
+    await authorise(request, env, access);
+    return true;
+  } catch (err) {
+    if (err instanceof AppError && err.kind === "unauthorized") return false;
+    throw err;
+  }
+}
+
+cacheInfo.get(`/${CACHE_DESCRIPTION_PATH}`, async (c) => {
+  const settings = settingsOf(c.env);
+  const keys = [
+    ...(settings.signingKey === null ? [] : [formatPublicKey(publicKeyOf(settings.signingKey))]),
+    ...settings.trustedKeys.map(formatPublicKey),
+  ];
+  const [read, write, admin] = await Promise.all([
+    allows(c.req.raw, c.env, "read"),
+    allows(c.req.raw, c.env, "write"),
+    allows(c.req.raw, c.env, "admin"),
+  ]);
+  const body: CacheDescription = {
+    service: SERVICE_NAME,
+    apiVersion: API_VERSION,
+    storeDir: STORE_DIR,
+    priority: settings.priority,
+    publicKeys: [...new Set(keys)],
+    private: settings.readToken !== null,
+    time: Date.now(),
+    maxRequestBytes: settings.maxNarUploadBytes,
+    access: { read, write, admin },
+  };
+  return c.json(body, 200, { "Cache-Control": "private, no-store", Vary: "Authorization" });
+});
