@@ -52,6 +52,12 @@ export interface ReadNarOptions {
   listing?: boolean;
   /** Build a NarTree with all file contents in memory: only for small NARs. */
   tree?: boolean;
+  /**
+   * Stop after the root node, as Nix's parseDump does, for a NAR embedded in a longer
+   * stream (`nix-store --export`): what follows is neither an error nor read, and the
+   * input is left open. The caller finds the NAR's end from the returned narSize.
+   */
+  stopAtEnd?: boolean;
 }
 
 export interface ReadNarResult {
@@ -430,7 +436,8 @@ function concat(pieces: Uint8Array[], size: number): Uint8Array {
 /**
  * Reads and validates one NAR from a byte stream. Resolves with its size and, on request,
  * its listing and tree; rejects with NarError (offset in the NAR) if it is malformed,
- * truncated, or followed by trailing bytes. On error the input is cancelled.
+ * truncated, or followed by trailing bytes (unless `stopAtEnd`). On error the input is
+ * cancelled.
  */
 export async function readNar(
   input: ReadableStream<Uint8Array> | AsyncIterable<Uint8Array>,
@@ -440,7 +447,7 @@ export async function readNar(
   const cur = new Cursor(chunks);
   try {
     const root = await new NarParser(cur, opts).nar();
-    if (!(await cur.atEnd())) throw new NarError(cur.offset, "trailing bytes after the NAR's root node");
+    if (opts.stopAtEnd !== true && !(await cur.atEnd())) throw new NarError(cur.offset, "trailing bytes after the NAR's root node");
     chunks.release();
     const result: ReadNarResult = { narSize: cur.offset };
     if (root.listing) result.listing = { version: 1, root: root.listing };

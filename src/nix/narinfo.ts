@@ -61,6 +61,26 @@ export const COMPRESSION_METHODS: readonly string[] = [
   "none", "br", "bzip2", "compress", "grzip", "gzip", "lrzip", "lz4", "lzip", "lzma", "lzop", "xz", "zstd",
 ];
 
+/** File extension Nix gives each compression method's NAR files; methods not listed get none. */
+const EXTENSION_OF_METHOD: Readonly<Record<string, string>> = {
+  xz: ".xz",
+  bzip2: ".bz2",
+  zstd: ".zst",
+  br: ".br",
+  lz4: ".lz4",
+  lzip: ".lzip",
+};
+
+/**
+ * The extension (after `.nar`) of a NAR file compressed with `compression`, as the
+ * narinfo says it: Nix's naming, `nar/<filehash>.nar.xz` (a missing or empty Compression
+ * means bzip2, so `.bz2`).
+ */
+export function extensionFor(compression: string | undefined): string {
+  const method = compression === undefined || compression === "" ? "bzip2" : compression;
+  return EXTENSION_OF_METHOD[method] ?? "";
+}
+
 /** Nix's placeholder for "no deriver" (Deriver line of old narinfos). */
 const UNKNOWN_DERIVER = "unknown-deriver";
 

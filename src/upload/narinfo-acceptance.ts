@@ -22,7 +22,7 @@
 
 import { KeyError, NixFormatError } from "../nix/errors.ts";
 import { normaliseSha256 } from "../nix/hash.ts";
-import type { NarInfo } from "../nix/narinfo.ts";
+import { extensionFor, type NarInfo } from "../nix/narinfo.ts";
 import { signNarInfo, verifyNarInfo } from "../nix/signature.ts";
 import { parseStorePath, storePathBaseName } from "../nix/store-path.ts";
 import type { Settings } from "../env.ts";
@@ -33,21 +33,8 @@ import { referenceCaches } from "../upstream/settings.ts";
 import { missingReferences, missingReferencesMessage } from "./references.ts";
 import { checkSignatures, replaceOwnSignature } from "./signatures.ts";
 
-/** File extension Nix gives each compression method; methods not listed get none. */
-const EXTENSION_OF_METHOD: Readonly<Record<string, string>> = {
-  xz: ".xz",
-  bzip2: ".bz2",
-  zstd: ".zst",
-  br: ".br",
-  lz4: ".lz4",
-  lzip: ".lzip",
-};
-
-/** The extension a NAR compressed with `compression` (as the narinfo says it) must have. */
-export function extensionFor(compression: string | undefined): string {
-  const method = compression === undefined || compression === "" ? "bzip2" : compression;
-  return EXTENSION_OF_METHOD[method] ?? "";
-}
+// Nix's naming rule lives in the core, shared with the uploader (`uploader import`).
+export { extensionFor };
 
 function sameHash(a: string, b: string): boolean {
   try {
