@@ -1,7 +1,10 @@
 // NAR compression: the methods the uploader writes, their file extensions and levels.
 //
-// - zstd: Node's built-in zlib zstd (Node >= 22.15). Fast, and read by every Nix >= 2.4
-//   (and 2.3.17+). The default.
+// - zstd: read by every Nix >= 2.4 (and 2.3.17+). The default. Large NARs go through the
+//   system `zstd -T0` when it is installed, which compresses one NAR on every core (Node's
+//   own zstd is single-threaded, and its multi-threaded mode breaks Node's stream); small
+//   ones through Node's built-in zlib zstd (Node >= 22.15), which costs no process start.
+//   Node 20 has no built-in zstd: there every NAR goes through the program.
 // - xz: the system `xz -T0` (xz-utils), which is multi-threaded and twice as fast as any
 //   in-process xz (TOOLCHAIN.md §9). For old clients, or the last few percent of size.
 // - none: the NAR as is.
@@ -9,7 +12,7 @@
 // Each compressor is a Duplex stream, so it slots into a stream pipeline with backpressure
 // and memory stays bounded whatever the NAR size. Extensions follow Nix's own naming
 // (`nar/<filehash>.nar.zst`, `.nar.xz`, `.nar`), PROTOCOL.md §3.4.
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { Duplex, PassThrough } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import * as zlib from "node:zlib";
@@ -37,6 +40,25 @@ export const LEVEL_RANGE: Record<Exclude<CompressionMethod, "none">, readonly [n
 
 /** The xz program, looked up on PATH. */
 const XZ_PROGRAM = "xz";
+/** The zstd program (zstd's CLI), looked up on PATH. */
+const ZSTD_PROGRAM = "zstd";
+
+/**
+ * NARs at least this large are compressed by the zstd program on all cores when it is
+ * installed: starting a process costs a few milliseconds, which a NAR this size repays
+ * (about 30 ms of compression on one core) and a small path would not.
+ */
+export const ZSTD_PROGRAM_MIN_BYTES = 4 * 1024 * 1024;
+
+/** Node's zlib has zstd from 22.15 and 23.8 on. */
+const NODE_HAS_ZSTD = typeof (zlib as Partial<typeof zlib>).createZstdCompress === "function";
+
+let zstdProgramFound: boolean | undefined;
+/** Whether the zstd program runs (asked once per process). */
+export function hasZstdProgram(): boolean {
+  zstdProgramFound ??= spawnSync(ZSTD_PROGRAM, ["--version"], { stdio: "ignore" }).status === 0;
+  return zstdProgramFound;
+}
 
 /** The file extension after `.nar` for a method, as Nix names its NAR files. */
 export function narFileExtension(method: CompressionMethod): string {
@@ -77,22 +99,33 @@ export function resolveLevel(method: CompressionMethod, level: number | undefine
  */
 const ZSTD_OUTPUT_CHUNK_BYTES = 256 * 1024;
 
-/** A fresh compressing stream: write the NAR in, read the compressed file out. */
-export function createCompressor(method: CompressionMethod, level?: number): Duplex {
+/**
+ * A fresh compressing stream: write the NAR in, read the compressed file out. `narSize`
+ * (when known) picks the zstd program for large NARs; the output is a valid zstd file
+ * either way, and the same input with the same choice gives the same bytes.
+ */
+export function createCompressor(method: CompressionMethod, level?: number, narSize?: number): Duplex {
   const checked = resolveLevel(method, level);
   switch (method) {
     case "none":
       return new PassThrough();
-    case "zstd":
+    case "zstd": {
+      const zstdLevel = checked ?? DEFAULT_LEVEL.zstd;
+      // The program writes a frame checksum by default, like the in-process settings below.
+      const viaProgram = !NODE_HAS_ZSTD || (narSize !== undefined && narSize >= ZSTD_PROGRAM_MIN_BYTES && hasZstdProgram());
+      if (viaProgram) {
+        return programCompressor(ZSTD_PROGRAM, ["-T0", "-c", "-q", `-${zstdLevel}`], `this Node.js (${process.version}) has no built-in zstd: install zstd (apt install zstd), use Node.js >= 22.15, or use --compression xz`);
+      }
       return zlib.createZstdCompress({
         chunkSize: ZSTD_OUTPUT_CHUNK_BYTES,
         params: {
-          [zlib.constants.ZSTD_c_compressionLevel]: checked ?? DEFAULT_LEVEL.zstd,
+          [zlib.constants.ZSTD_c_compressionLevel]: zstdLevel,
           // A frame checksum, as the zstd CLI writes by default: 4 bytes that let any
           // decoder (libarchive in Nix) detect a corrupted download.
           [zlib.constants.ZSTD_c_checksumFlag]: 1,
         },
       });
+    }
     case "xz":
       return xzCompressor(checked ?? DEFAULT_LEVEL.xz);
   }
@@ -100,15 +133,20 @@ export function createCompressor(method: CompressionMethod, level?: number): Dup
 
 /** `xz -T0 -c -<level>` as a Duplex; a non-zero exit fails the stream. */
 function xzCompressor(level: number): Duplex {
+  return programCompressor(XZ_PROGRAM, ["-T0", "-c", "-q", `-${level}`], "install xz-utils, or use --compression zstd");
+}
+
+/** `program args…` as a Duplex (stdin in, stdout out); a non-zero exit fails the stream. */
+function programCompressor(program: string, args: readonly string[], hint: string): Duplex {
   return Duplex.from(async function* (source: AsyncIterable<Uint8Array>) {
-    const child = spawn(XZ_PROGRAM, ["-T0", "-c", "-q", `-${level}`], { stdio: ["pipe", "pipe", "pipe"] });
+    const child = spawn(program, args, { stdio: ["pipe", "pipe", "pipe"] });
     let stderr = "";
     child.stderr.setEncoding("utf8").on("data", (s: string) => (stderr += s));
     const exited = new Promise<number | null>((resolve, reject) => {
       child.on("error", (err: NodeJS.ErrnoException) =>
         reject(
           err.code === "ENOENT"
-            ? new UploaderError(`cannot run ${XZ_PROGRAM}: not found`, EXIT_LOCAL, "install xz-utils, or use --compression zstd")
+            ? new UploaderError(`cannot run ${program}: not found`, EXIT_LOCAL, hint)
             : err,
         ),
       );
@@ -129,7 +167,7 @@ function xzCompressor(level: number): Duplex {
       if (fed.status === "rejected") throw fed.reason;
       const code = exit.value;
       if (code !== 0) {
-        throw new UploaderError(`${XZ_PROGRAM} failed (exit ${code}): ${stderr.trim()}`, EXIT_LOCAL);
+        throw new UploaderError(`${program} failed (exit ${code}): ${stderr.trim()}`, EXIT_LOCAL);
       }
     } finally {
       if (child.exitCode === null && child.signalCode === null) child.kill();

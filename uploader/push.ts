@@ -98,6 +98,8 @@ interface Deferred<T> {
 }
 
 function deferred<T>(): Deferred<T> {
-  const { promise, resolve } = Promise.withResolvers<T>();
+  // Not Promise.withResolvers: the installed uploader also runs on Node 20, which lacks it.
+  let resolve!: (value: T) => void;
+  const promise = new Promise<T>((r) => (resolve = r));
   return { promise, resolve };
 }

@@ -73,7 +73,7 @@ export async function prepareNar(info: StorePathInfo, settings: UploadSettings):
   const compressed = hashingCounter();
   const stages: Array<Duplex> = [nar.stream];
   if (settings.observe?.nar) stages.push(settings.observe.nar());
-  stages.push(createCompressor(settings.compression, settings.level), compressed.stream);
+  stages.push(createCompressor(settings.compression, settings.level, info.narSize), compressed.stream);
   try {
     await pipeline([Readable.from(dumpPath(info.path), { objectMode: false }), ...stages, createWriteStream(file)]);
     const narHash = formatSha256(nar.digest());

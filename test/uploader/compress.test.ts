@@ -4,11 +4,12 @@
 import { createHash, randomBytes } from "node:crypto";
 import { execFile } from "node:child_process";
 import { createWriteStream, statSync } from "node:fs";
+import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
-import { createCompressor, narFileExtension, resolveLevel, type CompressionMethod } from "../../uploader/compress.ts";
+import { ZSTD_PROGRAM_MIN_BYTES, createCompressor, hasZstdProgram, narFileExtension, resolveLevel, type CompressionMethod } from "../../uploader/compress.ts";
 import { UploaderError, UsageError } from "../../uploader/errors.ts";
 import { NixSandbox, runOk } from "./helpers.ts";
 
@@ -29,9 +30,9 @@ function sample(): Buffer[] {
 
 const sha256 = (b: Buffer): string => createHash("sha256").update(b).digest("hex");
 
-async function compressToFile(method: CompressionMethod, level: number | undefined, input: Buffer[]): Promise<string> {
+async function compressToFile(method: CompressionMethod, level: number | undefined, input: Buffer[], narSize?: number): Promise<string> {
   const file = join(await scratch.tempDir(), `out.nar${narFileExtension(method)}`);
-  await pipeline(Readable.from(input), createCompressor(method, level), createWriteStream(file));
+  await pipeline(Readable.from(input), createCompressor(method, level, narSize), createWriteStream(file));
   return file;
 }
 
@@ -59,6 +60,21 @@ describe("round trips through the reference decompressors", () => {
     const file = await compressToFile("none", undefined, input);
     const fileHash = (await runOk("sha256sum", [file])).split(" ")[0];
     expect(fileHash).toBe(sha256(Buffer.concat(input)));
+  });
+
+  test("a large NAR goes through the zstd program on every core: same round trip, a checksum, deterministic", async () => {
+    expect(hasZstdProgram()).toBe(true);
+    const input = sample();
+    const size = Buffer.concat(input).length;
+    expect(size).toBeGreaterThanOrEqual(ZSTD_PROGRAM_MIN_BYTES);
+    const viaProgram = await compressToFile("zstd", undefined, input, size);
+    const inProcess = await compressToFile("zstd", undefined, input, 1);
+    // zstd -T0 writes a multi-threaded frame layout, so its bytes differ from zlib's.
+    expect(sha256(await readFile(viaProgram))).not.toBe(sha256(await readFile(inProcess)));
+    expect(sha256(await readFile(await compressToFile("zstd", undefined, input, size)))).toBe(sha256(await readFile(viaProgram)));
+    const out = await runOk("sh", ["-c", `zstd -d -c -q ${viaProgram} | sha256sum`]);
+    expect(out.split(" ")[0]).toBe(sha256(Buffer.concat(input)));
+    expect(await runOk("zstd", ["-lv", viaProgram])).toMatch(/Check:\s+XXH64/);
   });
 
   test("zstd frames carry a checksum, which zstd -t verifies", async () => {
