@@ -19,8 +19,11 @@
 //             are old were pushed since the cutoff (one D1 query per page, not per path);
 //             young and pinned paths are roots; a live path's references are added to the
 //             live set. A reference whose key the listing has already passed is queued and
-//             read with one HEAD later, so one listing plus the queue completes the mark
-//             however deep the graph. Old paths not (yet) live are written down as candidates.
+//             followed later through the index (references and NAR of up to 200 queued
+//             paths per D1 query); a queued path the index has no row for is read from R2
+//             (one HEAD, its body if the metadata lacks the references). So one listing plus
+//             the queue completes the mark however deep the graph. Old paths not (yet) live
+//             are written down as candidates.
 //   nars      list `nar/`; a NAR no live narinfo points to and older than the grace period is
 //             a candidate.
 //   compact   candidates that became live later in the mark are dropped: the rest is garbage.
@@ -34,7 +37,10 @@
 //             of their objects, so the index never has a row whose narinfo object is gone:
 //             the missing query and reference checks trust it. A batch stopped in between
 //             leaves objects without rows (harmless: they are fenced, so no upload can come
-//             to depend on them, and the next batch deletes them).
+//             to depend on them, and the next batch deletes them). Between the narinfos
+//             and the NARs (and the end of the run) lies a narinfo's max-age (5 minutes,
+//             or GC_NAR_GRACE_HOURS if shorter): a client or CDN may serve a deleted
+//             narinfo that long, and the NAR it names must still be there.
 //   finish    take the fence down, write the statistics (and drop the index's kept counts,
 //             gc/stats.ts, when paths went), remove the run's working objects.
 //
@@ -62,10 +68,14 @@
 // whose keys are not exactly the layout's (a `nar/` name that is not a NAR name, a listing
 // without a hash part) are never deleted.
 //
-// The index is only ever asked which paths are young, so whatever it says can only keep
-// more: a row missing, stale or unreadable never makes a path garbage. When D1 cannot be
-// reached the batch fails (storage_unavailable) before deleting anything, and the next
-// batch redoes the step.
+// The index is asked which paths are young and what queued paths reference. Neither
+// answer can make a path garbage that the objects would keep: a row is written from the
+// narinfo object at its key, after it, and that object never changes what it references
+// or which NAR it names (narinfo-store.ts only merges signatures); a path without a row is
+// read from R2; a row whose object is gone keeps more, never less; a row whose NAR file is
+// not a NAR name blocks the run like an unreadable narinfo. When D1 cannot be reached the
+// batch fails (storage_unavailable) before deleting anything, and the next batch redoes
+// the step.
 //
 // Batches exclude each other with a lease in the state document (taken and released with
 // conditional writes); a batch works only while it holds its lease, so a batch that stalls
@@ -99,7 +109,7 @@ import {
 import { NAR_PREFIX, parseNarFileName } from "../storage/keys.ts";
 import { decodeNarInfoMeta, encodeNarInfoMeta, metaLinks, metaName, metaNumber, metaPushTime, type NarInfoLinks } from "../storage/narinfo-meta.ts";
 import { getNarInfoObject, putNarInfoObject } from "../storage/narinfo-object.ts";
-import { forgetPaths, pushedSince } from "../storage/path-index.ts";
+import { forgetPaths, linksOf, pushedSince } from "../storage/path-index.ts";
 import { formatFence, NAR_FILE_HASH_LENGTH } from "./fence.ts";
 import { KeySet } from "./key-set.ts";
 import { parsePins, pinnedHashes } from "./pins.ts";
@@ -139,6 +149,15 @@ export const BATCH_ENTRIES = 1000;
  * At 30 a batch makes at most ~33 lookups, about 4 ms of calls.
  */
 const LOOKUP_COST = 30;
+/**
+ * What following one queued path through the index costs, in entries: its share of a D1
+ * query and its row decoded (the references it adds are charged apart, REFS_PER_ENTRY).
+ */
+const INDEXED_LOOKUP_COST = 2;
+/** References followed from index rows that count as one entry (each is a set insert). */
+const REFS_PER_ENTRY = 16;
+/** Queued paths asked of the index in one query (the list is one JSON parameter). */
+const INDEX_ROUND = 200;
 /**
  * Bytes of narinfo body read from the queue that count as one entry. Reading and parsing a
  * body costs CPU in proportion to its size; a listed entry makes the runtime decode up to
@@ -516,6 +535,7 @@ class Batch {
       listed: false,
       rootsLoaded: false,
       queue: "",
+      unindexed: "",
       pendingListing: null,
       sets: null,
       candidates: [],
@@ -660,7 +680,7 @@ class Batch {
       }
       return true;
     }
-    if (run.queue !== "") return this.#queueStep(run);
+    if (run.queue !== "" || run.unindexed !== "") return this.#queueStep(run);
     // The look is complete.
     await this.#flushChunks(run);
     if (run.pass === 1) {
@@ -782,17 +802,58 @@ class Batch {
     console.error(`gc ${run.id}: cannot read ${document.key} (${reason}); this collection deletes no narinfo and no NAR`);
   }
 
-  /** Reads queued narinfos (HEAD; their body when the metadata lacks references). */
+  /**
+   * Follows queued live paths: their references and NAR from the index, one query for a
+   * round of them; those the index has no row for are read from R2 afterwards (#lookUpStep).
+   */
   async #queueStep(run: RunState): Promise<boolean> {
+    if (run.queue === "") return this.#lookUpStep(run);
+    // A batch that has done nothing else follows at least one, however small its budget.
+    const first = this.#entries === 0;
+    const affordable = Math.max(first ? 1 : 0, Math.floor((this.#maxEntries - this.#entries) / INDEXED_LOOKUP_COST));
+    const count = Math.min(run.queue.length / HASH_PART_LENGTH, INDEX_ROUND, affordable);
+    if (count <= 0 || !this.#fits(1, 0, 1)) return false;
+    const hashes: string[] = [];
+    for (let i = 0; i < count; i++) hashes.push(run.queue.slice(i * HASH_PART_LENGTH, (i + 1) * HASH_PART_LENGTH));
+    const rows = await this.#query(() => linksOf(this.#db, hashes));
+    const indexed = new Map(rows.map((row) => [row.hash, row]));
+    let taken = 0;
+    for (const hash of hashes) {
+      const row = indexed.get(hash);
+      // Each path is charged as it is followed; what the batch cannot afford stays queued.
+      const cost = INDEXED_LOOKUP_COST + Math.ceil((row?.refCount ?? 0) / REFS_PER_ENTRY);
+      if (this.#entries + cost > this.#maxEntries && !(first && taken === 0)) break;
+      this.#entries += cost;
+      taken++;
+      run.totals.indexLookups++;
+      if (row === undefined) {
+        run.unindexed += hash;
+        continue;
+      }
+      this.#live!.setExpanded(hash);
+      const fileHash = narFileHash(row.narFile);
+      if (fileHash === null) {
+        this.#noteUnreadable(run, { key: `${hash}${NARINFO_SUFFIX}`, path: null, reason: `its NAR file ${JSON.stringify(row.narFile.slice(0, 120))} is not <file hash>.nar[.ext], so which NAR it needs is unknown` });
+        continue;
+      }
+      this.#expand(run, hash, row.refs(), fileHash);
+    }
+    run.queue = run.queue.slice(taken * HASH_PART_LENGTH);
+    this.#setsDirty = true;
+    return taken > 0;
+  }
+
+  /** Reads queued narinfos the index does not know (HEAD; their body when the metadata lacks references). */
+  async #lookUpStep(run: RunState): Promise<boolean> {
     const room = Math.floor((this.#maxOps - RESERVED_OPERATIONS - this.#ops) / 3);
     // A batch that has done nothing else reads at least one, however small its budget.
     const first = this.#entries === 0;
     const affordable = Math.max(first ? 1 : 0, Math.floor((this.#maxEntries - this.#entries) / LOOKUP_COST));
-    const count = Math.min(run.queue.length / HASH_PART_LENGTH, QUEUE_ROUND, room, affordable);
+    const count = Math.min(run.unindexed.length / HASH_PART_LENGTH, QUEUE_ROUND, room, affordable);
     if (count <= 0 || !this.#fits(count * 3, first ? 0 : count * LOOKUP_COST)) return false;
     const hashes: string[] = [];
-    for (let i = 0; i < count; i++) hashes.push(run.queue.slice(i * HASH_PART_LENGTH, (i + 1) * HASH_PART_LENGTH));
-    run.queue = run.queue.slice(count * HASH_PART_LENGTH);
+    for (let i = 0; i < count; i++) hashes.push(run.unindexed.slice(i * HASH_PART_LENGTH, (i + 1) * HASH_PART_LENGTH));
+    run.unindexed = run.unindexed.slice(count * HASH_PART_LENGTH);
     this.#entries += count * LOOKUP_COST;
     const found = await mapConcurrent(hashes, CONCURRENCY, (hash) => this.#lookUp(run, hash));
     let bodyBytes = 0;

@@ -19,7 +19,9 @@ export interface RunTotals {
   listed: number;
   /** Paths whose references were followed. */
   expanded: number;
-  /** Narinfos read one by one (references listed before them, or without metadata). */
+  /** Queued paths (references listed before them, or without metadata) followed through the index. */
+  indexLookups: number;
+  /** Queued narinfos the index had no row for, read from R2 one by one. */
   lookups: number;
   /** Old, unreferenced paths found by the first look. */
   garbagePaths: number;
@@ -78,6 +80,11 @@ export interface RunState {
   rootsLoaded: boolean;
   /** Concatenated hash parts of live paths whose references still have to be read. */
   queue: string;
+  /**
+   * Of those, the ones the index has no row for (a narinfo stored without FileSize, or not
+   * adopted yet): read from R2 one by one.
+   */
+  unindexed: string;
   /** A listing seen whose narinfo may follow in the next page. */
   pendingListing: PendingListing | null;
   /** Generation of the mark sets (`live-<gen>`, `nars-<gen>`), null before any. */
@@ -115,6 +122,7 @@ export function emptyTotals(): RunTotals {
   return {
     listed: 0,
     expanded: 0,
+    indexLookups: 0,
     lookups: 0,
     garbagePaths: 0,
     garbagePathBytes: 0,
@@ -152,9 +160,10 @@ export function parseState(text: string | null): GcState {
   try {
     const doc = JSON.parse(text) as GcState;
     if (typeof doc !== "object" || doc === null || !("run" in doc)) throw new Error("no run field");
-    // A run started by an earlier version of the collector has no unreadable list yet.
+    // A run started by an earlier version of the collector lacks the fields added since.
     if (doc.run !== null) {
       doc.run.unreadable ??= [];
+      doc.run.unindexed ??= "";
       doc.run.totals = { ...emptyTotals(), ...doc.run.totals };
     }
     return { ...emptyState(), ...doc };

@@ -149,6 +149,37 @@ export async function indexedPaths(db: D1Database, hashes: readonly string[]): P
   }));
 }
 
+/** What garbage collection needs of an indexed path to follow it: its references and NAR. */
+export interface PathLinks {
+  hash: string;
+  /** The NAR's file name under nar/. */
+  narFile: string;
+  /** How many references it has (known before they are decoded). */
+  refCount: number;
+  /** Hash parts of the references, the path's own excluded (decoded on demand). */
+  refs(): string[];
+}
+
+/**
+ * The references and NAR file of the indexed paths among `hashes`, in their order (absent
+ * ones are left out), in one query: the collector follows a live path's references with
+ * this instead of one R2 call per path. References are decoded only when asked for, so a
+ * caller that stops early (its CPU budget) pays only for the rows it used.
+ */
+export async function linksOf(db: D1Database, hashes: readonly string[]): Promise<PathLinks[]> {
+  if (hashes.length === 0) return [];
+  const result = await d1(() =>
+    db
+      .prepare(
+        `SELECT p.hash AS hash, p.nar_file AS nar_file, json_array_length(p.refs) AS ref_count, p.refs AS refs
+           FROM json_each(?1) j JOIN paths p ON p.hash = j.value ORDER BY j.key`,
+      )
+      .bind(JSON.stringify(hashes))
+      .all<{ hash: string; nar_file: string; ref_count: number; refs: string }>(),
+  );
+  return result.results.map((r) => ({ hash: r.hash, narFile: r.nar_file, refCount: r.ref_count, refs: () => JSON.parse(r.refs) as string[] }));
+}
+
 /**
  * Of the hash parts `hashes`, those the index has a row for that was pushed at or after
  * `since` (ms), in no particular order. Garbage collection asks this once per page of its
