@@ -106,6 +106,7 @@ import {
   STATS_KEY,
   type ListedObject,
 } from "../storage/gc-store.ts";
+import { NARINFO_MAX_AGE_SECONDS } from "../http/representation.ts";
 import { NAR_PREFIX, parseNarFileName } from "../storage/keys.ts";
 import { decodeNarInfoMeta, encodeNarInfoMeta, metaLinks, metaName, metaNumber, metaPushTime, type NarInfoLinks } from "../storage/narinfo-meta.ts";
 import { getNarInfoObject, putNarInfoObject } from "../storage/narinfo-object.ts";
@@ -1081,6 +1082,7 @@ class Batch {
   }
 
   async #deleteStep(run: RunState): Promise<boolean> {
+    if (run.index >= run.garbage.length && run.totals.deletedPaths > 0 && !this.#narinfoCopiesExpired(run)) return false;
     const total = run.garbage.length + run.narCandidates.length;
     if (run.index >= total) {
       run.phase = "finish";
@@ -1148,6 +1150,22 @@ class Batch {
     }
     run.index++;
     return true;
+  }
+
+  /**
+   * Whether the narinfos this run deleted can no longer be served by any cache. A client or
+   * a CDN (the Worker's edge cache, a public bucket's domain) may serve a narinfo for its
+   * max-age after it was deleted; what it names must outlive it by that long, or
+   * GC_NAR_GRACE_HOURS if shorter. So the NARs (and the end of the run: the next run's
+   * NARs) wait; meanwhile the batch says how long.
+   */
+  #narinfoCopiesExpired(run: RunState): boolean {
+    const now = this.#clock();
+    run.narinfosGoneAt ??= now;
+    const until = run.narinfosGoneAt + Math.min(this.#settings.narGraceMs, NARINFO_MAX_AGE_SECONDS * 1000);
+    if (now >= until) return true;
+    this.#waitMs = until - now;
+    return false;
   }
 
   async #finishStep(run: RunState): Promise<boolean> {

@@ -101,6 +101,11 @@ export interface RunState {
   shrink: number;
   /** When the fence was written (ms). */
   announcedAt: number | null;
+  /**
+   * When the delete phase found every fenced narinfo deleted (ms); the NARs go a
+   * narinfo's max-age later. Absent before then (and in runs of earlier versions).
+   */
+  narinfosGoneAt?: number;
   /** The first unreadable documents (totals.unreadable counts them all). */
   unreadable: UnreadableDocument[];
   totals: RunTotals;

@@ -44,6 +44,12 @@ const NAR_SHARED_SECONDS = 24 * 3600;
  */
 const NARINFO_PRIVATE_SECONDS = 300;
 const NARINFO_SHARED_SECONDS = 60;
+/**
+ * The longest any cache may serve a narinfo (clients' max-age, shared caches' s-maxage),
+ * also after retention deleted it: the collector keeps the NARs it deletes this long
+ * after the narinfos (gc/collector.ts), so no copy still served names a missing NAR.
+ */
+export const NARINFO_MAX_AGE_SECONDS = Math.max(NARINFO_PRIVATE_SECONDS, NARINFO_SHARED_SECONDS);
 /** Listings, logs, realisations and debuginfo links can be re-uploaded: 5 minutes. */
 const DOCUMENT_SECONDS = 300;
 /** nix-cache-info changes only with the deployment's settings; Nix caches it 7 days anyway. */

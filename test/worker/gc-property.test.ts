@@ -5,7 +5,9 @@
 // report exactly what then goes), and once interrupted after every small batch, with paths
 // pushed and pinned through the Worker's own routes between batches. Paths are indexed (a
 // row in D1, as a push records it) except the legacy ones; after every collection every
-// row of the index has its narinfo object, for the same store path.
+// row of the index has its narinfo object, for the same store path. Throughout, a CDN (or
+// any client cache) may serve every narinfo for its max-age after it was deleted: each NAR
+// such a copy names must still be in the bucket after every batch.
 import { env } from "cloudflare:workers";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
@@ -14,6 +16,7 @@ import { FENCE_KEY } from "../../src/storage/gc-store.ts";
 import { callWith, putNar, putNarInfo, testPath, type TestPath } from "../helpers/worker.ts";
 import { cacheKeys, clearIndex, collect, DAY_MS, gcSettings, indexProblems, setPins, storePath, TestClock } from "../helpers/gc.ts";
 import type { GcProgress } from "../../src/gc/collector.ts";
+import { NARINFO_MAX_AGE_SECONDS } from "../../src/http/representation.ts";
 
 const RETENTION_DAYS = 30;
 const ADMIN = "test-admin-token";
@@ -165,6 +168,40 @@ async function expectExactly(paths: readonly TestPath[], live: Set<number>, list
   expect(await indexProblems()).toEqual([]);
 }
 
+/**
+ * A CDN in front of the bucket: it may go on serving a narinfo for NARINFO_MAX_AGE_SECONDS
+ * after the narinfo was deleted (a copy fetched just before). `observe` is called after
+ * every batch with the time that batch ran at: it sees which narinfos the batch deleted
+ * (from the listing, not from what the collector reports) and checks that the NAR of every
+ * copy that can still be served is in the bucket.
+ */
+class ServedCopies {
+  /** narinfo key → when it was seen deleted, and the NAR its copies name. */
+  readonly #deleted = new Map<string, { at: number; nar: string }>();
+  #present = new Set<string>();
+  deletions = 0;
+
+  readonly #narOf: (hash: string) => string;
+
+  constructor(narOf: (hash: string) => string) {
+    this.#narOf = narOf;
+  }
+
+  async observe(at: number): Promise<void> {
+    const keys = new Set(await cacheKeys(env.CACHE));
+    for (const key of this.#present) {
+      if (keys.has(key) || this.#deleted.has(key)) continue;
+      this.#deleted.set(key, { at, nar: this.#narOf(key.slice(0, 32)) });
+      this.deletions++;
+    }
+    this.#present = new Set([...keys].filter((k) => k.endsWith(".narinfo")));
+    for (const [key, copy] of this.#deleted) {
+      if (at >= copy.at + NARINFO_MAX_AGE_SECONDS * 1000) continue;
+      expect(keys.has(copy.nar), `${key}, deleted ${(at - copy.at) / 1000} s ago, may still be served; its ${copy.nar} must be there`).toBe(true);
+    }
+  }
+}
+
 describe("garbage collection of random store path graphs", () => {
   it("keeps exactly the closure of young and pinned paths; a dry run first reports exactly what goes", async () => {
     await fc.assert(
@@ -191,7 +228,18 @@ describe("garbage collection of random store path graphs", () => {
         ].sort();
         expect(dry.flatMap((b) => b.found.files.map((f) => f.key)).sort()).toEqual(garbageFiles);
 
-        const run = await collect(env.CACHE, settings, clock);
+        const narOf = (hash: string): string => `nar/${paths.find((p) => p.hash === hash)!.fileName}`;
+        const cdn = new ServedCopies(narOf);
+        await cdn.observe(clock.now);
+        let batchAt = clock.now;
+        const run = await collect(env.CACHE, settings, clock, {
+          perBatch: () => {
+            batchAt = clock.now;
+          },
+          between: () => cdn.observe(batchAt),
+        });
+        await cdn.observe(batchAt);
+        expect(cdn.deletions).toBe(new Set(garbage.map((p) => p.hash)).size);
         const last = run.at(-1)!;
         expect(last.status).toBe("done");
         await expectExactly(paths, live, listings);
@@ -215,8 +263,12 @@ describe("garbage collection of random store path graphs", () => {
         const refusedNars = new Set<string>();
         let pushed = 0;
         let pinCount = 0;
+        const cdn = new ServedCopies((hash) => `nar/${paths.find((p) => p.hash === hash)!.fileName}`);
+        await cdn.observe(clock.now);
+        let batchAt = clock.now;
 
         const between = async (batch: number, _progress: GcProgress): Promise<void> => {
+          await cdn.observe(batchAt);
           for (const act of acts.filter((a) => a.afterBatch === batch)) {
             const targets = [...new Set(act.targets.map((t) => t % paths.length))];
             if (act.kind === "pin") {
@@ -248,9 +300,13 @@ describe("garbage collection of random store path graphs", () => {
 
         const batches = await collect(env.CACHE, gcSettings({ narGraceMs: 30 * 60 * 1000, uploadWindowMs: 60_000 }), clock, {
           between,
-          perBatch: (operations) => expect(operations).toBeLessThanOrEqual(LIMITS.operations),
+          perBatch: (operations) => {
+            batchAt = clock.now;
+            expect(operations).toBeLessThanOrEqual(LIMITS.operations);
+          },
           limits: LIMITS,
         });
+        await cdn.observe(batchAt);
         if (paths.length >= 10) expect(batches.length).toBeGreaterThan(5);
         const live = closure(roots, (i) => refsOf[i]!);
         // A refused push may leave its NAR (uploaded first): it is an orphan, collected
