@@ -18,6 +18,8 @@ const COMMANDS: Record<string, Command> = {
   pin: { summary: "keep a store path's closure until unpinned (admin token)", load: async () => (await import("./commands/pin.ts")).pin },
   unpin: { summary: "remove a pin (admin token)", load: async () => (await import("./commands/pin.ts")).unpin },
   pins: { summary: "list the pins", load: async () => (await import("./commands/pin.ts")).pins },
+  "watch-store": { summary: "push every new store path as it appears (and what post-build-hook queues)", load: () => import("./commands/watch-store.ts") },
+  "post-build-hook": { summary: "Nix's post-build-hook: queue $OUT_PATHS for watch-store", load: () => import("./commands/post-build-hook.ts") },
 };
 
 const HELP = `Usage: uploader <command> [options]
@@ -26,7 +28,7 @@ Pushes Nix store paths to a nix-edge-cache binary cache.
 
 Commands:
 ${Object.entries(COMMANDS)
-  .map(([name, c]) => `  ${name.padEnd(8)} ${c.summary}`)
+  .map(([name, c]) => `  ${name.padEnd(Math.max(...Object.keys(COMMANDS).map((n) => n.length)))} ${c.summary}`)
   .join("\n")}
 
 Options:

@@ -1,0 +1,162 @@
+// `uploader watch-store`: flags → settings → Watcher (watcher.ts) until SIGINT/SIGTERM.
+// The first signal stops watching and pushes what is queued; a second one aborts, leaving
+// the queue in the spool for the next watcher.
+import { rmSync } from "node:fs";
+import { DEFAULT_COMPRESSION, DEFAULT_LEVEL, parseCompressionMethod, resolveLevel } from "../compress.ts";
+import { EXIT_INTERRUPTED, UsageError } from "../errors.ts";
+import { readSecretKeyFile } from "../key-file.ts";
+import { DEFAULT_UPSTREAM_KEYS } from "../plan.ts";
+import { Progress } from "../progress.ts";
+import { DEFAULT_JOBS } from "../push.ts";
+import { CACHE_OPTIONS, ENV, integerFlag, parseCommandLine, requireToken, resolveCache } from "../settings.ts";
+import { SPOOL_ENV, socketPath, spoolDir } from "../spool.ts";
+import { defaultStoreDir } from "../store.ts";
+import { Pusher, type PusherSettings } from "../watch-push.ts";
+import { DEFAULT_BATCH_WAIT_MS, QueueLeftError, Watcher } from "../watcher.ts";
+
+/** Upper bound for -j (as for push): beyond this, more connections only add contention. */
+const MAX_JOBS = 64;
+/** Upper bound for --batch-wait, in seconds: longer only delays what was built. */
+const MAX_BATCH_WAIT_S = 3_600;
+
+export const HELP = `Usage: uploader watch-store [options]
+
+Pushes every new store path, with its closure, as it appears: it watches the Nix store
+for paths that become valid (built, substituted, added) and the spool for paths queued
+by \`uploader post-build-hook\`. Paths arriving together go up together. While the cache
+cannot be reached (or refuses the token), paths stay queued and the push is tried again
+with a growing delay (up to a minute), saying what it waits for. Derivations (.drv) are
+not pushed; paths signed by an upstream cache are skipped, as with push.
+
+Stop it with Ctrl-C or SIGTERM: it stops watching and pushes what is queued first; a
+second signal aborts at once. Queued paths are kept on disk in the spool until they are
+in the cache, so a watcher that is killed or cannot finish loses nothing: the next one
+pushes them when it starts.
+
+Options:
+  --spool <dir>             the queue directory shared with post-build-hook
+                            [env ${SPOOL_ENV}; default ~/.local/state/nix-edge-cache/spool]
+  --spool-only              push only what is queued in the spool (by post-build-hook);
+                            do not watch the store
+  --exclude <regex>         do not queue new store paths that match (e.g. '-source$')
+  --batch-wait <seconds>    wait this long after a new path for others (default ${DEFAULT_BATCH_WAIT_MS / 1000})
+  --cache <url|name>        the cache's URL, or a name given to login [env ${ENV.cacheUrl}]
+  --token <token>           a write token for the cache          [env ${ENV.token}]
+  --secret-key-file <file>  sign narinfos with this Nix secret key
+                                                                 [env ${ENV.secretKeyFile}]
+  -j, --jobs <n>            paths uploaded in parallel (default ${DEFAULT_JOBS})
+  --compression <method>    zstd, xz or none (default ${DEFAULT_COMPRESSION})
+  --compression-level <n>   zstd 1-19 (default ${DEFAULT_LEVEL.zstd}), xz 0-9 (default ${DEFAULT_LEVEL.xz})
+  --upstream-key <name>     skip paths signed by this key name (repeatable;
+                            default ${DEFAULT_UPSTREAM_KEYS.join(", ")})
+  --no-skip-upstream        upload paths signed by upstream keys too
+  -v, --verbose             also report each new path, cached paths and retries
+  -h, --help                show this help
+
+Exit status: 0 stopped with nothing left queued; 1 stopped with paths still queued
+(they stay in the spool); 2 bad usage; 3 a local problem (the store cannot be watched,
+the spool cannot be written, another watcher uses the spool).
+`;
+
+/** parseArgs options shared by watch-store and post-build-hook (for its direct push). */
+export const PUSH_OPTIONS = {
+  cache: CACHE_OPTIONS.cache,
+  token: CACHE_OPTIONS.token,
+  "secret-key-file": CACHE_OPTIONS["secret-key-file"],
+  jobs: { type: "string", short: "j" },
+  compression: { type: "string" },
+  "compression-level": { type: "string" },
+  "upstream-key": { type: "string", multiple: true },
+  "no-skip-upstream": { type: "boolean" },
+  verbose: { type: "boolean", short: "v" },
+} as const;
+
+interface PushFlags {
+  cache?: string | undefined;
+  token?: string | undefined;
+  "secret-key-file"?: string | undefined;
+  jobs?: string | undefined;
+  compression?: string | undefined;
+  "compression-level"?: string | undefined;
+  "upstream-key"?: string[] | undefined;
+  "no-skip-upstream"?: boolean | undefined;
+  verbose?: boolean | undefined;
+}
+
+/** The push settings from PUSH_OPTIONS' values, checked as push checks them. */
+export async function pusherSettings(values: PushFlags): Promise<PusherSettings> {
+  const settings = resolveCache(values);
+  const token = requireToken(settings, "write");
+  const jobs = integerFlag("--jobs", values.jobs, 1, MAX_JOBS) ?? DEFAULT_JOBS;
+  const compression = parseCompressionMethod(values.compression ?? DEFAULT_COMPRESSION);
+  const level = resolveLevel(compression, integerFlag("--compression-level", values["compression-level"], -100, 100));
+  if (values["no-skip-upstream"] && values["upstream-key"]) {
+    throw new UsageError("--upstream-key and --no-skip-upstream contradict each other");
+  }
+  const upstreamKeys = values["no-skip-upstream"] ? [] : (values["upstream-key"] ?? DEFAULT_UPSTREAM_KEYS);
+  const secretKey = settings.secretKeyFile ? await readSecretKeyFile(settings.secretKeyFile) : undefined;
+  return { cacheUrl: settings.url, token, secretKey, compression, level, jobs, upstreamKeys, verbose: values.verbose ?? false };
+}
+
+export async function run(args: string[]): Promise<void> {
+  const { values, positionals } = parseCommandLine(args, {
+    ...PUSH_OPTIONS,
+    spool: { type: "string" },
+    "spool-only": { type: "boolean" },
+    exclude: { type: "string" },
+    "batch-wait": { type: "string" },
+    help: { type: "boolean", short: "h" },
+  });
+  if (values.help) {
+    process.stdout.write(HELP);
+    return;
+  }
+  if (positionals.length > 0) {
+    throw new UsageError(`watch-store takes no paths (got "${positionals[0]}")`, "to push given paths, use uploader push; to queue them for a watcher, uploader post-build-hook <path>...");
+  }
+  let exclude: RegExp | undefined;
+  if (values.exclude !== undefined) {
+    try {
+      exclude = new RegExp(values.exclude);
+    } catch (err) {
+      throw new UsageError(`--exclude is not a regular expression: ${(err as Error).message}`);
+    }
+  }
+  const batchWait = integerFlag("--batch-wait", values["batch-wait"], 0, MAX_BATCH_WAIT_S);
+  const settings = await pusherSettings(values);
+  const spool = spoolDir(values.spool);
+  const progress = new Progress({ verbose: settings.verbose });
+  const pusher = new Pusher(settings);
+  const watcher = new Watcher({
+    spool,
+    storeDir: values["spool-only"] ? null : defaultStoreDir(),
+    exclude,
+    batchWaitMs: batchWait === undefined ? DEFAULT_BATCH_WAIT_MS : batchWait * 1000,
+    pusher,
+    progress,
+  });
+
+  let signals = 0;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    signals++;
+    if (signals === 1) {
+      watcher.stop();
+      return;
+    }
+    // The second signal: the queue is on disk, so only the temp files need removing.
+    const tmp = pusher.tmpDir;
+    if (tmp) rmSync(tmp, { recursive: true, force: true });
+    rmSync(socketPath(spool), { force: true });
+    process.stderr.write(`\n${signal} again: aborted; ${watcher.queued} queued path(s) stay in ${spool} for the next watch-store\n`);
+    process.exit(EXIT_INTERRUPTED);
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+  try {
+    const report = await watcher.run();
+    if (report.left > 0) throw new QueueLeftError(report.left, spool, report.reason ?? "not pushed");
+  } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+  }
+}
