@@ -13,6 +13,7 @@ interface Command {
 /** Loaded on demand, so `--help` and `keygen` never load the push machinery. */
 const COMMANDS: Record<string, Command> = {
   push: { summary: "upload store paths and their closures to the cache", load: () => import("./commands/push.ts") },
+  import: { summary: "copy paths from another cache (file, http, s3) or a nix-store --export stream", load: () => import("./commands/import.ts") },
   keygen: { summary: "create a signing key pair (Nix's format)", load: () => import("./commands/keygen.ts") },
   gc: { summary: "collect garbage on the cache (admin token; --dry-run)", load: () => import("./commands/gc.ts") },
   pin: { summary: "keep a store path's closure until unpinned (admin token)", load: async () => (await import("./commands/pin.ts")).pin },

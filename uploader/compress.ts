@@ -9,6 +9,9 @@
 //   in-process xz (TOOLCHAIN.md §9). For old clients, or the last few percent of size.
 // - none: the NAR as is.
 //
+// `uploader import` also decompresses what other caches stored (createDecompressor: those
+// three plus gzip, br and bzip2), to check NarHash or to recompress.
+//
 // Each compressor is a Duplex stream, so it slots into a stream pipeline with backpressure
 // and memory stays bounded whatever the NAR size. Extensions follow Nix's own naming
 // (`nar/<filehash>.nar.zst`, `.nar.xz`, `.nar`), PROTOCOL.md §3.4.
@@ -114,7 +117,7 @@ export function createCompressor(method: CompressionMethod, level?: number, narS
       // The program writes a frame checksum by default, like the in-process settings below.
       const viaProgram = !NODE_HAS_ZSTD || (narSize !== undefined && narSize >= ZSTD_PROGRAM_MIN_BYTES && hasZstdProgram());
       if (viaProgram) {
-        return programCompressor(ZSTD_PROGRAM, ["-T0", "-c", "-q", `-${zstdLevel}`], `this Node.js (${process.version}) has no built-in zstd: install zstd (apt install zstd), use Node.js >= 22.15, or use --compression xz`);
+        return programStream(ZSTD_PROGRAM, ["-T0", "-c", "-q", `-${zstdLevel}`], `this Node.js (${process.version}) has no built-in zstd: install zstd (apt install zstd), use Node.js >= 22.15, or use --compression xz`);
       }
       return zlib.createZstdCompress({
         chunkSize: ZSTD_OUTPUT_CHUNK_BYTES,
@@ -133,11 +136,38 @@ export function createCompressor(method: CompressionMethod, level?: number, narS
 
 /** `xz -T0 -c -<level>` as a Duplex; a non-zero exit fails the stream. */
 function xzCompressor(level: number): Duplex {
-  return programCompressor(XZ_PROGRAM, ["-T0", "-c", "-q", `-${level}`], "install xz-utils, or use --compression zstd");
+  return programStream(XZ_PROGRAM, ["-T0", "-c", "-q", `-${level}`], "install xz-utils, or use --compression zstd");
+}
+
+/** Compression methods `createDecompressor` reads (narinfo Compression values). */
+export const DECOMPRESSION_METHODS: readonly string[] = ["none", "zstd", "xz", "bzip2", "gzip", "br"];
+
+/**
+ * A fresh decompressing stream for a narinfo's Compression (`uploader import`): zstd, gzip
+ * and br in-process (node:zlib), xz and bzip2 through the system programs, `none` as is.
+ * Throws UsageError for a method it cannot read.
+ */
+export function createDecompressor(method: string | undefined): Duplex {
+  switch (method === undefined || method === "" ? "bzip2" : method) {
+    case "none":
+      return new PassThrough();
+    case "zstd":
+      return zlib.createZstdDecompress({ chunkSize: ZSTD_OUTPUT_CHUNK_BYTES });
+    case "gzip":
+      return zlib.createGunzip();
+    case "br":
+      return zlib.createBrotliDecompress();
+    case "xz":
+      return programStream(XZ_PROGRAM, ["-d", "-c", "-q"], "install xz-utils");
+    case "bzip2":
+      return programStream("bzip2", ["-d", "-c", "-q"], "install bzip2");
+    default:
+      throw new UsageError(`cannot decompress "${method}" NARs: the uploader reads ${DECOMPRESSION_METHODS.join(", ")}`);
+  }
 }
 
 /** `program args…` as a Duplex (stdin in, stdout out); a non-zero exit fails the stream. */
-function programCompressor(program: string, args: readonly string[], hint: string): Duplex {
+function programStream(program: string, args: readonly string[], hint: string): Duplex {
   return Duplex.from(async function* (source: AsyncIterable<Uint8Array>) {
     const child = spawn(program, args, { stdio: ["pipe", "pipe", "pipe"] });
     let stderr = "";

@@ -182,10 +182,8 @@ export class HttpClient {
     });
   }
 
-  /** Exponential backoff with "equal jitter": half fixed, half random, capped. */
   #backoff(attempt: number): number {
-    const ceiling = Math.min(MAX_RETRY_DELAY_MS, this.#retryBaseMs * 2 ** (attempt - 1));
-    return ceiling / 2 + Math.random() * (ceiling / 2);
+    return backoffMs(attempt, this.#retryBaseMs);
   }
 
   async #wait(method: string, url: URL, attempt: number, delayMs: number, reason: string): Promise<void> {
@@ -252,8 +250,14 @@ export function parseCacheUrl(raw: string): URL {
   return url;
 }
 
+/** Exponential backoff with "equal jitter": half fixed, half random, capped. */
+export function backoffMs(attempt: number, baseMs: number = DEFAULT_RETRY_BASE_MS): number {
+  const ceiling = Math.min(MAX_RETRY_DELAY_MS, baseMs * 2 ** (attempt - 1));
+  return ceiling / 2 + Math.random() * (ceiling / 2);
+}
+
 /** 408, 429 and 5xx are worth retrying; 501, 505 and 511 will not change (as in Nix). */
-function isRetryable(status: number): boolean {
+export function isRetryable(status: number): boolean {
   if (status === 408 || status === 429) return true;
   return status >= 500 && status !== 501 && status !== 505 && status !== 511;
 }

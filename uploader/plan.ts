@@ -8,6 +8,7 @@
 // 3. Order the rest references first (a topological sort), so that every narinfo can be
 //    written after the narinfos of its references: the cache never shows a path whose
 //    closure it cannot serve (ARCHITECTURE.md, "write order is the commit protocol").
+import type { PathReport } from "./progress.ts";
 import type { RemoteCache } from "./remote-cache.ts";
 import type { StorePathInfo } from "./store.ts";
 
@@ -23,6 +24,11 @@ export interface PushPlan {
   alreadyCached: StorePathInfo[];
   /** Missing from the cache but signed by an upstream key, so not uploaded. */
   skippedUpstream: StorePathInfo[];
+  /**
+   * Paths refused before any upload, reported as failed or blocked (`uploader import`: a
+   * narinfo without a trusted signature, a reference the source lacks, and what depends on them).
+   */
+  rejected?: PathReport[];
 }
 
 export interface PlanOptions {

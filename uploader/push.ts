@@ -16,7 +16,7 @@ import { AuthError, messageOf } from "./errors.ts";
 import type { PushPlan } from "./plan.ts";
 import { summarise, type PathReport, type Progress, type PushSummary } from "./progress.ts";
 import type { StorePathInfo } from "./store.ts";
-import { narInfoFor, prepareNar, uploadNar, type UploadSettings } from "./upload.ts";
+import { narInfoFor, prepareNar, uploadNar, type PreparedNar, type UploadSettings } from "./upload.ts";
 
 /** Paths in progress at once by default: enough to keep 2-4 cores and the network busy. */
 export const DEFAULT_JOBS = 4;
@@ -24,6 +24,19 @@ export const DEFAULT_JOBS = 4;
 export interface PushSettings extends UploadSettings {
   jobs: number;
   progress: Progress;
+  /**
+   * How a path's NAR file and narinfo are made; by default from the local store
+   * (prepareNar, narInfoFor). `uploader import` makes them from another cache or an
+   * export stream and shares everything else: order, parallelism, uploads, reports.
+   */
+  transfer?: PathTransfer | undefined;
+}
+
+export interface PathTransfer {
+  /** The path's compressed NAR in a temp file (in settings.tmpDir), checked (a throw fails the path). */
+  prepare(info: StorePathInfo, settings: UploadSettings): Promise<PreparedNar>;
+  /** The narinfo to publish once the NAR is in the cache. */
+  narInfo(info: StorePathInfo, prepared: PreparedNar, settings: UploadSettings): Promise<string>;
 }
 
 export interface PushOutcome {
@@ -42,6 +55,7 @@ export async function executePlan(plan: PushPlan, settings: PushSettings): Promi
   };
   for (const info of plan.alreadyCached) report({ path: info.path, outcome: "cached", narSize: info.narSize });
   for (const info of plan.skippedUpstream) report({ path: info.path, outcome: "upstream", narSize: info.narSize });
+  for (const r of plan.rejected ?? []) report(r);
 
   // One settled flag per path to upload: true once its narinfo is in the cache.
   const committed = new Map<string, Deferred<boolean>>(plan.toUpload.map((p) => [p.path, deferred<boolean>()]));
@@ -55,14 +69,14 @@ export async function executePlan(plan: PushPlan, settings: PushSettings): Promi
     if (failedRef) return blocked(info, failedRef);
     progress.started(info.path);
     try {
-      const prepared = await prepareNar(info, settings);
+      const prepared = settings.transfer ? await settings.transfer.prepare(info, settings) : await prepareNar(info, settings);
       let sentBytes: number;
       try {
         sentBytes = await uploadNar(prepared, settings);
       } finally {
         await rm(prepared.file, { force: true });
       }
-      const text = await narInfoFor(info, prepared, settings);
+      const text = settings.transfer ? await settings.transfer.narInfo(info, prepared, settings) : await narInfoFor(info, prepared, settings);
       const outcomes = await Promise.all(refs.map((r) => committed.get(r)!.promise));
       const missingRef = refs.find((_, i) => !outcomes[i]);
       if (missingRef) return blocked(info, missingRef);

@@ -65,8 +65,10 @@ export interface PreparedNar {
 /**
  * Serialises, hashes and compresses `info.path` into a temp file and checks it against the
  * store's record. Throws NarMismatchError (and leaves no temp file) on a mismatch.
+ * `narSource` gives the NAR bytes from elsewhere (`uploader import`: an export stream, or a
+ * downloaded NAR being recompressed) instead of serialising the path from disk.
  */
-export async function prepareNar(info: StorePathInfo, settings: UploadSettings): Promise<PreparedNar> {
+export async function prepareNar(info: StorePathInfo, settings: UploadSettings, narSource?: () => Readable | Promise<Readable>): Promise<PreparedNar> {
   const ext = narFileExtension(settings.compression);
   const file = join(settings.tmpDir, `${info.hashPart}.nar${ext}`);
   const nar = hashingCounter();
@@ -75,7 +77,8 @@ export async function prepareNar(info: StorePathInfo, settings: UploadSettings):
   if (settings.observe?.nar) stages.push(settings.observe.nar());
   stages.push(createCompressor(settings.compression, settings.level, info.narSize), compressed.stream);
   try {
-    await pipeline([Readable.from(dumpPath(info.path), { objectMode: false }), ...stages, createWriteStream(file)]);
+    const source = narSource ? await narSource() : Readable.from(dumpPath(info.path), { objectMode: false });
+    await pipeline([source, ...stages, createWriteStream(file)]);
     const narHash = formatSha256(nar.digest());
     const expected = normaliseSha256(info.narHash);
     if (narHash !== expected || nar.size() !== info.narSize) {
@@ -150,7 +153,7 @@ function baseName(path: string): string {
 }
 
 /** A pass-through stream that hashes (sha256) and counts what flows through it. */
-function hashingCounter(): { stream: Transform; digest: () => Uint8Array; size: () => number } {
+export function hashingCounter(): { stream: Transform; digest: () => Uint8Array; size: () => number } {
   const hash: Hash = createHash("sha256");
   let size = 0;
   const stream = new Transform({

@@ -11,7 +11,7 @@ import { MULTIPART_CONCURRENCY } from "../multipart.ts";
 import { readSecretKeyFile } from "../key-file.ts";
 import { DEFAULT_UPSTREAM_KEYS, planPush, type PushPlan } from "../plan.ts";
 import { Progress, formatBytes } from "../progress.ts";
-import { DEFAULT_JOBS, executePlan } from "../push.ts";
+import { DEFAULT_JOBS, executePlan, type PushSettings } from "../push.ts";
 import { RemoteCache } from "../remote-cache.ts";
 import { CACHE_OPTIONS, ENV, integerFlag, parseCommandLine, resolveCache } from "../settings.ts";
 import { queryClosure, resolveStorePaths } from "../store.ts";
@@ -96,43 +96,61 @@ export async function run(args: string[]): Promise<void> {
       printPlan(plan, values.json ?? false);
       return;
     }
-    progress.log(describePlan(plan));
-    if (!secretKey) progress.detail(`no secret key (--secret-key-file / ${ENV.secretKeyFile}): narinfos keep only the signatures the paths already have`);
-
-    const tmp = await mkdtemp(join(tmpdir(), "nix-edge-cache-"));
-    // Ctrl-C: the cache is consistent at every moment (NAR before narinfo, references
-    // first), so only the temp files need cleaning up before exiting.
-    const onInterrupt = (): void => {
-      rmSync(tmp, { recursive: true, force: true });
-      process.stderr.write("\ninterrupted; the cache holds only complete paths, run the same push again to finish\n");
-      process.exit(EXIT_INTERRUPTED);
-    };
-    process.once("SIGINT", onInterrupt);
-    let outcome;
-    try {
-      outcome = await executePlan(plan, { cache, compression, level, secretKey, tmpDir: tmp, jobs, progress, observe: {
-        nar: () => progress.counter("nar"),
-        sent: () => progress.counter("sent"),
-        detail: (message) => progress.detail(message),
-      } });
-    } finally {
-      process.off("SIGINT", onInterrupt);
-      await rm(tmp, { recursive: true, force: true });
-    }
-    if (values.json) process.stdout.write(`${JSON.stringify(outcome.summary, null, 2)}\n`);
-    if (outcome.fatal) throw outcome.fatal;
-    const { failed, blocked } = outcome.summary;
-    if (failed + blocked > 0) throw new PushIncompleteError(failed, blocked);
+    await carryOut(plan, { cache, compression, level, secretKey, jobs, progress, json: values.json ?? false });
   } finally {
     http.close();
   }
 }
 
-function describePlan(plan: PushPlan): string {
+export interface CarryOutOptions extends Omit<PushSettings, "tmpDir" | "observe"> {
+  json: boolean;
+  /** Says what to run again after Ctrl-C ("push", "import"). */
+  command?: string;
+}
+
+/**
+ * Uploads a plan and ends the command as push does (`uploader import` shares it): the
+ * plan's line, progress, the summary (and --json), temp files removed also on Ctrl-C,
+ * and the error that sets the exit code when paths failed.
+ */
+export async function carryOut(plan: PushPlan, options: CarryOutOptions): Promise<void> {
+  const { progress, json, command = "push", ...settings } = options;
+  progress.log(describePlan(plan));
+  if (!settings.secretKey) progress.detail(`no secret key (--secret-key-file / ${ENV.secretKeyFile}): narinfos keep only the signatures the paths already have`);
+
+  const tmp = await mkdtemp(join(tmpdir(), "nix-edge-cache-"));
+  // Ctrl-C: the cache is consistent at every moment (NAR before narinfo, references
+  // first), so only the temp files need cleaning up before exiting.
+  const onInterrupt = (): void => {
+    rmSync(tmp, { recursive: true, force: true });
+    process.stderr.write(`\ninterrupted; the cache holds only complete paths, run the same ${command} again to finish\n`);
+    process.exit(EXIT_INTERRUPTED);
+  };
+  process.once("SIGINT", onInterrupt);
+  let outcome;
+  try {
+    outcome = await executePlan(plan, { ...settings, tmpDir: tmp, progress, observe: {
+      nar: () => progress.counter("nar"),
+      sent: () => progress.counter("sent"),
+      detail: (message) => progress.detail(message),
+    } });
+  } finally {
+    process.off("SIGINT", onInterrupt);
+    await rm(tmp, { recursive: true, force: true });
+  }
+  if (json) process.stdout.write(`${JSON.stringify(outcome.summary, null, 2)}\n`);
+  if (outcome.fatal) throw outcome.fatal;
+  const { failed, blocked } = outcome.summary;
+  if (failed + blocked > 0) throw new PushIncompleteError(failed, blocked);
+}
+
+/** One line: how many paths, and what becomes of them (`uploader import` shares it). */
+export function describePlan(plan: PushPlan): string {
   const bytes = plan.toUpload.reduce((n, p) => n + p.narSize, 0);
+  const refused = plan.rejected?.length ? `, ${plan.rejected.length} refused` : "";
   return (
     `${plural(plan.closure.length, "path")} in the closure: ${plan.toUpload.length} to upload (${formatBytes(bytes)} of NARs), ` +
-    `${plan.alreadyCached.length} already cached, ${plan.skippedUpstream.length} skipped (upstream)`
+    `${plan.alreadyCached.length} already cached, ${plan.skippedUpstream.length} skipped (upstream)${refused}`
   );
 }
 
@@ -140,14 +158,15 @@ function plural(n: number, noun: string): string {
   return `${n} ${noun}${n === 1 ? "" : "s"}`;
 }
 
-/** --dry-run: the plan, as JSON on stdout or as text on stderr. */
-function printPlan(plan: PushPlan, json: boolean): void {
+/** --dry-run: the plan, as JSON on stdout or as text on stderr (`uploader import` shares it). */
+export function printPlan(plan: PushPlan, json: boolean): void {
   if (json) {
     const out = {
       dryRun: true,
       toUpload: plan.toUpload.map((p) => ({ path: p.path, narSize: p.narSize })),
       alreadyCached: plan.alreadyCached.map((p) => p.path),
       skippedUpstream: plan.skippedUpstream.map((p) => p.path),
+      ...(plan.rejected?.length ? { refused: plan.rejected.map((r) => ({ path: r.path, error: r.error })) } : {}),
     };
     process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
     return;
@@ -156,6 +175,7 @@ function printPlan(plan: PushPlan, json: boolean): void {
   for (const p of plan.toUpload) lines.push(`  upload   ${p.path} (${formatBytes(p.narSize)})`);
   for (const p of plan.alreadyCached) lines.push(`  cached   ${p.path}`);
   for (const p of plan.skippedUpstream) lines.push(`  upstream ${p.path}`);
+  for (const r of plan.rejected ?? []) lines.push(`  refused  ${r.path}: ${r.error ?? ""}`);
   lines.push("(dry run: nothing uploaded)");
   process.stderr.write(`${lines.join("\n")}\n`);
 }
