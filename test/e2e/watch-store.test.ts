@@ -34,11 +34,14 @@ let stopCache: (() => Promise<void>) | undefined;
 const watchers: Watch[] = [];
 
 /** The Worker on `port` with the data in `state`: started again, it has what it had. */
-async function cacheUp(): Promise<void> {
+async function cacheUp(vars: Record<string, string> = {}): Promise<void> {
   process.env.WRANGLER_LOG ??= "warn";
+  const plain = Object.fromEntries(
+    Object.entries({ UPSTREAM_CACHES: "", ...vars }).map(([k, value]) => [k, { type: "plain_text" as const, value }]),
+  );
   const worker = await unstable_startWorker({
     config: join(PROJECT_ROOT, "wrangler.toml"),
-    bindings: { WRITE_TOKEN: { type: "secret_text", value: token }, UPSTREAM_CACHES: { type: "plain_text", value: "" } },
+    bindings: { WRITE_TOKEN: { type: "secret_text", value: token }, ...plain },
     dev: { server: { hostname: "127.0.0.1", port }, inspector: false, persist: state as unknown as boolean, watch: false },
   });
   await worker.ready;
@@ -226,14 +229,44 @@ describe("watch-store", () => {
     expect(await listJobs(spool)).toEqual([]);
   });
 
-  test("refuses a second watcher on the same spool", async () => {
+  test("refuses a second watcher on the same spool, and sets a malformed job aside", async () => {
     const spool = await nix.tempDir("spool-");
+    await writeFile(join(spool, "1-by-hand.paths"), "result\n");
     const w = new Watch(["--spool", spool, "--spool-only"]);
     await w.started();
+    expect(w.output).toContain(`set aside the malformed job ${join(spool, "failed", "1-by-hand.paths")}: line 1 is not a store path: "result"`);
+    expect(await listJobs(spool)).toEqual([]);
     const second = await run(process.execPath, [CLI, "watch-store", "--spool", spool, "--spool-only"], { env: env() });
     expect(second.code).toBe(3);
     expect(second.stderr).toContain(`another uploader watch-store (pid ${w.child.pid}) is already watching ${spool}`);
     expect(await w.stop("SIGTERM")).toBe(0);
+  });
+
+  test("a path the cache refuses is tried three times, then set aside in failed/", async () => {
+    const spool = await nix.tempDir("spool-");
+    const keys = await nix.tempDir("keys-");
+    const publicKey = (await runOk(process.execPath, [CLI, "keygen", "--name", "watch-test-1", "--secret-key-file", join(keys, "sk")], { env: env() })).trim();
+    // The cache now wants narinfos signed by a key the watcher does not sign with.
+    await cacheDown();
+    await cacheUp({ TRUSTED_PUBLIC_KEYS: publicKey });
+    try {
+      const path = await build("refused");
+      const w = new Watch(["--spool", spool, "--spool-only"]);
+      await w.started();
+      await runOk(process.execPath, [CLI, "post-build-hook", "--spool", spool, path], { env: env() });
+      await w.waitFor(new RegExp(`gave up on ${path} after 3 attempts: .*no valid signature by a trusted key`));
+      await w.waitFor(/listed in .*: move that file back into/);
+      expect(await listJobs(spool)).toEqual([]);
+      const failed = join(spool, "failed");
+      const setAside = await listJobs(failed);
+      expect(setAside).toHaveLength(1);
+      expect(await readJob(failed, setAside[0]!)).toEqual([path]);
+      expect(await inCache(path)).toBe(false);
+      expect(await w.stop("SIGTERM")).toBe(0);
+    } finally {
+      await cacheDown();
+      await cacheUp();
+    }
   });
 });
 
