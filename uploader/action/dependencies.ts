@@ -1,8 +1,8 @@
 // The uploader's runtime dependencies, installed into the action's own checkout.
 //
-// GitHub downloads an action's repository without node_modules. The uploader needs one
-// package at run time (@noble/ed25519, for signing: the project's only production
-// dependency), so the action runs
+// GitHub downloads an action's repository without node_modules. The uploader needs its
+// production dependencies at run time (@noble/ed25519 for signing, which `push` imports;
+// aws4fetch, which only `uploader import` from S3 uses), so the action runs
 //   npm install --omit=dev --no-save
 // in the checkout's root: the versions come from the committed package-lock.json, nothing
 // in the checkout changes, and the dev tools (wrangler, vitest, TypeScript) are left out.
