@@ -270,6 +270,24 @@ describe("watch-store", () => {
   });
 });
 
+describe("push --stdin", () => {
+  test("pushes what nix-build prints, with the closures; an empty pipe is bad usage", async () => {
+    const dep = await build("stdin-dep");
+    const top = await expression("stdin-top", dep);
+    const other = await expression("stdin-other");
+    const r = await run("sh", ["-c", `nix-build ${top} ${other} --no-out-link | "${process.execPath}" ${CLI} push --stdin --json`], { env: env() });
+    expect(r.code, r.stderr).toBe(0);
+    const summary = JSON.parse(r.stdout) as { uploaded: number; paths: Array<{ path: string; outcome: string }> };
+    const pushed = summary.paths.filter((p) => p.outcome === "uploaded").map((p) => p.path.replace(/^.*-nec-watch-/, ""));
+    expect(pushed.sort()).toEqual(["stdin-dep", "stdin-other", "stdin-top"]);
+    for (const p of summary.paths) expect(await inCache(p.path)).toBe(true);
+
+    const empty = await run("sh", ["-c", `true | "${process.execPath}" ${CLI} push --stdin`], { env: env() });
+    expect(empty.code).toBe(2);
+    expect(empty.stderr).toContain("no paths on standard input");
+  });
+});
+
 describe("post-build-hook in nix.conf", () => {
   /** A Nix configuration whose post-build-hook queues into `spool`. */
   async function hookedNix(spool: string): Promise<NodeJS.ProcessEnv> {

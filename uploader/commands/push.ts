@@ -42,6 +42,8 @@ Options:
   --no-skip-upstream        upload paths signed by upstream keys too
   --dry-run                 show what would be uploaded, upload nothing
   --json                    print the result as JSON on stdout
+  --stdin                   also push the paths read from standard input, separated by
+                            blanks or newlines (nix build --print-out-paths | uploader push --stdin)
   -v, --verbose             also report cached and skipped paths, and retries
   -h, --help                show this help
 
@@ -65,6 +67,7 @@ export async function run(args: string[]): Promise<void> {
     "no-skip-upstream": { type: "boolean" },
     "dry-run": { type: "boolean" },
     json: { type: "boolean" },
+    stdin: { type: "boolean" },
     verbose: { type: "boolean", short: "v" },
     help: { type: "boolean", short: "h" },
   });
@@ -72,7 +75,12 @@ export async function run(args: string[]): Promise<void> {
     process.stdout.write(HELP);
     return;
   }
-  if (positionals.length === 0) throw new UsageError("no paths given", "usage: uploader push [options] <path>...");
+  if (values.stdin) positionals.push(...(await pathsFromStdin()));
+  if (positionals.length === 0) {
+    throw values.stdin
+      ? new UsageError("no paths on standard input", "e.g. nix build --print-out-paths | uploader push --stdin")
+      : new UsageError("no paths given", "usage: uploader push [options] <path>...");
+  }
   const settings = resolveCache(values);
   const { url: cacheUrl, token } = settings;
   const jobs = integerFlag("--jobs", values.jobs, 1, MAX_JOBS) ?? DEFAULT_JOBS;
@@ -142,6 +150,17 @@ export async function carryOut(plan: PushPlan, options: CarryOutOptions): Promis
   if (outcome.fatal) throw outcome.fatal;
   const { failed, blocked } = outcome.summary;
   if (failed + blocked > 0) throw new PushIncompleteError(failed, blocked);
+}
+
+/** `--stdin`: paths separated by blanks or newlines, as `nix build --print-out-paths` prints them. */
+async function pathsFromStdin(): Promise<string[]> {
+  if (process.stdin.isTTY) {
+    throw new UsageError("--stdin reads paths from a pipe, but standard input is a terminal", "e.g. nix build --print-out-paths | uploader push --stdin");
+  }
+  process.stdin.setEncoding("utf8");
+  let text = "";
+  for await (const chunk of process.stdin) text += chunk as string;
+  return text.split(/\s+/).filter((p) => p !== "");
 }
 
 /** One line: how many paths, and what becomes of them (`uploader import` shares it). */
