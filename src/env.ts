@@ -29,6 +29,9 @@
 // | …_DAILY_OBJECTS       |        | past it are served, not copied (upstream/settings.ts)      |
 // | ADMIN_TOKEN           | secret | optional: the token for garbage collection and pins        |
 // |                       |        | (POST /_api/v1/gc, PUT/DELETE /_api/v1/pins/<name>)        |
+// | NAR_BASE_URL          | var    | optional: the bucket's public domain; narinfos are served  |
+// |                       |        | with URL: <it>/nar/…, so NARs are downloaded from there    |
+// |                       |        | (http/nar-base-url.ts, README "Reads without the Worker")  |
 // | GC_RETENTION_DAYS, …  | var    | retention: days a path is kept after its last push, NAR    |
 // |                       |        | grace, upload window, interval (documented in gc/settings.ts) |
 //
@@ -39,6 +42,7 @@ import { parsePublicKey, parseSecretKey, type PublicKey, type SecretKey } from "
 import { fail } from "./errors.ts";
 import { aggregationOf, type Aggregation } from "./upstream/settings.ts";
 import { parseGcSettings, type GcSettings, type GcVars } from "./gc/settings.ts";
+import { parseNarBaseUrl } from "./http/nar-base-url.ts";
 import type { VerifyMode } from "./storage/multipart.ts";
 
 /** The Env the Worker runs with: generated bindings and vars, secrets (src/secrets.d.ts). */
@@ -47,6 +51,7 @@ export type WorkerEnv = Env & GcVars & {
   MULTIPART_VERIFY?: string;
   AGGREGATE_UPSTREAMS?: string;
   AGGREGATE_WRITE_THROUGH_KEYS?: string;
+  NAR_BASE_URL?: string;
 };
 
 /**
@@ -89,6 +94,8 @@ export interface Settings {
   adminToken: string | null;
   /** Retention and garbage collection (gc/settings.ts). */
   gc: GcSettings;
+  /** Where NARs are downloaded from (no trailing slash), or null: from the Worker. */
+  narBaseUrl: string | null;
 }
 
 /** A write token and the secret it came from (`WRITE_TOKEN` or `WRITE_TOKEN_<name>`). */
@@ -212,5 +219,6 @@ function parseSettings(env: WorkerEnv): Settings {
     aggregation: aggregationOf(env),
     adminToken: secret(env.ADMIN_TOKEN),
     gc: parseGcSettings(env),
+    narBaseUrl: parseNarBaseUrl(env.NAR_BASE_URL),
   };
 }

@@ -9,11 +9,15 @@
 // (a bucket filled before it existed), the other ticks adopt one page of narinfos each
 // instead of collecting (path-index/adoption.ts); once it is complete, the tick five
 // minutes after each cleanup adopts a page, so objects a crash left unindexed are found
-// too. Each job keeps a whole invocation's budget (the free plan's 50 subrequests) to itself.
+// too. Each job keeps a whole invocation's budget (the free plan's 50 subrequests) to itself;
+// before it, the first tick of an isolate checks the bucket's nix-cache-info object (one
+// read, a write when the settings changed it: storage/cache-info-object.ts).
 
 import { settingsOf, type WorkerEnv } from "./env.ts";
 import { runGcBatch } from "./gc/collector.ts";
 import { adoptObjects, isIndexComplete } from "./path-index/adoption.ts";
+import { bucketCacheInfoText } from "./routes/cache-info.ts";
+import { keepCacheInfoObject } from "./storage/cache-info-object.ts";
 import { abortStaleUploads } from "./storage/multipart.ts";
 
 /**
@@ -29,6 +33,7 @@ export const MULTIPART_CLEANUP_EVERY_MINUTES = 10;
 export const ADOPTION_MINUTE = 5;
 
 export async function runScheduled(env: WorkerEnv, scheduledTime: number = Date.now()): Promise<void> {
+  await keepCacheInfo(env);
   const minute = new Date(scheduledTime).getUTCMinutes() % MULTIPART_CLEANUP_EVERY_MINUTES;
   if (minute === 0) {
     await cleanUpMultipart(env, scheduledTime);
@@ -39,6 +44,15 @@ export async function runScheduled(env: WorkerEnv, scheduledTime: number = Date.
     return;
   }
   await collectGarbage(env);
+}
+
+/** The bucket's nix-cache-info object follows the settings (one read per isolate). */
+async function keepCacheInfo(env: WorkerEnv): Promise<void> {
+  try {
+    await keepCacheInfoObject(env.CACHE, bucketCacheInfoText(settingsOf(env).priority));
+  } catch (err) {
+    console.error("scheduled: the nix-cache-info object was not checked", err);
+  }
 }
 
 async function indexComplete(env: WorkerEnv): Promise<boolean> {

@@ -7,13 +7,17 @@
 // Plain GETs cost one R2 operation. Conditional and ranged requests (Nix sends neither,
 // except `Range` when resuming a NAR) first HEAD the object, because local R2 mishandles
 // ranges it cannot satisfy (TOOLCHAIN G6) and the size is needed to answer 416.
+//
+// With NAR_BASE_URL, narinfos are answered by serveNarInfoWithBase instead: the stored text
+// with its URL made absolute, so Nix downloads the NAR from the bucket's public domain.
 
 import type { WorkerEnv } from "../env.ts";
 import { fail } from "../errors.ts";
 import { isPublicCache } from "../middleware/auth.ts";
-import { getObject, headObject } from "../storage/bucket.ts";
+import { getObject, headObject, storageUnavailable } from "../storage/bucket.ts";
 import { edgeCacheKey, edgeMatch, edgeStore, type BackgroundTasks } from "../storage/edge-cache.ts";
 import type { ObjectKey } from "../storage/keys.ts";
+import { withNarBaseUrl } from "./nar-base-url.ts";
 import { cacheControlOf, contentTypeOf } from "./representation.ts";
 import { parseRange, resolveRange } from "./range.ts";
 
@@ -66,6 +70,57 @@ function respond(body: ReadableStream | null, status: number, headers: Headers):
 
 function absent(): never {
   throw fail("not_found", "no such object in this cache");
+}
+
+/** A short, stable tag of a string (FNV-1a, 32 bits, base 36): for derived ETags. */
+function tagOf(text: string): string {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 0x01000193);
+  return (h >>> 0).toString(36);
+}
+
+/**
+ * Answers a GET or HEAD for a stored narinfo with its `URL:` made absolute under
+ * `narBaseUrl` (NAR_BASE_URL, http/nar-base-url.ts). The body is the stored one with that
+ * line changed, so it has an ETag of its own (the stored one's, tagged with the base URL)
+ * and no Content-Length on HEAD; a Range is ignored (RFC 9110 allows serving the whole
+ * representation), which costs nothing for a document of a few hundred bytes. A narinfo
+ * stored with a Content-Encoding (none of this Worker's) is served as stored.
+ */
+export async function serveNarInfoWithBase(request: Request, env: WorkerEnv, ctx: BackgroundTasks, object: ObjectKey, narBaseUrl: string): Promise<Response> {
+  const bucket = env.CACHE;
+  const etagOf = (obj: R2Object): string => `"${obj.etag}-${tagOf(narBaseUrl)}"`;
+  if (request.method === "HEAD") {
+    const obj = (await headObject(bucket, object.key)) ?? absent();
+    const headers = headersFor(obj, object, env);
+    headers.set("ETag", etagOf(obj));
+    return noneMatch(request, etagOf(obj)) ? notModified(headers) : new Response(null, { status: 200, headers });
+  }
+  const cacheKey = edgeCacheKey(new URL(request.url), env, object.kind, object.key);
+  if (cacheKey !== null) {
+    const hit = await edgeMatch(cacheKey, request);
+    if (hit !== undefined) return hit;
+  }
+  const obj = (await getObject(bucket, object.key)) ?? absent();
+  const headers = headersFor(obj, object, env);
+  if (headers.has("Content-Encoding")) return respond(obj.body, 200, withLength(headers, obj.size));
+  const etag = etagOf(obj);
+  headers.set("ETag", etag);
+  let text: string;
+  try {
+    text = withNarBaseUrl(await obj.text(), narBaseUrl);
+  } catch (err) {
+    return storageUnavailable(err);
+  }
+  if (noneMatch(request, etag)) return notModified(headers);
+  const body = new TextEncoder().encode(text);
+  const response = new Response(body, { status: 200, headers: withLength(headers, body.length) });
+  return cacheKey !== null ? edgeStore(ctx, cacheKey, response, body.length) : response;
+}
+
+function withLength(headers: Headers, length: number): Headers {
+  headers.set("Content-Length", String(length));
+  return headers;
 }
 
 /** Answers a GET or HEAD for `object` from R2 (or the edge cache). */

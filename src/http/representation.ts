@@ -1,7 +1,8 @@
 // How each kind of stored object is presented over HTTP: its Content-Type and how long
 // browsers, proxies and the edge may cache it. Nix ignores both headers; they matter to
 // the caches between Nix and the Worker (and to the Worker's own edge cache, whose TTL
-// comes from s-maxage).
+// comes from s-maxage), and to the CDN in front of a bucket read on its public domain,
+// which sends the headers stored on each object (storedCacheControlOf).
 
 import type { ObjectKind } from "../storage/keys.ts";
 
@@ -81,3 +82,12 @@ export function cacheControlOf(kind: ObjectKind, isPrivate: boolean): string {
 
 /** Cache-Control for /nix-cache-info (always public: it reveals nothing but the settings). */
 export const CACHE_INFO_CACHE_CONTROL = `public, max-age=${CACHE_INFO_SECONDS}`;
+
+/**
+ * Cache-Control stored on each object (R2 httpMetadata), which R2 sends when the bucket is
+ * read directly on its public domain (README "Reads without the Worker"): the public one,
+ * since such a bucket is readable by anyone. The Worker sets its own per response.
+ */
+export function storedCacheControlOf(kind: ObjectKind): string {
+  return cacheControlOf(kind, false);
+}

@@ -24,6 +24,7 @@ import { AppError } from "../errors.ts";
 import { CACHE_INFO_CACHE_CONTROL, CONTENT_TYPE } from "../http/representation.ts";
 import { authorise, requireWrite } from "../middleware/auth.ts";
 import { aggregatedUpstreams } from "../upstream/settings.ts";
+import { keepCacheInfoObject } from "../storage/cache-info-object.ts";
 
 export const cacheInfo = new Hono<{ Bindings: WorkerEnv }>();
 
@@ -35,10 +36,20 @@ export function cacheInfoText(priority: number, upstreams: readonly string[] = [
 
 cacheInfo.get("/nix-cache-info", (c) => {
   const settings = settingsOf(c.env);
+  // The bucket's own copy, for reads without the Worker (storage/cache-info-object.ts).
+  c.executionCtx.waitUntil(keepCacheInfoObject(c.env.CACHE, bucketCacheInfoText(settings.priority)));
   return new Response(cacheInfoText(settings.priority, aggregatedUpstreams(c.env)), {
     headers: { "Content-Type": CONTENT_TYPE.cacheInfo, "Cache-Control": CACHE_INFO_CACHE_CONTROL },
   });
 });
+
+/**
+ * The `nix-cache-info` object stored in the bucket, for clients reading it directly: no
+ * `Upstreams` (the bucket holds only this cache's own paths).
+ */
+export function bucketCacheInfoText(priority: number): string {
+  return cacheInfoText(priority);
+}
 
 cacheInfo.put("/nix-cache-info", requireWrite, () => new Response(null, { status: 204 }));
 

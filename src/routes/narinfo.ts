@@ -1,6 +1,7 @@
 // /<hash32>.narinfo: the metadata Nix asks for first for every store path.
 //
-// GET/HEAD stream the stored document; on a miss, with AGGREGATE_UPSTREAMS set, the
+// GET/HEAD stream the stored document (with NAR_BASE_URL, its URL made absolute so the NAR
+// comes from the bucket's public domain); on a miss, with AGGREGATE_UPSTREAMS set, the
 // upstreams are asked (upstream-narinfo.ts). PUT decodes a body sent with a Content-Encoding
 // (narinfo-compression: br, zstd, gzip or deflate), parses it with the core parser, applies
 // the acceptance rules (upload/narinfo-acceptance.ts: StorePath, URL, Compression, the
@@ -14,7 +15,7 @@ import { MAX_NARINFO_LENGTH, parseNarInfo, type NarInfo } from "../nix/narinfo.t
 import { settingsOf, type WorkerEnv } from "../env.ts";
 import { AppError, fail } from "../errors.ts";
 import { contentEncoding, DECODABLE_ENCODINGS, readDecodedText } from "../http/body.ts";
-import { serveObject } from "../http/object-response.ts";
+import { serveNarInfoWithBase, serveObject } from "../http/object-response.ts";
 import { requireRead, requireWrite, writerOf } from "../middleware/auth.ts";
 import { edgeInvalidate } from "../storage/edge-cache.ts";
 import { keyFromUrl, type ObjectKey } from "../storage/keys.ts";
@@ -42,9 +43,13 @@ function narInfoKeyOf(request: Request): ObjectKey | null {
 narinfo.get(NARINFO_ROUTE, requireRead, async (c) => {
   const object = narInfoKeyOf(c.req.raw);
   if (object === null) throw fail("not_found", "no such narinfo in this cache");
-  if (settingsOf(c.env).aggregation.upstreams.length === 0) return serveObject(c.req.raw, c.env, c.executionCtx, object);
+  const settings = settingsOf(c.env);
+  const base = settings.narBaseUrl;
+  const serve = (): Promise<Response> =>
+    base === null ? serveObject(c.req.raw, c.env, c.executionCtx, object) : serveNarInfoWithBase(c.req.raw, c.env, c.executionCtx, object, base);
+  if (settings.aggregation.upstreams.length === 0) return serve();
   try {
-    return await serveObject(c.req.raw, c.env, c.executionCtx, object);
+    return await serve();
   } catch (err) {
     if (!(err instanceof AppError && err.kind === "not_found")) throw err;
     const hashPart = object.key.slice(0, object.key.length - ".narinfo".length);

@@ -17,6 +17,8 @@
 
 import { fail } from "../errors.ts";
 import { mapConcurrent } from "../concurrency.ts";
+import { storedCacheControlOf } from "../http/representation.ts";
+import { classifyKey } from "./keys.ts";
 
 /**
  * Parallel R2 operations per request. Workers allow 6 simultaneous open connections per
@@ -31,6 +33,20 @@ export const R2_CONCURRENCY = 6;
 export function storageUnavailable(err: unknown, what: "R2" | "D1" = "R2"): never {
   console.error(`${what} operation failed`, err);
   throw fail("storage_unavailable", "the storage backend failed; try again shortly");
+}
+
+/**
+ * The HTTP headers stored with an object (R2 httpMetadata): its Content-Type, any
+ * Content-Encoding, and for the layout's objects (keys.ts) their public Cache-Control, so
+ * the bucket read directly on its public domain serves what the Worker would.
+ */
+export function httpMetadataFor(key: string, contentType: string, contentEncoding?: string): R2HTTPMetadata {
+  const kind = classifyKey(key)?.kind;
+  return {
+    contentType,
+    ...(contentEncoding === undefined ? {} : { contentEncoding }),
+    ...(kind === undefined ? {} : { cacheControl: storedCacheControlOf(kind) }),
+  };
 }
 
 /** Metadata of an object, or null when absent. */
@@ -94,10 +110,7 @@ export async function putStream(bucket: R2Bucket, key: string, body: ReadableStr
     stored = await bucket.put(key, fixed.readable, {
       ...(put.sha256Hex === undefined ? {} : { sha256: put.sha256Hex }),
       ...(put.onlyIfAbsent === true ? { onlyIf: { etagDoesNotMatch: "*" } } : {}),
-      httpMetadata: {
-        contentType: put.contentType,
-        ...(put.contentEncoding === undefined ? {} : { contentEncoding: put.contentEncoding }),
-      },
+      httpMetadata: httpMetadataFor(key, put.contentType, put.contentEncoding),
     });
   } catch (err) {
     const message = err instanceof Error ? err.message : String(err);
@@ -130,7 +143,7 @@ export async function putDocument(
     opts.ifEtag !== undefined ? { etagMatches: opts.ifEtag } : opts.ifAbsent === true ? { etagDoesNotMatch: "*" } : undefined;
   try {
     const result = await bucket.put(key, body, {
-      httpMetadata: { contentType: opts.contentType },
+      httpMetadata: httpMetadataFor(key, opts.contentType),
       ...(onlyIf === undefined ? {} : { onlyIf }),
     });
     return result !== null;

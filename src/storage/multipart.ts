@@ -50,7 +50,7 @@
 import { fail } from "../errors.ts";
 import { CONTENT_TYPE } from "../http/representation.ts";
 import { checkComplete, expectedPartSize, partCountOf, type PartLayout } from "../upload/part-layout.ts";
-import { headObject, storageUnavailable } from "./bucket.ts";
+import { headObject, httpMetadataFor, storageUnavailable } from "./bucket.ts";
 import {
   MULTIPART_OBJECTS_PREFIX,
   MULTIPART_PREFIX,
@@ -413,7 +413,7 @@ export async function finishUpload(bucket: R2Bucket, upload: TrackedUpload, sha2
     // R2 reads the assembled object's stream and checks its sha256 itself: no hashing here.
     written = await bucket.put(nar, staged.body, {
       sha256: sha256Hex,
-      httpMetadata: { contentType: CONTENT_TYPE.nar },
+      httpMetadata: httpMetadataFor(nar, CONTENT_TYPE.nar),
       onlyIf: { etagDoesNotMatch: "*" },
     });
   } catch (err) {

@@ -9,7 +9,7 @@ import { CONTENT_TYPE } from "../http/representation.ts";
 import { NixFormatError } from "../nix/errors.ts";
 import { parseNarInfo } from "../nix/narinfo.ts";
 import { parseStorePath, parseStorePathBaseName, type StorePath } from "../nix/store-path.ts";
-import { getObject, headObject, R2_CONCURRENCY, storageUnavailable } from "./bucket.ts";
+import { getObject, headObject, httpMetadataFor, R2_CONCURRENCY, storageUnavailable } from "./bucket.ts";
 import { narInfoKey } from "./keys.ts";
 import { metaName } from "./narinfo-meta.ts";
 
@@ -47,7 +47,7 @@ export async function putNarInfoObject(
     condition.ifEtag !== undefined ? { etagMatches: condition.ifEtag } : condition.ifAbsent === true ? { etagDoesNotMatch: "*" } : undefined;
   try {
     const result = await bucket.put(key, text, {
-      httpMetadata: { contentType: CONTENT_TYPE.narinfo },
+      httpMetadata: httpMetadataFor(key, CONTENT_TYPE.narinfo),
       customMetadata,
       ...(onlyIf === undefined ? {} : { onlyIf }),
     });

@@ -107,6 +107,8 @@ export class LocalCache {
   readonly publicKey: string;
   private readonly child: ChildProcess;
   private readonly captured: { text: string };
+  /** Whether stop() deletes the state directory (not when it was another cache's). */
+  private ownsState = true;
 
   private constructor(url: string, stateDir: string, token: string, publicKey: string, child: ChildProcess, output: { text: string }) {
     this.url = url;
@@ -120,13 +122,15 @@ export class LocalCache {
   /**
    * Starts `npm start`'s launcher. `vars` override wrangler.toml settings; the tests have
    * no internet, so the default upstream (cache.nixos.org) is always switched off.
+   * `sharing`: run on that cache's state directory (its bucket, index and secrets), as a
+   * second deployment of the same bucket with other settings; stop() then leaves it.
    */
-  static async start(vars: Record<string, string> = {}): Promise<LocalCache> {
+  static async start(vars: Record<string, string> = {}, opts: { sharing?: LocalCache } = {}): Promise<LocalCache> {
     // freePort() only finds a port that was free a moment ago; another test may take it
     // before wrangler binds it. Such a start fails fast, and a new port is tried.
     for (let attempt = 1; ; attempt++) {
       try {
-        return await LocalCache.startOnce(vars, await freePort());
+        return await LocalCache.startOnce(vars, await freePort(), opts.sharing?.stateDir);
       } catch (err) {
         const portTaken = err instanceof Error && /EADDRINUSE|Address already in use/.test(err.message);
         if (!portTaken || attempt >= 3) throw err;
@@ -134,8 +138,9 @@ export class LocalCache {
     }
   }
 
-  private static async startOnce(vars: Record<string, string>, port: number): Promise<LocalCache> {
-    const stateDir = await mkdtemp(join(tmpdir(), "nec-cache-"));
+  /** With `sharedStateDir`: a second Worker on another cache's bucket, index and secrets. */
+  private static async startOnce(vars: Record<string, string>, port: number, sharedStateDir?: string): Promise<LocalCache> {
+    const stateDir = sharedStateDir ?? (await mkdtemp(join(tmpdir(), "nec-cache-")));
     const allVars = { UPSTREAM_CACHES: "", ...vars };
     const args = [
       join(PROJECT_ROOT, "uploader", "local-cache.ts"),
@@ -178,7 +183,9 @@ export class LocalCache {
     const token = /^WRITE_TOKEN=(.*)$/m.exec(vars2)?.[1];
     const publicKey = (await readFile(join(stateDir, "public-key"), "utf8")).trim();
     if (!token) throw new Error("no WRITE_TOKEN in the local cache's dev.vars");
-    return new LocalCache(url, stateDir, token, publicKey, child, output);
+    const cache = new LocalCache(url, stateDir, token, publicKey, child, output);
+    cache.ownsState = sharedStateDir === undefined;
+    return cache;
   }
 
   get logs(): string {
@@ -226,6 +233,6 @@ export class LocalCache {
         // already gone
       }
     }
-    await rm(this.stateDir, { recursive: true, force: true });
+    if (this.ownsState) await rm(this.stateDir, { recursive: true, force: true });
   }
 }
