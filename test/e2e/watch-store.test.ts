@@ -17,6 +17,8 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { unstable_startWorker } from "wrangler";
 import { parseNarInfo } from "../../src/nix/narinfo.ts";
+import { formatPublicKey, generateKeyPair, parsePublicKey, publicKeyOf, verifyNarInfo } from "../../src/nix/signature.ts";
+import { writeNewSecretKeyFile } from "../../uploader/key-file.ts";
 import { applyLocalMigrations } from "../../uploader/local-cache.ts";
 import { listJobs, readJob } from "../../uploader/spool.ts";
 import { freePort } from "./harness.ts";
@@ -31,13 +33,21 @@ let port: number;
 let state: string;
 const token = randomBytes(16).toString("hex");
 let stopCache: (() => Promise<void>) | undefined;
+/** The key the cache trusts (TRUSTED_PUBLIC_KEYS), which the uploaders here sign with. */
+let trustedPublicKey: string;
+let trustedKeyFile: string;
+/** A key the cache does not trust. */
+let untrustedKeyFile: string;
 const watchers: Watch[] = [];
 
-/** The Worker on `port` with the data in `state`: started again, it has what it had. */
-async function cacheUp(vars: Record<string, string> = {}): Promise<void> {
+/**
+ * The Worker on `port` with the data in `state`: started again, it has what it had. It
+ * takes only narinfos signed by the trusted key, which the uploaders here sign with.
+ */
+async function cacheUp(): Promise<void> {
   process.env.WRANGLER_LOG ??= "warn";
   const plain = Object.fromEntries(
-    Object.entries({ UPSTREAM_CACHES: "", ...vars }).map(([k, value]) => [k, { type: "plain_text" as const, value }]),
+    Object.entries({ UPSTREAM_CACHES: "", TRUSTED_PUBLIC_KEYS: trustedPublicKey }).map(([k, value]) => [k, { type: "plain_text" as const, value }]),
   );
   const worker = await unstable_startWorker({
     config: join(PROJECT_ROOT, "wrangler.toml"),
@@ -58,6 +68,13 @@ beforeAll(async () => {
   state = await nix.tempDir("worker-");
   await applyLocalMigrations(state);
   port = await freePort();
+  const keys = await nix.tempDir("keys-");
+  trustedKeyFile = join(keys, "trusted.secret");
+  untrustedKeyFile = join(keys, "untrusted.secret");
+  const trusted = await generateKeyPair("watch-test-1");
+  await writeNewSecretKeyFile(trustedKeyFile, trusted);
+  await writeNewSecretKeyFile(untrustedKeyFile, await generateKeyPair("watch-other-1"));
+  trustedPublicKey = formatPublicKey(publicKeyOf(trusted));
   url = `http://127.0.0.1:${port}`;
   await cacheUp();
 });
@@ -74,6 +91,7 @@ function env(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
     ...nix.env,
     NIX_CACHE_URL: url,
     NIX_CACHE_TOKEN: token,
+    NIX_CACHE_SECRET_KEY_FILE: trustedKeyFile,
     // No config file from the machine's user, no spool of theirs.
     NIX_CACHE_CONFIG: join(nix.dir, "no-config.json"),
     NIX_CACHE_SPOOL: join(nix.dir, "default-spool"),
@@ -179,7 +197,10 @@ describe("watch-store", () => {
     await w.started();
     const top = await build("top", dep);
     await until("top and its dependency in the cache", async () => (await inCache(top)) && (await inCache(dep)));
-    expect(parseNarInfo((await narInfo(top))!).references).toContain(dep.slice("/nix/store/".length));
+    const info = parseNarInfo((await narInfo(top))!);
+    expect(info.references).toContain(dep.slice("/nix/store/".length));
+    // Signed as push signs (the cache only takes narinfos signed by the key it trusts).
+    expect(await verifyNarInfo(info, [parsePublicKey(trustedPublicKey)])).toBe(true);
     expect(await w.stop("SIGTERM")).toBe(0);
     expect(await listJobs(spool)).toEqual([]);
   });
@@ -244,29 +265,20 @@ describe("watch-store", () => {
 
   test("a path the cache refuses is tried three times, then set aside in failed/", async () => {
     const spool = await nix.tempDir("spool-");
-    const keys = await nix.tempDir("keys-");
-    const publicKey = (await runOk(process.execPath, [CLI, "keygen", "--name", "watch-test-1", "--secret-key-file", join(keys, "sk")], { env: env() })).trim();
-    // The cache now wants narinfos signed by a key the watcher does not sign with.
-    await cacheDown();
-    await cacheUp({ TRUSTED_PUBLIC_KEYS: publicKey });
-    try {
-      const path = await build("refused");
-      const w = new Watch(["--spool", spool, "--spool-only"]);
-      await w.started();
-      await runOk(process.execPath, [CLI, "post-build-hook", "--spool", spool, path], { env: env() });
-      await w.waitFor(new RegExp(`gave up on ${path} after 3 attempts: .*no valid signature by a trusted key`));
-      await w.waitFor(/listed in .*: move that file back into/);
-      expect(await listJobs(spool)).toEqual([]);
-      const failed = join(spool, "failed");
-      const setAside = await listJobs(failed);
-      expect(setAside).toHaveLength(1);
-      expect(await readJob(failed, setAside[0]!)).toEqual([path]);
-      expect(await inCache(path)).toBe(false);
-      expect(await w.stop("SIGTERM")).toBe(0);
-    } finally {
-      await cacheDown();
-      await cacheUp();
-    }
+    const path = await build("refused");
+    // Signed with a key the cache does not trust: the cache answers, and refuses the path.
+    const w = new Watch(["--spool", spool, "--spool-only", "--secret-key-file", untrustedKeyFile]);
+    await w.started();
+    await runOk(process.execPath, [CLI, "post-build-hook", "--spool", spool, path], { env: env() });
+    await w.waitFor(new RegExp(`gave up on ${path} after 3 attempts: .*no valid signature by a trusted key`));
+    await w.waitFor(/listed in .*: move that file back into/);
+    expect(await listJobs(spool)).toEqual([]);
+    const failed = join(spool, "failed");
+    const setAside = await listJobs(failed);
+    expect(setAside).toHaveLength(1);
+    expect(await readJob(failed, setAside[0]!)).toEqual([path]);
+    expect(await inCache(path)).toBe(false);
+    expect(await w.stop("SIGTERM")).toBe(0);
   });
 });
 
