@@ -170,7 +170,8 @@ describe("a damaged or untrusted source against the Worker", () => {
     const narinfo = parseNarInfo(await readFile(join(dir, `${c.dep.slice(11, 43)}.narinfo`), "utf8"));
     const file = join(dir, narinfo.url);
     const bytes = await readFile(file);
-    bytes[bytes.length >> 1] ^= 0xff;
+    const middle = bytes.length >> 1;
+    bytes[middle] = bytes[middle]! ^ 0xff;
     await writeFile(file, bytes);
     const r = await uploader(["import", "--json", `file://${dir}`, c.top]);
     expect(r.code, r.stderr).toBe(1);
