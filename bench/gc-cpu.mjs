@@ -27,7 +27,7 @@ import { runGcBatch } from "../src/gc/collector.ts";
 import { formatNarInfo } from "../src/nix/narinfo.ts";
 import { encodeNix32 } from "../src/nix/nix32.ts";
 import { encodeNarInfoMeta } from "../src/storage/narinfo-meta.ts";
-import { formatPins } from "../src/gc/pins.ts";
+import { setPin } from "../src/storage/pins.ts";
 import { recordPath, rowOf } from "../src/storage/path-index.ts";
 
 const DAY = 24 * 3600 * 1000;
@@ -237,7 +237,7 @@ async function fill(count, clockNow) {
     const refreshed = !young && next() < 1 / 10;
     await recordPath(db, rowOf(info, null, refreshed ? clockNow - DAY : pushed), null, null);
   }
-  await bucket.put("_gc/pins.json", formatPins({ a: { path: `/nix/store/${hashes[count - 1]}-bench-${count - 1}`, pinnedAt: clockNow } }));
+  await setPin(db, "a", { path: `/nix/store/${hashes[count - 1]}-bench-${count - 1}`, pinnedAt: clockNow }, 1000);
   return { bucket, db };
 }
 

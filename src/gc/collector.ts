@@ -57,7 +57,7 @@
 // The collector learns a live path's references and NAR from its metadata only when that
 // records both in their exact shapes (narinfo-meta.ts metaLinks); otherwise it reads the
 // body. When it cannot read a narinfo it keeps (body too large, gone, not parseable, URL not
-// `nar/<NAR file name>`), or the pins document lost pins, what that document needs is
+// `nar/<NAR file name>`), or a pins document from before the pins table lost pins, what it needs is
 // unknown: it could be any path and any NAR. The run is then *blocked*: it goes on to the
 // end, deletes no narinfo and no NAR (nothing is announced; if the document turns up in the
 // second look, the fenced objects stay), and reports the documents (GcResult.unreadable) for
@@ -111,9 +111,9 @@ import { NAR_PREFIX, parseNarFileName } from "../storage/keys.ts";
 import { decodeNarInfoMeta, encodeNarInfoMeta, metaLinks, metaName, metaNumber, metaPushTime, type NarInfoLinks } from "../storage/narinfo-meta.ts";
 import { getNarInfoObject, putNarInfoObject } from "../storage/narinfo-object.ts";
 import { forgetPaths, linksOf, pushedSince } from "../storage/path-index.ts";
+import { pinRoots } from "../storage/pins.ts";
 import { formatFence, NAR_FILE_HASH_LENGTH } from "./fence.ts";
 import { KeySet } from "./key-set.ts";
-import { parsePins, pinnedHashes } from "./pins.ts";
 import { emptyTotals, formatState, parseState, type GcState, type Phase, type RunState, type RunTotals, type Trigger } from "./run-state.ts";
 import type { GcSettings } from "./settings.ts";
 import { formatStats, type CacheStats, type GcResult, type UnreadableDocument } from "./stats.ts";
@@ -296,25 +296,6 @@ function narFileHash(file: string): string | null {
 /** While a run has met a document it could not read, it deletes no narinfo and no NAR. */
 function blocked(run: RunState): boolean {
   return run.totals.unreadable > 0;
-}
-
-/**
- * Why the pins document lost pins when parsed (parsePins drops what it cannot read and
- * goes on), or null when every pin in it was read. A pin lost is a root lost: the
- * collector must not take the rest of the document for all the pins there are.
- */
-function pinsDamage(text: string, kept: number): string | null {
-  let doc: unknown;
-  try {
-    doc = JSON.parse(text);
-  } catch {
-    return "it is not JSON";
-  }
-  const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
-  const pins = isObject(doc) && Object.hasOwn(doc, "pins") ? doc.pins : undefined;
-  if (!isObject(pins)) return 'it has no "pins" object';
-  const total = Object.keys(pins).length;
-  return total === kept ? null : `${total - kept} of its ${total} pins are not valid`;
 }
 
 /** Same keys and values (a rewrite that changes nothing is not worth an operation). */
@@ -654,13 +635,13 @@ class Batch {
     if (!this.#fits(4)) return false;
     await this.#loadSets(run);
     if (!run.rootsLoaded) {
-      const pins = await this.#op(() => getTextObject(this.#bucket, PINS_KEY));
-      if (pins !== null) {
-        const parsed = parsePins(pins.text);
-        for (const hash of pinnedHashes(parsed)) this.#live!.add(hash);
-        const damage = pinsDamage(pins.text, parsed.size);
-        if (damage !== null) this.#noteUnreadable(run, { key: PINS_KEY, path: null, reason: `the pins document is damaged: ${damage}` });
-      }
+      // One D1 query; a get of the pins document of a cache from before the pins table,
+      // and its delete once moved into the table.
+      if (!this.#fits(4, 0, 1)) return false;
+      this.#ops += 2;
+      const roots = await this.#query(() => pinRoots(this.#bucket, this.#db, { dryRun: run.dryRun }));
+      for (const hash of roots.hashes) this.#live!.add(hash);
+      if (roots.document.state === "damaged") this.#noteUnreadable(run, { key: PINS_KEY, path: null, reason: roots.document.reason });
       run.rootsLoaded = true;
       this.#setsDirty = true;
     }

@@ -1,7 +1,8 @@
 // Named pins: a pin keeps one store path and its whole closure, however old, until it is
-// removed. Pins are few (releases, the current system of a machine), so they live together
-// in one small JSON document, `{"pins": {"<name>": {"path": "/nix/store/…", "pinnedAt": ms}}}`,
-// updated with conditional writes so two pin changes at once cannot lose one another.
+// removed. They are rows of the D1 table `pins` (storage/pins.ts). This module holds what
+// is pure about them: the name rule and limit, the list API's shape, and the format of the
+// JSON document `{"pins": {"<name>": {"path": "/nix/store/…", "pinnedAt": ms}}}` in which
+// caches from before the table kept them (`_gc/pins.json`, moved into the table on first use).
 //
 // In memory the pins are a Map, never an object's properties: a name such as
 // `constructor` or `hasOwnProperty` is an ordinary name (absent until set), and no name,
@@ -76,9 +77,4 @@ export function parsePins(text: string): PinMap {
     }
   }
   return pins;
-}
-
-/** Hash parts of every pinned path (the collection's roots besides young paths). */
-export function pinnedHashes(pins: ReadonlyMap<string, Pin>): string[] {
-  return [...pins.values()].map((p) => parseStorePath(p.path)!.hash);
 }

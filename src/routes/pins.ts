@@ -5,6 +5,8 @@
 //          → 201 (new) or 200 (moved) {"name", "path", "pinnedAt", "previous"?}
 //   DELETE /_api/v1/pins/<name>   → 200 {"name", "path", "pinnedAt"}; 404 when absent   admin token
 //
+// Pins are rows of the D1 table `pins` (storage/pins.ts; a cache from before the table has
+// its R2 document moved there on the first pins request or collection).
 // Changing pins decides what a collection may delete, so it takes ADMIN_TOKEN like `gc`;
 // write tokens (one per CI pipeline) can add paths but never make any deletable. A pin
 // needs the path's narinfo in the cache and goes through the upload gate like a narinfo
@@ -17,34 +19,23 @@ import { fail } from "../errors.ts";
 import { readText } from "../http/body.ts";
 import { requireAdmin, requireWriteOrAdmin } from "../middleware/auth.ts";
 import { parseStorePath } from "../nix/store-path.ts";
-import { formatPins, MAX_PINS, parsePins, PIN_NAME, pinsObject, type Pin, type PinMap } from "../gc/pins.ts";
+import { MAX_PINS, PIN_NAME, pinsObject, type Pin } from "../gc/pins.ts";
 import { openUploadGate } from "../gc/upload-gate.ts";
-import { getTextObject, headKey, PINS_KEY, putGcObject } from "../storage/gc-store.ts";
+import { headKey } from "../storage/gc-store.ts";
 import { narInfoKey } from "../storage/keys.ts";
+import { listPins, movePinsDocument, removePin, setPin } from "../storage/pins.ts";
 
 export const pins = new Hono<{ Bindings: WorkerEnv }>();
 
 /** A pin request is one store path. */
 const MAX_PIN_BODY_BYTES = 4096;
 
-/** Tries after a lost race with another pin change, before answering 409. */
-const RACE_RETRIES = 2;
-
-async function readPins(bucket: R2Bucket): Promise<{ pins: PinMap; etag: string | null }> {
-  const stored = await getTextObject(bucket, PINS_KEY);
-  return stored === null ? { pins: new Map(), etag: null } : { pins: parsePins(stored.text), etag: stored.etag };
-}
-
-/** Applies `change` to the pins document with a conditional write, retrying lost races. */
-async function updatePins(bucket: R2Bucket, change: (pins: PinMap) => void, beforeWrite: () => void = () => {}): Promise<void> {
-  for (let attempt = 0; attempt <= RACE_RETRIES; attempt++) {
-    const { pins, etag } = await readPins(bucket);
-    change(pins);
-    beforeWrite();
-    const written = await putGcObject(bucket, PINS_KEY, formatPins(pins), etag === null ? { ifAbsent: true } : { ifEtag: etag });
-    if (written !== null) return;
+/** Moves the pins of a cache from before the pins table (an R2 document) into it. */
+async function movedPins(env: WorkerEnv): Promise<void> {
+  const legacy = await movePinsDocument(env.CACHE, env.DB);
+  if (legacy.state === "damaged") {
+    throw fail("conflict", `${legacy.reason}; repair it or delete it (wrangler r2 object delete <bucket>/_gc/pins.json --remote), then set the lost pins again`);
   }
-  throw fail("conflict", "the pins changed at the same time; retry");
 }
 
 function pinName(raw: string): string {
@@ -55,8 +46,8 @@ function pinName(raw: string): string {
 }
 
 pins.get("/_api/v1/pins", requireWriteOrAdmin, async (c) => {
-  const { pins: all } = await readPins(c.env.CACHE);
-  return c.json({ pins: pinsObject(all) }, 200, { "Cache-Control": "no-store" });
+  await movedPins(c.env);
+  return c.json({ pins: pinsObject(await listPins(c.env.DB)) }, 200, { "Cache-Control": "no-store" });
 });
 
 pins.put("/_api/v1/pins/:name", requireAdmin, async (c) => {
@@ -73,34 +64,24 @@ pins.put("/_api/v1/pins/:name", requireAdmin, async (c) => {
   if (typeof path !== "string" || storePath === null) throw fail("bad_request", 'send {"path": "/nix/store/<hash>-<name>"} with a valid store path');
 
   const bucket = c.env.CACHE;
+  await movedPins(c.env);
   const gate = await openUploadGate(bucket, settingsOf(c.env).gc.uploadWindowMs);
   gate.checkPath(storePath.hash, path);
   const stored = await headKey(bucket, narInfoKey(storePath.hash));
   if (stored === null) throw fail("unprocessable", `${path} is not in this cache; push it before pinning it`);
 
   const pin: Pin = { path, pinnedAt: Date.now() };
-  let previous: Pin | undefined;
-  await updatePins(
-    bucket,
-    (all) => {
-      previous = all.get(name);
-      if (previous === undefined && all.size >= MAX_PINS) {
-        throw fail("payload_too_large", `this cache already has ${MAX_PINS} pins; remove some (uploader unpin <name>)`);
-      }
-      all.set(name, pin);
-    },
-    () => gate.assertInTime(),
-  );
-  return c.json({ name, ...pin, ...(previous === undefined ? {} : { previous: previous.path }) }, previous === undefined ? 201 : 200);
+  gate.assertInTime();
+  const result = await setPin(c.env.DB, name, pin, MAX_PINS);
+  if (!result.set) throw fail("payload_too_large", `this cache already has ${MAX_PINS} pins; remove some (uploader unpin <name>)`);
+  const previous = result.previous;
+  return c.json({ name, ...pin, ...(previous === null ? {} : { previous: previous.path }) }, previous === null ? 201 : 200);
 });
 
 pins.delete("/_api/v1/pins/:name", requireAdmin, async (c) => {
   const name = pinName(c.req.param("name"));
-  let removed: Pin | undefined;
-  await updatePins(c.env.CACHE, (all) => {
-    removed = all.get(name);
-    if (removed === undefined) throw fail("not_found", `there is no pin named ${name}`);
-    all.delete(name);
-  });
-  return c.json({ name, ...removed! });
+  await movedPins(c.env);
+  const removed = await removePin(c.env.DB, name, Date.now());
+  if (removed === null) throw fail("not_found", `there is no pin named ${name}`);
+  return c.json({ name, ...removed });
 });

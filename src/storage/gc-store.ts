@@ -6,7 +6,8 @@
 //   _gc/state.json             the collection in progress and the last one (gc/run-state.ts)
 //   _gc/dry-run.json           the same for dry runs, which never touch anything else
 //   _gc/fence.json             paths and NARs about to be deleted (gc/fence.ts); uploads read it
-//   _gc/pins.json              named pins (gc/pins.ts)
+//   _gc/pins.json              named pins of caches from before the D1 pins table, moved
+//                              into it on first use (storage/pins.ts)
 //   _gc/stats.json             counts from the last collection (gc/stats.ts)
 //   _gc/index-stats.json       the D1 index's last count of paths and sizes, reused for a
 //                              while so public statistics cost few D1 rows (gc/stats.ts)

@@ -40,7 +40,8 @@ const ADOPTION = "adoption";
 const ADOPTION_CURSOR = "adoption-cursor";
 const COMPLETE = "complete";
 
-async function d1<T>(op: () => Promise<T>): Promise<T> {
+/** One D1 call; a failure becomes `storage_unavailable`. */
+export async function d1<T>(op: () => Promise<T>): Promise<T> {
   try {
     return await op();
   } catch (err) {

@@ -9,10 +9,10 @@ import { env } from "cloudflare:workers";
 import { formatNarInfo, parseNarInfo } from "../../src/nix/narinfo.ts";
 import { toHex } from "../../src/nix/encoding.ts";
 import { sha256 } from "../../src/nix/hash.ts";
-import { formatPins, type Pins } from "../../src/gc/pins.ts";
+import { MAX_PINS, type Pins } from "../../src/gc/pins.ts";
+import { setPin } from "../../src/storage/pins.ts";
 import { runGcBatch, type GcProgress, type GcRequest } from "../../src/gc/collector.ts";
 import type { GcSettings } from "../../src/gc/settings.ts";
-import { PINS_KEY } from "../../src/storage/gc-store.ts";
 import { narInfoKey } from "../../src/storage/keys.ts";
 import { encodeNarInfoMeta, metaName } from "../../src/storage/narinfo-meta.ts";
 import { putNarInfoObject } from "../../src/storage/narinfo-object.ts";
@@ -105,8 +105,13 @@ async function assertIndexSound(bucket: R2Bucket, db: D1Database, when: string):
   if (problems.length > 0) throw new Error(`${when}: ${problems.join("; ")}`);
 }
 
-export async function setPins(bucket: R2Bucket, pins: Pins): Promise<void> {
-  await bucket.put(PINS_KEY, formatPins(pins));
+/** Replaces the pins (rows of the D1 table, as the pins routes write them). */
+export async function setPins(pins: Pins, db: D1Database = env.DB): Promise<void> {
+  await db.prepare("DELETE FROM pins").run();
+  for (const [name, pin] of Object.entries(pins)) {
+    const result = await setPin(db, name, pin, MAX_PINS);
+    if (!result.set) throw new Error(`could not set pin ${name}`);
+  }
 }
 
 /** Counts the R2 calls made through it (one per call, as Cloudflare counts them). */

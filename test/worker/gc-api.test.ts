@@ -9,6 +9,8 @@ import { MULTIPART_CLEANUP_EVERY_MINUTES } from "../../src/scheduled.ts";
 import { adoptObjects } from "../../src/path-index/adoption.ts";
 import { formatNarInfo } from "../../src/nix/narinfo.ts";
 import { formatFence } from "../../src/gc/fence.ts";
+import { formatPins, MAX_PINS } from "../../src/gc/pins.ts";
+import { listPins } from "../../src/storage/pins.ts";
 import { parseState } from "../../src/gc/run-state.ts";
 import { FENCE_KEY, PINS_KEY, STATE_KEY } from "../../src/storage/gc-store.ts";
 import { narInfoKey } from "../../src/storage/keys.ts";
@@ -188,8 +190,55 @@ describe("pins", () => {
 
     expect((await admin({}, "/_api/v1/pins/release", { method: "DELETE" })).status).toBe(200);
     expect((await admin({}, "/_api/v1/pins/release", { method: "DELETE" })).status).toBe(404);
-    const pinsDoc = await env.CACHE.get(PINS_KEY);
-    expect(JSON.parse(await pinsDoc!.text())).toEqual({ pins: {} });
+    expect((await listPins(env.DB)).size).toBe(0);
+    // Every change is in the audit log, by the admin token.
+    const audit = await env.DB.prepare("SELECT actor, action, subject FROM audit WHERE action IN ('pin', 'unpin') ORDER BY id").all();
+    expect(audit.results).toEqual([
+      { actor: "admin", action: "pin", subject: a.storePath },
+      { actor: "admin", action: "pin", subject: b.storePath },
+      { actor: "admin", action: "unpin", subject: b.storePath },
+    ]);
+  });
+
+  it("refuse a new pin past MAX_PINS (413) but still move an existing one", async () => {
+    const a = await testPath("pin-full-a");
+    const b = await testPath("pin-full-b");
+    await push(a);
+    await push(b);
+    await env.DB.batch(
+      Array.from({ length: MAX_PINS }, (_, i) => env.DB.prepare("INSERT INTO pins (name, path, hash, pinned_at) VALUES (?1, ?2, ?3, 1)").bind(`p${i}`, a.storePath, a.hash)),
+    );
+    const full = await pin("one-more", { path: b.storePath });
+    expect(full.status).toBe(413);
+    expect(await errorOf(full)).toMatch(/already has 1000 pins/);
+    expect((await pin("p7", { path: b.storePath })).status).toBe(200);
+    expect((await listPins(env.DB)).get("p7")?.path).toBe(b.storePath);
+    expect((await listPins(env.DB)).size).toBe(MAX_PINS);
+  });
+
+  it("move the pins document of a cache from before the pins table into it, once", async () => {
+    const a = await testPath("pin-legacy-a");
+    const b = await testPath("pin-legacy-b");
+    await push(a);
+    await push(b);
+    await env.CACHE.put(PINS_KEY, formatPins(new Map([["old", { path: a.storePath, pinnedAt: 5 }], ["release", { path: a.storePath, pinnedAt: 6 }]])));
+    // A pin set in the table already wins over the document's pin of the same name.
+    await env.DB.prepare("INSERT INTO pins (name, path, hash, pinned_at) VALUES ('release', ?1, ?2, 7)").bind(b.storePath, b.hash).run();
+    const listed = await callWith(WITH_ADMIN, "/_api/v1/pins", { headers: bearer(TEST_WRITE_TOKEN) });
+    expect(((await listed.json()) as { pins: unknown }).pins).toEqual({ old: { path: a.storePath, pinnedAt: 5 }, release: { path: b.storePath, pinnedAt: 7 } });
+    expect(await env.CACHE.head(PINS_KEY)).toBeNull();
+  });
+
+  it("answer 409 saying what to do while the pins document from before the table is damaged, and change nothing", async () => {
+    const a = await testPath("pin-legacy-damaged");
+    await push(a);
+    await env.CACHE.put(PINS_KEY, "{not json");
+    for (const res of [await callWith(WITH_ADMIN, "/_api/v1/pins", { headers: bearer(TEST_WRITE_TOKEN) }), await pin("x", { path: a.storePath })]) {
+      expect(res.status).toBe(409);
+      expect(await errorOf(res)).toMatch(/pins document .* is damaged: it is not JSON; repair it or delete it/);
+    }
+    expect((await listPins(env.DB)).size).toBe(0);
+    expect(await (await env.CACHE.get(PINS_KEY))!.text()).toBe("{not json");
   });
 
   it("refuse write tokens for changes, unknown paths, bad names and bodies, and paths being collected", async () => {
@@ -209,7 +258,7 @@ describe("pins", () => {
     const fenced = await pin("x", { path: a.storePath });
     expect(fenced.status).toBe(422);
     expect(await errorOf(fenced)).toMatch(/being garbage-collected/);
-    expect(await env.CACHE.head(PINS_KEY)).toBeNull();
+    expect((await listPins(env.DB)).size).toBe(0);
   });
 });
 

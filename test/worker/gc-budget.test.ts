@@ -94,7 +94,6 @@ describe("garbage collection of 20,000 narinfos", () => {
       await adoptRows(env.DB, rows.slice(i, i + ROWS_PER_QUERY), i + ROWS_PER_QUERY >= PATHS ? "complete" : { cursor: narInfoKey(hashes[i]!) }, clock.now);
     }
     await setPins(
-      env.CACHE,
       Object.fromEntries(pinned.map((i) => [`p${i}`, { path: `/nix/store/${hashes[i]}-budget-${i}`, pinnedAt: clock.now }])),
     );
 

@@ -73,7 +73,7 @@ describe("a kept narinfo that cannot be read blocks the sweep", () => {
     // The metadata the Worker writes has no `r` for 250 references (they do not fit).
     expect(encodeNarInfoMeta(top.info, 0).r).toBeUndefined();
     await storeDamaged(top, clock.now - OLD, "oversized");
-    await setPins(env.CACHE, { release: { path: top.storePath, pinnedAt: clock.now } });
+    await setPins({ release: { path: top.storePath, pinnedAt: clock.now } });
     const garbage = await testPath("wide-garbage");
     await storePath(env.CACHE, garbage, clock.now - OLD);
     const before = (await cacheKeys(env.CACHE)).sort();
@@ -215,7 +215,7 @@ describe("what is not kept, or not the collector's, fails safe too", () => {
     const meta = encodeNarInfoMeta(top.info, clock.now - OLD);
     damage(meta);
     await env.CACHE.put(narInfoKey(top.hash), formatNarInfo(top.info), { customMetadata: meta });
-    await setPins(env.CACHE, { top: { path: top.storePath, pinnedAt: clock.now } });
+    await setPins({ top: { path: top.storePath, pinnedAt: clock.now } });
 
     const last = lastOf(await collect(env.CACHE, gcSettings(), clock));
     expect((await cacheKeys(env.CACHE)).sort()).toEqual([...keysOf(top), ...keysOf(dep)].sort());
@@ -337,7 +337,7 @@ describe("garbage collection of random graphs with unreadable narinfos", () => {
           } else await storePath(env.CACHE, p, pushedAt);
         }
         const pins = Object.fromEntries(s.paths.flatMap((spec, i) => (spec.pinned ? [[`pin-${i}`, { path: paths[i]!.storePath, pinnedAt: clock.now }]] : [])));
-        await setPins(env.CACHE, pins);
+        await setPins(pins);
         const roots = s.paths.flatMap((spec, i) => (spec.legacy && spec.damage === null) || spec.ageDays < RETENTION_DAYS || spec.pinned ? [i] : []);
         // In the ORIGINAL graph: the references of an unreadable narinfo count.
         const live = closure(roots, (i) => s.paths[i]!.refs);

@@ -114,7 +114,7 @@ async function build(s: Scenario, clock: TestClock): Promise<Built> {
   const pins = Object.fromEntries(
     s.paths.flatMap((spec, i) => (spec.pinned ? [[`pin-${i}`, { path: paths[i]!.storePath, pinnedAt: clock.now }]] : [])),
   );
-  await setPins(bucket, pins);
+  await setPins(pins);
   const orphanKeys: string[] = [];
   for (let i = 0; i < s.orphanNars; i++) {
     const p = await testPath(`orphan-${s.salt}-${i}`);

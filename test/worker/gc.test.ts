@@ -5,6 +5,9 @@ import { reset } from "cloudflare:test";
 import { afterEach, describe, expect, it } from "vitest";
 import { testPath, type TestPath } from "../helpers/worker.ts";
 import { cacheKeys, collect, DAY_MS, gcSettings, setPins, storePath, TestClock } from "../helpers/gc.ts";
+import { formatPins } from "../../src/gc/pins.ts";
+import { PINS_KEY } from "../../src/storage/gc-store.ts";
+import { listPins } from "../../src/storage/pins.ts";
 
 afterEach(() => reset());
 
@@ -25,7 +28,7 @@ describe("garbage collection", () => {
     await storePath(env.CACHE, b, clock.now - 90 * DAY_MS);
     await storePath(env.CACHE, a, clock.now - 1 * DAY_MS);
     await storePath(env.CACHE, c, clock.now - 40 * DAY_MS);
-    await setPins(env.CACHE, { release: { path: d.storePath, pinnedAt: clock.now } });
+    await setPins({ release: { path: d.storePath, pinnedAt: clock.now } });
 
     const batches = await collect(env.CACHE, gcSettings(), clock);
     const last = batches.at(-1)!;
@@ -37,5 +40,27 @@ describe("garbage collection", () => {
     for (const p of [a, b, d, e]) for (const k of keysOf(p)) expect(keys).toContain(k);
     for (const k of keysOf(c)) expect(keys).not.toContain(k);
     expect(last.stats?.paths).toBe(4);
+  });
+
+  it("keeps the pins of a cache from before the pins table (its R2 document), moved into the table; a dry run moves nothing", async () => {
+    const clock = new TestClock();
+    const dep = await testPath("legacy-pin-dep");
+    const top = await testPath("legacy-pin-top", { references: [dep] });
+    const garbage = await testPath("legacy-pin-garbage");
+    for (const p of [dep, top, garbage]) await storePath(env.CACHE, p, clock.now - 90 * DAY_MS);
+    const doc = formatPins(new Map([["release", { path: top.storePath, pinnedAt: 1 }]]));
+    await env.CACHE.put(PINS_KEY, doc);
+
+    const dry = await collect(env.CACHE, gcSettings(), clock, { request: { dryRun: true } });
+    expect(dry.flatMap((b) => b.found.paths.map((p) => p.hash))).toEqual([garbage.hash]);
+    expect(await (await env.CACHE.get(PINS_KEY))!.text()).toBe(doc);
+    expect((await listPins(env.DB)).size).toBe(0);
+
+    const last = (await collect(env.CACHE, gcSettings(), clock)).at(-1)!;
+    expect(last.result?.deletedPaths).toBe(1);
+    const keys = await cacheKeys(env.CACHE);
+    for (const p of [dep, top]) for (const k of keysOf(p)) expect(keys).toContain(k);
+    expect(await env.CACHE.head(PINS_KEY)).toBeNull();
+    expect([...(await listPins(env.DB)).entries()]).toEqual([["release", { path: top.storePath, pinnedAt: 1 }]]);
   });
 });

@@ -6,8 +6,8 @@
 import { env } from "cloudflare:workers";
 import { reset } from "cloudflare:test";
 import { afterEach, describe, expect, it } from "vitest";
-import { formatPins, parsePins, pinnedHashes } from "../../src/gc/pins.ts";
-import { PINS_KEY } from "../../src/storage/gc-store.ts";
+import { formatPins, parsePins } from "../../src/gc/pins.ts";
+import { pinnedHashes } from "../../src/storage/pins.ts";
 import { bearer, callWith, errorOf, push, snapshot, testPath, TEST_WRITE_TOKEN } from "../helpers/worker.ts";
 
 afterEach(() => reset());
@@ -28,6 +28,13 @@ async function listed(): Promise<Record<string, { path: string; pinnedAt: number
   return ((await res.json()) as { pins: Record<string, { path: string; pinnedAt: number }> }).pins;
 }
 
+/** The bucket's objects, the pins table and the audit log: what a refused change must leave alone. */
+async function everything(): Promise<unknown> {
+  const pins = await env.DB.prepare("SELECT * FROM pins ORDER BY name").all();
+  const audit = await env.DB.prepare("SELECT * FROM audit ORDER BY id").all();
+  return { objects: await snapshot(), pins: pins.results, audit: audit.results };
+}
+
 /** Names every plain JavaScript object answers to (inherited from Object.prototype). */
 const INHERITED_NAMES = ["constructor", "hasOwnProperty", "toString", "valueOf", "isPrototypeOf", "propertyIsEnumerable", "toLocaleString"];
 
@@ -36,16 +43,16 @@ describe("pin names that objects inherit", () => {
     const a = await testPath("pin-names-other");
     await push(a);
     // Once with no pins document at all, once with a document holding another pin.
-    const none = await snapshot();
+    const none = await everything();
     const first = await admin(`/_api/v1/pins/${name}`, { method: "DELETE" });
     expect(first.status).toBe(404);
     expect(await errorOf(first)).toMatch(new RegExp(`no pin named ${name}`));
-    expect(await snapshot()).toEqual(none);
+    expect(await everything()).toEqual(none);
 
     expect((await pin("release", a.storePath)).status).toBe(201);
-    const withOne = await snapshot();
+    const withOne = await everything();
     expect((await admin(`/_api/v1/pins/${name}`, { method: "DELETE" })).status).toBe(404);
-    expect(await snapshot()).toEqual(withOne);
+    expect(await everything()).toEqual(withOne);
   });
 
   it.each(INHERITED_NAMES)("%s is created (201, not a move), listed, used by GC and deleted like any name", async (name) => {
@@ -64,8 +71,7 @@ describe("pin names that objects inherit", () => {
     const all = await listed();
     expect(Object.keys(all).sort()).toEqual([name, "release"].sort());
     expect(Object.hasOwn(all, name) && all[name]!.path).toBe(a.storePath);
-    const stored = parsePins(await (await env.CACHE.get(PINS_KEY))!.text());
-    expect(pinnedHashes(stored).sort()).toEqual([a.hash, other.hash].sort());
+    expect((await pinnedHashes(env.DB)).sort()).toEqual([a.hash, other.hash].sort());
 
     const moved = await pin(name, other.storePath);
     expect(moved.status).toBe(200);
@@ -81,17 +87,17 @@ describe("pin names that objects inherit", () => {
   it("refuses __proto__ as a name (400, it does not start with a letter or digit) and stores nothing", async () => {
     const a = await testPath("pin-names-proto");
     await push(a);
-    const before = await snapshot();
+    const before = await everything();
     for (const path of ["/_api/v1/pins/__proto__", "/_api/v1/pins/%5F%5Fproto%5F%5F"]) {
       const res = await admin(path, { method: "PUT", body: JSON.stringify({ path: a.storePath }) });
       expect(res.status).toBe(400);
       expect((await admin(path, { method: "DELETE" })).status).toBe(400);
     }
-    expect(await snapshot()).toEqual(before);
+    expect(await everything()).toEqual(before);
   });
 });
 
-describe("the pins document", () => {
+describe("the pins document of caches from before the pins table", () => {
   const path = "/nix/store/00000000000000000000000000000000-x";
 
   it("keeps inherited-looking names as ordinary entries through a parse and format round trip", () => {
