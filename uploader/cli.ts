@@ -3,7 +3,7 @@
 // Commands live in commands/*.ts; this is the only place that prints an error and sets
 // the exit code (errors.ts maps each error type to its code).
 import { readFileSync } from "node:fs";
-import { EXIT_INTERNAL, UploaderError, UsageError, exitCodeOf } from "./errors.ts";
+import { EXIT_INTERNAL, UploaderError, UsageError, exitCodeOf, reportedAsJson } from "./errors.ts";
 
 interface Command {
   summary: string;
@@ -19,6 +19,9 @@ const COMMANDS: Record<string, Command> = {
   pin: { summary: "keep a store path's closure until unpinned (admin token)", load: async () => (await import("./commands/pin.ts")).pin },
   unpin: { summary: "remove a pin (admin token)", load: async () => (await import("./commands/pin.ts")).unpin },
   pins: { summary: "list the pins", load: async () => (await import("./commands/pin.ts")).pins },
+  login: { summary: "store a cache's URL and tokens, so other commands need no flags", load: () => import("./commands/login.ts") },
+  use: { summary: "configure Nix to substitute from a cache (nix.conf, keys, netrc)", load: () => import("./commands/use.ts") },
+  doctor: { summary: "check the cache, the tokens, the clock and the local Nix", load: () => import("./commands/doctor.ts") },
   "watch-store": { summary: "push every new store path as it appears (and what post-build-hook queues)", load: () => import("./commands/watch-store.ts") },
   "post-build-hook": { summary: "Nix's post-build-hook: queue $OUT_PATHS for watch-store", load: () => import("./commands/post-build-hook.ts") },
 };
@@ -79,12 +82,24 @@ export async function main(argv: string[]): Promise<number> {
     await (await command.load()).run(rest);
     return 0;
   } catch (err) {
-    report(err, argv.includes("--verbose") || argv.includes("-v"));
+    report(err, argv.includes("--verbose") || argv.includes("-v"), argv.includes("--json"));
     return exitCodeOf(err);
   }
 }
 
-function report(err: unknown, verbose: boolean): void {
+function report(err: unknown, verbose: boolean, json: boolean): void {
+  // --json promises JSON on stdout: a fatal error is an object too, unless the command
+  // already printed its result with the error in it.
+  if (json && !reportedAsJson(err)) {
+    const known = err instanceof UploaderError;
+    const error = {
+      type: known ? err.name : "InternalError",
+      message: err instanceof Error ? err.message : String(err),
+      ...(known && err.hint ? { hint: err.hint } : {}),
+      exitCode: exitCodeOf(err),
+    };
+    process.stdout.write(`${JSON.stringify({ error }, null, 2)}\n`);
+  }
   if (err instanceof UploaderError) {
     process.stderr.write(`error: ${err.message}\n`);
     if (err.hint) process.stderr.write(`hint: ${err.hint}\n`);

@@ -116,8 +116,8 @@ export class TooLargeError extends HttpError {}
 
 /** The cache could not be reached, even after retries. */
 export class NetworkError extends UploaderError {
-  constructor(message: string, options?: ErrorOptions) {
-    super(message, EXIT_CACHE, "check --cache / NIX_CACHE_URL and the network", options);
+  constructor(message: string, options?: ErrorOptions & { hint?: string | undefined }) {
+    super(message, EXIT_CACHE, options?.hint ?? "check --cache / NIX_CACHE_URL and the network", options);
   }
 }
 
@@ -132,6 +132,19 @@ export class PushIncompleteError extends UploaderError {
     this.failed = failed;
     this.blocked = blocked;
   }
+}
+
+/** Errors a command already printed as part of its --json result (cli.ts prints no second object). */
+const inJsonResult = new WeakSet<object>();
+
+/** Marks `err` as printed in the command's --json result; returns it. */
+export function markReportedAsJson<T>(err: T): T {
+  if (typeof err === "object" && err !== null) inJsonResult.add(err);
+  return err;
+}
+
+export function reportedAsJson(err: unknown): boolean {
+  return typeof err === "object" && err !== null && inJsonResult.has(err);
 }
 
 /** The exit code for any thrown value. */

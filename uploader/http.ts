@@ -78,7 +78,14 @@ export interface HttpClientOptions {
 }
 
 /** A network-level failure of one attempt (no HTTP answer). */
-class AttemptFailed extends Error {}
+class AttemptFailed extends Error {
+  /** What to do, for failures that another attempt would only repeat (TLS, DNS). */
+  readonly permanentHint: string | undefined;
+  constructor(message: string, options: ErrorOptions & { permanentHint?: string | undefined }) {
+    super(message, options);
+    this.permanentHint = options.permanentHint;
+  }
+}
 
 export class HttpClient {
   readonly baseUrl: URL;
@@ -114,6 +121,9 @@ export class HttpClient {
         res = await this.#attempt(url, req);
       } catch (err) {
         if (!(err instanceof AttemptFailed)) throw err;
+        if (err.permanentHint !== undefined) {
+          throw new NetworkError(`${req.method} ${url}: ${err.message}`, { cause: err.cause, hint: err.permanentHint });
+        }
         if (attempt >= this.#maxAttempts) {
           throw new NetworkError(`${req.method} ${url}: ${err.message} (after ${attempt} attempts)`, { cause: err.cause });
         }
@@ -159,7 +169,7 @@ export class HttpClient {
       });
       r.on("timeout", () => r.destroy(new Error(`no traffic for ${IDLE_TIMEOUT_MS / 1000} s`)));
       // Once the response has been read this is a no-op (the promise is settled).
-      r.on("error", (err) => reject(new AttemptFailed(describeNetworkError(err), { cause: err })));
+      r.on("error", (err) => reject(new AttemptFailed(describeNetworkError(err), { cause: err, permanentHint: permanentFailureHint(err, url) })));
       if (!req.body) {
         r.end();
         return;
@@ -296,9 +306,32 @@ function serverMessage(res: HttpResponse): string {
   return message.length > MAX_MESSAGE_CHARS ? `${message.slice(0, MAX_MESSAGE_CHARS)}…` : message;
 }
 
+/** TLS handshakes, certificates and HTTP parsing fail the same way on every attempt. */
+const TLS_ERROR = /^(EPROTO|ERR_SSL_|ERR_TLS_|CERT_|DEPTH_ZERO_SELF_SIGNED_CERT|SELF_SIGNED_CERT_IN_CHAIN|UNABLE_TO_)/;
+
+/**
+ * What to do about a network failure that retrying would only repeat, or undefined for
+ * the ones worth retrying (refused or reset connections, timeouts: a server restarting).
+ */
+export function permanentFailureHint(err: Error, url: URL): string | undefined {
+  const code = (err as NodeJS.ErrnoException).code ?? "";
+  const plain = new URL(url.href);
+  plain.protocol = "http:";
+  if (url.protocol === "https:" && (/wrong version number|packet length too long|EPROTO/i.test(`${code} ${err.message}`))) {
+    return `the server does not speak TLS on this port: if the cache is served over plain HTTP, use ${plain.origin}`;
+  }
+  if (TLS_ERROR.test(code)) return `the TLS connection to ${url.host} failed (${code}): check the URL's host name and the server's certificate`;
+  if (code === "ENOTFOUND") return `no host named ${url.hostname}: check the cache URL's spelling`;
+  if (code.startsWith("HPE_")) {
+    return url.protocol === "http:" ? `the server did not answer in HTTP: if the cache is served over TLS, use https://${url.host}` : "the server did not answer in HTTP: is this the cache's URL?";
+  }
+  return undefined;
+}
+
 function describeNetworkError(err: Error): string {
   const code = (err as NodeJS.ErrnoException).code;
   if (code === "ECONNREFUSED") return "connection refused (is the cache running at this address?)";
   if (code === "ENOTFOUND") return "host not found";
+  if (code === "EPROTO") return "EPROTO: the TLS handshake failed (the answer is not TLS)";
   return code ? `${code}: ${messageOf(err)}` : messageOf(err);
 }

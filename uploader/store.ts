@@ -103,6 +103,45 @@ async function realpathOr(path: string): Promise<string> {
   }
 }
 
+/** A `.drv` argument and what push does with it: its outputs, of which some may be unbuilt. */
+export interface DerivationArgument {
+  drv: string;
+  outputs: string[];
+  unbuilt: string[];
+}
+
+/**
+ * Replaces derivations (`.drv` store paths) by their outputs, which is what a push of a
+ * `.drv` means: the outputs and their closures, not the derivation file. Throws
+ * InvalidStorePathError naming the derivation when an output is not built. Returns the
+ * paths to push and the derivations met (for a line saying what happens).
+ */
+export async function expandDerivations(paths: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<{ paths: string[]; derivations: DerivationArgument[] }> {
+  const out: string[] = [];
+  const derivations: DerivationArgument[] = [];
+  for (const path of paths) {
+    if (!path.endsWith(".drv")) {
+      if (!out.includes(path)) out.push(path);
+      continue;
+    }
+    const q = await run("nix-store", ["-q", "--outputs", path], env);
+    if (q.code !== 0) throw new InvalidStorePathError(path, `is not a derivation Nix knows: ${lastLines(q.stderr, 1)}`);
+    const outputs = q.stdout.split("\n").filter((l) => l !== "");
+    const check = await run("nix-store", ["--check-validity", "--print-invalid", ...outputs], env);
+    const unbuilt = check.stdout.split("\n").filter((l) => l !== "");
+    if (unbuilt.length > 0) {
+      throw new InvalidStorePathError(
+        path,
+        `is a derivation whose output${unbuilt.length === 1 ? "" : "s"} ${unbuilt.join(", ")} ${unbuilt.length === 1 ? "is" : "are"} not built`,
+        `push pushes a derivation's outputs: build them first (nix-build ${path}, or nix build '${path}^*')`,
+      );
+    }
+    derivations.push({ drv: path, outputs, unbuilt });
+    for (const o of outputs) if (!out.includes(o)) out.push(o);
+  }
+  return { paths: out, derivations };
+}
+
 /**
  * `--json-format` per nix program: Nix 2.34 deprecates `--json` without it ("will become an
  * error"), and Nix before it rejects the flag ("unrecognised flag"). The first query tries

@@ -205,10 +205,10 @@ export async function writeThrough(root: UpstreamHit, bucket: R2Bucket, db: D1Da
       bytes: (narNeeded ? copy.fileSize : 0) + utf8(formatNarInfo(copy.info)).length,
       objects: narNeeded ? 2 : 1,
     };
-    const reservation = await reserve(bucket, want, limits, now(), (n) => r2.take(n));
+    const reservation = await reserve(db, want, limits, now(), (n) => r2.take(n));
     if (reservation.kind === "spent") return refused(copy.info.storePath, spentReason(reservation.usage));
     if (reservation.kind === "contended") {
-      const why = "its share of the daily budget could not be reserved now (simultaneous copies, or this copy's R2 operations are spent); a later read copies it";
+      const why = "its share of the daily budget could not be reserved now (this copy's operations are spent); a later read copies it";
       return refused(copy.info.storePath, why);
     }
     if (narNeeded && !(await copyNar(copy, bucket, ctx, r2))) return false;
@@ -226,7 +226,7 @@ export async function writeThrough(root: UpstreamHit, bucket: R2Bucket, db: D1Da
   try {
     // Spent for today: not a single lookup or copy more (one R2 read per read request).
     if (r2.take()) {
-      const usage = await usageOn(bucket, now());
+      const usage = await usageOn(db, now());
       if (isSpent(usage, limits)) {
         refused(root.info.storePath, spentReason(usage));
         return;

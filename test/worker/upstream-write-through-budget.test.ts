@@ -1,7 +1,7 @@
 // The daily write-through budget: anonymous reads of upstream narinfos may make the Worker
 // copy paths into the bucket, but never more than AGGREGATE_WRITE_THROUGH_DAILY_BYTES and
-// _OBJECTS a UTC day. Against the real local R2 bucket: the counters document on its own
-// (sequential and concurrent reservations, a new day, a damaged document), then whole
+// _OBJECTS a UTC day. Against the real local R2 bucket and D1: the counters on their own
+// (sequential and concurrent reservations, a new day), then whole
 // reads through the Worker with a fake upstream (global fetch answered in-process from a
 // map of files; the exchange with real upstream servers is in test/e2e/upstream-*.test.ts).
 import { env } from "cloudflare:workers";
@@ -10,9 +10,7 @@ import { afterEach, describe, expect, it, vi } from "vitest";
 import type { WorkerEnv } from "../../src/env.ts";
 import { utf8 } from "../../src/nix/encoding.ts";
 import { formatNarInfo, parseNarInfo } from "../../src/nix/narinfo.ts";
-import {
-  dayOf, formatUsage, parseUsage, reserve, RESERVE_ATTEMPTS, usageOn, WRITE_THROUGH_BUDGET_KEY, type Amount,
-} from "../../src/storage/write-through-budget.ts";
+import { dayOf, reserve, usageOn, type Amount } from "../../src/storage/write-through-budget.ts";
 import { SubrequestBudget } from "../../src/upstream/budget.ts";
 import { judgeNarInfo, type LookupContext, type UpstreamHit } from "../../src/upstream/lookup.ts";
 import { parseAggregation } from "../../src/upstream/settings.ts";
@@ -28,57 +26,66 @@ const DAY_MS = 24 * 3600 * 1000;
 /** Noon UTC of a fixed day: the next day is one DAY_MS on. */
 const NOON = Date.UTC(2030, 0, 15, 12);
 
+/** Today's counters as the table holds them (the day of the last reservation the test made). */
 async function stored(): Promise<Amount & { day: string }> {
-  const obj = await env.CACHE.get(WRITE_THROUGH_BUDGET_KEY);
-  return parseUsage(await obj!.text())!;
+  return (await env.DB.prepare("SELECT day, bytes, objects FROM usage WHERE counter = 'write-through' ORDER BY day DESC LIMIT 1").first<Amount & { day: string }>())!;
 }
 
-describe("the budget document", () => {
+/** The bucket's objects, the usage table and the audit log: what a refused reservation must leave alone. */
+async function everything(): Promise<unknown> {
+  const usage = await env.DB.prepare("SELECT * FROM usage ORDER BY counter, day").all();
+  return { objects: await snapshot(), usage: usage.results };
+}
+
+describe("the budget counters", () => {
   it("reserves until a limit would be passed, then refuses without changing anything", async () => {
     const limits = { bytes: 100, objects: 5 };
-    expect(await reserve(env.CACHE, { bytes: 10, objects: 2 }, limits, NOON)).toMatchObject({ kind: "reserved", usage: { bytes: 10, objects: 2 } });
-    expect(await reserve(env.CACHE, { bytes: 10, objects: 2 }, limits, NOON)).toMatchObject({ kind: "reserved", usage: { bytes: 20, objects: 4 } });
+    expect(await reserve(env.DB, { bytes: 10, objects: 2 }, limits, NOON)).toMatchObject({ kind: "reserved", usage: { bytes: 10, objects: 2 } });
+    expect(await reserve(env.DB, { bytes: 10, objects: 2 }, limits, NOON)).toMatchObject({ kind: "reserved", usage: { bytes: 20, objects: 4 } });
     // 6 objects would pass 5; 1 more still fits.
-    const before = await snapshot();
-    expect(await reserve(env.CACHE, { bytes: 10, objects: 2 }, limits, NOON)).toEqual({ kind: "spent", usage: { day: "2030-01-15", bytes: 20, objects: 4 } });
-    expect(await snapshot()).toEqual(before);
-    expect((await reserve(env.CACHE, { bytes: 80, objects: 1 }, limits, NOON)).kind).toBe("reserved");
+    const before = await everything();
+    expect(await reserve(env.DB, { bytes: 10, objects: 2 }, limits, NOON)).toEqual({ kind: "spent", usage: { day: "2030-01-15", bytes: 20, objects: 4 } });
+    expect(await everything()).toEqual(before);
+    expect((await reserve(env.DB, { bytes: 80, objects: 1 }, limits, NOON)).kind).toBe("reserved");
     // Both limits reached exactly: nothing more, not even an empty-handed byte.
-    expect((await reserve(env.CACHE, { bytes: 1, objects: 0 }, limits, NOON)).kind).toBe("spent");
-    expect((await reserve(env.CACHE, { bytes: 0, objects: 1 }, limits, NOON)).kind).toBe("spent");
+    expect((await reserve(env.DB, { bytes: 1, objects: 0 }, limits, NOON)).kind).toBe("spent");
+    expect((await reserve(env.DB, { bytes: 0, objects: 1 }, limits, NOON)).kind).toBe("spent");
     expect(await stored()).toEqual({ day: "2030-01-15", bytes: 100, objects: 5 });
+    // A reservation larger than a limit on its own never fits, on a day with nothing used either.
+    expect(await reserve(env.DB, { bytes: 101, objects: 1 }, limits, NOON + DAY_MS)).toEqual({ kind: "spent", usage: { day: "2030-01-16", bytes: 0, objects: 0 } });
   });
 
   it("starts from zero on the next UTC day, and not a moment before", async () => {
     const limits = { bytes: 1000, objects: 2 };
-    expect((await reserve(env.CACHE, { bytes: 1, objects: 2 }, limits, NOON)).kind).toBe("reserved");
+    expect((await reserve(env.DB, { bytes: 1, objects: 2 }, limits, NOON)).kind).toBe("reserved");
     const endOfDay = Date.UTC(2030, 0, 15, 23, 59, 59, 999);
-    expect((await reserve(env.CACHE, { bytes: 1, objects: 1 }, limits, endOfDay)).kind).toBe("spent");
-    expect((await usageOn(env.CACHE, endOfDay)).objects).toBe(2);
+    expect((await reserve(env.DB, { bytes: 1, objects: 1 }, limits, endOfDay)).kind).toBe("spent");
+    expect((await usageOn(env.DB, endOfDay)).objects).toBe(2);
     const nextDay = endOfDay + 1;
-    expect(await usageOn(env.CACHE, nextDay)).toEqual({ day: "2030-01-16", bytes: 0, objects: 0 });
-    expect(await reserve(env.CACHE, { bytes: 1, objects: 2 }, limits, nextDay)).toEqual({
+    expect(await usageOn(env.DB, nextDay)).toEqual({ day: "2030-01-16", bytes: 0, objects: 0 });
+    expect(await reserve(env.DB, { bytes: 1, objects: 2 }, limits, nextDay)).toEqual({
       kind: "reserved",
       usage: { day: "2030-01-16", bytes: 1, objects: 2 },
     });
     expect(await stored()).toEqual({ day: "2030-01-16", bytes: 1, objects: 2 });
   });
 
-  it("never lets concurrent reservations add up to more than the limits (property)", async () => {
+  it("never lets concurrent reservations add up to more than the limits, and loses none that fit (property)", async () => {
     await fc.assert(
       fc.asyncProperty(
         fc.record({ bytes: fc.integer({ min: 0, max: 60 }), objects: fc.integer({ min: 0, max: 8 }) }),
         fc.array(fc.record({ bytes: fc.integer({ min: 0, max: 20 }), objects: fc.integer({ min: 1, max: 3 }) }), { minLength: 1, maxLength: 12 }),
         async (limits, wants) => {
-          await env.CACHE.delete(WRITE_THROUGH_BUDGET_KEY);
-          const results = await Promise.all(wants.map((want) => reserve(env.CACHE, want, limits, NOON)));
+          await env.DB.prepare("DELETE FROM usage").run();
+          const results = await Promise.all(wants.map((want) => reserve(env.DB, want, limits, NOON)));
           const granted = wants.filter((_, i) => results[i]!.kind === "reserved");
           const sum = granted.reduce((a, w) => ({ bytes: a.bytes + w.bytes, objects: a.objects + w.objects }), { bytes: 0, objects: 0 });
           expect(sum.bytes).toBeLessThanOrEqual(limits.bytes);
           expect(sum.objects).toBeLessThanOrEqual(limits.objects);
-          // The document counts exactly what was granted: no lost update, no phantom.
-          const doc = await env.CACHE.get(WRITE_THROUGH_BUDGET_KEY);
-          const usage = doc === null ? { bytes: 0, objects: 0 } : parseUsage(await doc.text())!;
+          // Every refusal was one that did not fit then: no race makes one fail.
+          for (const r of results) expect(r.kind).not.toBe("contended");
+          // The counters hold exactly what was granted: no lost update, no phantom.
+          const usage = await usageOn(env.DB, NOON);
           expect({ bytes: usage.bytes, objects: usage.objects }).toEqual(sum);
         },
       ),
@@ -86,29 +93,16 @@ describe("the budget document", () => {
     );
   });
 
-  it("grants every reservation that fits when many race, given attempts to spare", async () => {
-    // 8 racing reservations of 1 object out of 8: each attempt that loses means another won,
-    // so with RESERVE_ATTEMPTS tries the first RESERVE_ATTEMPTS of them at least get through.
-    const results = await Promise.all(Array.from({ length: 8 }, () => reserve(env.CACHE, { bytes: 1, objects: 1 }, { bytes: 100, objects: 8 }, NOON)));
-    const granted = results.filter((r) => r.kind === "reserved").length;
-    expect(granted).toBeGreaterThanOrEqual(RESERVE_ATTEMPTS);
-    expect((await stored()).objects).toBe(granted);
+  it("grants every reservation that fits when many race", async () => {
+    const results = await Promise.all(Array.from({ length: 10 }, () => reserve(env.DB, { bytes: 1, objects: 1 }, { bytes: 100, objects: 8 }, NOON)));
+    expect(results.filter((r) => r.kind === "reserved").length).toBe(8);
+    expect((await stored()).objects).toBe(8);
   });
 
-  it("asks the caller's operation budget before every attempt", async () => {
-    const ops = new SubrequestBudget(1);
-    expect(await reserve(env.CACHE, { bytes: 1, objects: 1 }, { bytes: 10, objects: 10 }, NOON, (n) => ops.take(n))).toEqual({ kind: "contended" });
-    expect(await env.CACHE.head(WRITE_THROUGH_BUDGET_KEY)).toBeNull();
-  });
-
-  it("counts today from zero when the document is damaged, and replaces it", async () => {
-    await env.CACHE.put(WRITE_THROUGH_BUDGET_KEY, "{not json");
-    expect(await reserve(env.CACHE, { bytes: 3, objects: 1 }, { bytes: 10, objects: 10 }, NOON)).toMatchObject({ kind: "reserved" });
-    expect(await stored()).toEqual({ day: dayOf(NOON), bytes: 3, objects: 1 });
-    expect(parseUsage(formatUsage({ day: "2030-01-15", bytes: 1, objects: 2 }))).toEqual({ day: "2030-01-15", bytes: 1, objects: 2 });
-    for (const bad of ['{"day":"x","bytes":1,"objects":1}', '{"day":"2030-01-15","bytes":-1,"objects":1}', '{"day":"2030-01-15","bytes":1.5,"objects":1}', "[]"]) {
-      expect(parseUsage(bad)).toBeNull();
-    }
+  it("asks the caller's operation budget first", async () => {
+    const ops = new SubrequestBudget(0);
+    expect(await reserve(env.DB, { bytes: 1, objects: 1 }, { bytes: 10, objects: 10 }, NOON, (n) => ops.take(n))).toEqual({ kind: "contended" });
+    expect(await usageOn(env.DB, NOON)).toEqual({ day: dayOf(NOON), bytes: 0, objects: 0 });
   });
 });
 
@@ -153,7 +147,7 @@ function settings(limits: { bytes?: number; objects?: number }): Record<string, 
 
 /** Bucket keys of copied paths (everything but the budget document). */
 async function copiedKeys(): Promise<string[]> {
-  return (await keys()).filter((k) => k !== WRITE_THROUGH_BUDGET_KEY);
+  return keys();
 }
 
 function pathKeys(p: TestPath): string[] {

@@ -5,7 +5,7 @@ import { rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { DEFAULT_COMPRESSION, DEFAULT_LEVEL, parseCompressionMethod, resolveLevel } from "../compress.ts";
-import { EXIT_INTERRUPTED, PushIncompleteError, UsageError } from "../errors.ts";
+import { EXIT_INTERRUPTED, PushIncompleteError, UsageError, markReportedAsJson } from "../errors.ts";
 import { HttpClient } from "../http.ts";
 import { MULTIPART_CONCURRENCY } from "../multipart.ts";
 import { readSecretKeyFile } from "../key-file.ts";
@@ -14,7 +14,8 @@ import { Progress, formatBytes } from "../progress.ts";
 import { DEFAULT_JOBS, executePlan, type PushSettings } from "../push.ts";
 import { RemoteCache } from "../remote-cache.ts";
 import { CACHE_OPTIONS, ENV, integerFlag, parseCommandLine, resolveCache } from "../settings.ts";
-import { queryClosure, resolveStorePaths } from "../store.ts";
+import { expandDerivations, queryClosure, resolveStorePaths } from "../store.ts";
+import { preflight } from "../checks.ts";
 
 /** Upper bound for -j: beyond this, more connections only add contention. */
 const MAX_JOBS = 64;
@@ -98,7 +99,11 @@ export async function run(args: string[]): Promise<void> {
   const http = new HttpClient({ baseUrl: cacheUrl, token, maxSockets: jobs + MULTIPART_CONCURRENCY, onRetry: (e) => progress.retry(e) });
   const cache = new RemoteCache(http);
   try {
-    const closure = await queryClosure(await resolveStorePaths(positionals));
+    // Before reading anything: is this the cache, and may the token write?
+    for (const warning of await preflight(settings)) progress.log(warning);
+    const { paths, derivations } = await expandDerivations(await resolveStorePaths(positionals));
+    for (const d of derivations) progress.log(`${d.drv} is a derivation: pushing its output${d.outputs.length === 1 ? "" : "s"} ${d.outputs.join(", ")} (not the .drv file)`);
+    const closure = await queryClosure(paths);
     const plan = await planPush(closure, cache, { upstreamKeys });
     if (values["dry-run"]) {
       printPlan(plan, values.json ?? false);
@@ -146,10 +151,14 @@ export async function carryOut(plan: PushPlan, options: CarryOutOptions): Promis
     process.off("SIGINT", onInterrupt);
     await rm(tmp, { recursive: true, force: true });
   }
-  if (json) process.stdout.write(`${JSON.stringify(outcome.summary, null, 2)}\n`);
-  if (outcome.fatal) throw outcome.fatal;
   const { failed, blocked } = outcome.summary;
-  if (failed + blocked > 0) throw new PushIncompleteError(failed, blocked);
+  const error = outcome.fatal ?? (failed + blocked > 0 ? new PushIncompleteError(failed, blocked) : undefined);
+  if (json) {
+    const result = error ? { ...outcome.summary, error: { type: error.name, message: error.message, ...(error.hint ? { hint: error.hint } : {}), exitCode: error.exitCode } } : outcome.summary;
+    process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+  }
+  // With --json the error is in the result above: cli.ts prints no second object.
+  if (error) throw json ? markReportedAsJson(error) : error;
 }
 
 /** `--stdin`: paths separated by blanks or newlines, as `nix build --print-out-paths` prints them. */
