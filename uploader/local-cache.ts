@@ -137,8 +137,9 @@ nix-edge-cache is starting on ${url}  (local R2 storage; Ctrl-C stops it)
     extra-substituters = ${url}
     extra-trusted-public-keys = ${s.publicKey}
 
-  Push with the uploader:
-    npx uploader push ./result --cache ${url} --token ${s.writeToken}
+  Push with the uploader (or store URL and token once: npx uploader login ${url}):
+    export NIX_CACHE_URL=${url} NIX_CACHE_TOKEN=${s.writeToken}
+    npx uploader push ./result
 
   Push with plain Nix (the token is the password in this netrc file):
     nix copy --extra-experimental-features nix-command --to '${url}?compression=zstd' --option netrc-file ${netrc} ./result
@@ -146,8 +147,9 @@ nix-edge-cache is starting on ${url}  (local R2 storage; Ctrl-C stops it)
   substitute them on this machine, add --option narinfo-cache-positive-ttl 0.
 
   Collect garbage, pin a closure (the admin token):
-    npx uploader gc --dry-run --cache ${url} --admin-token ${s.adminToken}
-    npx uploader pin release ./result --cache ${url} --admin-token ${s.adminToken}
+    export NIX_CACHE_ADMIN_TOKEN=${s.adminToken}
+    npx uploader gc --dry-run
+    npx uploader pin release ./result
 
   The cache signs every narinfo it stores with the throwaway key above.
 `;
