@@ -18,6 +18,7 @@ import {
   parseSecretKey,
   publicKeyOf,
 } from "../src/nix/signature.ts";
+import { PublicBucket } from "./public-bucket.ts";
 
 const PROJECT_ROOT = resolve(dirname(new URL(import.meta.url).pathname), "..");
 /** wrangler dev's own default port; the README and docs use it. */
@@ -35,6 +36,9 @@ Options:
   --state <dir>     where the token, key, R2 and D1 data live (default .wrangler/local-cache)
   --var KEY:VALUE   override a Worker setting from wrangler.toml (repeatable),
                     e.g. --var UPSTREAM_CACHES: to check references against this cache only
+  --public-bucket   also serve the bucket as R2 serves it on a public domain, on the next
+                    port (a local stand-in), and set NAR_BASE_URL to it: NARs are then
+                    downloaded from there, and Nix can read the bucket directly
   -h, --help        show this help
 `;
 
@@ -155,12 +159,36 @@ nix-edge-cache is starting on ${url}  (local R2 storage; Ctrl-C stops it)
 `;
 }
 
+/** Asks the Worker for /nix-cache-info until it answers (or the Worker has exited). */
+async function firstCacheInfo(url: string, exited: () => boolean): Promise<void> {
+  for (let i = 0; i < 600 && !exited(); i++) {
+    try {
+      if ((await fetch(`${url}/nix-cache-info`)).ok) return;
+    } catch {
+      // not listening yet
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+function publicBucketUsage(url: string, bucketUrl: string, s: LocalSecrets): string {
+  return `
+  The bucket, as R2 serves it on a public domain: ${bucketUrl}  (a local stand-in)
+    NAR_BASE_URL=${bucketUrl}: narinfos from ${url} send NAR downloads there
+    (one Worker request per path). Or read the bucket directly (no Worker request):
+    extra-substituters = ${bucketUrl}
+    extra-trusted-public-keys = ${s.publicKey}
+  Pushes still go to ${url}.
+`;
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       port: { type: "string" },
       state: { type: "string" },
       var: { type: "string", multiple: true },
+      "public-bucket": { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -177,6 +205,9 @@ async function main(): Promise<void> {
   const url = `http://127.0.0.1:${port}`;
   await applyLocalMigrations(join(stateDir, "r2"));
   process.stderr.write(usage(url, secrets, await writeNetrc(stateDir, secrets)));
+  const bucketPort = port + 1;
+  const bucketUrl = `http://127.0.0.1:${bucketPort}`;
+  if (values["public-bucket"]) process.stderr.write(publicBucketUsage(url, bucketUrl, secrets));
 
   const args = [
     "dev",
@@ -187,6 +218,7 @@ async function main(): Promise<void> {
     "--env-file", join(stateDir, "dev.vars"),
     "--show-interactive-dev-session=false",
     ...(values.var ?? []).flatMap((v) => ["--var", v]),
+    ...(values["public-bucket"] ? ["--var", `NAR_BASE_URL:${bucketUrl}`] : []),
   ];
   const wrangler = join(PROJECT_ROOT, "node_modules", ".bin", "wrangler");
   const child = spawn(wrangler, args, {
@@ -198,10 +230,20 @@ async function main(): Promise<void> {
       CLOUDFLARE_CF_FETCH_ENABLED: "false",
     },
   });
+  // The stand-in reads the same persisted R2 (uploader/public-bucket.ts).
+  const bucket = values["public-bucket"] ? await PublicBucket.start(join(stateDir, "r2"), bucketPort, { inherit: true }) : null;
+  // The Worker writes the bucket's nix-cache-info object when it first answers for it
+  // (deployed, the cron trigger does it within a minute); direct readers need it at once.
+  if (bucket !== null) await firstCacheInfo(url, () => child.exitCode !== null);
   for (const signal of ["SIGINT", "SIGTERM"] as const) {
-    process.on(signal, () => child.kill(signal));
+    process.on(signal, () => {
+      child.kill(signal);
+      void bucket?.stop();
+    });
   }
-  child.on("exit", (code, signal) => process.exit(code ?? (signal ? 1 : 0)));
+  child.on("exit", (code, signal) => {
+    void (bucket?.stop() ?? Promise.resolve()).then(() => process.exit(code ?? (signal ? 1 : 0)));
+  });
 }
 
 if (import.meta.main) {
