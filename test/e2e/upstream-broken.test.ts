@@ -136,9 +136,9 @@ describe("aggregation with broken upstreams listed first", () => {
       expect(nar.status).toBe(200);
       expect(nar.headers.get("Content-Length")).toBe(/^FileSize: (\d+)$/m.exec(original)![1]);
     }
-    // Three narinfos and three NARs; nothing else (the day's write-through counters are in
-    // D1, storage/write-through-budget.ts).
-    expect(await r2Snapshot(cache)).toHaveLength(6);
+    // Three narinfos, three NARs and the stored nix-cache-info (storage/cache-info-object.ts);
+    // nothing else (the day's write-through counters are in D1, storage/write-through-budget.ts).
+    expect(await r2Snapshot(cache)).toHaveLength(7);
     expect(serverErrors(cache)).toEqual([]);
   });
 });
