@@ -19,7 +19,7 @@
 import { NarInfoError, NixFormatError } from "./errors.ts";
 import { parseSha256 } from "./hash.ts";
 import { parseSignature } from "./signature.ts";
-import { parseStorePath, parseStorePathBaseName, STORE_DIR } from "./store-path.ts";
+import { HASH_PART_LENGTH, parseStorePath, parseStorePathBaseName, STORE_DIR } from "./store-path.ts";
 
 export interface NarInfo {
   /** Full path, /nix/store/<hash>-<name>. */
@@ -288,6 +288,28 @@ export function narInfoHashPart(info: Pick<NarInfo, "storePath">): string {
   const p = parseStorePath(info.storePath);
   if (p === null) throw new NarInfoError("StorePath", `${JSON.stringify(info.storePath)} is not a valid ${STORE_DIR} path`);
   return p.hash;
+}
+
+const referenceHashesOf = new WeakMap<readonly string[], { storePath: string; hashes: readonly string[] }>();
+
+/**
+ * The hash parts of the narinfo's references other than its own path, each once, in
+ * order: what the index and the collector follow. References are those parseNarInfo
+ * checked (valid base names); computed once per references array (a narinfo of 900
+ * references is asked for them several times on its way into the cache).
+ */
+export function referenceHashes(info: Pick<NarInfo, "storePath" | "references">): readonly string[] {
+  const cached = referenceHashesOf.get(info.references);
+  if (cached !== undefined && cached.storePath === info.storePath) return cached.hashes;
+  const self = parseStorePath(info.storePath)?.hash;
+  const seen = new Set<string>();
+  for (const ref of info.references) {
+    const hash = ref.slice(0, HASH_PART_LENGTH);
+    if (hash !== self) seen.add(hash);
+  }
+  const hashes = [...seen];
+  referenceHashesOf.set(info.references, { storePath: info.storePath, hashes });
+  return hashes;
 }
 
 /**

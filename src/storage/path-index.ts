@@ -10,8 +10,8 @@
 // page of the bucket listing at a time; until a full pass has ended, the index is not
 // complete and callers that must not miss a stored path also ask R2.
 
-import type { NarInfo } from "../nix/narinfo.ts";
-import { HASH_PART_LENGTH, isHashPart, parseStorePath } from "../nix/store-path.ts";
+import { referenceHashes, type NarInfo } from "../nix/narinfo.ts";
+import { HASH_PART_LENGTH, parseStorePath } from "../nix/store-path.ts";
 import { storageUnavailable } from "./bucket.ts";
 import { NAR_PREFIX } from "./keys.ts";
 
@@ -53,15 +53,7 @@ export async function d1<T>(op: () => Promise<T>): Promise<T> {
 export function rowOf(info: NarInfo, token: string | null, pushedAt: number): IndexedPath | null {
   const path = parseStorePath(info.storePath);
   if (path === null || !info.url.startsWith(NAR_PREFIX) || info.fileSize === undefined) return null;
-  const refs: string[] = [];
-  const seen = new Set<string>([path.hash]);
-  for (const ref of info.references) {
-    const hash = ref.slice(0, HASH_PART_LENGTH);
-    if (!seen.has(hash) && isHashPart(hash)) {
-      seen.add(hash);
-      refs.push(hash);
-    }
-  }
+  const refs = [...referenceHashes(info)];
   return {
     hash: path.hash,
     name: path.name,

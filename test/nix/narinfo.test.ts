@@ -12,6 +12,7 @@ import {
   type NarInfo,
   narInfoHashPart,
   parseNarInfo,
+  referenceHashes,
   replaceNarInfoUrl,
 } from "../../src/nix/narinfo.ts";
 import { NIX32_ALPHABET } from "../../src/nix/nix32.ts";
@@ -334,5 +335,24 @@ describe("narinfo property: format → parse → format", () => {
       }),
       { numRuns: 500 },
     );
+  });
+});
+
+describe("referenceHashes", () => {
+  const a = "0ij5rn2kk8w4b8hqqr7s8ljmv6dw7h0c-a";
+  const b = "1ij5rn2kk8w4b8hqqr7s8ljmv6dw7h0c-b";
+  const self = "2ij5rn2kk8w4b8hqqr7s8ljmv6dw7h0c-self";
+
+  it("gives the hash parts of the references, in order, without the path's own, each once", () => {
+    const references = [b, self, a, `${b.slice(0, 32)}-other-name`];
+    expect(referenceHashes({ storePath: `/nix/store/${self}`, references })).toEqual([b.slice(0, 32), a.slice(0, 32)]);
+    expect(referenceHashes({ storePath: `/nix/store/${self}`, references: [] })).toEqual([]);
+  });
+
+  it("answers for the narinfo asked about, even when another shares its references array", () => {
+    const references = [a, b];
+    expect(referenceHashes({ storePath: `/nix/store/${self}`, references })).toEqual([a.slice(0, 32), b.slice(0, 32)]);
+    expect(referenceHashes({ storePath: `/nix/store/${a}`, references })).toEqual([b.slice(0, 32)]);
+    expect(referenceHashes({ storePath: `/nix/store/${self}`, references })).toEqual([a.slice(0, 32), b.slice(0, 32)]);
   });
 });
