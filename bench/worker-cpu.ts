@@ -942,9 +942,24 @@ async function put(bench: Bench, path: string, body: Uint8Array | string): Promi
 
 // --- the report ---------------------------------------------------------------------------
 
+/** D1's row counts among a request's counts (bench/worker-cpu/entry.ts countRows), not calls. */
+const ROWS = /\.rows(Read|Written)$/;
+
+/** D1 rows read and written per request, e.g. "3 / 2" (D1's own meta; what the free plan counts). */
+function rowsLabel(results: Measured[]): string {
+  const total = (suffix: string): number => results.reduce((a, r) => a + Object.entries(r.calls).reduce((b, [k, v]) => b + (k.endsWith(suffix) ? v : 0), 0), 0);
+  const per = (n: number): string => {
+    const v = n / results.length;
+    return Number.isInteger(v) ? String(v) : v.toFixed(1);
+  };
+  const read = total(".rowsRead");
+  const written = total(".rowsWritten");
+  return read === 0 && written === 0 && !results.some((r) => Object.keys(r.calls).some((k) => ROWS.test(k))) ? "–" : `${per(read)} / ${per(written)}`;
+}
+
 function callsLabel(results: Measured[]): string {
   const sum = new Map<string, number>();
-  for (const r of results) for (const [k, v] of Object.entries(r.calls)) sum.set(k, (sum.get(k) ?? 0) + v);
+  for (const r of results) for (const [k, v] of Object.entries(r.calls)) if (!ROWS.test(k)) sum.set(k, (sum.get(k) ?? 0) + v);
   if (sum.size === 0) return "–";
   return [...sum.entries()]
     .sort((a, b) => b[1] - a[1])
@@ -998,12 +1013,12 @@ function report(
   });
   out.push(
     profiled
-      ? "| request kind | n | CPU mean (ms) | p50 | max | binding calls per request | workerd process, kernel (ms, upper bound) |"
-      : "| request kind | n | workerd process CPU, kernel: mean (ms) | p50 | max | binding calls per request | |",
+      ? "| request kind | n | CPU mean (ms) | p50 | max | binding calls per request | D1 rows read / written | workerd process, kernel (ms, upper bound) |"
+      : "| request kind | n | workerd process CPU, kernel: mean (ms) | p50 | max | binding calls per request | D1 rows read / written | |",
   );
-  out.push("|---|--:|--:|--:|--:|---|--:|");
+  out.push("|---|--:|--:|--:|--:|---|--:|--:|");
   for (const r of rows) {
-    out.push(`| ${r.kind} | ${r.n} | ${fmt(r.mean)} | ${fmt(r.p50)} | ${fmt(r.max)} | ${callsLabel(r.rs)} | ${profiled ? fmt(r.kernel, 1) : ""} |`);
+    out.push(`| ${r.kind} | ${r.n} | ${fmt(r.mean)} | ${fmt(r.p50)} | ${fmt(r.max)} | ${callsLabel(r.rs)} | ${rowsLabel(r.rs)} | ${profiled ? fmt(r.kernel, 1) : ""} |`);
   }
   out.push("");
 
@@ -1012,13 +1027,16 @@ function report(
       "are old, those after young, keeping the reference paths alive):",
   );
   out.push("");
-  out.push(`| batch | phase after it | status | CPU (ms) | binding calls | workerd process, kernel (ms) |`);
-  out.push("|--:|---|---|--:|---|--:|");
+  out.push(`| batch | phase after it | status | CPU (ms) | binding calls | D1 rows read / written | workerd process, kernel (ms) |`);
+  out.push("|--:|---|---|--:|---|--:|--:|");
   info.gcBatches.forEach((b, i) => {
     const p = b.json as { status?: string; run?: { phase?: string; pass?: number } | null } | null;
     const phase = p?.run?.phase === undefined ? "–" : `${p.run.phase}${p.run.pass !== undefined ? ` (pass ${p.run.pass})` : ""}`;
-    out.push(`| ${i + 1} | ${phase} | ${p?.status ?? "?"} | ${fmt(cpuOf(b))} | ${callsLabel([b])} | ${fmt(b.kernel.workerMs, 1)} |`);
+    out.push(`| ${i + 1} | ${phase} | ${p?.status ?? "?"} | ${fmt(cpuOf(b))} | ${callsLabel([b])} | ${rowsLabel([b])} | ${fmt(b.kernel.workerMs, 1)} |`);
   });
+  out.push("");
+  const gcRows = (suffix: string): number => info.gcBatches.reduce((a, b) => a + Object.entries(b.calls).reduce((c, [k, v]) => c + (k.endsWith(suffix) ? v : 0), 0), 0);
+  out.push(`The whole collection read ${gcRows(".rowsRead")} D1 rows and wrote ${gcRows(".rowsWritten")} in ${info.gcBatches.length} batches.`);
   out.push("");
 
   const all = bench.results;

@@ -63,6 +63,16 @@ function count(label: string): void {
   if (current !== null) current.calls[label] = (current.calls[label] ?? 0) + 1;
 }
 
+/** Adds the rows D1 says a query read and wrote (its result's meta) to the request's counts. */
+function countRows(result: unknown, binding: string): void {
+  const meta = (result as { meta?: { rows_read?: unknown; rows_written?: unknown } } | null)?.meta;
+  if (current === null || meta === undefined) return;
+  for (const [field, label] of [["rows_read", "rowsRead"], ["rows_written", "rowsWritten"]] as const) {
+    const n = meta[field];
+    if (typeof n === "number") current.calls[`${binding}.${label}`] = (current.calls[`${binding}.${label}`] ?? 0) + n;
+  }
+}
+
 function counted<T extends object>(target: T, kind: Kind, binding: string): T {
   const spec = SPEC[kind];
   const methods = new Map<PropertyKey, unknown>();
@@ -78,7 +88,19 @@ function counted<T extends object>(target: T, kind: Kind, binding: string): T {
         const unwrap = kind === "d1" && prop === "batch";
         method = (...args: unknown[]): unknown => {
           if (label !== undefined) count(`${binding}.${label}`);
+          if (kind === "d1stmt" && prop === "first" && args.length === 0) {
+            // first() answers the row without D1's meta: the same statement through all(),
+            // whose meta says how many rows D1 read and wrote.
+            const all = Reflect.get(t, "all") as () => Promise<{ results: unknown[] }>;
+            return Reflect.apply(all, t, []).then((r) => (countRows(r, binding), r.results[0] ?? null));
+          }
           const result: unknown = Reflect.apply(value, t, unwrap ? args.map(real) : args);
+          if (kind.startsWith("d1") && label !== undefined && result instanceof Promise) {
+            return result.then((r: unknown) => {
+              for (const one of Array.isArray(r) ? r : [r]) countRows(one, binding);
+              return r;
+            });
+          }
           if (wrapAs === undefined || typeof result !== "object" || result === null) return result;
           if (result instanceof Promise) return result.then((r: unknown) => (typeof r === "object" && r !== null ? counted(r, wrapAs, binding) : r));
           return counted(result, wrapAs, binding);
