@@ -13,13 +13,15 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { SecretKey } from "../src/nix/signature.ts";
 import type { CompressionMethod } from "./compress.ts";
-import { NixError, messageOf, type AuthError } from "./errors.ts";
-import { HttpClient } from "./http.ts";
+import { AuthError, HttpError, NetworkError, NixError, UploaderError, messageOf } from "./errors.ts";
+import { HttpClient, permanentFailureHint } from "./http.ts";
+import { preflight } from "./checks.ts";
 import { MULTIPART_CONCURRENCY } from "./multipart.ts";
 import { planPush } from "./plan.ts";
 import { Progress, formatBytes } from "./progress.ts";
 import { executePlan } from "./push.ts";
 import { RemoteCache } from "./remote-cache.ts";
+import type { CacheSettings } from "./settings.ts";
 import { queryClosure } from "./store.ts";
 
 /** Paths per `nix-store --check-validity` call: keeps the command line well under ARG_MAX. */
@@ -143,6 +145,32 @@ export class Pusher {
   /** The temp directory, for a synchronous clean-up when the process is aborted. */
   get tmpDir(): string | undefined {
     return this.#tmp;
+  }
+}
+
+/** What to wait for when `err` says the cache is away or refuses us; null otherwise. */
+export function cacheTrouble(err: UploaderError): string | null {
+  if (err instanceof NetworkError) return `the cache to answer (${err.message})`;
+  if (err instanceof AuthError) return `the cache to accept the token (${err.message}${err.hint ? `; ${err.hint}` : ""})`;
+  if (err instanceof HttpError && (err.status === 408 || err.status === 429 || err.status >= 500)) return `the cache to recover (${err.message})`;
+  return null;
+}
+
+/**
+ * push's preflight for a watcher that is starting: a URL that is not this cache, a token
+ * that may not write or a URL that cannot work (TLS against plain HTTP, an unknown host)
+ * throw, as they would for push; a cache that is only away (refused connection, 5xx) is
+ * returned as what to wait for, since the watcher queues until it is back. Returns the
+ * preflight's warnings otherwise.
+ */
+export async function checkCacheAtStart(settings: CacheSettings): Promise<{ warnings: string[]; away?: string }> {
+  try {
+    return { warnings: await preflight(settings) };
+  } catch (err) {
+    if (err instanceof NetworkError && err.cause instanceof Error && permanentFailureHint(err.cause, new URL(settings.url)) !== undefined) throw err;
+    const away = err instanceof UploaderError && !(err instanceof AuthError) ? cacheTrouble(err) : null;
+    if (away) return { warnings: [], away };
+    throw err;
   }
 }
 

@@ -18,7 +18,7 @@
 //   without waiting for the batch delay; what cannot be pushed then stays in the spool.
 import { watch, type FSWatcher } from "node:fs";
 import type { Server } from "node:net";
-import { AuthError, EXIT_PATHS_FAILED, HttpError, NetworkError, UploaderError, messageOf } from "./errors.ts";
+import { EXIT_PATHS_FAILED, UploaderError, messageOf } from "./errors.ts";
 import type { Progress } from "./progress.ts";
 import {
   JOB_SUFFIX,
@@ -34,7 +34,7 @@ import {
   writeFailedJob,
   writeJob,
 } from "./spool.ts";
-import type { Pusher } from "./watch-push.ts";
+import { cacheTrouble, type Pusher } from "./watch-push.ts";
 import { watchStoreDir, type StoreWatchError } from "./watch-store-dir.ts";
 
 /** Default wait after the first new path before a batch starts: builds finish in bursts. */
@@ -144,8 +144,6 @@ export class Watcher {
       const what = storeDir !== null ? `new paths in ${storeDir} and paths queued in ${spool}` : `paths queued in ${spool}`;
       progress.log(`watching for ${what}; pushing to ${pusher.cacheUrl} (stop with Ctrl-C or SIGTERM: queued paths are pushed first)`);
       if (this.#pending.size > 0) progress.log(`${plural(this.#pending.size, "path")} queued from before`);
-      const down = await pusher.probe();
-      if (down) progress.log(`the cache does not answer yet (${down}); paths stay queued until it does`);
 
       /** The current delay's upper bound after failed attempts; 0 after a success. */
       let ceiling = 0;
@@ -403,14 +401,6 @@ export class Watcher {
       }
     }
   }
-}
-
-/** What to wait for when `err` says the cache is away or refuses us; null otherwise. */
-export function cacheTrouble(err: UploaderError): string | null {
-  if (err instanceof NetworkError) return `the cache to answer (${err.message})`;
-  if (err instanceof AuthError) return `the cache to accept the token (${err.message}${err.hint ? `; ${err.hint}` : ""})`;
-  if (err instanceof HttpError && (err.status === 408 || err.status === 429 || err.status >= 500)) return `the cache to recover (${err.message})`;
-  return null;
 }
 
 /** The next delay's upper bound: RETRY_FIRST_MS, then doubled each time, up to RETRY_MAX_MS. */

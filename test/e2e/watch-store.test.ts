@@ -223,7 +223,7 @@ describe("watch-store", () => {
     await cacheDown();
     const w = new Watch(["--spool", spool, "--exclude", ONLY_OURS]);
     await w.started();
-    await w.waitFor(/the cache does not answer yet .*connection refused/);
+    await w.waitFor(/the cache does not answer yet; waiting for the cache to answer .*connection refused/);
     const first = await build("outage-1");
     let seen = await w.waitFor(/waiting for the cache to answer .*connection refused.*: 1 path queued, next attempt in \d+ s/);
     expect(await queued(spool)).toEqual([first]);
@@ -250,7 +250,7 @@ describe("watch-store", () => {
     expect(await listJobs(spool)).toEqual([]);
   });
 
-  test("refuses a second watcher on the same spool, and sets a malformed job aside", async () => {
+  test("refuses to start with a token the cache refuses, or beside another watcher; sets a malformed job aside", async () => {
     const spool = await nix.tempDir("spool-");
     await writeFile(join(spool, "1-by-hand.paths"), "result\n");
     const w = new Watch(["--spool", spool, "--spool-only"]);
@@ -261,6 +261,10 @@ describe("watch-store", () => {
     expect(second.code).toBe(3);
     expect(second.stderr).toContain(`another uploader watch-store (pid ${w.child.pid}) is already watching ${spool}`);
     expect(await w.stop("SIGTERM")).toBe(0);
+    // Push's preflight: an error that waiting would not fix stops the watcher at once.
+    const wrongToken = await run(process.execPath, [CLI, "watch-store", "--spool", spool, "--spool-only"], { env: env({ NIX_CACHE_TOKEN: "not-the-token" }) });
+    expect(wrongToken.code).toBe(4);
+    expect(wrongToken.stderr).toContain("which may not upload");
   });
 
   test("a path the cache refuses is tried three times, then set aside in failed/", async () => {

@@ -8,10 +8,10 @@ import { readSecretKeyFile } from "../key-file.ts";
 import { DEFAULT_UPSTREAM_KEYS } from "../plan.ts";
 import { Progress } from "../progress.ts";
 import { DEFAULT_JOBS } from "../push.ts";
-import { CACHE_OPTIONS, ENV, integerFlag, parseCommandLine, requireToken, resolveCache } from "../settings.ts";
+import { CACHE_OPTIONS, ENV, integerFlag, parseCommandLine, requireToken, resolveCache, type CacheSettings } from "../settings.ts";
 import { SPOOL_ENV, socketPath, spoolDir } from "../spool.ts";
 import { defaultStoreDir } from "../store.ts";
-import { Pusher, type PusherSettings } from "../watch-push.ts";
+import { Pusher, checkCacheAtStart, type PusherSettings } from "../watch-push.ts";
 import { DEFAULT_BATCH_WAIT_MS, QueueLeftError, Watcher } from "../watcher.ts";
 
 /** Upper bound for -j (as for push): beyond this, more connections only add contention. */
@@ -53,9 +53,13 @@ Options:
   -v, --verbose             also report each new path, cached paths and retries
   -h, --help                show this help
 
+It starts with push's check of the cache (the URL answers as this cache, the token may
+write) and refuses to start when that fails, unless the cache is only away.
+
 Exit status: 0 stopped with nothing left queued; 1 stopped with paths still queued
 (they stay in the spool); 2 bad usage; 3 a local problem (the store cannot be watched,
-the spool cannot be written, another watcher uses the spool).
+the spool cannot be written, another watcher uses the spool); 4 not the cache, or a
+token it refuses, at start.
 `;
 
 /** parseArgs options shared by watch-store and post-build-hook (for its direct push). */
@@ -84,8 +88,7 @@ interface PushFlags {
 }
 
 /** The push settings from PUSH_OPTIONS' values, checked as push checks them. */
-export async function pusherSettings(values: PushFlags): Promise<PusherSettings> {
-  const settings = resolveCache(values);
+export async function pusherSettings(values: PushFlags, settings: CacheSettings = resolveCache(values)): Promise<PusherSettings> {
   const token = requireToken(settings, "write");
   const jobs = integerFlag("--jobs", values.jobs, 1, MAX_JOBS) ?? DEFAULT_JOBS;
   const compression = parseCompressionMethod(values.compression ?? DEFAULT_COMPRESSION);
@@ -123,9 +126,15 @@ export async function run(args: string[]): Promise<void> {
     }
   }
   const batchWait = integerFlag("--batch-wait", values["batch-wait"], 0, MAX_BATCH_WAIT_S);
-  const settings = await pusherSettings(values);
+  const cache = resolveCache(values);
+  const settings = await pusherSettings(values, cache);
   const spool = spoolDir(values.spool);
   const progress = new Progress({ verbose: settings.verbose });
+  // As push does: is this the cache, and may the token write? Only its being away is not
+  // fatal here: paths queue until it is back.
+  const start = await checkCacheAtStart(cache);
+  for (const warning of start.warnings) progress.log(warning);
+  if (start.away) progress.log(`the cache does not answer yet; waiting for ${start.away}; paths stay queued until it does`);
   const pusher = new Pusher(settings);
   const watcher = new Watcher({
     spool,
