@@ -25,12 +25,13 @@ function result(name: string, status: CheckStatus, message: string, hint?: strin
   return hint === undefined ? { name, status, message } : { name, status, message, hint };
 }
 
-/** What the token may do, in words, from the cache's answer. */
-function describeAccess(a: CacheDescription["access"]): string {
-  if (a.write) return "a write token";
-  if (a.admin) return "the admin token";
-  if (a.read) return "a read token";
-  return "not a token of this cache";
+/** What the token is, in words, from the cache's answer; undefined when the cache accepts it for nothing it would not do anyway. */
+function describeAccess(d: CacheDescription): string | undefined {
+  if (d.access.write) return "a write token";
+  if (d.access.admin) return "the admin token";
+  // A public cache lets anyone read: that says nothing about the token.
+  if (d.access.read && d.private) return "a read token";
+  return undefined;
 }
 
 /** The clock check from a probe's skew. */
@@ -51,10 +52,11 @@ export function writeCheck(settings: CacheSettings, d: CacheDescription): CheckR
     return result("write token", "fail", "no write token given", `set ${ENV.token}, pass --token, or run uploader login ${settings.url}`);
   }
   if (d.access.write) return result("write token", "ok", `the cache accepts the token (from ${settings.from.token}) for uploads`);
+  const what = describeAccess(d);
   return result(
     "write token",
     "fail",
-    `the token (from ${settings.from.token}) is ${describeAccess(d.access)}, which may not upload`,
+    what ? `the token (from ${settings.from.token}) is ${what}, which may not upload` : `the cache does not accept the token (from ${settings.from.token})`,
     d.access.admin ? `the admin token goes in ${ENV.adminToken}; uploads need one of the Worker's WRITE_TOKEN secrets` : "check it against the Worker's WRITE_TOKEN secrets",
   );
 }

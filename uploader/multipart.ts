@@ -54,6 +54,8 @@ export interface TransferObserver {
   sent?: (() => Transform) | undefined;
   /** A message for --verbose. */
   detail?: ((message: string) => void) | undefined;
+  /** A message always shown (a resumed upload). */
+  log?: ((message: string) => void) | undefined;
 }
 
 const limitsOf = new WeakMap<HttpClient, Promise<UploadLimits | null>>();
@@ -99,7 +101,7 @@ export async function uploadInParts(http: HttpClient, key: string, file: string,
   }
   const have = new Set(start.parts.map((p) => p.partNumber));
   const todo = Array.from({ length: start.partCount }, (_, i) => i + 1).filter((n) => !have.has(n));
-  if (have.size > 0) observe.detail?.(`${key}: resuming, ${have.size} of ${start.partCount} parts already in the cache`);
+  if (have.size > 0) (observe.log ?? observe.detail)?.(`${key}: resuming an earlier upload, ${have.size} of ${start.partCount} parts already in the cache`);
   const id = encodeURIComponent(start.uploadId);
   let sent = 0;
   let done = have.size;

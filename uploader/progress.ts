@@ -2,8 +2,15 @@
 //
 // Byte counts come from `counter()`, a pass-through stream the push pipeline wraps around
 // its streams; the upload code itself knows nothing about progress. On a terminal one live
-// line is redrawn (paths done/total, bytes, speed); elsewhere (CI logs, pipes) each
-// finished path is one plain line, so logs stay readable. The summary ends every push.
+// line is redrawn (paths done/total, percent, bytes, speed, ETA) under a ✓ line per
+// uploaded path; elsewhere (CI logs, pipes) each finished path is one plain line, and the
+// same status is printed as a heartbeat when nothing else was for a while, so a long
+// upload never looks stuck. The summary ends every push.
+//
+// Percent and speed count work in NAR bytes: each path's NAR is read (and compressed) and
+// then sent, so the work is twice the NARs' size, and bytes sent count as the NAR bytes
+// they carry (compressed bytes over the compression ratio seen so far). One speed for both
+// halves: it does not fall to 0 while a large NAR is only being sent.
 import { Transform } from "node:stream";
 import type { RetryEvent } from "./http.ts";
 
@@ -45,6 +52,14 @@ export interface PushSummary {
 const REDRAW_MS = 200;
 /** The live line's speeds are averaged over this window, so they follow changes but not jitter. */
 const SPEED_WINDOW_MS = 3_000;
+/**
+ * Without a terminal, the status is printed when nothing else was for this long: CI
+ * systems kill jobs silent for minutes, and people reading a log want to see it move.
+ * Under 30 s, the longest gap a reader should wait.
+ */
+export const HEARTBEAT_MS = 20_000;
+/** Compressed/NAR size assumed until the first path has been compressed. */
+const DEFAULT_RATIO = 0.5;
 
 export interface ProgressOptions {
   stream?: NodeJS.WriteStream;
@@ -52,6 +67,8 @@ export interface ProgressOptions {
   live?: boolean;
   /** Also print cached/skipped paths and retries. */
   verbose?: boolean;
+  /** Heartbeat interval without a live line (default HEARTBEAT_MS). */
+  heartbeatMs?: number;
 }
 
 export class Progress {
@@ -63,20 +80,31 @@ export class Progress {
   #narBytes = 0;
   #sentBytes = 0;
   #current = new Set<string>();
-  #samples: Array<[time: number, read: number, sent: number]> = [];
+  #samples: Array<[time: number, work: number]> = [];
   #timer: NodeJS.Timeout | undefined;
   #lineShown = false;
+  readonly #heartbeatMs: number;
+  #lastWrite = Date.now();
+  /** NAR bytes of the paths to upload (0: unknown, no percent). */
+  #totalNar = 0;
+  /** NAR and compressed bytes of finished uploads, for the compression ratio. */
+  #finishedNar = 0;
+  #finishedFile = 0;
+  /** Work of finished paths that was not counted while it ran (bytes the cache had: resumed). */
+  #credited = 0;
 
   constructor(options: ProgressOptions = {}) {
     this.#out = options.stream ?? process.stderr;
     this.#live = options.live ?? (Boolean(this.#out.isTTY) && !process.env.CI);
     this.#verbose = options.verbose ?? false;
+    this.#heartbeatMs = options.heartbeatMs ?? HEARTBEAT_MS;
   }
 
   /** A plain message, kept above the live line. */
   log(message: string): void {
     this.#clearLine();
     this.#out.write(`${message}\n`);
+    this.#lastWrite = Date.now();
     this.#draw();
   }
 
@@ -89,12 +117,17 @@ export class Progress {
     this.detail(`retrying ${event.method} ${event.url} in ${(event.delayMs / 1000).toFixed(1)} s (attempt ${event.attempt}: ${event.reason})`);
   }
 
-  /** The upload phase begins with this many paths to upload. */
-  begin(total: number): void {
+  /** The upload phase begins with this many paths to upload, of `narBytes` NAR bytes in all. */
+  begin(total: number, narBytes = 0): void {
     this.#total = total;
-    this.#samples = [[Date.now(), 0, 0]];
-    if (this.#live && total > 0) {
+    this.#totalNar = narBytes;
+    this.#samples = [[Date.now(), 0]];
+    this.#lastWrite = Date.now();
+    if (total > 0 && this.#live) {
       this.#timer = setInterval(() => this.#draw(), REDRAW_MS);
+      this.#timer.unref();
+    } else if (total > 0) {
+      this.#timer = setInterval(() => this.#heartbeat(), Math.min(this.#heartbeatMs, 1000));
       this.#timer.unref();
     }
   }
@@ -117,12 +150,22 @@ export class Progress {
   finished(report: PathReport): void {
     this.#current.delete(report.path);
     if (report.outcome === "uploaded" || report.outcome === "failed" || report.outcome === "blocked") this.#done++;
+    if (report.outcome === "uploaded" && report.fileSize !== undefined) {
+      // Bytes the cache already had were never sent: count them as done now.
+      const ratio = this.#ratio();
+      this.#finishedNar += report.narSize;
+      this.#finishedFile += report.fileSize;
+      this.#credited += Math.max(0, report.fileSize - (report.sentBytes ?? report.fileSize)) / ratio;
+    }
     switch (report.outcome) {
-      case "uploaded":
-        if (!this.#live || this.#verbose) {
-          this.log(`uploaded ${report.path} (${formatBytes(report.narSize)} -> ${formatBytes(report.fileSize ?? 0)})`);
-        }
+      case "uploaded": {
+        const sizes = `${formatBytes(report.narSize)} -> ${formatBytes(report.fileSize ?? 0)}`;
+        const resumed = report.sentBytes !== undefined && report.fileSize !== undefined && report.sentBytes < report.fileSize
+          ? `, ${formatBytes(report.fileSize - report.sentBytes)} already in the cache`
+          : "";
+        this.log(this.#live ? `✓ ${report.path} (${sizes}${resumed})` : `uploaded ${report.path} (${sizes}${resumed})`);
         break;
+      }
       case "failed":
         this.log(`failed   ${report.path}: ${report.error ?? "unknown error"}`);
         break;
@@ -153,23 +196,62 @@ export class Progress {
     }
   }
 
-  #draw(): void {
-    if (!this.#timer) return;
-    const now = Date.now();
-    this.#samples.push([now, this.#narBytes, this.#sentBytes]);
+  /** Compressed bytes per NAR byte, from the paths finished so far. */
+  #ratio(): number {
+    return this.#finishedNar > 0 && this.#finishedFile > 0 ? this.#finishedFile / this.#finishedNar : DEFAULT_RATIO;
+  }
+
+  /** Work done, in NAR bytes: read, plus sent as the NAR bytes it carries, plus credits. */
+  #work(): number {
+    return this.#narBytes + this.#sentBytes / this.#ratio() + this.#credited;
+  }
+
+  /** The status: paths, percent, bytes, speed, ETA, what is in progress. */
+  status(now = Date.now()): string {
+    const work = this.#work();
+    this.#samples.push([now, work]);
     while (this.#samples.length > 2 && now - this.#samples[0]![0] > SPEED_WINDOW_MS) this.#samples.shift();
-    const [t0, read0, sent0] = this.#samples[0]!;
-    const rate = (bytes: number): string => formatBytes(now > t0 ? (bytes * 1000) / (now - t0) : 0);
+    const [t0, work0] = this.#samples[0]!;
+    const speed = now > t0 ? ((work - work0) * 1000) / (now - t0) / 2 : 0;
+    const parts = [`[${this.#done}/${this.#total}]`];
+    const total = 2 * this.#totalNar;
+    if (total > 0) {
+      const done = Math.min(work, total);
+      parts.push(`${Math.floor((100 * done) / total)} %`, `${formatBytes(done / 2)} of ${formatBytes(this.#totalNar)}`);
+      parts.push(`${formatBytes(speed)}/s`, speed > 0 ? `ETA ${formatDuration((total - done) / 2 / speed)}` : "ETA -");
+    } else {
+      parts.push(`${formatBytes(this.#narBytes)} read`, `${formatBytes(speed)}/s`);
+    }
+    parts.push(`${formatBytes(this.#sentBytes)} sent`);
+    let line = `${parts[0]} ${parts.slice(1).join(" · ")}`;
     const current = [...this.#current].map((p) => p.slice(p.lastIndexOf("/") + 1 + 33));
-    let line =
-      `[${this.#done}/${this.#total}] ${formatBytes(this.#narBytes)} read (${rate(this.#narBytes - read0)}/s), ` +
-      `${formatBytes(this.#sentBytes)} sent (${rate(this.#sentBytes - sent0)}/s)`;
     if (current.length > 0) line += `  ${current.join(" ")}`;
+    return line;
+  }
+
+  #draw(): void {
+    if (!this.#timer || !this.#live) return;
+    let line = this.status();
     const width = this.#out.columns || 80;
     if (line.length > width - 1) line = `${line.slice(0, width - 2)}…`;
     this.#out.write(`\r\x1b[K${line}`);
     this.#lineShown = true;
   }
+
+  /** Without a live line: the status, when nothing was printed for a heartbeat. */
+  #heartbeat(): void {
+    if (Date.now() - this.#lastWrite >= this.#heartbeatMs) this.log(this.status());
+  }
+}
+
+/** 75 → "1:15", 3725 → "1:02:05". */
+export function formatDuration(seconds: number): string {
+  if (!Number.isFinite(seconds) || seconds < 0) return "-";
+  const s = Math.round(seconds);
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const ss = String(s % 60).padStart(2, "0");
+  return h > 0 ? `${h}:${String(m).padStart(2, "0")}:${ss}` : `${m}:${ss}`;
 }
 
 /** The human summary printed at the end of a push. */

@@ -88,7 +88,7 @@ export async function executePlan(plan: PushPlan, settings: PushSettings): Promi
     }
   };
 
-  progress.begin(plan.toUpload.length);
+  progress.begin(plan.toUpload.length, plan.toUpload.reduce((n, p) => n + p.narSize, 0));
   await mapConcurrent(plan.toUpload, Math.max(1, settings.jobs), async (info) => {
     const r = await uploadOne(info);
     if (r.outcome !== "uploaded") failed.add(info.path);

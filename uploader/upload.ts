@@ -46,7 +46,7 @@ export interface UploadSettings {
   /** Where compressed NARs wait for upload. */
   tmpDir: string;
   /** Wraps the NAR and the upload streams, for progress (see progress.ts). */
-  observe?: { nar?: () => Transform; sent?: () => Transform; detail?: (message: string) => void } | undefined;
+  observe?: { nar?: () => Transform; sent?: () => Transform; detail?: (message: string) => void; log?: (message: string) => void } | undefined;
 }
 
 /** A NAR written, compressed and checked, waiting in a temp file. */
@@ -105,10 +105,13 @@ export async function prepareNar(info: StorePathInfo, settings: UploadSettings, 
  * request body bytes sent, retries included (0: nothing needed sending).
  */
 export async function uploadNar(prepared: PreparedNar, settings: UploadSettings): Promise<number> {
-  if (prepared.fileSize >= HEAD_BEFORE_UPLOAD_BYTES && (await settings.cache.has(prepared.key))) return 0;
+  if (prepared.fileSize >= HEAD_BEFORE_UPLOAD_BYTES && (await settings.cache.has(prepared.key))) {
+    (settings.observe?.log ?? settings.observe?.detail)?.(`${prepared.key}: already in the cache (an earlier push sent it), not sent again`);
+    return 0;
+  }
   const http = settings.cache.http;
   const limits = prepared.fileSize >= HEAD_BEFORE_UPLOAD_BYTES ? await uploadLimits(http) : null;
-  const observe = { sent: settings.observe?.sent, detail: settings.observe?.detail };
+  const observe = { sent: settings.observe?.sent, detail: settings.observe?.detail, log: settings.observe?.log };
   if (needsParts(prepared.fileSize, limits)) return uploadInParts(http, prepared.key, prepared.file, prepared.fileSize, observe);
   let sent = 0;
   try {

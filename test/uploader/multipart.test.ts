@@ -59,8 +59,8 @@ function uploader(args: string[]) {
   return run(process.execPath, [CLI, ...args], { env: uploaderEnv() });
 }
 
-async function pushJson(args: string[]): Promise<{ summary: PushSummary; stderr: string }> {
-  const r = await uploader(["push", "--json", "--verbose", "--secret-key-file", keyFile, ...args]);
+async function pushJson(args: string[], verbose = true): Promise<{ summary: PushSummary; stderr: string }> {
+  const r = await uploader(["push", "--json", ...(verbose ? ["--verbose"] : []), "--secret-key-file", keyFile, ...args]);
   if (r.code !== 0) throw new Error(`push failed (${r.code}):\n${r.stderr}`);
   return { summary: JSON.parse(r.stdout) as PushSummary, stderr: r.stderr };
 }
@@ -133,9 +133,12 @@ describe("multipart pushes with a 6 MiB request limit", () => {
     expect((await fetch(`${worker.url}/${prepared.key}`, { method: "HEAD" })).status).toBe(404);
     http.close();
 
-    const { summary, stderr } = await pushJson([path]);
+    // Without --verbose: a resumed upload says so.
+    const { summary, stderr } = await pushJson([path], false);
     expect(summary).toMatchObject({ uploaded: 1, failed: 0 });
-    expect(stderr).toMatch(new RegExp(`resuming, ${held.parts.length} of ${held.partCount} parts already in the cache`));
+    expect(stderr).toMatch(new RegExp(`resuming an earlier upload, ${held.parts.length} of ${held.partCount} parts already in the cache`));
+    expect(stderr).toContain(`uploaded ${path} (`);
+    expect(stderr).toMatch(/ already in the cache\)\n/);
     // Exactly the missing parts were sent, each once.
     expect(summary.sentBytes).toBe(prepared.fileSize - heldBytes);
     expect(summary.sentBytes).toBeLessThan(prepared.fileSize);

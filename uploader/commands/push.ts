@@ -99,11 +99,12 @@ export async function run(args: string[]): Promise<void> {
   const http = new HttpClient({ baseUrl: cacheUrl, token, maxSockets: jobs + MULTIPART_CONCURRENCY, onRetry: (e) => progress.retry(e) });
   const cache = new RemoteCache(http);
   try {
-    // Before reading anything: is this the cache, and may the token write?
-    for (const warning of await preflight(settings)) progress.log(warning);
     const { paths, derivations } = await expandDerivations(await resolveStorePaths(positionals));
     for (const d of derivations) progress.log(`${d.drv} is a derivation: pushing its output${d.outputs.length === 1 ? "" : "s"} ${d.outputs.join(", ")} (not the .drv file)`);
     const closure = await queryClosure(paths);
+    // Local problems are reported first; then, before any NAR is read: is this the cache,
+    // and may the token write? (One request, no long retries.)
+    for (const warning of await preflight(settings)) progress.log(warning);
     const plan = await planPush(closure, cache, { upstreamKeys });
     if (values["dry-run"]) {
       printPlan(plan, values.json ?? false);
@@ -146,6 +147,7 @@ export async function carryOut(plan: PushPlan, options: CarryOutOptions): Promis
       nar: () => progress.counter("nar"),
       sent: () => progress.counter("sent"),
       detail: (message) => progress.detail(message),
+      log: (message) => progress.log(message),
     } });
   } finally {
     process.off("SIGINT", onInterrupt);
