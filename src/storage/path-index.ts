@@ -68,7 +68,7 @@ export function rowOf(info: NarInfo, token: string | null, pushedAt: number): In
 
 const UPSERT = `INSERT INTO paths (hash, name, nar_file, file_size, nar_size, refs, token, created_at, pushed_at)
   VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
-  ON CONFLICT (hash) DO UPDATE SET pushed_at = max(pushed_at, excluded.pushed_at)`;
+  ON CONFLICT (hash) DO UPDATE SET pushed_at = excluded.pushed_at WHERE excluded.pushed_at > pushed_at`;
 
 /**
  * Records a stored narinfo (after its object was written) and, for `action`, an audit row.

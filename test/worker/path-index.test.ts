@@ -8,7 +8,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { formatNarInfo } from "../../src/nix/narinfo.ts";
 import { adoptObjects, ADOPTION_PAGE, isIndexComplete } from "../../src/path-index/adoption.ts";
 import { encodeNarInfoMeta } from "../../src/storage/narinfo-meta.ts";
-import { indexedPaths, indexStats, unindexedHashes, unindexedPaths } from "../../src/storage/path-index.ts";
+import { indexedPaths, indexStats, recordPath, rowOf, unindexedHashes, unindexedPaths } from "../../src/storage/path-index.ts";
 import { bearer, call, push, putNar, putNarInfo, TEST_SECOND_WRITE_TOKEN, testPath, type TestPath } from "../helpers/worker.ts";
 
 afterEach(() => reset());
@@ -140,5 +140,36 @@ describe("adoption", () => {
     await adoptObjects(env.CACHE, env.DB);
     expect((await adoptObjects(env.CACHE, env.DB)).adopted).toBe(0);
     expect(await isIndexComplete(env.DB)).toBe(true);
+  });
+});
+
+describe("rows written (what the free plan's 100,000 a day count)", () => {
+  /** D1 behind a proxy that sums the rows its batches say they wrote. */
+  function countingWrites(): { db: D1Database; written: () => number } {
+    let written = 0;
+    const db = new Proxy(env.DB, {
+      get(target, prop) {
+        const value = Reflect.get(target, prop) as unknown;
+        if (prop !== "batch") return typeof value === "function" ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+        return async (statements: D1PreparedStatement[]) => {
+          const results = await target.batch(statements);
+          for (const r of results) written += r.meta.rows_written;
+          return results;
+        };
+      },
+    });
+    return { db, written: () => written };
+  }
+
+  it("a new path costs 2 (its row and its audit row); pushing it again costs 1, or none when the row has a later push", async () => {
+    const p = await testPath("rows-written");
+    const { db, written } = countingWrites();
+    const row = rowOf(p.info, "WRITE_TOKEN", 1000)!;
+    await recordPath(db, row, "publish", "WRITE_TOKEN");
+    expect(written()).toBe(2);
+    await recordPath(db, { ...row, pushedAt: 2000 }, null, null);
+    expect(written()).toBe(3);
+    await recordPath(db, { ...row, pushedAt: 1500 }, null, null);
+    expect(written()).toBe(3);
   });
 });
