@@ -11,7 +11,8 @@
 //                     Range → 206; If-None-Match → 304
 //   anything else     404 (no listing, no index page) or 405 (other methods)
 // Nothing is computed for a reader: a binary cache served like this is complete only if
-// every file Nix asks for (nix-cache-info included) is an object in the bucket.
+// every file Nix asks for (nix-cache-info included) is an object in the bucket. It uses the
+// R2 binding directly rather than src/storage/: it stands in for R2 itself, not the Worker.
 
 import { parseRange, resolveRange } from "../http/range.ts";
 
