@@ -1,5 +1,6 @@
-// The D1 index of published paths (migrations/0001_path_index.sql): the only code that
-// touches the D1 binding. Questions about many paths become one query each, whatever their
+// The D1 index of published paths (migrations/0001_path_index.sql), and the one D1 call
+// wrapper (d1) of src/storage/, whose other D1 modules are pins.ts and
+// write-through-budget.ts. Questions about many paths become one query each, whatever their
 // number: lists travel as one JSON parameter read with json_each (D1 binds at most 100
 // parameters per statement), so a request costs a constant number of binding calls.
 //
