@@ -134,7 +134,7 @@ describe("the action (uploader/action.yml)", () => {
   it("is well-formed, runs on Node 24, and its entry points exist", async () => {
     const doc = await load(join(ACTION_DIR, "action.yml"));
     expect(lintAction(doc, { repoRoot: PROJECT_ROOT, file: "uploader/action.yml", actionDir: ACTION_DIR })).toEqual([]);
-    expect(doc.runs).toMatchObject({ using: "node24", pre: "action/pre.js", main: "action/main.js", post: "action/post.js" });
+    expect(doc.runs).toMatchObject({ using: "node24", pre: "action/dist/pre.js", main: "action/dist/main.js", post: "action/dist/post.js" });
   });
 
   it("declares exactly the inputs its code reads, and only cache-url is required", async () => {

@@ -71,6 +71,8 @@ const EVENTS = [
 ];
 const ACTION_KEYS = ["name", "author", "description", "inputs", "outputs", "runs", "branding"];
 const ACTION_INPUT_KEYS = ["description", "required", "default", "deprecationMessage"];
+/** A JavaScript action's outputs have only a description (`value` is for composite actions). */
+const ACTION_OUTPUT_KEYS = ["description"];
 const NODE_RUNS_KEYS = ["using", "main", "pre", "pre-if", "post", "post-if"];
 /** Node versions GitHub's runners offer to JavaScript actions today. */
 const NODE_RUNTIMES = ["node20", "node24"];
@@ -177,6 +179,17 @@ export function lintAction(doc: Yaml, ctx: LintContext & { actionDir: string }):
       unknownKeys(spec, ACTION_INPUT_KEYS, `inputs.${name}`, at);
       if (typeof spec.description !== "string" || spec.description === "") at(`inputs.${name}`, "no description");
       if (spec.required !== undefined && spec.required !== "true" && spec.required !== "false") at(`inputs.${name}.required`, "must be true or false");
+    }
+  }
+  if (doc.outputs !== undefined && !isMap(doc.outputs)) at("outputs", "not a mapping");
+  if (isMap(doc.outputs)) {
+    for (const [name, spec] of Object.entries(doc.outputs)) {
+      if (!isMap(spec)) {
+        at(`outputs.${name}`, "not a mapping");
+        continue;
+      }
+      unknownKeys(spec, ACTION_OUTPUT_KEYS, `outputs.${name}`, at);
+      if (typeof spec.description !== "string" || spec.description === "") at(`outputs.${name}`, "no description");
     }
   }
   const runs = doc.runs;

@@ -6,6 +6,16 @@ import { booleanInput, input, InputError, type Env } from "./runner.ts";
 /** The uploader's own bounds (uploader/commands/push.ts): checked here to fail early. */
 const MAX_JOBS = 64;
 const COMPRESSIONS = ["zstd", "xz", "none"] as const;
+/** How the job's paths reach the cache (see steps.ts). */
+export const PUSH_MODES = ["hook", "store-diff"] as const;
+export type PushMode = (typeof PUSH_MODES)[number];
+/** A Nix public key, `name:base64` (32 bytes: 44 characters with padding). */
+const PUBLIC_KEY = /^[A-Za-z0-9._-]+:[A-Za-z0-9+/]{43}=$/;
+/**
+ * Flags the action sets itself from its inputs: given again in uploader-args they would
+ * contradict them (or, for --token, put the secret on a command line, visible in `ps`).
+ */
+const OWN_FLAGS = ["--cache", "--token", "--secret-key-file", "--json", "--spool", "--spool-only", "--compression", "--jobs", "-j", "--exclude"];
 
 export interface ActionInputs {
   cacheUrl: string;
@@ -20,6 +30,16 @@ export interface ActionInputs {
   compression: string;
   jobs: number | undefined;
   failOnError: boolean;
+  /** Configure nothing for pushing, push nothing (substitution is still configured). */
+  skipPush: boolean;
+  /** hook: Nix's post-build-hook and a background watcher; store-diff: the new paths at the end. */
+  pushMode: PushMode;
+  /** Make Nix substitute from the cache (and the extra caches) in the job's later steps. */
+  configureNix: boolean;
+  extraSubstituters: string[];
+  extraTrustedPublicKeys: string[];
+  /** More flags for the uploader (push and watch-store), one word each. */
+  uploaderArgs: string[];
 }
 
 export function readInputs(env: Env = process.env): ActionInputs {
@@ -59,14 +79,43 @@ export function readInputs(env: Env = process.env): ActionInputs {
       throw new InputError("exclude", `is not a regular expression: ${(err as Error).message}`);
     }
   }
+  const pushMode = (input("push-mode", env) || "hook") as PushMode;
+  if (!PUSH_MODES.includes(pushMode)) {
+    throw new InputError("push-mode", `must be one of ${PUSH_MODES.join(", ")}, got "${pushMode}"`);
+  }
+  const extraSubstituters = words(input("extra-substituters", env));
+  for (const u of extraSubstituters) {
+    if (!/^(https?|s3|file):\/\/\S+$/.test(u)) throw new InputError("extra-substituters", `must be cache URLs separated by spaces or newlines, got "${u}"`);
+  }
+  const extraTrustedPublicKeys = words(input("extra-trusted-public-keys", env));
+  for (const k of extraTrustedPublicKeys) {
+    if (!PUBLIC_KEY.test(k)) throw new InputError("extra-trusted-public-keys", `must be Nix public keys (name:base64) separated by spaces or newlines, got "${k}"`);
+  }
+  const uploaderArgs = words(input("uploader-args", env));
+  for (const a of uploaderArgs) {
+    const flag = a.split("=")[0]!;
+    if (OWN_FLAGS.includes(flag)) {
+      throw new InputError("uploader-args", `must not contain ${flag}: the action sets it from its inputs (cache-url, token, secret-key, compression, jobs, exclude)`);
+    }
+  }
   return {
     cacheUrl,
     token: input("token", env),
     secretKey,
-    paths: input("paths", env).split(/\s+/).filter((p) => p !== ""),
+    paths: words(input("paths", env)),
     exclude,
     compression,
     jobs,
     failOnError: booleanInput("fail-on-error", env),
+    skipPush: booleanInput("skip-push", env),
+    pushMode,
+    configureNix: input("configure-nix", env) === "" ? true : booleanInput("configure-nix", env),
+    extraSubstituters,
+    extraTrustedPublicKeys,
+    uploaderArgs,
   };
+}
+
+function words(text: string): string[] {
+  return text.split(/\s+/).filter((w) => w !== "");
 }

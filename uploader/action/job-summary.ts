@@ -15,7 +15,9 @@ export interface PushReport {
   seconds: number;
   compression: string;
   /** Why the push did not complete, when it did not. */
-  problem?: string;
+  problem?: string | undefined;
+  /** How the paths were found, said under the heading (e.g. pushed as builds finished). */
+  how?: string | undefined;
 }
 
 export function pushSummaryMarkdown(r: PushReport): string {
@@ -23,7 +25,7 @@ export function pushSummaryMarkdown(r: PushReport): string {
   const s = r.summary;
   if (r.problem) lines.push(`> [!WARNING]`, `> Push to ${r.cacheUrl} incomplete: ${oneLine(r.problem)}`, "");
   if (s) {
-    lines.push(`Pushed to ${r.cacheUrl} in ${r.seconds.toFixed(1)} s.`, "");
+    lines.push(`Pushed to ${r.cacheUrl} in ${r.seconds.toFixed(1)} s${r.how ? `, ${r.how}` : ""}.`, "");
     lines.push("| Paths | |", "|---|--:|");
     lines.push(`| uploaded | ${s.uploaded} |`);
     lines.push(`| already cached | ${s.alreadyCached} |`);

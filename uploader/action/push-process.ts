@@ -9,8 +9,18 @@ import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { summarise, type PathReport, type PushSummary } from "../progress.ts";
 
-/** The uploader's entry point, next to this folder. */
-export const CLI_PATH = fileURLToPath(new URL("../cli.ts", import.meta.url));
+/**
+ * The uploader's entry point: in the action's bundles (dist/*.js, what runs on GitHub) the
+ * bundled uploader next to them, dist/uploader.js; from the sources, ../cli.ts.
+ */
+export const CLI_PATH = fileURLToPath(
+  /\/action\/dist\/[^/]+\.js$/.test(import.meta.url) ? new URL("./uploader.js", import.meta.url) : new URL("../cli.ts", import.meta.url),
+);
+
+/** The command that runs the uploader: this Node.js and the entry point. */
+export function uploaderCommand(): string[] {
+  return [process.execPath, CLI_PATH];
+}
 
 /**
  * Paths per uploader run. Store paths are about 90 bytes, so 1,000 make ~90 KiB of
@@ -23,7 +33,9 @@ export interface PushOptions {
   token: string;
   secretKeyFile?: string;
   compression: string;
-  jobs?: number;
+  jobs?: number | undefined;
+  /** More flags for the uploader (the action's uploader-args). */
+  extraArgs?: string[];
   cwd: string;
   env: NodeJS.ProcessEnv;
 }
@@ -64,7 +76,7 @@ function runUploader(paths: readonly string[], o: PushOptions): Promise<RunResul
   const args = [CLI_PATH, "push", "--json", "--cache", o.cacheUrl, "--compression", o.compression];
   if (o.jobs !== undefined) args.push("--jobs", String(o.jobs));
   if (o.secretKeyFile) args.push("--secret-key-file", o.secretKeyFile);
-  args.push("--", ...paths);
+  args.push(...(o.extraArgs ?? []), "--", ...paths);
   // The token travels in the environment, not on the command line (visible in `ps`).
   const env: NodeJS.ProcessEnv = { ...o.env, NIX_CACHE_TOKEN: o.token };
   for (const k of Object.keys(env)) if (k.startsWith("INPUT_")) delete env[k];

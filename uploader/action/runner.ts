@@ -9,6 +9,10 @@
 //   annotations  workflow commands on stdout: `::warning::msg`, `::error::msg`,
 //                `::notice::msg`, `::add-mask::value`; data is escaped (% CR LF)
 //   summary      Markdown appended to the file named by GITHUB_STEP_SUMMARY
+//   environment  a `NAME=value` line appended to the file named by GITHUB_ENV sets NAME
+//                for every later step of the job (Nix in the build step reads it)
+//   outputs      a `name=value` line appended to the file named by GITHUB_OUTPUT is the
+//                step's output `name` (steps.<id>.outputs.<name>)
 
 import { appendFileSync } from "node:fs";
 
@@ -45,6 +49,23 @@ export function saveState(name: string, value: string, env: Env = process.env): 
   appendFileSync(file, `${name}=${value}\n`);
 }
 
+/** Sets an environment variable for the job's later steps (and this process). */
+export function exportVariable(name: string, value: string, env: Env = process.env): void {
+  const file = env.GITHUB_ENV;
+  if (!file) throw new Error("GITHUB_ENV is not set: this must run as a step of a GitHub Actions job");
+  if (/[\r\n]/.test(value)) throw new Error(`environment variable ${name} must be one line`);
+  appendFileSync(file, `${name}=${value}\n`);
+  env[name] = value;
+}
+
+/** Sets one of the action's outputs (action.yml `outputs`); not on a runner, prints it. */
+export function setOutput(name: string, value: string, env: Env = process.env): void {
+  const file = env.GITHUB_OUTPUT;
+  if (/[\r\n]/.test(value)) throw new Error(`output ${name} must be one line`);
+  if (file) appendFileSync(file, `${name}=${value}\n`);
+  else info(`${name}=${value}`);
+}
+
 export function state(name: string, env: Env = process.env): string {
   return env[`STATE_${name}`] ?? "";
 }
@@ -68,6 +89,11 @@ export function notice(message: string): void {
 
 export function info(message: string): void {
   process.stdout.write(`${message}\n`);
+}
+
+/** A collapsible section of the log (`::group::title` … `::endgroup::`). */
+export function group(title: string, body: string): void {
+  process.stdout.write(`::group::${escapeData(title)}\n${body.endsWith("\n") || body === "" ? body : `${body}\n`}::endgroup::\n`);
 }
 
 /** Hides a secret in the rest of the job's logs (secrets from `secrets.*` already are). */

@@ -1,0 +1,51 @@
+// The action's committed bundles (uploader/action/dist/, what GitHub runs) against its
+// sources: a bundle that is not what `npm run build:action` makes of the current sources
+// fails here, so a change to the action or the uploader cannot ship with a stale bundle.
+import { cp, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { BUNDLES, DIST_DIR, staleBundles } from "../../uploader/action/build.ts";
+import { isMap, parseYaml } from "./workflow-lint.ts";
+import { PROJECT_ROOT } from "./harness.ts";
+
+let scratch: string;
+
+beforeAll(async () => {
+  scratch = await mkdtemp(join(tmpdir(), "nec-bundle-"));
+});
+
+afterAll(async () => {
+  if (scratch) await rm(scratch, { recursive: true, force: true });
+});
+
+describe("the action's bundles", () => {
+  it("are what the build makes of the current sources (npm run build:action, then commit uploader/action/dist/)", async () => {
+    expect(await staleBundles(), "run npm run build:action and commit uploader/action/dist/").toEqual([]);
+    expect((await readdir(DIST_DIR)).sort()).toEqual(Object.keys(BUNDLES).sort());
+  });
+
+  it("are reported when one differs by a byte, or is missing", async () => {
+    const copy = join(scratch, "dist");
+    await cp(DIST_DIR, copy, { recursive: true });
+    const main = join(copy, "main.js");
+    const text = await readFile(main, "utf8");
+    await writeFile(main, text.replace("nix-edge-cache:", "nix-edge-cachE:"));
+    await rm(join(copy, "uploader.js"));
+    expect(await staleBundles(copy)).toEqual(["main.js", "uploader.js"]);
+  });
+
+  it("import nothing but Node's own modules, so a job installs nothing", async () => {
+    for (const name of Object.keys(BUNDLES)) {
+      const text = await readFile(join(DIST_DIR, name), "utf8");
+      const specifiers = [...text.matchAll(/(?:\bfrom\s*|\bimport\s*\(\s*|\brequire\s*\(\s*)"([^"]+)"/g)].map((m) => m[1]!);
+      expect(specifiers.length, name).toBeGreaterThan(0);
+      expect(specifiers.filter((s) => !s.startsWith("node:")), name).toEqual([]);
+    }
+  });
+
+  it("are the entry points action.yml names", async () => {
+    const action = parseYaml(await readFile(join(PROJECT_ROOT, "uploader", "action.yml"), "utf8"));
+    expect(isMap(action) && action.runs).toMatchObject({ pre: "action/dist/pre.js", main: "action/dist/main.js", post: "action/dist/post.js" });
+  });
+});
