@@ -32,7 +32,15 @@ beforeAll(async () => {
   runnerDir = await mkdtemp(join(tmpdir(), "nec-runner-"));
 });
 
+/** Every job's directory, so that a watcher a failed test left running is stopped. */
+const jobDirs: string[] = [];
+
 afterAll(async () => {
+  for (const dir of jobDirs) {
+    const state = await readFile(join(dir, "state"), "utf8").catch(() => "");
+    const pid = Number(/^watcher-pid=(\d+)$/m.exec(state)?.[1]);
+    if (pid && running(pid)) process.kill(pid, "SIGKILL");
+  }
   await cache?.stop();
   await nix?.cleanup();
   if (runnerDir) await rm(runnerDir, { recursive: true, force: true });
@@ -42,6 +50,8 @@ afterAll(async () => {
 class Job {
   readonly dir: string;
   readonly inputs: Record<string, string>;
+  /** Variables the runner's environment has besides the usual ones. */
+  extraEnv: Record<string, string> = {};
   constructor(dir: string, inputs: Record<string, string>) {
     this.dir = dir;
     this.inputs = inputs;
@@ -52,6 +62,7 @@ class Job {
     await mkdir(join(dir, "temp"));
     await mkdir(join(dir, "workspace"));
     for (const f of ["state", "env", "output", "summary.md"]) await writeFile(join(dir, f), "");
+    jobDirs.push(dir);
     return new Job(dir, inputs);
   }
 
@@ -91,6 +102,7 @@ class Job {
       GITHUB_STEP_SUMMARY: join(this.dir, "summary.md"),
       GITHUB_WORKSPACE: this.workspace,
       RUNNER_TEMP: join(this.dir, "temp"),
+      ...this.extraEnv,
     };
     for (const k of Object.keys(env)) if (k.startsWith("INPUT_") || k.startsWith("NIX_CACHE_") || k === "NIX_USER_CONF_FILES") delete env[k];
     return { ...env, ...(await this.lines("env")) };
@@ -252,6 +264,30 @@ describe("the GitHub Action pushing while the job builds (push-mode hook, the de
     for (const p of paths(builtDiffing)) expect(await narinfo(p), p).toBeNull();
   });
 
+  it("keeps the user's own Nix configuration files after its own, and adds the extra caches", async () => {
+    const xdg = await mkdtemp(join(runnerDir, "xdg-config-"));
+    await mkdir(join(xdg, "nix"));
+    await writeFile(join(xdg, "nix", "nix.conf"), "extra-substituters = http://user.invalid\nconnect-timeout = 7\n");
+    const extraKey = "other-cache-1:" + Buffer.alloc(32, 7).toString("base64");
+    const job = await Job.create({
+      "cache-url": cache.url,
+      token: cache.token,
+      "skip-push": "true",
+      "extra-substituters": "http://other.invalid/a\nhttp://other.invalid/b",
+      "extra-trusted-public-keys": extraKey,
+    });
+    job.extraEnv = { XDG_CONFIG_HOME: xdg };
+    expect((await job.step("main")).code).toBe(0);
+    const files = (await job.lines("env")).NIX_USER_CONF_FILES!.split(":");
+    expect(files.slice(1)).toContain(join(xdg, "nix", "nix.conf"));
+    const shown = await runOk("nix", ["show-config", "--json"], { env: await job.env() });
+    const settings = JSON.parse(shown) as Record<string, { value: unknown }>;
+    const words = (v: unknown): string[] => (Array.isArray(v) ? v.map(String) : String(v).split(/\s+/));
+    expect(words(settings.substituters!.value)).toEqual(expect.arrayContaining([cache.url, "http://other.invalid/a", "http://other.invalid/b", "http://user.invalid"]));
+    expect(words(settings["trusted-public-keys"]!.value)).toEqual(expect.arrayContaining([cache.publicKey, extraKey]));
+    expect(String(settings["connect-timeout"]!.value)).toBe("7");
+  });
+
   it("with skip-push, configures substitution only and pushes nothing", async () => {
     const skip = await Job.create({ "cache-url": cache.url, token: cache.token, "skip-push": "true" });
     expect((await skip.step("main")).code).toBe(0);
@@ -282,6 +318,32 @@ describe("the GitHub Action pushing while the job builds (push-mode hook, the de
     for (const p of paths(built)) expect((await narinfo(p))?.compression, p).toBe("xz");
     expect(row(await job.summary(), "uploaded")).toBe(3);
     expect(await readdir(spool)).not.toContain(expect.stringMatching(/\.paths$/));
+  });
+
+  it("does not queue the built paths that exclude matches (OUT_PATHS as Nix after 2.8.0 sets it)", async () => {
+    const other = await buildClosure(nix);
+    const job = await Job.create({ "cache-url": cache.url, token: cache.token, exclude: "-nec-test-dep$", "uploader-args": "--batch-wait 600" });
+    expect((await job.step("main")).code).toBe(0);
+    const conf = await readFile((await job.lines("env")).NIX_USER_CONF_FILES!.split(":")[0]!, "utf8");
+    const script = /^post-build-hook = (.+)$/m.exec(conf)![1]!;
+    const spool = (await job.savedState()).STATE_spool!;
+    const jobs = async (): Promise<string[]> => {
+      const names = (await readdir(spool)).filter((n) => n.endsWith(".paths"));
+      return Promise.all(names.map((n) => readFile(join(spool, n), "utf8")));
+    };
+    // As Nix runs it: no arguments, OUT_PATHS space-separated.
+    const hook = (outPaths: string): Promise<RunResult> => run(script, [], { env: { ...process.env, OUT_PATHS: outPaths, DRV_PATH: "" } });
+    const r = await hook(`${other.dep} ${other.top}`);
+    expect(r.code, r.stderr).toBe(0);
+    const queued = (await jobs()).join("");
+    expect(queued).toContain(other.top);
+    expect(queued).not.toContain(other.dep);
+    // Only excluded paths: nothing queued, and the build goes on (exit 0).
+    const only = await hook(other.dep);
+    expect(only.code, only.stderr).toBe(0);
+    expect(await jobs()).toHaveLength(1);
+    expect((await job.step("post")).code).toBe(0);
+    expect(await narinfo(other.top)).not.toBeNull();
   });
 });
 

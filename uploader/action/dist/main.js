@@ -925,10 +925,11 @@ function hookScript(o) {
     "# Queues what Nix just built ($OUT_PATHS) for the watcher (uploader post-build-hook)."
   ];
   if (o.exclude) {
+    const filter = `const r = new RegExp(process.env.NEC_EXCLUDE); process.stdout.write(process.env.OUT_PATHS.split(" ").filter((p) => p && !r.test(p)).join(" "))`;
     lines.push(
-      `if [ -n "$OUT_PATHS" ]; then`,
-      `  OUT_PATHS=$(${q(node)} -e 'const r = new RegExp(process.argv[1]); process.stdout.write(process.env.OUT_PATHS.split(" ").filter((p) => p && !r.test(p)).join(" "))' ${q(o.exclude.source)})`,
-      `  [ -n "$OUT_PATHS" ] || exit 0`,
+      `if [ -n "$OUT_PATHS" ] && kept=$(NEC_EXCLUDE=${q(o.exclude.source)} ${q(node)} -e ${q(filter)}); then`,
+      `  [ -n "$kept" ] || exit 0`,
+      `  OUT_PATHS=$kept`,
       `  export OUT_PATHS`,
       `fi`
     );
