@@ -1,24 +1,28 @@
 // Carrying out a push plan: upload paths with bounded parallelism, narinfos in reference
 // order, and account for every path of the closure in one summary.
 //
-// Up to `jobs` paths are in progress at once. Their NARs (the expensive part: reading,
-// hashing, compressing, sending) proceed in parallel; each narinfo waits until the
-// narinfos of its references are in the cache. Because paths start in references-first
-// order, a path only ever waits for paths already started, so the pool cannot deadlock.
+// Up to `jobs` large paths are in progress at once, and more small ones (scheduleUploads):
+// a small path costs two round trips and little CPU, so a real network's latency, not the
+// cores, bounds how fast they go. NARs (the expensive part: reading, hashing, compressing,
+// sending) proceed in parallel; each narinfo waits until the narinfos of its references
+// are in the cache. A path starts only after the paths it references have started, so it
+// only ever waits for paths in flight, and the pool cannot deadlock.
 //
 // A path that fails is reported and the rest continue; paths that depend on it get no
 // narinfo (they are "blocked"), which keeps the cache's invariant that a narinfo's
 // references are all there. A rejected token stops the push: every later request would
 // fail the same way.
 import { rm } from "node:fs/promises";
-import { mapConcurrent } from "../src/concurrency.ts";
 import { AuthError, messageOf } from "./errors.ts";
 import type { PushPlan } from "./plan.ts";
 import { summarise, type PathReport, type Progress, type PushSummary } from "./progress.ts";
 import type { StorePathInfo } from "./store.ts";
 import { narInfoFor, prepareNar, uploadNar, type PreparedNar, type UploadSettings } from "./upload.ts";
 
-/** Paths in progress at once by default: enough to keep 2-4 cores and the network busy. */
+/**
+ * Large paths in progress at once by default: enough to keep 2-4 cores and the network
+ * busy (small ones go SMALL_PER_JOB times as many, see scheduleUploads).
+ */
 export const DEFAULT_JOBS = 4;
 
 export interface PushSettings extends UploadSettings {
@@ -89,7 +93,7 @@ export async function executePlan(plan: PushPlan, settings: PushSettings): Promi
   };
 
   progress.begin(plan.toUpload.length, plan.toUpload.reduce((n, p) => n + p.narSize, 0));
-  await mapConcurrent(plan.toUpload, Math.max(1, settings.jobs), async (info) => {
+  await scheduleUploads(plan.toUpload, Math.max(1, settings.jobs), async (info) => {
     const r = await uploadOne(info);
     if (r.outcome !== "uploaded") failed.add(info.path);
     committed.get(info.path)!.resolve(r.outcome === "uploaded");
@@ -99,6 +103,58 @@ export async function executePlan(plan: PushPlan, settings: PushSettings): Promi
   const summary = summarise(reports, (performance.now() - started) / 1000);
   progress.end(summary);
   return fatal ? { summary, fatal } : { summary };
+}
+
+/**
+ * Paths smaller than this are bound by round trips (two requests each, little CPU), not
+ * by compression or bandwidth: many of them may be in flight besides the large ones.
+ */
+export const SMALL_PATH_BYTES = 1024 * 1024;
+/** Small paths in flight per -j: at a 30 ms round trip, 16 keep ~250 small paths/s going. */
+export const SMALL_PER_JOB = 4;
+
+/**
+ * Runs `fn` over `paths` (references first) with at most `jobs` large paths and
+ * `jobs × SMALL_PER_JOB` paths in all in flight. A path starts only once every path it
+ * references has started (paths already in the cache are not in the list), so a path only
+ * ever waits for paths in flight and the pool cannot deadlock; a path whose turn has come
+ * but whose class is full lets the next ones of the other class go first.
+ */
+export function scheduleUploads(paths: readonly StorePathInfo[], jobs: number, fn: (info: StorePathInfo) => Promise<void>): Promise<void> {
+  const listed = new Set(paths.map((p) => p.path));
+  const started = new Set<string>();
+  const pending = [...paths];
+  const maxAll = jobs * SMALL_PER_JOB;
+  let large = 0;
+  let all = 0;
+  return new Promise((resolve, reject) => {
+    const pump = (): void => {
+      for (let i = 0; i < pending.length && all < maxAll; ) {
+        const info = pending[i]!;
+        const isLarge = info.narSize >= SMALL_PATH_BYTES;
+        const ready = info.references.every((r) => r === info.path || !listed.has(r) || started.has(r));
+        if (!ready || (isLarge && large >= jobs)) {
+          i++;
+          continue;
+        }
+        pending.splice(i, 1);
+        started.add(info.path);
+        all++;
+        if (isLarge) large++;
+        fn(info).then(
+          () => {
+            all--;
+            if (isLarge) large--;
+            if (pending.length === 0 && all === 0) resolve();
+            else pump();
+          },
+          reject,
+        );
+      }
+    };
+    if (pending.length === 0) resolve();
+    else pump();
+  });
 }
 
 function blocked(info: StorePathInfo, dependency: string): PathReport {

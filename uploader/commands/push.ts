@@ -11,7 +11,7 @@ import { MULTIPART_CONCURRENCY } from "../multipart.ts";
 import { readSecretKeyFile } from "../key-file.ts";
 import { DEFAULT_UPSTREAM_KEYS, planPush, type PushPlan } from "../plan.ts";
 import { Progress, formatBytes } from "../progress.ts";
-import { DEFAULT_JOBS, executePlan, type PushSettings } from "../push.ts";
+import { DEFAULT_JOBS, SMALL_PER_JOB, executePlan, type PushSettings } from "../push.ts";
 import { RemoteCache } from "../remote-cache.ts";
 import { CACHE_OPTIONS, ENV, integerFlag, parseCommandLine, resolveCache } from "../settings.ts";
 import { expandDerivations, queryClosure, resolveStorePaths } from "../store.ts";
@@ -35,7 +35,8 @@ Options:
   --token <token>           a write token for the cache          [env ${ENV.token}]
   --secret-key-file <file>  sign narinfos with this Nix secret key
                                                                  [env ${ENV.secretKeyFile}]
-  -j, --jobs <n>            paths uploaded in parallel (default ${DEFAULT_JOBS})
+  -j, --jobs <n>            large paths uploaded in parallel (default ${DEFAULT_JOBS});
+                            small ones (under 1 MiB) go ${SMALL_PER_JOB} times as many
   --compression <method>    zstd, xz or none (default ${DEFAULT_COMPRESSION})
   --compression-level <n>   zstd 1-19 (default ${DEFAULT_LEVEL.zstd}), xz 0-9 (default ${DEFAULT_LEVEL.xz})
   --upstream-key <name>     skip paths signed by this key name (repeatable;
@@ -95,8 +96,9 @@ export async function run(args: string[]): Promise<void> {
   const secretKey = keyFile ? await readSecretKeyFile(keyFile) : undefined;
 
   const progress = new Progress({ verbose: values.verbose ?? false });
-  // Sockets for -j paths, the parts of a large NAR in parallel, and planning.
-  const http = new HttpClient({ baseUrl: cacheUrl, token, maxSockets: jobs + MULTIPART_CONCURRENCY, onRetry: (e) => progress.retry(e) });
+  // Sockets for the paths in flight (small ones too), the parts of a large NAR, planning;
+  // kept alive and reused from path to path.
+  const http = new HttpClient({ baseUrl: cacheUrl, token, maxSockets: jobs * SMALL_PER_JOB + MULTIPART_CONCURRENCY, onRetry: (e) => progress.retry(e) });
   const cache = new RemoteCache(http);
   try {
     const { paths, derivations } = await expandDerivations(await resolveStorePaths(positionals));
