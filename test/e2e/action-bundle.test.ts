@@ -6,8 +6,6 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BUNDLES, DIST_DIR, staleBundles } from "../../uploader/action/build.ts";
-import { isMap, parseYaml } from "./workflow-lint.ts";
-import { PROJECT_ROOT } from "./harness.ts";
 
 let scratch: string;
 
@@ -42,10 +40,5 @@ describe("the action's bundles", () => {
       expect(specifiers.length, name).toBeGreaterThan(0);
       expect(specifiers.filter((s) => !s.startsWith("node:")), name).toEqual([]);
     }
-  });
-
-  it("are the entry points action.yml names", async () => {
-    const action = parseYaml(await readFile(join(PROJECT_ROOT, "uploader", "action.yml"), "utf8"));
-    expect(isMap(action) && action.runs).toMatchObject({ pre: "action/dist/pre.js", main: "action/dist/main.js", post: "action/dist/post.js" });
   });
 });
