@@ -175,6 +175,20 @@ describe("push's preflight and --json errors", () => {
     expect(JSON.parse(usage.stdout)).toMatchObject({ error: { type: "UsageError", exitCode: 2, message: "no paths given" } });
   });
 
+  test(".drv arguments: the outputs are pushed and the push says so; an unbuilt output is named, with how to build it", async () => {
+    const built = await uploader(["push", closure.drv], { NIX_CACHE_URL: worker.url, NIX_CACHE_TOKEN: worker.token });
+    expect(built.stderr).toContain(`${closure.drv} is a derivation: pushing its output ${closure.top} (not the .drv file)`);
+    expect(built.code).toBe(0);
+    const dir = await nix.tempDir("unbuilt-");
+    await writeFile(join(dir, "x.nix"), `builtins.derivation { name = "nec-unbuilt"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo ${Date.now()} > $out" ]; }`);
+    const drv = (await runOk("nix-instantiate", [join(dir, "x.nix")], { env: nix.env })).trim().split("\n").at(-1)!;
+    const out = (await runOk("nix-store", ["-q", "--outputs", drv], { env: nix.env })).trim();
+    const unbuilt = await uploader(["push", drv], { NIX_CACHE_URL: worker.url, NIX_CACHE_TOKEN: worker.token });
+    expect(unbuilt.code).toBe(3);
+    expect(unbuilt.stderr).toContain(`error: ${drv}: is a derivation whose output ${out} is not built`);
+    expect(unbuilt.stderr).toContain(`hint: push pushes a derivation's outputs: build them first (nix-build ${drv}`);
+  });
+
   test("a token with a trailing newline (a pasted secret) works", async () => {
     await writeFile(join(nix.dir, "token"), `${worker.token}\n`);
     const r = await uploader(["push", "--cache", worker.url, closure.tree], { NIX_CACHE_TOKEN: await readFile(join(nix.dir, "token"), "utf8") });
