@@ -1106,10 +1106,10 @@ var init_multipart = __esm({
   }
 });
 
-// ../../../work/main/node_modules/@noble/ed25519/index.js
+// ../../work/main/node_modules/@noble/ed25519/index.js
 var freeze, P, N, _d, Gx, Gy, _a, ed25519_CURVE, LEN, isBytes, abytes, snapshotBytes, padh, bytesToHex, hexToBytes, concatBytes2, arange, mod, P_MASK, modP, modN, invert, _hash, callHashAsync, apoint, B256, Point, G, I, numTo32bLE, bytesToNumberLE, pow2, pow_2_252_3, RM1, uvRatio, modL_LE, hashedToExtK, getExtendedPublicKeyAsync, getPublicKeyAsync, hashFinishAsync, _sign, signAsync, getZip215, _verify, verifyAsync, hashes, precompute, Gpows, ctneg, wNAF;
 var init_ed25519 = __esm({
-  "../../../work/main/node_modules/@noble/ed25519/index.js"() {
+  "../../work/main/node_modules/@noble/ed25519/index.js"() {
     /*! noble-ed25519 - MIT License (c) 2019 Paul Miller (paulmillr.com) */
     freeze = Object.freeze;
     P = 0x7fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffedn;
@@ -2678,7 +2678,7 @@ async function executePlan(plan, settings) {
     }
   };
   progress.begin(plan.toUpload.length, plan.toUpload.reduce((n, p) => n + p.narSize, 0));
-  await mapConcurrent(plan.toUpload, Math.max(1, settings.jobs), async (info) => {
+  await scheduleUploads(plan.toUpload, Math.max(1, settings.jobs), async (info) => {
     const r = await uploadOne(info);
     if (r.outcome !== "uploaded") failed.add(info.path);
     committed.get(info.path).resolve(r.outcome === "uploaded");
@@ -2688,6 +2688,42 @@ async function executePlan(plan, settings) {
   progress.end(summary);
   return fatal ? { summary, fatal } : { summary };
 }
+function scheduleUploads(paths, jobs, fn) {
+  const listed = new Set(paths.map((p) => p.path));
+  const started = /* @__PURE__ */ new Set();
+  const pending = [...paths];
+  const maxAll = jobs * SMALL_PER_JOB;
+  let large = 0;
+  let all = 0;
+  return new Promise((resolve4, reject) => {
+    const pump = () => {
+      for (let i = 0; i < pending.length && all < maxAll; ) {
+        const info = pending[i];
+        const isLarge = info.narSize >= SMALL_PATH_BYTES;
+        const ready = info.references.every((r) => r === info.path || !listed.has(r) || started.has(r));
+        if (!ready || isLarge && large >= jobs) {
+          i++;
+          continue;
+        }
+        pending.splice(i, 1);
+        started.add(info.path);
+        all++;
+        if (isLarge) large++;
+        fn(info).then(
+          () => {
+            all--;
+            if (isLarge) large--;
+            if (pending.length === 0 && all === 0) resolve4();
+            else pump();
+          },
+          reject
+        );
+      }
+    };
+    if (pending.length === 0) resolve4();
+    else pump();
+  });
+}
 function blocked(info, dependency) {
   return { path: info.path, outcome: "blocked", narSize: info.narSize, error: `dependency ${dependency} was not uploaded` };
 }
@@ -2696,15 +2732,16 @@ function deferred() {
   const promise = new Promise((r) => resolve4 = r);
   return { promise, resolve: resolve4 };
 }
-var DEFAULT_JOBS;
+var DEFAULT_JOBS, SMALL_PATH_BYTES, SMALL_PER_JOB;
 var init_push = __esm({
   "uploader/push.ts"() {
     "use strict";
-    init_concurrency();
     init_errors();
     init_progress();
     init_upload();
     DEFAULT_JOBS = 4;
+    SMALL_PATH_BYTES = 1024 * 1024;
+    SMALL_PER_JOB = 4;
   }
 });
 
@@ -3716,7 +3753,7 @@ async function run2(args) {
   const keyFile = settings.secretKeyFile;
   const secretKey = keyFile ? await readSecretKeyFile(keyFile) : void 0;
   const progress = new Progress({ verbose: values.verbose ?? false });
-  const http2 = new HttpClient({ baseUrl: cacheUrl, token, maxSockets: jobs + MULTIPART_CONCURRENCY, onRetry: (e) => progress.retry(e) });
+  const http2 = new HttpClient({ baseUrl: cacheUrl, token, maxSockets: jobs * SMALL_PER_JOB + MULTIPART_CONCURRENCY, onRetry: (e) => progress.retry(e) });
   const cache = new RemoteCache(http2);
   try {
     const { paths, derivations } = await expandDerivations(await resolveStorePaths(positionals));
@@ -3837,7 +3874,8 @@ Options:
   --token <token>           a write token for the cache          [env ${ENV.token}]
   --secret-key-file <file>  sign narinfos with this Nix secret key
                                                                  [env ${ENV.secretKeyFile}]
-  -j, --jobs <n>            paths uploaded in parallel (default ${DEFAULT_JOBS})
+  -j, --jobs <n>            large paths uploaded in parallel (default ${DEFAULT_JOBS});
+                            small ones (under 1 MiB) go ${SMALL_PER_JOB} times as many
   --compression <method>    zstd, xz or none (default ${DEFAULT_COMPRESSION})
   --compression-level <n>   zstd 1-19 (default ${DEFAULT_LEVEL.zstd}), xz 0-9 (default ${DEFAULT_LEVEL.xz})
   --upstream-key <name>     skip paths signed by this key name (repeatable;
@@ -4927,7 +4965,7 @@ var init_http_source = __esm({
   }
 });
 
-// ../../../work/main/node_modules/aws4fetch/dist/aws4fetch.esm.mjs
+// ../../work/main/node_modules/aws4fetch/dist/aws4fetch.esm.mjs
 async function hmac(key, string) {
   const cryptoKey = await crypto.subtle.importKey(
     "raw",
@@ -5002,7 +5040,7 @@ function guessServiceRegion(url, headers) {
 }
 var encoder, HOST_SERVICES, UNSIGNABLE_HEADERS, AwsClient, AwsV4Signer, HEX_CHARS2;
 var init_aws4fetch_esm = __esm({
-  "../../../work/main/node_modules/aws4fetch/dist/aws4fetch.esm.mjs"() {
+  "../../work/main/node_modules/aws4fetch/dist/aws4fetch.esm.mjs"() {
     /**
      * @license MIT <https://opensource.org/licenses/MIT>
      * @copyright Michael Hart 2024
