@@ -39,6 +39,10 @@ describe("the action's bundles", () => {
       const specifiers = [...text.matchAll(/(?:\bfrom\s*|\bimport\s*\(\s*|\brequire\s*\(\s*)"([^"]+)"/g)].map((m) => m[1]!);
       expect(specifiers.length, name).toBeGreaterThan(0);
       expect(specifiers.filter((s) => !s.startsWith("node:")), name).toEqual([]);
+      // Every module from inside the checkout (a path outside it would differ between clones).
+      const modules = [...text.matchAll(/^\/\/ (\S+\.[cm]?[jt]s)$/gm)].map((m) => m[1]!);
+      expect(modules.length, name).toBeGreaterThan(0);
+      expect(modules.filter((m) => m.startsWith("../") || m.startsWith("/")), name).toEqual([]);
     }
   });
 });

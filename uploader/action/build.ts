@@ -42,6 +42,10 @@ export async function buildBundles(outDir: string = DIST_DIR): Promise<void> {
       target: "node24",
       banner: { js: BANNER },
       legalComments: "inline",
+      // Module paths (in the bundle's comments and module names) as the checkout lays them
+      // out, node_modules/…, even where node_modules is a symlink: the same bundle wherever
+      // the files really live.
+      preserveSymlinks: true,
       write: false,
       logLevel: "warning",
     });

@@ -1106,10 +1106,10 @@ var init_multipart = __esm({
   }
 });
 
-// ../../work/main/node_modules/@noble/ed25519/index.js
+// node_modules/@noble/ed25519/index.js
 var freeze, P, N, _d, Gx, Gy, _a, ed25519_CURVE, LEN, isBytes, abytes, snapshotBytes, padh, bytesToHex, hexToBytes, concatBytes2, arange, mod, P_MASK, modP, modN, invert, _hash, callHashAsync, apoint, B256, Point, G, I, numTo32bLE, bytesToNumberLE, pow2, pow_2_252_3, RM1, uvRatio, modL_LE, hashedToExtK, getExtendedPublicKeyAsync, getPublicKeyAsync, hashFinishAsync, _sign, signAsync, getZip215, _verify, verifyAsync, hashes, precompute, Gpows, ctneg, wNAF;
 var init_ed25519 = __esm({
-  "../../work/main/node_modules/@noble/ed25519/index.js"() {
+  "node_modules/@noble/ed25519/index.js"() {
     /*! noble-ed25519 - MIT License (c) 2019 Paul Miller (paulmillr.com) */
     freeze = Object.freeze;
     P = 0x7fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffedn;
@@ -4965,7 +4965,7 @@ var init_http_source = __esm({
   }
 });
 
-// ../../work/main/node_modules/aws4fetch/dist/aws4fetch.esm.mjs
+// node_modules/aws4fetch/dist/aws4fetch.esm.mjs
 async function hmac(key, string) {
   const cryptoKey = await crypto.subtle.importKey(
     "raw",
@@ -5040,7 +5040,7 @@ function guessServiceRegion(url, headers) {
 }
 var encoder, HOST_SERVICES, UNSIGNABLE_HEADERS, AwsClient, AwsV4Signer, HEX_CHARS2;
 var init_aws4fetch_esm = __esm({
-  "../../work/main/node_modules/aws4fetch/dist/aws4fetch.esm.mjs"() {
+  "node_modules/aws4fetch/dist/aws4fetch.esm.mjs"() {
     /**
      * @license MIT <https://opensource.org/licenses/MIT>
      * @copyright Michael Hart 2024
