@@ -107,7 +107,7 @@ import {
   type ListedObject,
 } from "../storage/gc-store.ts";
 import { NARINFO_MAX_AGE_SECONDS } from "../http/representation.ts";
-import { NAR_PREFIX, parseNarFileName } from "../storage/keys.ts";
+import { listingKey, NAR_PREFIX, narInfoKey, parseNarFileName } from "../storage/keys.ts";
 import { decodeNarInfoMeta, encodeNarInfoMeta, metaLinks, metaName, metaNumber, metaPushTime, type NarInfoLinks } from "../storage/narinfo-meta.ts";
 import { getNarInfoObject, putNarInfoObject } from "../storage/narinfo-object.ts";
 import { forgetPaths, linksOf, pushedSince } from "../storage/path-index.ts";
@@ -155,8 +155,19 @@ const LOOKUP_COST = 30;
  * query and its row decoded (the references it adds are charged apart, REFS_PER_ENTRY).
  */
 const INDEXED_LOOKUP_COST = 2;
-/** References followed from index rows that count as one entry (each is a set insert). */
-const REFS_PER_ENTRY = 16;
+/**
+ * References followed from index rows that count as one entry: each is ~35 bytes of the
+ * query's answer for the runtime to decode, then a set insert. bench/worker-cpu.ts saw a
+ * batch that followed 27,000 references in one answer spend ~30 ms, so a batch of
+ * BATCH_ENTRIES takes at most ~4,000.
+ */
+const REFS_PER_ENTRY = 4;
+/**
+ * Characters of listed metadata that count as one entry. A narinfo's metadata records its
+ * references (up to 7 KiB); bench/worker-cpu.ts saw a batch listing 1000 narinfos of ~3.3
+ * KiB each spend 40-70 ms, so a batch of BATCH_ENTRIES lists at most ~400 KB of it.
+ */
+const METADATA_CHARS_PER_ENTRY = 400;
 /** Queued paths asked of the index in one query (the list is one JSON parameter). */
 const INDEX_ROUND = 200;
 /**
@@ -518,6 +529,7 @@ class Batch {
       rootsLoaded: false,
       queue: "",
       unindexed: "",
+      metadataCharsPerObject: 0,
       pendingListing: null,
       sets: null,
       candidates: [],
@@ -646,14 +658,19 @@ class Batch {
       this.#setsDirty = true;
     }
     if (!run.listed) {
-      const room = Math.min(MAX_PAGE, this.#maxEntries - this.#entries);
+      // Decoding a page costs in proportion to its metadata (the references recorded with
+      // each narinfo): the page is sized by what the last one carried per object.
+      const left = this.#maxEntries - this.#entries;
+      const bySize = Math.floor((left * METADATA_CHARS_PER_ENTRY) / Math.max(METADATA_CHARS_PER_ENTRY, run.metadataCharsPerObject));
+      const room = Math.max(1, Math.min(MAX_PAGE, left, bySize));
       // The listing and the index query about its page.
       if (!this.#fits(2, 1, 1)) return false;
       const page = await this.#op(() => listTopLevel(this.#bucket, run.cursor, room));
       const hashes = page.objects.map((o) => narInfoHashOf(o.key));
       const refreshed = await this.#refreshedAmong(run, page.objects, hashes);
       page.objects.forEach((object, i) => this.#listed(run, object, hashes[i] ?? null, refreshed));
-      this.#entries += page.objects.length;
+      this.#entries += Math.max(page.objects.length, Math.ceil(page.metadataChars / METADATA_CHARS_PER_ENTRY));
+      if (page.objects.length > 0) run.metadataCharsPerObject = Math.ceil(page.metadataChars / page.objects.length);
       this.#setsDirty = true;
       run.cursor = page.cursor;
       if (page.cursor === null) {
@@ -747,7 +764,7 @@ class Batch {
     const pending = run.pendingListing;
     if (pending === null) return;
     run.pendingListing = null;
-    if (nextHash !== null && pending.key === `${nextHash}.ls`) return;
+    if (nextHash !== null && pending.key === listingKey(nextHash)) return;
     if (pending.uploaded < run.narCutoff) {
       this.#narLines.push(`${pending.key}\t${pending.size}`);
       run.totals.orphanListings++;
@@ -792,20 +809,22 @@ class Batch {
     if (run.queue === "") return this.#lookUpStep(run);
     // A batch that has done nothing else follows at least one, however small its budget.
     const first = this.#entries === 0;
-    const affordable = Math.max(first ? 1 : 0, Math.floor((this.#maxEntries - this.#entries) / INDEXED_LOOKUP_COST));
+    const left = this.#maxEntries - this.#entries;
+    const affordable = Math.max(first ? 1 : 0, Math.floor(left / INDEXED_LOOKUP_COST));
     const count = Math.min(run.queue.length / HASH_PART_LENGTH, INDEX_ROUND, affordable);
     if (count <= 0 || !this.#fits(1, 0, 1)) return false;
     const hashes: string[] = [];
     for (let i = 0; i < count; i++) hashes.push(run.queue.slice(i * HASH_PART_LENGTH, (i + 1) * HASH_PART_LENGTH));
-    const rows = await this.#query(() => linksOf(this.#db, hashes));
+    // The index answers references for as many of them as the batch can still afford.
+    const rows = await this.#query(() => linksOf(this.#db, hashes, Math.max(1, left) * REFS_PER_ENTRY));
     const indexed = new Map(rows.map((row) => [row.hash, row]));
     let taken = 0;
     for (const hash of hashes) {
       const row = indexed.get(hash);
-      // Each path is charged as it is followed; what the batch cannot afford stays queued.
-      const cost = INDEXED_LOOKUP_COST + Math.ceil((row?.refCount ?? 0) / REFS_PER_ENTRY);
-      if (this.#entries + cost > this.#maxEntries && !(first && taken === 0)) break;
-      this.#entries += cost;
+      // Past the references the answer could carry, or the batch's entries: this one and
+      // the rest stay queued.
+      if ((row !== undefined && row.refs === null) || (taken > 0 && this.#entries >= this.#maxEntries)) break;
+      this.#entries += INDEXED_LOOKUP_COST + Math.ceil((row?.refCount ?? 0) / REFS_PER_ENTRY);
       taken++;
       run.totals.indexLookups++;
       if (row === undefined) {
@@ -815,10 +834,10 @@ class Batch {
       this.#live!.setExpanded(hash);
       const fileHash = narFileHash(row.narFile);
       if (fileHash === null) {
-        this.#noteUnreadable(run, { key: `${hash}${NARINFO_SUFFIX}`, path: null, reason: `its NAR file ${JSON.stringify(row.narFile.slice(0, 120))} is not <file hash>.nar[.ext], so which NAR it needs is unknown` });
+        this.#noteUnreadable(run, { key: narInfoKey(hash), path: null, reason: `its NAR file ${JSON.stringify(row.narFile.slice(0, 120))} is not <file hash>.nar[.ext], so which NAR it needs is unknown` });
         continue;
       }
-      this.#expand(run, hash, row.refs(), fileHash);
+      this.#expand(run, hash, row.refs!, fileHash);
     }
     run.queue = run.queue.slice(taken * HASH_PART_LENGTH);
     this.#setsDirty = true;
@@ -863,7 +882,7 @@ class Batch {
    * "unreadable": what it references is unknown.
    */
   async #lookUp(run: RunState, hash: string): Promise<LookedUp> {
-    const key = `${hash}.narinfo`;
+    const key = narInfoKey(hash);
     run.totals.lookups++;
     const head = await this.#op(() => headKey(this.#bucket, key));
     if (head === null) return { kind: "absent" };
@@ -1094,7 +1113,7 @@ class Batch {
           continue;
         }
         forgotten.push(path.hash);
-        keys.push(`${path.hash}.narinfo`, `${path.hash}.ls`);
+        keys.push(narInfoKey(path.hash), listingKey(path.hash));
         totals.deletedPaths++;
         totals.paths--;
         if (path.fileSize !== null && path.narSize !== null) totals.savedBytes -= Math.max(0, path.narSize - path.fileSize);

@@ -48,13 +48,18 @@ export interface ListPage {
   objects: ListedObject[];
   /** Where the next page starts; null after the last page. */
   cursor: string | null;
+  /** Characters of customMetadata (keys and values) on the page: what decoding it costs. */
+  metadataChars: number;
 }
 
 function page(result: R2Objects): ListPage {
-  return {
-    objects: result.objects.map((o) => ({ key: o.key, size: o.size, uploaded: o.uploaded.getTime(), customMetadata: o.customMetadata })),
-    cursor: result.truncated ? result.cursor : null,
-  };
+  let metadataChars = 0;
+  const objects = result.objects.map((o) => {
+    const customMetadata = o.customMetadata;
+    if (customMetadata !== undefined) for (const k in customMetadata) metadataChars += k.length + customMetadata[k]!.length;
+    return { key: o.key, size: o.size, uploaded: o.uploaded.getTime(), customMetadata };
+  });
+  return { objects, cursor: result.truncated ? result.cursor : null, metadataChars };
 }
 
 /**

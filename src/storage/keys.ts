@@ -59,6 +59,11 @@ export function narInfoKey(hashPart: string): string {
   return `${hashPart}.narinfo`;
 }
 
+/** `<hash32>.ls`: the listing of the path's NAR. */
+export function listingKey(hashPart: string): string {
+  return `${hashPart}.ls`;
+}
+
 /** `nar/<file>`. */
 export function narKey(fileName: string): string {
   return NAR_PREFIX + fileName;

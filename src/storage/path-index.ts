@@ -148,30 +148,37 @@ export interface PathLinks {
   hash: string;
   /** The NAR's file name under nar/. */
   narFile: string;
-  /** How many references it has (known before they are decoded). */
+  /** How many references it has. */
   refCount: number;
-  /** Hash parts of the references, the path's own excluded (decoded on demand). */
-  refs(): string[];
+  /**
+   * Hash parts of the references, the path's own excluded; null when answering them would
+   * have passed the query's reference budget (this path and those after it are asked again).
+   */
+  refs: string[] | null;
 }
 
 /**
  * The references and NAR file of the indexed paths among `hashes`, in their order (absent
  * ones are left out), in one query: the collector follows a live path's references with
- * this instead of one R2 call per path. References are decoded only when asked for, so a
- * caller that stops early (its CPU budget) pays only for the rows it used.
+ * this instead of one R2 call per path. What the answer costs to decode grows with the
+ * references in it, so they are answered for the first paths only, as long as the total
+ * stays within `refBudget` (always for the first path).
  */
-export async function linksOf(db: D1Database, hashes: readonly string[]): Promise<PathLinks[]> {
+export async function linksOf(db: D1Database, hashes: readonly string[], refBudget: number): Promise<PathLinks[]> {
   if (hashes.length === 0) return [];
   const result = await d1(() =>
     db
       .prepare(
-        `SELECT p.hash AS hash, p.nar_file AS nar_file, json_array_length(p.refs) AS ref_count, p.refs AS refs
-           FROM json_each(?1) j JOIN paths p ON p.hash = j.value ORDER BY j.key`,
+        `WITH found AS (
+           SELECT j.key AS k, p.hash AS hash, p.nar_file AS nar_file, p.refs AS refs, json_array_length(p.refs) AS n
+             FROM json_each(?1) j JOIN paths p ON p.hash = j.value
+         ), running AS (SELECT *, sum(n) OVER (ORDER BY k) AS upto FROM found)
+         SELECT hash, nar_file, n AS ref_count, CASE WHEN upto - n < ?2 THEN refs END AS refs FROM running ORDER BY k`,
       )
-      .bind(JSON.stringify(hashes))
-      .all<{ hash: string; nar_file: string; ref_count: number; refs: string }>(),
+      .bind(JSON.stringify(hashes), refBudget)
+      .all<{ hash: string; nar_file: string; ref_count: number; refs: string | null }>(),
   );
-  return result.results.map((r) => ({ hash: r.hash, narFile: r.nar_file, refCount: r.ref_count, refs: () => JSON.parse(r.refs) as string[] }));
+  return result.results.map((r) => ({ hash: r.hash, narFile: r.nar_file, refCount: r.ref_count, refs: r.refs === null ? null : (JSON.parse(r.refs) as string[]) }));
 }
 
 /**
