@@ -12,9 +12,14 @@
 //   NAR        download of a ~100 MB NAR (96 MiB of random bytes: incompressible) with
 //              curl, several rounds: MB/s
 //   substitute `nix-store --store <empty dir> -r <top>` of the whole closure, with only
-//              that server as substituter and its key trusted: seconds
+//              that server as substituter and its key trusted: seconds. Also in the two
+//              read modes without the Worker (README "Reads without the Worker"), against
+//              the local stand-in for the bucket's public domain (uploader/public-bucket.ts,
+//              reading the Worker's own local R2): a second Worker on the same bucket with
+//              NAR_BASE_URL (narinfos from the Worker, NARs from the bucket), and the bucket
+//              read directly; the NAR download is measured from the bucket too
 //
-// Rounds alternate between the servers and medians are compared; every ratio is
+// Each round starts with another server, and medians are compared; every ratio is
 // Worker ÷ nginx. wrk, curl, nix and both servers share this machine's cores, so the
 // numbers compare the two servers here, not a Cloudflare data centre.
 //
@@ -29,6 +34,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { parseNarInfo } from "../src/nix/narinfo.ts";
 import { freePort, LocalCache, NixClient, PROJECT_ROOT, run, runOk } from "../test/e2e/harness.ts";
+import { PublicBucket } from "../uploader/public-bucket.ts";
 
 /** Programs the benchmark runs, and the Debian package of each. */
 const TOOLS: Record<string, string> = { nginx: "nginx", wrk: "wrk", curl: "curl", "nix-store": "nix-bin" };
@@ -304,8 +310,18 @@ async function removeStore(dir: string): Promise<void> {
   await rm(dir, { recursive: true, force: true });
 }
 
+/** Through the Worker, the two read modes without it (README), and nginx on files. */
+const MODES = ["Worker", "NAR_BASE_URL", "bucket", "nginx"] as const;
+type Mode = (typeof MODES)[number];
+const MODE_LABEL: Record<Mode, string> = {
+  Worker: "through the Worker (2 Worker requests per path)",
+  NAR_BASE_URL: "Worker + NAR_BASE_URL (1 per path)",
+  bucket: "bucket read directly (0 per path)",
+  nginx: "nginx",
+};
+
 interface Server {
-  name: "Worker" | "nginx";
+  name: Mode;
   url: string;
   publicKey: string;
   narUrl: string;
@@ -355,6 +371,8 @@ async function main(): Promise<void> {
   const work = await mkdtemp(join(tmpdir(), "nec-bench-serve-"));
   await chmod(work, 0o755);
   let worker: LocalCache | undefined;
+  let narBase: LocalCache | undefined;
+  let bucket: PublicBucket | undefined;
   let nginx: Nginx | undefined;
   try {
     log("building the closure…");
@@ -369,6 +387,13 @@ async function main(): Promise<void> {
       env: { ...env, NIX_CACHE_TOKEN: worker.token },
     });
 
+    log("starting the bucket's public-domain stand-in and a Worker with NAR_BASE_URL on the same bucket…");
+    const bucketPort = await freePort();
+    [narBase, bucket] = await Promise.all([
+      LocalCache.start({ NAR_BASE_URL: `http://127.0.0.1:${bucketPort}` }, { sharing: worker }),
+      PublicBucket.start(join(worker.stateDir, "r2"), bucketPort),
+    ]);
+
     log("writing it as files with nix copy --to file://, for nginx…");
     const keyDir = join(work, "key");
     await mkdir(keyDir);
@@ -379,16 +404,22 @@ async function main(): Promise<void> {
     await runOk("nix", ["copy", "--to", `file://${files}?compression=zstd&secret-key=${join(keyDir, "sk")}`, closure.top], { env });
     nginx = await Nginx.start(files, join(work, "nginx"));
 
+    const workerNar = await narUrlOf(worker.url, closure.big);
     const servers: Server[] = [
-      { name: "Worker", url: worker.url, publicKey: worker.publicKey, narUrl: await narUrlOf(worker.url, closure.big) },
+      { name: "Worker", url: worker.url, publicKey: worker.publicKey, narUrl: workerNar },
       { name: "nginx", url: nginx.url, publicKey: nginxKey, narUrl: await narUrlOf(nginx.url, closure.big) },
+    ];
+    // The read modes without the Worker: only substitution (and the bucket's NAR download).
+    const readModes: Server[] = [
+      { name: "NAR_BASE_URL", url: narBase.url, publicKey: worker.publicKey, narUrl: workerNar.replace(worker.url, bucket.url) },
+      { name: "bucket", url: bucket.url, publicKey: worker.publicKey, narUrl: workerNar.replace(worker.url, bucket.url) },
     ];
     const script = join(work, "narinfos.lua");
     await wrkScript(script, closure.all.map((p) => `/${hashPart(p)}.narinfo`));
 
     // Warm-up: one pass over every narinfo and the big NAR on each server (the Worker's
     // first requests compile code and open the local R2 database).
-    for (const s of servers) {
+    for (const s of [...servers, ...readModes]) {
       for (const p of closure.all) await (await fetch(`${s.url}/${hashPart(p)}.narinfo`)).arrayBuffer();
       await download(s.narUrl);
     }
@@ -406,11 +437,13 @@ async function main(): Promise<void> {
       }
     }
 
-    const throughput: Record<string, number[]> = { Worker: [], nginx: [] };
-    const substitute: Record<string, number[]> = { Worker: [], nginx: [] };
+    const throughput: Record<Mode, number[]> = { Worker: [], NAR_BASE_URL: [], bucket: [], nginx: [] };
+    const substitute: Record<Mode, number[]> = { Worker: [], NAR_BASE_URL: [], bucket: [], nginx: [] };
     let narSize = 0;
+    const all = [...servers, ...readModes];
     for (let round = 0; round < o.rounds; round++) {
-      const order = round % 2 === 0 ? servers : [...servers].reverse();
+      // Each round starts with another server, so no mode always follows the same one.
+      const order = all.map((_, i) => all[(i + round) % all.length]!);
       for (const s of order) {
         log(`round ${round + 1}/${o.rounds}: NAR download and nix-store -r from ${s.name}…`);
         const d = await download(s.narUrl);
@@ -444,6 +477,11 @@ async function main(): Promise<void> {
     }
     row(`NAR download (MB/s), ${fmt(narSize / 1e6)} MB`, median(throughput.Worker!), median(throughput.nginx!), "higher");
     row(`nix-store -r of ${closure.all.length} paths, ${fmt(narBytes / 1e6)} MB NAR (s)`, median(substitute.Worker!), median(substitute.nginx!), "lower");
+    const modeRows = MODES.map((m) => {
+      const t = median(substitute[m]);
+      const mbps = median(throughput[m]);
+      return `| ${MODE_LABEL[m]} | ${sig(t)} | ${sig(t / median(substitute.nginx))} | ${substitute[m].map((x) => sig(x)).join(", ")} | ${m === "NAR_BASE_URL" ? "(the bucket's)" : sig(mbps)} |`;
+    });
     const report = [
       `### ${date}`,
       "",
@@ -457,6 +495,12 @@ async function main(): Promise<void> {
       "|---|--:|--:|--:|---|",
       ...rows,
       "",
+      `Read modes: nix-store -r of the ${closure.all.length} paths (${fmt(narBytes / 1e6)} MB of NARs), median seconds; the bucket is the local stand-in for its public domain (workerd on the same local R2)`,
+      "",
+      "| Mode | nix-store -r (s) | ÷ nginx | each round (s) | NAR download (MB/s) |",
+      "|---|--:|--:|--:|--:|",
+      ...modeRows,
+      "",
     ].join("\n");
     process.stdout.write(`${report}\n`);
     const outDir = join(PROJECT_ROOT, "bench", "out");
@@ -465,6 +509,8 @@ async function main(): Promise<void> {
     log(`(also written to bench/out/serve-${date}.md)`);
   } finally {
     await nginx?.stop();
+    await bucket?.stop();
+    await narBase?.stop();
     await worker?.stop();
     await removeStore(work);
     await nix.cleanup();
