@@ -97,6 +97,10 @@ function describe(answer: GcBatchAnswer): string {
     case "wait":
       return `announced what it deletes; waiting ${Math.ceil(answer.waitMs / 1000)} s for uploads in flight`;
     case "delete":
+      // Between narinfos and NARs the collection waits out caches still serving a deleted narinfo.
+      if (answer.status === "waiting") {
+        return `deleted ${count(t.deletedPaths ?? 0, "path")}; waiting ${Math.ceil(answer.waitMs / 1000)} s before deleting NARs, while caches may still serve the deleted narinfos`;
+      }
       return `deleting: ${count(t.deletedPaths ?? 0, "path")} and ${count(t.deletedNars ?? 0, "NAR")} so far`;
     default:
       return phase;
