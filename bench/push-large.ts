@@ -1,0 +1,99 @@
+// Benchmark: one large path (1 GiB by default, half incompressible), `uploader push` to a
+// fresh local Worker (as `npm start` runs it: wrangler dev, workerd, local R2) against the
+// CPU-bound limit on the same data, `nix-store --dump <path> | zstd -3 -T0 > /dev/null`:
+// serialising and compressing on every core with nothing hashed, stored or sent. Goal: the
+// push takes at most 1.25 × the limit.
+//
+// Also timed, to show where the time goes: the uploader's own NAR pipeline alone
+// (prepareNar: NAR writer, two SHA-256, zstd, into a temp file), without any upload.
+//
+// Rounds alternate; medians. Cache start-up is not timed; each push goes to an empty cache.
+//
+// Usage: node bench/push-large.ts [--rounds N] [--mib N]
+import { randomBytes } from "node:crypto";
+import { mkdir, mkdtemp, open, rm } from "node:fs/promises";
+import { cpus, loadavg, tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { LocalCache, NixClient, PROJECT_ROOT, runOk } from "../test/e2e/harness.ts";
+import { queryClosure } from "../uploader/store.ts";
+import { prepareNar } from "../uploader/upload.ts";
+import { RemoteCache } from "../uploader/remote-cache.ts";
+import { HttpClient } from "../uploader/http.ts";
+
+const DEFAULT_ROUNDS = 3;
+const DEFAULT_MIB = 1024;
+/** The goal: push time over the CPU-bound limit. */
+const GOAL = 1.25;
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = Math.floor(s.length / 2);
+  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
+
+async function timed(fn: () => Promise<unknown>): Promise<number> {
+  const start = process.hrtime.bigint();
+  await fn();
+  return Number(process.hrtime.bigint() - start) / 1e9;
+}
+
+/** `mib` MiB alternating 1 MiB blocks of random bytes and of repeated text. */
+async function generate(file: string, mib: number, salt: string): Promise<void> {
+  const fh = await open(file, "w");
+  for (let i = 0; i < mib; i++) {
+    await fh.write(i % 2 === 0 ? randomBytes(1 << 20) : Buffer.alloc(1 << 20, `${salt} text region ${i}\n`));
+  }
+  await fh.close();
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { rounds: { type: "string" }, mib: { type: "string" } } });
+  const rounds = values.rounds ? Number(values.rounds) : DEFAULT_ROUNDS;
+  const mib = values.mib ? Number(values.mib) : DEFAULT_MIB;
+  const nix = await NixClient.create();
+  const env = await nix.env();
+  try {
+    const dir = join(nix.dir, "large");
+    await mkdir(dir);
+    await generate(join(dir, "data.bin"), mib, randomBytes(8).toString("hex"));
+    const path = (await runOk("nix-store", ["--add", dir], { env })).trim();
+    await rm(dir, { recursive: true });
+    const [info] = await queryClosure([path], { env });
+    console.log(`one path of ${mib} MiB (half random, half text): ${path}`);
+    console.log(`${cpus().length} cores (${cpus()[0]?.model ?? "?"}), Node ${process.version}, load ${loadavg().map((l) => l.toFixed(1)).join(" ")}; ${rounds} alternating rounds, medians\n`);
+
+    const limit: number[] = [];
+    const pipeline: number[] = [];
+    const push: number[] = [];
+    for (let round = 0; round < rounds; round++) {
+      limit.push(await timed(() => runOk("sh", ["-c", `nix-store --dump '${path}' | zstd -3 -T0 -q > /dev/null`], { env })));
+      const tmp = await mkdtemp(join(tmpdir(), "nec-bench-large-"));
+      const http = new HttpClient({ baseUrl: "http://127.0.0.1:9" });
+      try {
+        pipeline.push(await timed(() => prepareNar(info!, { cache: new RemoteCache(http), compression: "zstd", tmpDir: tmp })));
+      } finally {
+        http.close();
+        await rm(tmp, { recursive: true, force: true });
+      }
+      const cache = await LocalCache.start();
+      try {
+        const args = [join(PROJECT_ROOT, "uploader", "cli.ts"), "push", "--cache", cache.url, path];
+        push.push(await timed(() => runOk(process.execPath, args, { env: { ...env, NIX_CACHE_TOKEN: cache.token } })));
+      } finally {
+        await cache.stop();
+      }
+      console.log(
+        `  round ${round + 1}: limit ${limit.at(-1)!.toFixed(2)} s, uploader's NAR pipeline ${pipeline.at(-1)!.toFixed(2)} s, ` +
+          `uploader push ${push.at(-1)!.toFixed(2)} s (load ${loadavg()[0]!.toFixed(1)})`,
+      );
+    }
+    const [l, p, u] = [median(limit), median(pipeline), median(push)];
+    console.log(`\nmedians: limit (nix-store --dump | zstd -3 -T0) ${l.toFixed(2)} s; uploader's NAR pipeline ${p.toFixed(2)} s (${(p / l).toFixed(2)}×);`);
+    console.log(`uploader push ${u.toFixed(2)} s: ${(u / l).toFixed(2)}× the limit (goal ≤ ${GOAL}×) ${u / l <= GOAL ? "met" : "NOT met"}`);
+  } finally {
+    await nix.cleanup();
+  }
+}
+
+await main();
