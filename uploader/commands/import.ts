@@ -15,7 +15,7 @@ import { DEFAULT_UPSTREAM_KEYS } from "../plan.ts";
 import { Progress } from "../progress.ts";
 import { DEFAULT_JOBS, type PathTransfer } from "../push.ts";
 import { RemoteCache } from "../remote-cache.ts";
-import { ENV, flagOrEnv, integerFlag, parseCommandLine } from "../settings.ts";
+import { ENV, integerFlag, parseCommandLine, resolveCache } from "../settings.ts";
 import { SourceError, type CacheSource } from "../sources/cache-source.ts";
 import { readExportFile, scanExport, type ExportEntry } from "../sources/export-stream.ts";
 import { FileSource } from "../sources/file-source.ts";
@@ -48,7 +48,7 @@ compressed as push does, signed with --secret-key-file (or by the Worker's
 SIGNING_KEY). Paths the cache has are skipped; nothing partial reaches it.
 
 Options:
-  --cache <url>             the cache's URL                      [env ${ENV.cacheUrl}]
+  --cache <url|name>        the cache's URL, or a name given to login [env ${ENV.cacheUrl}]
   --token <token>           a write token for the cache          [env ${ENV.token}]
   --secret-key-file <file>  also sign narinfos with this Nix secret key
                                                                  [env ${ENV.secretKeyFile}]
@@ -98,9 +98,9 @@ export async function run(args: string[]): Promise<void> {
   }
   const [sourceArg, ...pathArgs] = positionals;
   if (sourceArg === undefined) throw new UsageError("no source given", "usage: uploader import [options] <source> [path...]");
-  const cacheUrl = flagOrEnv(values.cache, ENV.cacheUrl);
-  if (!cacheUrl) throw new UsageError(`no cache given: pass --cache <url> or set ${ENV.cacheUrl}`);
-  const token = flagOrEnv(values.token, ENV.token);
+  // The destination: flags, else environment, else what `uploader login` stored.
+  const settings = resolveCache(values);
+  const { url: cacheUrl, token } = settings;
   const jobs = integerFlag("--jobs", values.jobs, 1, MAX_JOBS) ?? DEFAULT_JOBS;
   const compression = parseCompressionMethod(values.compression ?? DEFAULT_COMPRESSION);
   const level = resolveLevel(compression, integerFlag("--compression-level", values["compression-level"], -100, 100));
@@ -131,7 +131,7 @@ export async function run(args: string[]): Promise<void> {
       throw new UsageError("--compression applies to export streams and with --recompress", "NARs from a cache keep their compression unless --recompress is given");
     }
   }
-  const keyFile = flagOrEnv(values["secret-key-file"], ENV.secretKeyFile);
+  const keyFile = settings.secretKeyFile;
   const secretKey = keyFile ? await readSecretKeyFile(keyFile) : undefined;
 
   const http = new HttpClient({ baseUrl: cacheUrl, token, maxSockets: jobs + MULTIPART_CONCURRENCY, onRetry });
