@@ -291,6 +291,11 @@ export function retryAfterMs(value: string | undefined, now = Date.now()): numbe
 function serverMessage(res: HttpResponse): string {
   const text = res.body.toString("utf8").trim();
   if (!text) return "";
+  // Not a cache's answer (a proxy's or a web server's error page): name it, not its markup.
+  if (/^text\/html\b/i.test(String(res.headers["content-type"] ?? "")) || /^<(!doctype|html)/i.test(text)) {
+    const title = /<title[^>]*>([^<]*)<\/title>/i.exec(text)?.[1]?.trim();
+    return `an HTML page${title ? ` ("${title.slice(0, 100)}")` : ""}, not a cache's answer: is the URL the cache's?`;
+  }
   let message = text;
   if (text.startsWith("{")) {
     try {

@@ -190,6 +190,35 @@ describe("errors that retrying cannot fix", () => {
     expect(seen).toHaveLength(1);
   });
 
+  test("an HTML error page is named, not quoted", async () => {
+    const { url } = await serve((_, res) => {
+      res.writeHead(404, { "content-type": "text/html" }).end("<!DOCTYPE html><html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>");
+    });
+    const http = client(url);
+    const err = await http.request({ method: "PUT", path: "x.narinfo", body: { length: 1, open: () => Buffer.from("x") } }).catch((e: unknown) => e);
+    http.close();
+    expect(err).toBeInstanceOf(HttpError);
+    expect((err as HttpError).message).toBe(`PUT ${url}x.narinfo: HTTP 404: an HTML page ("404 Not Found"), not a cache's answer: is the URL the cache's?`);
+  });
+
+  test("TLS against a plain HTTP server and an unknown host fail at once, saying what to do", async () => {
+    const { url, seen } = await serve((_, res) => res.end("ok"));
+    const tls = url.replace("http:", "https:");
+    const events: RetryEvent[] = [];
+    const https = client(tls, { onRetry: (e) => events.push(e) });
+    const err = await https.request({ method: "GET", path: "nix-cache-info" }).catch((e: unknown) => e);
+    https.close();
+    expect(err).toBeInstanceOf(NetworkError);
+    expect((err as NetworkError).hint).toBe(`the server does not speak TLS on this port: if the cache is served over plain HTTP, use ${url.replace(/\/$/, "")}`);
+    expect(events).toEqual([]);
+    expect(seen).toEqual([]);
+    const dns = client("http://no-such-host.invalid/", { onRetry: (e) => events.push(e) });
+    const err2 = await dns.request({ method: "GET", path: "nix-cache-info" }).catch((e: unknown) => e);
+    dns.close();
+    expect((err2 as NetworkError).hint).toBe("no host named no-such-host.invalid: check the cache URL's spelling");
+    expect(events).toEqual([]);
+  });
+
   test("statuses listed in `accept` are answers, not errors", async () => {
     const { url } = await serve((_, res) => res.writeHead(404).end());
     const http = client(url);
