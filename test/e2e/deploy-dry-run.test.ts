@@ -22,7 +22,7 @@ const ENV: NodeJS.ProcessEnv = { ...process.env, WRANGLER_SEND_METRICS: "false",
  */
 const FREE_PLAN_WORKER_GZIP_BYTES = 3 * 1024 * 1024;
 /** Programs the README's shell blocks may run; anything else is probably a typo. */
-const KNOWN_PROGRAMS = ["npm", "npx", "node", "nix", "nix-store", "curl", "openssl", "export", "mkdir"];
+const KNOWN_PROGRAMS = ["npm", "npx", "node", "nix", "nix-store", "curl", "openssl", "export", "mkdir", "uploader"];
 
 let readme: string;
 let scratch: string;
@@ -59,18 +59,35 @@ async function configWith(extra: string, name: string): Promise<string> {
   return file;
 }
 
+/** The package's name, which `npx -p <name> uploader …` and `npx <name> …` install and run. */
+const PACKAGE_NAME = "nix-edge-cache";
+
+/**
+ * One command as the checks read it: `exec` dropped (a hook script), and the ways the
+ * README runs the installed uploader without a clone (`npx -p nix-edge-cache uploader …`,
+ * `npx nix-edge-cache …`) written as `npx uploader …`.
+ */
+function normalised(words: string[]): string[] {
+  const w = words[0] === "exec" ? words.slice(1) : words;
+  if (w[0] === "npx" && w[1] === "-p" && w[2] === PACKAGE_NAME) return ["npx", ...w.slice(3)];
+  if (w[0] === "npx" && w[1] === PACKAGE_NAME) return ["npx", "uploader", ...w.slice(2)];
+  return w;
+}
+
 /** The guide's commands, as word lists. */
 function guideCommands(): string[][] {
   return codeBlocks(section(readme, "Deploying to Cloudflare"))
     .filter((b) => b.lang === "sh")
-    .flatMap((b) => shellCommands(b.text));
+    .flatMap((b) => shellCommands(b.text))
+    .map(normalised);
 }
 
 /** Every command of every sh block in the README. */
 function allCommands(): string[][] {
   return codeBlocks(readme)
     .filter((b) => b.lang === "sh")
-    .flatMap((b) => shellCommands(b.text));
+    .flatMap((b) => shellCommands(b.text))
+    .map(normalised);
 }
 
 /** The words after the tool's name when the command runs it, else null. */
