@@ -150,6 +150,7 @@ class SqliteD1 {
       all: async () => db.#all(sql, params),
       first: async () => db.#all(sql, params).results[0] ?? null,
       run: async () => db.#run(sql, params),
+      raw: async () => db.#all(sql, params).results.map((row) => Object.values(row)),
     });
     return statement([]);
   }

@@ -4,26 +4,27 @@
 //
 // What is kept: a path is *live* when it is young (last pushed at or after the run's cutoff,
 // i.e. within GC_RETENTION_DAYS), pinned, or referenced by a live path. Anything pushed after
-// the run started is young. A path's last push is the later of what its narinfo object
-// records (metadata `p`, else R2's upload time; written when the object is created or its
-// signatures merged) and the `pushed_at` of its row in the D1 index (storage/path-index.ts),
-// which is all that a push finding the path present moves (a refresh touches D1 only).
+// the run started is young. A path's last push is the `pushed_at` of its row in the D1 index
+// (storage/path-index.ts): set when it is published, moved by every push that finds it
+// present, and never earlier than what its narinfo object records. A narinfo the index does
+// not know (a crash between object and row, a bucket not yet adopted) was last pushed when
+// its object's metadata says (`p`, else R2's upload time).
 // Everything else is garbage: its narinfo (and `.ls`) goes; a NAR goes when no remaining
 // narinfo points to it and it was uploaded before the grace period (GC_NAR_GRACE_HOURS), so
 // an upload in progress never loses its NAR; a listing whose narinfo is gone goes after the
 // same grace period. Logs, realisations and debuginfo links are never collected.
 //
 // A run, phase by phase:
-//   mark      first look: list every narinfo (metadata included, ~100-1000 per operation),
-//             and ask the index once per listed page which of the paths the metadata says
-//             are old were pushed since the cutoff (one D1 query per page, not per path);
-//             young and pinned paths are roots; a live path's references are added to the
-//             live set. A reference whose key the listing has already passed is queued and
-//             followed later through the index (references and NAR of up to 200 queued
-//             paths per D1 query); a queued path the index has no row for is read from R2
-//             (one HEAD, its body if the metadata lacks the references). So one listing plus
-//             the queue completes the mark however deep the graph. Old paths not (yet) live
-//             are written down as candidates.
+//   mark      first look: list every narinfo, keys only (up to 1000 per operation), and ask
+//             the index once per listed page for those paths' push times, names and sizes
+//             (one D1 query per page, not per path); young and pinned paths are roots. A
+//             live path is queued and followed through the index (references and NAR of up
+//             to 200 paths per D1 query, ~4,000 references a batch): its references join the
+//             live set, and those the listing has passed are queued too. A listed narinfo
+//             the index does not know is looked at in R2 (HEAD: its metadata's push time and
+//             sizes) and, if live, read (its metadata's references, else its body). So one
+//             listing plus the queues completes the mark however deep the graph. Old paths
+//             not (yet) live are written down as candidates.
 //   nars      list `nar/`; a NAR no live narinfo points to and older than the grace period is
 //             a candidate.
 //   compact   candidates that became live later in the mark are dropped: the rest is garbage.
@@ -54,8 +55,9 @@
 // is itself deleted moments later, and nothing new can come to depend on it (it is fenced).
 //
 // Fail safe: retention never breaks a kept closure, whatever the stored documents contain.
-// The collector learns a live path's references and NAR from its metadata only when that
-// records both in their exact shapes (narinfo-meta.ts metaLinks); otherwise it reads the
+// The collector learns a live path's references and NAR from its index row; a path without
+// one, from its metadata when that records both in their exact shapes (narinfo-meta.ts
+// metaLinks), otherwise from its
 // body. When it cannot read a narinfo it keeps (body too large, gone, not parseable, URL not
 // `nar/<NAR file name>`), or a pins document from before the pins table lost pins, what it needs is
 // unknown: it could be any path and any NAR. The run is then *blocked*: it goes on to the
@@ -68,14 +70,14 @@
 // whose keys are not exactly the layout's (a `nar/` name that is not a NAR name, a listing
 // without a hash part) are never deleted.
 //
-// The index is asked which paths are young and what queued paths reference. Neither
-// answer can make a path garbage that the objects would keep: a row is written from the
-// narinfo object at its key, after it, and that object never changes what it references
-// or which NAR it names (narinfo-store.ts only merges signatures); a path without a row is
-// read from R2; a row whose object is gone keeps more, never less; a row whose NAR file is
-// not a NAR name blocks the run like an unreadable narinfo. When D1 cannot be reached the
-// batch fails (storage_unavailable) before deleting anything, and the next batch redoes
-// the step.
+// The index says which paths are young and what live paths reference. Neither answer can
+// make a path garbage that its narinfo would keep: a row is written from the narinfo object
+// at its key, after it, and that object never changes what it references or which NAR it
+// names (narinfo-store.ts only merges signatures); its push time is the latest push, which
+// the object's records can only trail; a narinfo without a row is looked at in R2; a row
+// whose object is gone keeps more, never less; a row whose NAR file is not a NAR name blocks
+// the run like an unreadable narinfo. When D1 cannot be reached the batch fails
+// (storage_unavailable) before deleting anything, and the next batch redoes the step.
 //
 // Batches exclude each other with a lease in the state document (taken and released with
 // conditional writes); a batch works only while it holds its lease, so a batch that stalls
@@ -97,7 +99,7 @@ import {
   headKey,
   INDEX_STATS_KEY,
   listPrefix,
-  listTopLevel,
+  listTopLevelKeys,
   MAX_DELETE_KEYS,
   PINS_KEY,
   putGcObject,
@@ -110,10 +112,10 @@ import { NARINFO_MAX_AGE_SECONDS } from "../http/representation.ts";
 import { listingKey, NAR_PREFIX, narInfoKey, parseNarFileName } from "../storage/keys.ts";
 import { decodeNarInfoMeta, encodeNarInfoMeta, metaLinks, metaName, metaNumber, metaPushTime, type NarInfoLinks } from "../storage/narinfo-meta.ts";
 import { getNarInfoObject, putNarInfoObject } from "../storage/narinfo-object.ts";
-import { forgetPaths, linksOf, pushedSince } from "../storage/path-index.ts";
+import { forgetPaths, linksOf, listedPaths, type ListedPath } from "../storage/path-index.ts";
 import { pinRoots } from "../storage/pins.ts";
 import { formatFence, NAR_FILE_HASH_LENGTH } from "./fence.ts";
-import { KeySet } from "./key-set.ts";
+import { KEY_ABSENT, KEY_MEMBER, KeySet } from "./key-set.ts";
 import { emptyTotals, formatState, parseState, type GcState, type Phase, type RunState, type RunTotals, type Trigger } from "./run-state.ts";
 import type { GcSettings } from "./settings.ts";
 import { formatStats, type CacheStats, type GcResult, type UnreadableDocument } from "./stats.ts";
@@ -163,11 +165,10 @@ const INDEXED_LOOKUP_COST = 2;
  */
 const REFS_PER_ENTRY = 4;
 /**
- * Characters of listed metadata that count as one entry. A narinfo's metadata records its
- * references (up to 7 KiB); bench/worker-cpu.ts saw a batch listing 1000 narinfos of ~3.3
- * KiB each spend 40-70 ms, so a batch of BATCH_ENTRIES lists at most ~400 KB of it.
+ * Queued paths (all queues together) past which the mark follows them before it lists
+ * on: each is 32 characters of the state document every batch reads and writes.
  */
-const METADATA_CHARS_PER_ENTRY = 400;
+const QUEUE_FLUSH = 1000;
 /** Queued paths asked of the index in one query (the list is one JSON parameter). */
 const INDEX_ROUND = 200;
 /**
@@ -339,16 +340,6 @@ function narInfoHashOf(key: string): string | null {
   const hash = key.slice(0, HASH_PART_LENGTH);
   return KeySet.isKey(hash, HASH_PART_LENGTH) ? hash : null;
 }
-
-/**
- * When a listed narinfo object says its path was last pushed: its metadata's push time, or
- * when R2 stored it. The index may know of a later push (#refreshedAmong).
- */
-function objectPushTime(object: ListedObject): number {
-  return metaPushTime(object.customMetadata) ?? object.uploaded;
-}
-
-const NONE: ReadonlySet<string> = new Set();
 
 function lines(text: string): string[] {
   return text === "" ? [] : text.split("\n");
@@ -529,7 +520,7 @@ class Batch {
       rootsLoaded: false,
       queue: "",
       unindexed: "",
-      metadataCharsPerObject: 0,
+      unlisted: "",
       pendingListing: null,
       sets: null,
       candidates: [],
@@ -657,20 +648,19 @@ class Batch {
       run.rootsLoaded = true;
       this.#setsDirty = true;
     }
+    // Queued paths are followed as the listing goes, so the queues (kept in the state
+    // document) stay short.
+    if (run.queue.length + run.unindexed.length + run.unlisted.length >= QUEUE_FLUSH * HASH_PART_LENGTH) return this.#queueStep(run);
     if (!run.listed) {
-      // Decoding a page costs in proportion to its metadata (the references recorded with
-      // each narinfo): the page is sized by what the last one carried per object.
-      const left = this.#maxEntries - this.#entries;
-      const bySize = Math.floor((left * METADATA_CHARS_PER_ENTRY) / Math.max(METADATA_CHARS_PER_ENTRY, run.metadataCharsPerObject));
-      const room = Math.max(1, Math.min(MAX_PAGE, left, bySize));
-      // The listing and the index query about its page.
+      const room = Math.max(1, Math.min(MAX_PAGE, this.#maxEntries - this.#entries));
+      // The listing (keys only) and the index query about its narinfos.
       if (!this.#fits(2, 1, 1)) return false;
-      const page = await this.#op(() => listTopLevel(this.#bucket, run.cursor, room));
+      const page = await this.#op(() => listTopLevelKeys(this.#bucket, run.cursor, room));
       const hashes = page.objects.map((o) => narInfoHashOf(o.key));
-      const refreshed = await this.#refreshedAmong(run, page.objects, hashes);
-      page.objects.forEach((object, i) => this.#listed(run, object, hashes[i] ?? null, refreshed));
-      this.#entries += Math.max(page.objects.length, Math.ceil(page.metadataChars / METADATA_CHARS_PER_ENTRY));
-      if (page.objects.length > 0) run.metadataCharsPerObject = Math.ceil(page.metadataChars / page.objects.length);
+      const narinfos = hashes.filter((h): h is string => h !== null);
+      const rows = narinfos.length === 0 ? new Map<string, ListedPath>() : await this.#query(() => listedPaths(this.#db, narinfos));
+      page.objects.forEach((object, i) => this.#listed(run, object, hashes[i] ?? null, rows));
+      this.#entries += page.objects.length;
       this.#setsDirty = true;
       run.cursor = page.cursor;
       if (page.cursor === null) {
@@ -679,7 +669,7 @@ class Batch {
       }
       return true;
     }
-    if (run.queue !== "" || run.unindexed !== "") return this.#queueStep(run);
+    if (run.queue !== "" || run.unindexed !== "" || run.unlisted !== "") return this.#queueStep(run);
     // The look is complete.
     await this.#flushChunks(run);
     if (run.pass === 1) {
@@ -693,28 +683,13 @@ class Batch {
   }
 
   /**
-   * Of the narinfos of a listed page that their objects say are old, those the index says
-   * were pushed since the cutoff (refreshed by a push that found them, which moves only the
-   * row's push time): one D1 query for the page, none when nothing on it is old.
-   */
-  async #refreshedAmong(run: RunState, objects: readonly ListedObject[], hashes: ReadonlyArray<string | null>): Promise<ReadonlySet<string>> {
-    const old: string[] = [];
-    objects.forEach((object, i) => {
-      const hash = hashes[i];
-      if (hash !== null && hash !== undefined && objectPushTime(object) < run.cutoff) old.push(hash);
-    });
-    if (old.length === 0) return NONE;
-    return new Set(await this.#query(() => pushedSince(this.#db, old, run.cutoff)));
-  }
-
-  /**
    * One listed object of the top level (a narinfo, a listing, or anything else); `hash` is
-   * its hash part when it is a narinfo, and `refreshed` the paths of its page the index
-   * says are young. This runs for every narinfo of the bucket twice per collection, so it
-   * reads the metadata lazily: the push time always, references only of live paths, names
-   * only of candidates.
+   * its hash part when it is a narinfo, and `rows` what the index holds of the page's
+   * narinfos. This runs for every narinfo of the bucket twice per collection: a live path
+   * is queued (its references come from the index), an old one not (yet) live becomes a
+   * candidate, and a narinfo the index does not know is looked at in R2 later (#unlistedStep).
    */
-  #listed(run: RunState, object: ListedObject, hash: string | null, refreshed: ReadonlySet<string>): void {
+  #listed(run: RunState, object: ListedObject, hash: string | null, rows: ReadonlyMap<string, ListedPath>): void {
     const key = object.key;
     if (hash === null) {
       const isListing = key.length === HASH_PART_LENGTH + LISTING_SUFFIX.length && key.endsWith(LISTING_SUFFIX) && KeySet.isKey(key.slice(0, HASH_PART_LENGTH), HASH_PART_LENGTH);
@@ -728,35 +703,35 @@ class Batch {
     const totals = run.totals;
     totals.listed++;
     totals.paths++;
-    const meta = object.customMetadata;
-    const fileSize = metaNumber(meta, "fs");
-    const narSize = metaNumber(meta, "ns");
-    if (fileSize !== null && narSize !== null) totals.savedBytes += Math.max(0, narSize - fileSize);
-    else totals.pathsWithoutSizes++;
-    const young = objectPushTime(object) >= run.cutoff || refreshed.has(hash);
-
     run.position = hash;
-    const live = this.#live!;
-    let state: 0 | 1 | 2;
-    const links = metaLinks(meta);
-    if (links !== null) {
-      state = live.claim(hash, young);
-      if (state === 1) this.#expand(run, hash, links.refs, links.narFileHash);
-    } else {
-      // The metadata does not record both the references and the NAR (they did not fit,
-      // another writer stored it, or it is damaged): the narinfo itself is read from the
-      // queue, if the path is live. A path that is not is never read: see the header.
-      state = live.state(hash);
-      if (state === 0 && young) {
-        live.add(hash);
-        state = 1;
-      }
-      if (state === 1) {
-        live.setExpanded(hash);
-        run.queue += hash;
-      }
+    const row = rows.get(hash);
+    if (row === undefined) {
+      run.unlisted += hash;
+      return;
     }
-    if (state === 0 && run.pass === 1) this.#candidateLines.push(pathLine(hash, metaName(meta), fileSize, narSize));
+    totals.savedBytes += Math.max(0, row.narSize - row.fileSize);
+    this.#decide(run, hash, row.pushedAt >= run.cutoff, row.name, row.fileSize, row.narSize, true);
+  }
+
+  /**
+   * What a listed narinfo is: live (young, pinned, or referenced by a live path) and not yet
+   * followed → flagged and queued (through the index when `indexed`, else read from R2);
+   * old and not live → a candidate of the first look.
+   */
+  #decide(run: RunState, hash: string, young: boolean, name: string | null, fileSize: number | null, narSize: number | null, indexed: boolean): void {
+    const live = this.#live!;
+    let state = live.state(hash);
+    if (state === KEY_ABSENT && young) {
+      live.add(hash);
+      state = KEY_MEMBER;
+    }
+    if (state === KEY_MEMBER) {
+      live.setExpanded(hash);
+      if (indexed) run.queue += hash;
+      else run.unindexed += hash;
+    } else if (state === KEY_ABSENT && run.pass === 1) {
+      this.#candidateLines.push(pathLine(hash, name, fileSize, narSize));
+    }
   }
 
   /** A pending listing is orphaned unless `nextHash` is its narinfo. */
@@ -806,7 +781,7 @@ class Batch {
    * round of them; those the index has no row for are read from R2 afterwards (#lookUpStep).
    */
   async #queueStep(run: RunState): Promise<boolean> {
-    if (run.queue === "") return this.#lookUpStep(run);
+    if (run.queue === "") return run.unindexed !== "" ? this.#lookUpStep(run) : this.#unlistedStep(run);
     // A batch that has done nothing else follows at least one, however small its budget.
     const first = this.#entries === 0;
     const left = this.#maxEntries - this.#entries;
@@ -842,6 +817,38 @@ class Batch {
     run.queue = run.queue.slice(taken * HASH_PART_LENGTH);
     this.#setsDirty = true;
     return taken > 0;
+  }
+
+  /**
+   * Listed narinfos the index has no row for (a crash between object and row, or a bucket
+   * not yet adopted): their push time and sizes from R2's metadata (one HEAD each), then
+   * decided like any other; a live one is read from R2 (#lookUpStep).
+   */
+  async #unlistedStep(run: RunState): Promise<boolean> {
+    const room = Math.floor((this.#maxOps - RESERVED_OPERATIONS - this.#ops) / 3);
+    const first = this.#entries === 0;
+    const affordable = Math.max(first ? 1 : 0, Math.floor((this.#maxEntries - this.#entries) / LOOKUP_COST));
+    const count = Math.min(run.unlisted.length / HASH_PART_LENGTH, QUEUE_ROUND, room, affordable);
+    if (count <= 0 || !this.#fits(count, first ? 0 : count * LOOKUP_COST)) return false;
+    const hashes: string[] = [];
+    for (let i = 0; i < count; i++) hashes.push(run.unlisted.slice(i * HASH_PART_LENGTH, (i + 1) * HASH_PART_LENGTH));
+    run.unlisted = run.unlisted.slice(count * HASH_PART_LENGTH);
+    this.#entries += count * LOOKUP_COST;
+    run.totals.lookups += count;
+    const heads = await mapConcurrent(hashes, CONCURRENCY, (hash) => this.#op(() => headKey(this.#bucket, narInfoKey(hash))));
+    hashes.forEach((hash, i) => {
+      const head = heads[i];
+      if (head === null || head === undefined) return; // deleted since it was listed
+      const meta = head.customMetadata;
+      const fileSize = metaNumber(meta, "fs");
+      const narSize = metaNumber(meta, "ns");
+      if (fileSize !== null && narSize !== null) run.totals.savedBytes += Math.max(0, narSize - fileSize);
+      else run.totals.pathsWithoutSizes++;
+      const pushed = metaPushTime(meta) ?? head.uploaded.getTime();
+      this.#decide(run, hash, pushed >= run.cutoff, metaName(meta), fileSize, narSize, false);
+    });
+    this.#setsDirty = true;
+    return true;
   }
 
   /** Reads queued narinfos the index does not know (HEAD; their body when the metadata lacks references). */

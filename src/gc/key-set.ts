@@ -38,6 +38,14 @@ function capacityFor(expected: number): number {
   return capacity;
 }
 
+/** What the set holds of a key (KeySet.state). */
+export const KEY_ABSENT = 0;
+/** A member, not flagged expanded: for the collector, live and its references not yet followed. */
+export const KEY_MEMBER = 1;
+/** A member flagged expanded: its references have been (or are being) followed. */
+export const KEY_EXPANDED = 2;
+export type KeyState = typeof KEY_ABSENT | typeof KEY_MEMBER | typeof KEY_EXPANDED;
+
 export class KeySet {
   readonly #keyChars: number;
   readonly #keyWords: number;
@@ -103,36 +111,17 @@ export class KeySet {
     return this.#insertEncoded() !== null;
   }
 
-  /** 0 when `key` is not a member, 1 when it is, 2 when it is and is flagged expanded. */
-  state(key: string): 0 | 1 | 2 {
-    if (!this.#encode(key)) return 0;
+  /** Whether `key` is a member, and whether it is flagged expanded (KEY_EXPANDED). */
+  state(key: string): KeyState {
+    if (!this.#encode(key)) return KEY_ABSENT;
     const slot = this.#lookup();
-    if (slot < 0) return 0;
-    return (this.#words[this.#flagIndex(slot)]! & EXPANDED) !== 0 ? 2 : 1;
-  }
-
-  /**
-   * In one lookup: 0 when `key` is not a member (and `addIfAbsent` is false); 1 when it is
-   * (or was added because `addIfAbsent`) and was not flagged expanded, which it is now; 2
-   * when it was flagged already. The collector calls this for every listed narinfo: 1 means
-   * "follow its references now".
-   */
-  claim(key: string, addIfAbsent: boolean): 0 | 1 | 2 {
-    if (!this.#encode(key)) return 0;
-    let slot = this.#lookup();
-    if (slot < 0) {
-      if (!addIfAbsent) return 0;
-      slot = this.#insertEncoded()!;
-    } else if ((this.#words[this.#flagIndex(slot)]! & EXPANDED) !== 0) {
-      return 2;
-    }
-    this.#words[this.#flagIndex(slot)]! |= EXPANDED;
-    return 1;
+    if (slot < 0) return KEY_ABSENT;
+    return (this.#words[this.#flagIndex(slot)]! & EXPANDED) !== 0 ? KEY_EXPANDED : KEY_MEMBER;
   }
 
   /** Whether `key` is a member with the expanded flag set. */
   isExpanded(key: string): boolean {
-    return this.state(key) === 2;
+    return this.state(key) === KEY_EXPANDED;
   }
 
   /** Sets the expanded flag of `key`, adding it first when needed. */

@@ -85,8 +85,8 @@ export interface RunState {
    * adopted yet): read from R2 one by one.
    */
   unindexed: string;
-  /** Metadata characters per object of the last listed page (sizes the next page; 0: unknown). */
-  metadataCharsPerObject: number;
+  /** Concatenated hash parts of listed narinfos the index has no row for, to look at in R2. */
+  unlisted: string;
   /** A listing seen whose narinfo may follow in the next page. */
   pendingListing: PendingListing | null;
   /** Generation of the mark sets (`live-<gen>`, `nars-<gen>`), null before any. */
@@ -171,7 +171,7 @@ export function parseState(text: string | null): GcState {
     if (doc.run !== null) {
       doc.run.unreadable ??= [];
       doc.run.unindexed ??= "";
-      doc.run.metadataCharsPerObject ??= 0;
+      doc.run.unlisted ??= "";
       doc.run.totals = { ...emptyTotals(), ...doc.run.totals };
     }
     return { ...emptyState(), ...doc };

@@ -41,34 +41,25 @@ export interface ListedObject {
   key: string;
   size: number;
   uploaded: number;
-  customMetadata: Record<string, string> | undefined;
 }
 
 export interface ListPage {
   objects: ListedObject[];
   /** Where the next page starts; null after the last page. */
   cursor: string | null;
-  /** Characters of customMetadata (keys and values) on the page: what decoding it costs. */
-  metadataChars: number;
 }
 
 function page(result: R2Objects): ListPage {
-  let metadataChars = 0;
-  const objects = result.objects.map((o) => {
-    const customMetadata = o.customMetadata;
-    if (customMetadata !== undefined) for (const k in customMetadata) metadataChars += k.length + customMetadata[k]!.length;
-    return { key: o.key, size: o.size, uploaded: o.uploaded.getTime(), customMetadata };
-  });
-  return { objects, cursor: result.truncated ? result.cursor : null, metadataChars };
+  return {
+    objects: result.objects.map((o) => ({ key: o.key, size: o.size, uploaded: o.uploaded.getTime() })),
+    cursor: result.truncated ? result.cursor : null,
+  };
 }
 
-/**
- * One page of the bucket's top level (narinfos and listings), with customMetadata. R2 may
- * return fewer objects per page when metadata is included (local R2: 100).
- */
-export async function listTopLevel(bucket: R2Bucket, cursor: string | null, limit = 1000): Promise<ListPage> {
+/** One page of the bucket's top level (narinfos and listings): keys, sizes, upload times (up to 1000). */
+export async function listTopLevelKeys(bucket: R2Bucket, cursor: string | null, limit = 1000): Promise<ListPage> {
   try {
-    return page(await bucket.list({ delimiter: "/", include: ["customMetadata"], limit, ...(cursor === null ? {} : { cursor }) }));
+    return page(await bucket.list({ delimiter: "/", limit, ...(cursor === null ? {} : { cursor }) }));
   } catch (err) {
     return storageUnavailable(err);
   }

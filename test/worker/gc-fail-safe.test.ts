@@ -225,10 +225,10 @@ describe("what is not kept, or not the collector's, fails safe too", () => {
     expect(fixed).toMatchObject({ refs: [dep.hash], narFile: top.fileName });
   });
 
-  it("keeps a path whose metadata push time does not parse as pushed when R2 stored it", async () => {
+  it("keeps a path the index does not know whose metadata push time does not parse as pushed when R2 stored it", async () => {
     const clock = new TestClock();
     const p = await testPath("bad-push-time");
-    await storePath(env.CACHE, p, clock.now - OLD);
+    await storePath(env.CACHE, p, clock.now - OLD, { indexed: false });
     const stored = (await env.CACHE.get(narInfoKey(p.hash)))!;
     await env.CACHE.put(narInfoKey(p.hash), await stored.text(), { customMetadata: { ...stored.customMetadata, p: "-1" } });
     lastOf(await collect(env.CACHE, gcSettings(), clock));

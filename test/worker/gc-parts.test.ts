@@ -6,7 +6,7 @@ import { reset } from "cloudflare:test";
 import fc from "fast-check";
 import { afterEach, describe, expect, it } from "vitest";
 import { NIX32_ALPHABET } from "../../src/nix/nix32.ts";
-import { KeySet } from "../../src/gc/key-set.ts";
+import { KEY_ABSENT, KEY_EXPANDED, KEY_MEMBER, KeySet } from "../../src/gc/key-set.ts";
 import { packedContains } from "../../src/gc/fence.ts";
 import { LEASE_MS, runGcBatch } from "../../src/gc/collector.ts";
 import { parseState } from "../../src/gc/run-state.ts";
@@ -43,17 +43,22 @@ describe("KeySet", () => {
     );
   });
 
-  it("claims: absent keys only when asked to add them, each member once", () => {
+  it("says of each key whether it is absent, a member, or a member flagged expanded", () => {
     const set = KeySet.create(32);
     const a = "0".repeat(32);
+    expect(set.state(a)).toBe(KEY_ABSENT);
+    set.add(a);
+    expect(set.state(a)).toBe(KEY_MEMBER);
+    expect(set.isExpanded(a)).toBe(false);
+    set.setExpanded(a);
+    expect(set.state(a)).toBe(KEY_EXPANDED);
+    expect(set.add(a)).toBe(false);
+    expect(set.state(a)).toBe(KEY_EXPANDED);
+    // setExpanded adds a key that was absent.
     const b = "1".repeat(32);
-    expect(set.claim(a, false)).toBe(0);
-    expect(set.has(a)).toBe(false);
-    expect(set.claim(a, true)).toBe(1);
-    expect(set.claim(a, true)).toBe(2);
-    set.add(b);
-    expect(set.claim(b, false)).toBe(1);
-    expect(set.claim(b, false)).toBe(2);
+    set.setExpanded(b);
+    expect(set.state(b)).toBe(KEY_EXPANDED);
+    expect(set.state("e".repeat(32))).toBe(KEY_ABSENT);
   });
 
   it("rejects strings that are not keys, and bytes that are not a set", () => {
