@@ -4,7 +4,7 @@
 // that met documents it keeps but cannot read deletes nothing: they are listed, with what to
 // do, and the exit status is 1.
 import { CacheAdmin, type GcBatchAnswer, type GcBatchRequest } from "../cache-admin.ts";
-import { EXIT_PATHS_FAILED, UploaderError, UsageError } from "../errors.ts";
+import { EXIT_PATHS_FAILED, UploaderError, UsageError, markReportedAsJson } from "../errors.ts";
 import { HttpClient } from "../http.ts";
 import { formatBytes } from "../progress.ts";
 import { ENV, parseCommandLine, requireToken, resolveCache } from "../settings.ts";
@@ -163,11 +163,13 @@ export async function run(args: string[]): Promise<void> {
     report(answer, paths, files, { dryRun, json: values.json ?? false, verbose: values.verbose ?? false });
     const unreadable = answer.result?.unreadableCount ?? 0;
     if (unreadable > 0) {
-      throw new UploaderError(
+      const err = new UploaderError(
         `the collection ${dryRun ? "would delete" : "deleted"} no path and no NAR: ${count(unreadable, "document")} it keeps cannot be read`,
         EXIT_PATHS_FAILED,
         UNREADABLE_HINT,
       );
+      // With --json the result above already lists them: no second JSON object.
+      throw values.json ? markReportedAsJson(err) : err;
     }
   } finally {
     http.close();
