@@ -56,13 +56,31 @@ function page(result: R2Objects): ListPage {
   };
 }
 
-/** One page of the bucket's top level (narinfos and listings): keys, sizes, upload times (up to 1000). */
+/**
+ * One page of the bucket's top level (narinfos and listings), up to 1000 keys. The
+ * collector reads only the key of most objects (the index knows the rest), so size and
+ * upload time are read from R2's object when asked for: materialising them for a page of
+ * 1000 narinfos was most of a batch's CPU (bench/worker-cpu.ts).
+ */
 export async function listTopLevelKeys(bucket: R2Bucket, cursor: string | null, limit = 1000): Promise<ListPage> {
+  let result: R2Objects;
   try {
-    return page(await bucket.list({ delimiter: "/", limit, ...(cursor === null ? {} : { cursor }) }));
+    result = await bucket.list({ delimiter: "/", limit, ...(cursor === null ? {} : { cursor }) });
   } catch (err) {
     return storageUnavailable(err);
   }
+  return {
+    objects: result.objects.map((o) => ({
+      key: o.key,
+      get size() {
+        return o.size;
+      },
+      get uploaded() {
+        return o.uploaded.getTime();
+      },
+    })),
+    cursor: result.truncated ? result.cursor : null,
+  };
 }
 
 /** One page of keys under `prefix` (sizes and upload times, no metadata: up to 1000). */

@@ -199,11 +199,11 @@ export async function listedPaths(db: D1Database, hashes: readonly string[]): Pr
   if (hashes.length === 0) return new Map();
   const result = await d1(() =>
     db
-      .prepare("SELECT p.hash, p.name, p.file_size, p.nar_size, p.pushed_at FROM json_each(?1) j JOIN paths p ON p.hash = j.value")
+      .prepare("SELECT p.hash AS h, p.name AS n, p.file_size AS f, p.nar_size AS s, p.pushed_at AS t FROM json_each(?1) j JOIN paths p ON p.hash = j.value")
       .bind(JSON.stringify(hashes))
-      .raw<[string, string, number, number, number]>(),
+      .all<{ h: string; n: string; f: number; s: number; t: number }>(),
   );
-  return new Map(result.map(([hash, name, fileSize, narSize, pushedAt]) => [hash, { name, fileSize, narSize, pushedAt }]));
+  return new Map(result.results.map((r) => [r.h, { name: r.n, fileSize: r.f, narSize: r.s, pushedAt: r.t }]));
 }
 
 /** Removes the rows of `hashes` (before their objects are deleted) with an audit row each. */
