@@ -1,5 +1,4 @@
 // A binary cache directory (`file:///dir`), as `nix copy --to file:///dir` writes it.
-import { createReadStream } from "node:fs";
 import { open, readdir, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
@@ -46,7 +45,9 @@ export class FileSource implements CacheSource {
     } catch (err) {
       throw new SourceError(`${this.name}: cannot read ${rel}: ${(err as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : messageOf(err)}`);
     }
-    return createReadStream("", { fd: handle.fd, highWaterMark: READ_CHUNK_BYTES, autoClose: true });
+    // The stream owns the handle and closes it: a bare descriptor (fd: handle.fd) would be
+    // closed twice, once by the stream and once when the handle is garbage-collected (EBADF).
+    return handle.createReadStream({ highWaterMark: READ_CHUNK_BYTES, autoClose: true });
   }
 
   async *listNarInfos(): AsyncIterable<string> {

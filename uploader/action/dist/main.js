@@ -689,6 +689,10 @@ function retryAfterMs(value, now = Date.now()) {
 function serverMessage(res) {
   const text = res.body.toString("utf8").trim();
   if (!text) return "";
+  if (/^text\/html\b/i.test(String(res.headers["content-type"] ?? "")) || /^<(!doctype|html)/i.test(text)) {
+    const title = /<title[^>]*>([^<]*)<\/title>/i.exec(text)?.[1]?.trim();
+    return `an HTML page${title ? ` ("${title.slice(0, 100)}")` : ""}, not a cache's answer: is the URL the cache's?`;
+  }
   let message = text;
   if (text.startsWith("{")) {
     try {

@@ -308,6 +308,10 @@ function retryAfterMs(value, now = Date.now()) {
 function serverMessage(res) {
   const text = res.body.toString("utf8").trim();
   if (!text) return "";
+  if (/^text\/html\b/i.test(String(res.headers["content-type"] ?? "")) || /^<(!doctype|html)/i.test(text)) {
+    const title = /<title[^>]*>([^<]*)<\/title>/i.exec(text)?.[1]?.trim();
+    return `an HTML page${title ? ` ("${title.slice(0, 100)}")` : ""}, not a cache's answer: is the URL the cache's?`;
+  }
   let message = text;
   if (text.startsWith("{")) {
     try {
@@ -4742,7 +4746,6 @@ var init_import = __esm({
 });
 
 // uploader/sources/file-source.ts
-import { createReadStream as createReadStream5 } from "node:fs";
 import { open as open3, readdir, stat } from "node:fs/promises";
 import { join as join5 } from "node:path";
 var FileSource;
@@ -4785,7 +4788,7 @@ var init_file_source = __esm({
         } catch (err) {
           throw new SourceError(`${this.name}: cannot read ${rel}: ${err.code === "ENOENT" ? "no such file" : messageOf(err)}`);
         }
-        return createReadStream5("", { fd: handle.fd, highWaterMark: READ_CHUNK_BYTES, autoClose: true });
+        return handle.createReadStream({ highWaterMark: READ_CHUNK_BYTES, autoClose: true });
       }
       async *listNarInfos() {
         let names;
@@ -5553,9 +5556,8 @@ async function run3(args) {
   }
   const [sourceArg, ...pathArgs] = positionals;
   if (sourceArg === void 0) throw new UsageError("no source given", "usage: uploader import [options] <source> [path...]");
-  const cacheUrl = flagOrEnv(values.cache, ENV.cacheUrl);
-  if (!cacheUrl) throw new UsageError(`no cache given: pass --cache <url> or set ${ENV.cacheUrl}`);
-  const token = flagOrEnv(values.token, ENV.token);
+  const settings = resolveCache(values);
+  const { url: cacheUrl, token } = settings;
   const jobs = integerFlag("--jobs", values.jobs, 1, MAX_JOBS2) ?? DEFAULT_JOBS;
   const compression = parseCompressionMethod(values.compression ?? DEFAULT_COMPRESSION);
   const level = resolveLevel(compression, integerFlag("--compression-level", values["compression-level"], -100, 100));
@@ -5585,7 +5587,7 @@ async function run3(args) {
       throw new UsageError("--compression applies to export streams and with --recompress", "NARs from a cache keep their compression unless --recompress is given");
     }
   }
-  const keyFile = flagOrEnv(values["secret-key-file"], ENV.secretKeyFile);
+  const keyFile = settings.secretKeyFile;
   const secretKey = keyFile ? await readSecretKeyFile(keyFile) : void 0;
   const http2 = new HttpClient({ baseUrl: cacheUrl, token, maxSockets: jobs + MULTIPART_CONCURRENCY, onRetry });
   const cache = new RemoteCache(http2);
@@ -5752,7 +5754,7 @@ compressed as push does, signed with --secret-key-file (or by the Worker's
 SIGNING_KEY). Paths the cache has are skipped; nothing partial reaches it.
 
 Options:
-  --cache <url>             the cache's URL                      [env ${ENV.cacheUrl}]
+  --cache <url|name>        the cache's URL, or a name given to login [env ${ENV.cacheUrl}]
   --token <token>           a write token for the cache          [env ${ENV.token}]
   --secret-key-file <file>  also sign narinfos with this Nix secret key
                                                                  [env ${ENV.secretKeyFile}]
@@ -5964,6 +5966,9 @@ function describe(answer) {
     case "wait":
       return `announced what it deletes; waiting ${Math.ceil(answer.waitMs / 1e3)} s for uploads in flight`;
     case "delete":
+      if (answer.status === "waiting") {
+        return `deleted ${count(t.deletedPaths ?? 0, "path")}; waiting ${Math.ceil(answer.waitMs / 1e3)} s before deleting NARs, while caches may still serve the deleted narinfos`;
+      }
       return `deleting: ${count(t.deletedPaths ?? 0, "path")} and ${count(t.deletedNars ?? 0, "NAR")} so far`;
     default:
       return phase;
@@ -6025,11 +6030,12 @@ async function run5(args) {
     report(answer, paths, files, { dryRun, json: values.json ?? false, verbose: values.verbose ?? false });
     const unreadable = answer.result?.unreadableCount ?? 0;
     if (unreadable > 0) {
-      throw new UploaderError(
+      const err = new UploaderError(
         `the collection ${dryRun ? "would delete" : "deleted"} no path and no NAR: ${count(unreadable, "document")} it keeps cannot be read`,
         EXIT_PATHS_FAILED,
         UNREADABLE_HINT
       );
+      throw values.json ? markReportedAsJson(err) : err;
     }
   } finally {
     http2.close();
