@@ -197,7 +197,7 @@ describe("push to the Worker", () => {
     const r = await uploader(["push", path], { NIX_CACHE_TOKEN: "wrong" });
     expect(r.code).toBe(4);
     // The preflight asks the cache once, before reading the closure.
-    expect(r.stderr).toContain("error: " + worker.url + ": the cache does not accept the token (from env)");
+    expect(r.stderr).toContain("error: " + worker.url + ": the token (from env) is not a token of this cache, which may not upload");
     expect(r.stderr).toMatch(/hint: check it against the Worker's WRITE_TOKEN secrets/);
     expect(r.stderr).not.toContain("in the closure");
   });
