@@ -3585,7 +3585,7 @@ function writeCheck(settings, d) {
   return result(
     "write token",
     "fail",
-    what ? `the token (from ${settings.from.token}) is ${what}, which may not upload` : `the cache does not accept the token (from ${settings.from.token})`,
+    `the token (from ${settings.from.token}) is ${what ?? "not a token of this cache"}, which may not upload`,
     d.access.admin ? `the admin token goes in ${ENV.adminToken}; uploads need one of the Worker's WRITE_TOKEN secrets` : "check it against the Worker's WRITE_TOKEN secrets"
   );
 }
