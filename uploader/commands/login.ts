@@ -40,18 +40,45 @@ export function defaultName(url: URL): string {
   return CACHE_NAME.test(name) ? name : "cache";
 }
 
-/** One line from standard input (a pipe or a terminal prompt that does not echo). */
+/** One line from standard input (a pipe), or typed at a prompt on a terminal without echo. */
 async function readLine(prompt: string | undefined): Promise<string> {
   const input = process.stdin;
-  if (prompt && input.isTTY) process.stderr.write(prompt);
+  if (prompt && input.isTTY) return readHidden(prompt);
   const rl = createInterface({ input, terminal: false });
   try {
     for await (const line of rl) return line.trim();
     return "";
   } finally {
     rl.close();
-    if (prompt && input.isTTY) process.stderr.write("\n");
   }
+}
+
+/** A secret typed (or pasted) at a terminal: nothing is echoed; Enter ends it, Ctrl-C aborts. */
+function readHidden(prompt: string): Promise<string> {
+  const input = process.stdin;
+  process.stderr.write(prompt);
+  input.setRawMode(true);
+  input.resume();
+  let text = "";
+  return new Promise((resolve, reject) => {
+    const done = (err?: Error): void => {
+      input.off("data", onData);
+      input.setRawMode(false);
+      input.pause();
+      process.stderr.write("\n");
+      if (err) reject(err);
+      else resolve(text.trim());
+    };
+    const onData = (chunk: Buffer): void => {
+      for (const ch of chunk.toString("utf8")) {
+        if (ch === "\r" || ch === "\n") return done();
+        if (ch === "\u0003") return done(new UsageError("login interrupted", "nothing was stored"));
+        if (ch === "\u007f" || ch === "\b") text = text.slice(0, -1);
+        else text += ch;
+      }
+    };
+    input.on("data", onData);
+  });
 }
 
 export async function run(args: string[]): Promise<void> {
@@ -92,7 +119,7 @@ export async function run(args: string[]): Promise<void> {
   if (values["admin-token-stdin"]) adminToken = (await readLine(undefined)) || undefined;
   if (!values["no-token"] && token === undefined && !values["token-stdin"]) {
     if (previous?.token && previous.url === raw) token = previous.token;
-    else if (process.stdin.isTTY) token = (await readLine(`write token for ${raw} (input is not hidden; empty for none): `)) || undefined;
+    else if (process.stdin.isTTY) token = (await readLine(`write token for ${raw} (not shown; empty for none): `)) || undefined;
   }
   if (adminToken === undefined && previous?.adminToken && previous.url === raw) adminToken = previous.adminToken;
   const secretKeyFile = flagOrEnv(values["secret-key-file"], ENV.secretKeyFile);
