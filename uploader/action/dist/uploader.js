@@ -6285,15 +6285,40 @@ function defaultName(url) {
 }
 async function readLine(prompt) {
   const input = process.stdin;
-  if (prompt && input.isTTY) process.stderr.write(prompt);
+  if (prompt && input.isTTY) return readHidden(prompt);
   const rl = createInterface({ input, terminal: false });
   try {
     for await (const line of rl) return line.trim();
     return "";
   } finally {
     rl.close();
-    if (prompt && input.isTTY) process.stderr.write("\n");
   }
+}
+function readHidden(prompt) {
+  const input = process.stdin;
+  process.stderr.write(prompt);
+  input.setRawMode(true);
+  input.resume();
+  let text = "";
+  return new Promise((resolve4, reject) => {
+    const done = (err) => {
+      input.off("data", onData);
+      input.setRawMode(false);
+      input.pause();
+      process.stderr.write("\n");
+      if (err) reject(err);
+      else resolve4(text.trim());
+    };
+    const onData = (chunk) => {
+      for (const ch of chunk.toString("utf8")) {
+        if (ch === "\r" || ch === "\n") return done();
+        if (ch === "") return done(new UsageError("login interrupted", "nothing was stored"));
+        if (ch === "\x7F" || ch === "\b") text = text.slice(0, -1);
+        else text += ch;
+      }
+    };
+    input.on("data", onData);
+  });
 }
 async function run6(args) {
   const { values, positionals } = parseCommandLine(args, {
@@ -6331,7 +6356,7 @@ async function run6(args) {
   if (values["admin-token-stdin"]) adminToken = await readLine(void 0) || void 0;
   if (!values["no-token"] && token === void 0 && !values["token-stdin"]) {
     if (previous?.token && previous.url === raw) token = previous.token;
-    else if (process.stdin.isTTY) token = await readLine(`write token for ${raw} (input is not hidden; empty for none): `) || void 0;
+    else if (process.stdin.isTTY) token = await readLine(`write token for ${raw} (not shown; empty for none): `) || void 0;
   }
   if (adminToken === void 0 && previous?.adminToken && previous.url === raw) adminToken = previous.adminToken;
   const secretKeyFile = flagOrEnv(values["secret-key-file"], ENV.secretKeyFile);
