@@ -4,6 +4,20 @@
 //
 // Settings come from the Env passed with each request, so tests can run the same app
 // with other settings: `createApp().fetch(request, { ...env, READ_TOKEN: "r" }, ctx)`.
+//
+// Which module answers which URL:
+//   /                                        routes/landing.ts      the landing page
+//   /nix-cache-info, /_api/v1/cache          routes/cache-info.ts   what the cache is
+//   /<hash32>.narinfo                        routes/narinfo.ts      (miss → upstream-narinfo.ts)
+//   /nar/<file>                              routes/nar.ts
+//   /upstream/<id>/nar/<file>                routes/upstream-nar.ts NARs of aggregated upstreams
+//   /<hash32>.ls, /log/, /realisations/,     routes/documents.ts    documents kept verbatim
+//   /build-trace-v2/, /debuginfo/
+//   /_api/v1/missing                         routes/missing.ts      which paths to push
+//   /_api/v1/multipart/nar/…, /_api/v1/limits routes/multipart.ts   NARs in parts
+//   /_api/v1/pins[/<name>]                   routes/pins.ts
+//   /_api/v1/gc                              routes/gc.ts           a collection batch
+//   /_api/v1/stats                           routes/stats.ts
 
 import { Hono } from "hono";
 import { TrieRouter } from "hono/router/trie-router";
