@@ -23,6 +23,9 @@ export const CACHE_INFO_KEY = "nix-cache-info";
  */
 export const CACHE_INFO_RECHECK_MS = 10 * 60 * 1000;
 
+/** R2 calls a check makes at most: a read, and a write when the object differs. */
+export const CACHE_INFO_CHECK_OPERATIONS = 2;
+
 /** Per isolate: the text each bucket was last seen to hold, and when. */
 const known = new WeakMap<R2Bucket, { text: string; at: number }>();
 

@@ -95,7 +95,8 @@ export const MAX_UPLOADS_PER_WRITER = 64;
 
 /**
  * R2 calls one cleanup pass may make: the free plan allows 50 subrequests per invocation
- * and every R2 call is one; five spare, so that nothing the pass does ever meets the limit.
+ * and every R2 call is one; five spare, so that nothing the pass does ever meets the limit
+ * (the cron tick may also check the nix-cache-info object first: CACHE_INFO_CHECK_OPERATIONS).
  * Aborts cost one call each and deletes one per 1,000 keys, so a pass clears about 40
  * abandoned uploads.
  */

@@ -18,6 +18,7 @@ import { sha256 } from "../../src/nix/hash.ts";
 import { decodeNix32 } from "../../src/nix/nix32.ts";
 import { encodeNix32 } from "../../src/nix/nix32.ts";
 import { CLEANUP_OPERATIONS_PER_PASS, MAX_UPLOADS_PER_WRITER, MULTIPART_MAX_AGE_MS } from "../../src/storage/multipart.ts";
+import { CACHE_INFO_CHECK_OPERATIONS } from "../../src/storage/cache-info-object.ts";
 import { MULTIPART_CLEANUP_EVERY_MINUTES } from "../../src/scheduled.ts";
 import { bearer, bytesOf, callWith, errorOf, keys, ORIGIN, snapshot, testPath, TEST_SECOND_WRITE_TOKEN, TEST_WRITE_TOKEN, type TestPath, resetAll } from "../helpers/worker.ts";
 
@@ -290,7 +291,10 @@ describe("bounded bookkeeping", { timeout: 120_000 }, () => {
       counting.count = 0;
       await tick(time, counting.bucket);
       if (new Date(time).getUTCMinutes() % MULTIPART_CLEANUP_EVERY_MINUTES !== 0) continue;
-      expect(counting.count).toBeLessThanOrEqual(CLEANUP_OPERATIONS_PER_PASS);
+      // The pass, and the nix-cache-info check an isolate's first tick makes before it: within
+      // the free plan's 50 subrequests.
+      expect(counting.count).toBeLessThanOrEqual(CLEANUP_OPERATIONS_PER_PASS + CACHE_INFO_CHECK_OPERATIONS);
+      expect(CLEANUP_OPERATIONS_PER_PASS + CACHE_INFO_CHECK_OPERATIONS).toBeLessThanOrEqual(50);
       passes.push(counting.count);
     }
     expect(await multipartKeys()).toEqual([]);
