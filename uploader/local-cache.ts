@@ -51,6 +51,14 @@ interface LocalSecrets {
 }
 
 /**
+ * A random token in hex: 192 bits, and never starting with "-" (a base64url token did one
+ * time in 64, and `--token <it>` on a command line then reads as an option).
+ */
+function newToken(): string {
+  return randomBytes(24).toString("hex");
+}
+
+/**
  * Applies the D1 index's migrations (migrations/) to the local database kept under
  * `persistTo` (what `wrangler dev --persist-to` and unstable_startWorker's `persist` use).
  */
@@ -98,7 +106,7 @@ export async function ensureLocalSecrets(stateDir: string): Promise<LocalSecrets
       let adminToken = vars.get("ADMIN_TOKEN");
       if (!adminToken) {
         // A state directory from before ADMIN_TOKEN existed: add one, keep the rest.
-        adminToken = randomBytes(24).toString("base64url");
+        adminToken = newToken();
         await appendFile(varsFile, `ADMIN_TOKEN=${adminToken}\n`);
       }
       return { writeToken, adminToken, signingKey, publicKey: formatPublicKey(publicKeyOf(parseSecretKey(signingKey))) };
@@ -107,8 +115,8 @@ export async function ensureLocalSecrets(stateDir: string): Promise<LocalSecrets
   await mkdir(stateDir, { recursive: true });
   const key = await generateKeyPair(LOCAL_KEY_NAME);
   const secrets = {
-    writeToken: randomBytes(24).toString("base64url"),
-    adminToken: randomBytes(24).toString("base64url"),
+    writeToken: newToken(),
+    adminToken: newToken(),
     signingKey: formatSecretKey(key),
     publicKey: formatPublicKey(publicKeyOf(key)),
   };
