@@ -29,12 +29,6 @@ export async function listPins(db: D1Database): Promise<PinMap> {
   return new Map(rows.results.map((r) => [r.name, { path: r.path, pinnedAt: r.pinned_at }]));
 }
 
-/** Hash parts of every pinned path. */
-export async function pinnedHashes(db: D1Database): Promise<string[]> {
-  const rows = await d1(() => db.prepare("SELECT hash FROM pins").all<{ hash: string }>());
-  return rows.results.map((r) => r.hash);
-}
-
 export type SetPinResult = { set: true; previous: Pin | null } | { set: false; reason: "too_many" };
 
 /**
