@@ -8,6 +8,8 @@
 #                 Nix 2.8, 2.26 and 2.34 from bookworm, trixie and forky)
 #   nginx      serves a binary cache directory over HTTP for `uploader import` (test/e2e/import.test.ts),
 #              as an anonymous S3/MinIO bucket would; never started as a system service
+#   sudo       the GitHub Action's path for a runner user the Nix daemon does not trust: it edits
+#              the system's nix.conf with `sudo -n` (test/e2e/action-daemon.test.ts)
 # Runs before `npm test`; does nothing when everything is already there.
 set -euo pipefail
 
@@ -19,6 +21,7 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 /usr/bin/python3 -c 'import yaml' >/dev/null 2>&1 || missing+=(python3-yaml)
 [ -x /usr/bin/mmdebstrap ] || missing+=(mmdebstrap)
 [ -x /usr/sbin/nginx ] || missing+=(nginx)
+[ -x /usr/bin/sudo ] || missing+=(sudo)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "installing ${missing[*]} (needed by the end-to-end tests)" >&2

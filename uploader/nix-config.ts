@@ -17,6 +17,16 @@ const NIX_COMMAND = ["--extra-experimental-features", "nix-command"];
 /** The daemon's socket, where a multi-user install's clients connect. */
 export const DAEMON_SOCKET = "/nix/var/nix/daemon-socket/socket";
 
+/**
+ * The daemon socket this environment's Nix connects to: NIX_REMOTE=unix://<path>, else
+ * NIX_DAEMON_SOCKET_PATH, else daemon-socket/socket under NIX_STATE_DIR (as Nix finds it).
+ */
+export function daemonSocket(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.NIX_REMOTE?.startsWith("unix://")) return env.NIX_REMOTE.slice("unix://".length).split("?")[0]!;
+  if (env.NIX_DAEMON_SOCKET_PATH) return env.NIX_DAEMON_SOCKET_PATH;
+  return env.NIX_STATE_DIR ? `${env.NIX_STATE_DIR.replace(/\/+$/, "")}/daemon-socket/socket` : DAEMON_SOCKET;
+}
+
 export interface RunResult {
   code: number;
   stdout: string;
@@ -113,7 +123,7 @@ export async function userTrust(settings: NixSettings, env: NodeJS.ProcessEnv = 
     }
   }
   const store = settings.get("store");
-  if ((store === "auto" || store === undefined) && !existsSync(DAEMON_SOCKET)) {
+  if ((store === "auto" || store === undefined) && !existsSync(daemonSocket(env))) {
     return { trusted: true, how: "no daemon: the store is your own" };
   }
   const trustedUsers = listSetting(settings, "trusted-users");

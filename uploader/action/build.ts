@@ -1,6 +1,7 @@
 // Builds the action's bundles: one JavaScript file per step (dist/pre.js, main.js, post.js,
-// from the entry points next to this file) and the uploader itself (dist/uploader.js, from
-// uploader/cli.ts, which the steps run as a child process). Each holds everything it
+// from the entry points next to this file), restart-daemon.js (which main and post run with
+// sudo) and the uploader itself (dist/uploader.js, from uploader/cli.ts, which the steps
+// run as a child process). Each holds everything it
 // imports, the uploader's runtime dependencies included, so a job runs the action without
 // npm install. The bundles are committed (GitHub runs an action from its repository as it
 // is); test/e2e/action-bundle.test.ts fails when they differ from what this builds.
@@ -23,6 +24,8 @@ export const BUNDLES: Record<string, string> = {
   "pre.js": "uploader/action/pre.js",
   "main.js": "uploader/action/main.js",
   "post.js": "uploader/action/post.js",
+  // Run with sudo by main and post to restart a Nix daemon no service manager runs.
+  "restart-daemon.js": "uploader/action/restart-daemon.js",
   "uploader.js": "uploader/cli.ts",
 };
 

@@ -14,20 +14,31 @@
 //     this client's builds (so the daemon, as root, runs the hook);
 //   - a daemon and an untrusted user (a self-hosted multi-user runner): the daemon ignores
 //     them. Then, where `sudo -n` works, the settings are appended to the system's
-//     nix.conf and the daemon is restarted (systemd or launchd) so it reads them; where it
-//     does not, substituters only work if the machine's trusted-substituters allows them,
-//     and the hook cannot be installed (the caller falls back to the store diff).
+//     nix.conf, between two marker lines naming the job, and the daemon is restarted so it
+//     reads them (Nix's daemon reads nix.conf only when it starts): by systemd (or launchd)
+//     where they run it, else by stopping the process that listens on the daemon's socket
+//     and starting it again as it was started (restart-daemon.js, run with sudo). The hook
+//     named there is a wrapper next to nix.conf that runs the job's hook only while the
+//     job's script exists, so a job that never reaches its post step leaves no hook that
+//     fails builds. The post step removes both and restarts the daemon again (undoSetup).
+//     Where sudo is missing or needs a password, nothing is changed: the action's
+//     nix.conf keeps the substituters only (which count if the machine's
+//     trusted-substituters lists them) and the caller falls back to the store diff.
 import { execFile } from "node:child_process";
 import { constants, existsSync } from "node:fs";
-import { access, chmod, writeFile } from "node:fs/promises";
+import { access, chmod, readFile, writeFile } from "node:fs/promises";
 import { userInfo } from "node:os";
-import { join } from "node:path";
-import { DAEMON_SOCKET, nixSettings, userTrust } from "../nix-config.ts";
+import { basename, dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { daemonSocket, nixSettings, userTrust } from "../nix-config.ts";
+import { accepting } from "./daemon-restart.ts";
 
-/** Where Nix keeps its state; a user who may write it uses the store without the daemon. */
+/** Where Nix keeps its state (NIX_STATE_DIR); a user who may write it uses the store without the daemon. */
 const NIX_STATE_DIR = "/nix/var/nix";
 /** How long to wait for a restarted daemon's socket. */
 const DAEMON_RESTART_WAIT_MS = 15_000;
+/** The daemon restarter, next to this step: dist/restart-daemon.js in the bundle. */
+const RESTART_SCRIPT = fileURLToPath(new URL("./restart-daemon.js", import.meta.url));
 
 export interface NixSetupRequest {
   /** The action's directory in RUNNER_TEMP. */
@@ -46,12 +57,26 @@ export interface NixSetup {
   how: "user configuration" | "system configuration" | "not applied";
   /** Whether later builds run the hook. */
   hookInstalled: boolean;
-  /** The action's nix.conf, to put first in NIX_USER_CONF_FILES (user configuration only). */
+  /** The action's nix.conf, to put first in NIX_USER_CONF_FILES. */
   confFile?: string;
   /** The nix.conf lines written. */
   lines: string[];
-  /** What the log should say (why something could not be applied). */
+  /** Warnings: why something could not be applied, and what to do. */
   notes: string[];
+  /** What was changed on the machine, for the log. */
+  done: string[];
+  /** The system's nix.conf was changed: what the post step undoes. */
+  systemChange?: SystemChange;
+}
+
+/** The action's block in the system's nix.conf, and its hook wrapper. */
+export interface SystemChange {
+  file: string;
+  /** The text of the marker lines around the block (`# begin <marker>`, `# end <marker>`). */
+  marker: string;
+  wrapper?: string | undefined;
+  /** The daemon's socket, to restart it. */
+  socket: string;
 }
 
 export function nixConfLines(r: Pick<NixSetupRequest, "substituters" | "publicKeys" | "hookScript">, netrcFile?: string): string[] {
@@ -73,13 +98,13 @@ export function userConfFiles(env: NodeJS.ProcessEnv): string[] {
 
 /** Whether Nix commands of this user go through the daemon (Nix's `auto` store). */
 export async function usesDaemon(env: NodeJS.ProcessEnv): Promise<boolean> {
-  if (env.NIX_REMOTE === "daemon") return true;
+  if (env.NIX_REMOTE === "daemon" || env.NIX_REMOTE?.startsWith("unix://")) return true;
   if (env.NIX_REMOTE) return false;
   try {
-    await access(NIX_STATE_DIR, constants.W_OK);
+    await access(env.NIX_STATE_DIR || NIX_STATE_DIR, constants.R_OK | constants.W_OK);
     return false;
   } catch {
-    return existsSync(DAEMON_SOCKET);
+    return existsSync(daemonSocket(env));
   }
 }
 
@@ -91,7 +116,7 @@ export async function setUpNix(r: NixSetupRequest): Promise<NixSetup> {
     await chmod(netrcFile, 0o600);
   }
   const lines = nixConfLines(r, netrcFile);
-  if (lines.length === 0) return { how: "not applied", hookInstalled: false, lines, notes: [] };
+  if (lines.length === 0) return { how: "not applied", hookInstalled: false, lines, notes: [], done: [] };
 
   let trusted = true;
   let how = "";
@@ -104,32 +129,98 @@ export async function setUpNix(r: NixSetupRequest): Promise<NixSetup> {
       how = `cannot ask Nix (${(err as Error).message})`;
     }
   }
+  const confFile = join(r.dir, "nix.conf");
+  const writeConf = (ls: string[]): Promise<void> => writeFile(confFile, `# written by the nix-edge-cache action for this job\n${ls.join("\n")}\n`);
   if (trusted) {
-    const file = join(r.dir, "nix.conf");
-    await writeFile(file, `# written by the nix-edge-cache action for this job\n${lines.join("\n")}\n`);
-    return { how: "user configuration", confFile: file, hookInstalled: Boolean(r.hookScript), lines, notes: [] };
+    await writeConf(lines);
+    return { how: "user configuration", confFile, hookInstalled: Boolean(r.hookScript), lines, notes: [], done: [] };
   }
 
   const system = join(r.env.NIX_CONF_DIR || "/etc/nix", "nix.conf");
-  if (await sudoWorks(r.env)) {
-    await sudo(["tee", "-a", system], r.env, `\n# added by the nix-edge-cache action\n${lines.join("\n")}\n`);
-    const restarted = await restartDaemon(r.env);
+  const untrusted = `this user (${userInfo().username}) is not trusted by the Nix daemon (${how})`;
+  const noSudo = await sudoProblem(r.env);
+  if (noSudo) {
+    // The substituters still count where the machine's trusted-substituters lists them.
+    const subs = lines.filter((l) => l.startsWith("extra-substituters"));
+    if (subs.length > 0) await writeConf(subs);
     return {
-      how: "system configuration",
-      hookInstalled: Boolean(r.hookScript) && restarted === null,
-      lines,
-      notes: restarted ? [`added to ${system}, but ${restarted}`] : [`this user is not trusted by the Nix daemon (${how}): added to ${system} and restarted the daemon`],
+      how: "not applied",
+      hookInstalled: false,
+      ...(subs.length > 0 ? { confFile } : {}),
+      lines: subs,
+      notes: [
+        `${untrusted} and ${noSudo}: the daemon ignores the action's settings (its substituters count only if the machine's trusted-substituters lists them) and Nix's post-build-hook cannot be installed. ` +
+          `Add the settings to ${system} on the runner, or make the runner's user trusted (trusted-users in ${system}).`,
+      ],
+      done: [],
+    };
+  }
+
+  // The system's nix.conf, read by the daemon when it starts.
+  const marker = `nix-edge-cache action, ${basename(r.dir)}`;
+  const systemLines = nixConfLines({ ...r, hookScript: undefined }, netrcFile);
+  let wrapper: string | undefined;
+  if (r.hookScript) {
+    wrapper = join(dirname(system), `${basename(r.dir)}-post-build-hook`);
+    await sudo(["tee", wrapper], r.env, wrapperScript(r.hookScript));
+    await sudo(["chmod", "755", wrapper], r.env);
+    systemLines.push(`post-build-hook = ${wrapper}`);
+  }
+  await sudo(["tee", "-a", system], r.env, `\n# begin ${marker}\n${systemLines.join("\n")}\n# end ${marker}\n`);
+  const systemChange: SystemChange = { file: system, marker, wrapper, socket: daemonSocket(r.env) };
+  const restart = await restartDaemon(r.env, systemChange.socket);
+  if ("problem" in restart) {
+    return {
+      how: "not applied",
+      hookInstalled: false,
+      lines: systemLines,
+      notes: [`${untrusted}: added the action's settings to ${system} with sudo, but ${restart.problem}; the daemon reads them only when it next starts`],
+      done: [],
+      systemChange,
     };
   }
   return {
-    how: "not applied",
-    hookInstalled: false,
-    lines,
-    notes: [
-      `this user is not trusted by the Nix daemon (${how}) and sudo needs a password: the daemon ignores the action's settings. ` +
-        `Add them to ${system} (or trusted-substituters) on the runner, or make the runner's user trusted.`,
-    ],
+    how: "system configuration",
+    hookInstalled: Boolean(r.hookScript),
+    lines: systemLines,
+    notes: [],
+    done: [`${untrusted}: added the action's settings to ${system} with sudo and ${restart.done}; the post step takes them out again`],
+    systemChange,
   };
+}
+
+/** The post step: takes the action's block out of the system's nix.conf and restarts the daemon. */
+export async function undoSetup(change: SystemChange, env: NodeJS.ProcessEnv): Promise<string> {
+  const text = await readFile(change.file, "utf8").catch(async () => (await sudo(["cat", change.file], env)).stdout);
+  const kept = withoutBlock(text, change.marker);
+  if (kept !== text) await sudo(["tee", change.file], env, kept);
+  if (change.wrapper) await sudo(["rm", "-f", change.wrapper], env);
+  const restart = await restartDaemon(env, change.socket);
+  if ("problem" in restart) throw new Error(`took the action's settings out of ${change.file}, but ${restart.problem}`);
+  return `took the action's settings out of ${change.file} and ${restart.done}`;
+}
+
+/** nix.conf's text without the lines from `# begin <marker>` to `# end <marker>` (and the blank line before). */
+export function withoutBlock(text: string, marker: string): string {
+  const lines = text.split("\n");
+  const begin = lines.indexOf(`# begin ${marker}`);
+  const end = lines.indexOf(`# end ${marker}`);
+  if (begin < 0 || end < begin) return text;
+  const from = begin > 0 && lines[begin - 1] === "" ? begin - 1 : begin;
+  return [...lines.slice(0, from), ...lines.slice(end + 1)].join("\n");
+}
+
+/** The hook the system's nix.conf names: the job's hook while it exists, else nothing. */
+export function wrapperScript(hookScript: string): string {
+  const q = `'${hookScript.replace(/'/g, `'\\''`)}'`;
+  return [
+    "#!/bin/sh",
+    "# Nix's post-build-hook for one job of the nix-edge-cache action (its post step removes",
+    "# this file): runs the job's own hook while the job's files exist, and does nothing after.",
+    `[ -x ${q} ] || exit 0`,
+    `exec ${q}`,
+    "",
+  ].join("\n");
 }
 
 /** The value of NIX_USER_CONF_FILES that puts the action's nix.conf first. */
@@ -137,41 +228,60 @@ export function confFilesWith(file: string, env: NodeJS.ProcessEnv): string {
   return [file, ...userConfFiles(env).filter((f) => f !== file)].join(":");
 }
 
-function execute(cmd: string, args: string[], env: NodeJS.ProcessEnv, input?: string): Promise<{ code: number; stderr: string }> {
+function execute(cmd: string, args: string[], env: NodeJS.ProcessEnv, input?: string): Promise<{ code: number; stdout: string; stderr: string; missing: boolean }> {
   return new Promise((resolve) => {
-    const child = execFile(cmd, args, { env }, (err, _stdout, stderr) => {
-      const code = err ? (typeof (err as { code?: unknown }).code === "number" ? ((err as { code: number }).code) : 127) : 0;
-      resolve({ code, stderr: String(stderr) });
+    const child = execFile(cmd, args, { env }, (err, stdout, stderr) => {
+      const errno = err ? (err as { code?: unknown }).code : undefined;
+      const code = err ? (typeof errno === "number" ? errno : 127) : 0;
+      resolve({ code, stdout: String(stdout), stderr: String(stderr), missing: errno === "ENOENT" });
     });
+    child.stdin?.on("error", () => {});
     if (input !== undefined) child.stdin?.end(input);
     else child.stdin?.end();
   });
 }
 
-async function sudoWorks(env: NodeJS.ProcessEnv): Promise<boolean> {
-  return (await execute("sudo", ["-n", "true"], env)).code === 0;
+/** Why `sudo -n` cannot be used (not installed, or it needs a password), or null when it can. */
+async function sudoProblem(env: NodeJS.ProcessEnv): Promise<string | null> {
+  const r = await execute("sudo", ["-n", "true"], env);
+  if (r.code === 0) return null;
+  if (r.missing) return "sudo is not installed";
+  return `sudo -n does not work (${r.stderr.trim().split("\n").at(-1) || `exit ${r.code}`})`;
 }
 
-async function sudo(args: string[], env: NodeJS.ProcessEnv, input?: string): Promise<void> {
+async function sudo(args: string[], env: NodeJS.ProcessEnv, input?: string): Promise<{ stdout: string }> {
   const r = await execute("sudo", ["-n", ...args], env, input);
   if (r.code !== 0) throw new Error(`sudo ${args.join(" ")} failed (exit ${r.code}): ${r.stderr.trim()}`);
+  return r;
 }
 
-/** Restarts the daemon so it reads nix.conf again; null when done, else what went wrong. */
-async function restartDaemon(env: NodeJS.ProcessEnv): Promise<string | null> {
-  const attempts: string[][] =
-    process.platform === "darwin"
-      ? [["launchctl", "kickstart", "-k", "system/org.nixos.nix-daemon"], ["launchctl", "kickstart", "-k", "system/systems.determinate.nix-daemon"]]
-      : [["systemctl", "restart", "nix-daemon.service"]];
-  let last = "";
-  for (const cmd of attempts) {
+/**
+ * Restarts the daemon so it reads nix.conf again: launchd (macOS), systemd where it runs
+ * the daemon, else the process listening on its socket, stopped and started again.
+ */
+async function restartDaemon(env: NodeJS.ProcessEnv, socket: string): Promise<{ done: string } | { problem: string }> {
+  const tried: string[] = [];
+  const managers: string[][] = [];
+  if (process.platform === "darwin") {
+    managers.push(["launchctl", "kickstart", "-k", "system/org.nixos.nix-daemon"], ["launchctl", "kickstart", "-k", "system/systems.determinate.nix-daemon"]);
+  } else if (existsSync("/run/systemd/system")) {
+    managers.push(["systemctl", "restart", "nix-daemon.service"]);
+  }
+  for (const cmd of managers) {
     const r = await execute("sudo", ["-n", ...cmd], env);
     if (r.code === 0) {
       const deadline = Date.now() + DAEMON_RESTART_WAIT_MS;
-      while (!existsSync(DAEMON_SOCKET) && Date.now() < deadline) await new Promise((res) => setTimeout(res, 200));
-      return existsSync(DAEMON_SOCKET) ? null : `the daemon's socket did not come back within ${DAEMON_RESTART_WAIT_MS / 1000} s`;
+      while (!(await accepting(socket)) && Date.now() < deadline) await new Promise((res) => setTimeout(res, 100));
+      return (await accepting(socket))
+        ? { done: `restarted the daemon (${cmd.join(" ")})` }
+        : { problem: `the daemon does not listen on ${socket} within ${DAEMON_RESTART_WAIT_MS / 1000} s of ${cmd.join(" ")}` };
     }
-    last = `${cmd.join(" ")} failed: ${r.stderr.trim() || `exit ${r.code}`}`;
+    tried.push(`${cmd.join(" ")}: ${r.stderr.trim().split("\n").at(-1) || `exit ${r.code}`}`);
   }
-  return `the daemon could not be restarted (${last}); restart it before the build`;
+  if (process.platform === "linux") {
+    const r = await execute("sudo", ["-n", process.execPath, RESTART_SCRIPT, socket], env);
+    if (r.code === 0) return { done: r.stdout.trim() || "restarted the daemon" };
+    tried.push(`restarting the process on ${socket}: ${r.stderr.trim().split("\n").at(-1) || `exit ${r.code}`}`);
+  }
+  return { problem: `the daemon could not be restarted (${tried.join("; ") || "no way to restart it on this system"}); restart it before the build` };
 }

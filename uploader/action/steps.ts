@@ -30,7 +30,7 @@ import { ensureSpool } from "../spool.ts";
 import { defaultStoreDir } from "../store.ts";
 import { readInputs, type ActionInputs } from "./inputs.ts";
 import { noteMarkdown, pushSummaryMarkdown } from "./job-summary.ts";
-import { confFilesWith, setUpNix } from "./nix-setup.ts";
+import { confFilesWith, setUpNix, undoSetup, type SystemChange } from "./nix-setup.ts";
 import { checkCache } from "./preflight.ts";
 import { pushPaths } from "./push-process.ts";
 import * as runner from "./runner.ts";
@@ -48,6 +48,7 @@ const STATE = {
   watcherStarted: "watcher-started",
   keyFile: "key-file",
   notPushing: "not-pushing",
+  systemChange: "system-nix-conf",
 } as const;
 
 type Mode = "hook" | "store-diff" | "paths" | "none";
@@ -128,10 +129,12 @@ export async function main(env: NodeJS.ProcessEnv = process.env): Promise<number
     setup = await setUpNix({ dir, substituters, publicKeys, hookScript: hook?.script, netrc, env });
   } catch (err) {
     runner.warning(`nix-edge-cache: cannot configure Nix: ${(err as Error).message}`);
-    setup = { how: "not applied" as const, hookInstalled: false, lines: [], notes: [] };
+    setup = { how: "not applied" as const, hookInstalled: false, lines: [], notes: [], done: [] };
   }
+  if (setup.systemChange) runner.saveState(STATE.systemChange, JSON.stringify(setup.systemChange), env);
   if (setup.confFile) runner.exportVariable("NIX_USER_CONF_FILES", confFilesWith(setup.confFile, env), env);
   for (const n of setup.notes) runner.warning(`nix-edge-cache: ${n}`);
+  for (const n of setup.done) runner.notice(`nix-edge-cache: ${n}`);
   if (setup.lines.length > 0 && setup.how !== "not applied") {
     runner.info(`nix-edge-cache: Nix configured for the next steps (${setup.how}):\n${setup.lines.map((l) => `  ${l}`).join("\n")}`);
   }
@@ -198,6 +201,18 @@ export async function post(env: NodeJS.ProcessEnv = process.env): Promise<number
   } finally {
     const keyFile = runner.state(STATE.keyFile, env);
     if (keyFile) await rm(keyFile, { force: true });
+    await undoSystemChange(env);
+  }
+}
+
+/** Takes what main added to the system's nix.conf out again (after the last push). */
+async function undoSystemChange(env: NodeJS.ProcessEnv): Promise<void> {
+  const saved = runner.state(STATE.systemChange, env);
+  if (!saved) return;
+  try {
+    runner.info(`nix-edge-cache: ${await undoSetup(JSON.parse(saved) as SystemChange, env)}`);
+  } catch (err) {
+    runner.warning(`nix-edge-cache: ${(err as Error).message}`);
   }
 }
 
