@@ -250,9 +250,10 @@ function words(text) {
 // uploader/action/nix-setup.ts
 import { execFile } from "node:child_process";
 import { constants, existsSync as existsSync2 } from "node:fs";
-import { access, chmod, writeFile } from "node:fs/promises";
+import { access, chmod, readFile as readFile2, writeFile } from "node:fs/promises";
 import { userInfo as userInfo2 } from "node:os";
-import { join as join2 } from "node:path";
+import { basename, dirname, join as join2 } from "node:path";
+import { fileURLToPath } from "node:url";
 
 // uploader/nix-config.ts
 import { spawn } from "node:child_process";
@@ -260,6 +261,11 @@ import { existsSync } from "node:fs";
 import { userInfo } from "node:os";
 var NIX_COMMAND = ["--extra-experimental-features", "nix-command"];
 var DAEMON_SOCKET = "/nix/var/nix/daemon-socket/socket";
+function daemonSocket(env = process.env) {
+  if (env.NIX_REMOTE?.startsWith("unix://")) return env.NIX_REMOTE.slice("unix://".length).split("?")[0];
+  if (env.NIX_DAEMON_SOCKET_PATH) return env.NIX_DAEMON_SOCKET_PATH;
+  return env.NIX_STATE_DIR ? `${env.NIX_STATE_DIR.replace(/\/+$/, "")}/daemon-socket/socket` : DAEMON_SOCKET;
+}
 function runNix(args, env = process.env, program = "nix") {
   return new Promise((resolve, reject) => {
     const child = spawn(program, args, { env, stdio: ["ignore", "pipe", "pipe"] });
@@ -316,7 +322,7 @@ async function userTrust(settings, env = process.env) {
     }
   }
   const store = settings.get("store");
-  if ((store === "auto" || store === void 0) && !existsSync(DAEMON_SOCKET)) {
+  if ((store === "auto" || store === void 0) && !existsSync(daemonSocket(env))) {
     return { trusted: true, how: "no daemon: the store is your own" };
   }
   const trustedUsers = listSetting(settings, "trusted-users");
@@ -336,9 +342,23 @@ function lastLine(text) {
   return text.trim().split("\n").filter((l) => l.trim() !== "").at(-1) ?? "(no output)";
 }
 
+// uploader/action/daemon-restart.ts
+import { connect } from "node:net";
+function accepting(path) {
+  return new Promise((resolve) => {
+    const s = connect(path);
+    s.once("connect", () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once("error", () => resolve(false));
+  });
+}
+
 // uploader/action/nix-setup.ts
 var NIX_STATE_DIR = "/nix/var/nix";
 var DAEMON_RESTART_WAIT_MS = 15e3;
+var RESTART_SCRIPT = fileURLToPath(new URL("./restart-daemon.js", import.meta.url));
 function nixConfLines(r, netrcFile) {
   const lines = [];
   if (r.substituters.length > 0) lines.push(`extra-substituters = ${r.substituters.join(" ")}`);
@@ -354,13 +374,13 @@ function userConfFiles(env) {
   return dirs.map((d) => join2(d, "nix", "nix.conf"));
 }
 async function usesDaemon(env) {
-  if (env.NIX_REMOTE === "daemon") return true;
+  if (env.NIX_REMOTE === "daemon" || env.NIX_REMOTE?.startsWith("unix://")) return true;
   if (env.NIX_REMOTE) return false;
   try {
-    await access(NIX_STATE_DIR, constants.W_OK);
+    await access(env.NIX_STATE_DIR || NIX_STATE_DIR, constants.R_OK | constants.W_OK);
     return false;
   } catch {
-    return existsSync2(DAEMON_SOCKET);
+    return existsSync2(daemonSocket(env));
   }
 }
 async function setUpNix(r) {
@@ -372,7 +392,7 @@ async function setUpNix(r) {
     await chmod(netrcFile, 384);
   }
   const lines = nixConfLines(r, netrcFile);
-  if (lines.length === 0) return { how: "not applied", hookInstalled: false, lines, notes: [] };
+  if (lines.length === 0) return { how: "not applied", hookInstalled: false, lines, notes: [], done: [] };
   let trusted = true;
   let how = "";
   if (await usesDaemon(r.env)) {
@@ -384,69 +404,127 @@ async function setUpNix(r) {
       how = `cannot ask Nix (${err.message})`;
     }
   }
-  if (trusted) {
-    const file = join2(r.dir, "nix.conf");
-    await writeFile(file, `# written by the nix-edge-cache action for this job
-${lines.join("\n")}
+  const confFile = join2(r.dir, "nix.conf");
+  const writeConf = (ls) => writeFile(confFile, `# written by the nix-edge-cache action for this job
+${ls.join("\n")}
 `);
-    return { how: "user configuration", confFile: file, hookInstalled: Boolean(r.hookScript), lines, notes: [] };
+  if (trusted) {
+    await writeConf(lines);
+    return { how: "user configuration", confFile, hookInstalled: Boolean(r.hookScript), lines, notes: [], done: [] };
   }
   const system = join2(r.env.NIX_CONF_DIR || "/etc/nix", "nix.conf");
-  if (await sudoWorks(r.env)) {
-    await sudo(["tee", "-a", system], r.env, `
-# added by the nix-edge-cache action
-${lines.join("\n")}
-`);
-    const restarted = await restartDaemon(r.env);
+  const untrusted = `this user (${userInfo2().username}) is not trusted by the Nix daemon (${how})`;
+  const noSudo = await sudoProblem(r.env);
+  if (noSudo) {
+    const subs = lines.filter((l) => l.startsWith("extra-substituters"));
+    if (subs.length > 0) await writeConf(subs);
     return {
-      how: "system configuration",
-      hookInstalled: Boolean(r.hookScript) && restarted === null,
-      lines,
-      notes: restarted ? [`added to ${system}, but ${restarted}`] : [`this user is not trusted by the Nix daemon (${how}): added to ${system} and restarted the daemon`]
+      how: "not applied",
+      hookInstalled: false,
+      ...subs.length > 0 ? { confFile } : {},
+      lines: subs,
+      notes: [
+        `${untrusted} and ${noSudo}: the daemon ignores the action's settings (its substituters count only if the machine's trusted-substituters lists them) and Nix's post-build-hook cannot be installed. Add the settings to ${system} on the runner, or make the runner's user trusted (trusted-users in ${system}).`
+      ],
+      done: []
+    };
+  }
+  const marker = `nix-edge-cache action, ${basename(r.dir)}`;
+  const systemLines = nixConfLines({ ...r, hookScript: void 0 }, netrcFile);
+  let wrapper;
+  if (r.hookScript) {
+    wrapper = join2(dirname(system), `${basename(r.dir)}-post-build-hook`);
+    await sudo(["tee", wrapper], r.env, wrapperScript(r.hookScript));
+    await sudo(["chmod", "755", wrapper], r.env);
+    systemLines.push(`post-build-hook = ${wrapper}`);
+  }
+  await sudo(["tee", "-a", system], r.env, `
+# begin ${marker}
+${systemLines.join("\n")}
+# end ${marker}
+`);
+  const systemChange = { file: system, marker, wrapper, socket: daemonSocket(r.env) };
+  const restart = await restartDaemon(r.env, systemChange.socket);
+  if ("problem" in restart) {
+    return {
+      how: "not applied",
+      hookInstalled: false,
+      lines: systemLines,
+      notes: [`${untrusted}: added the action's settings to ${system} with sudo, but ${restart.problem}; the daemon reads them only when it next starts`],
+      done: [],
+      systemChange
     };
   }
   return {
-    how: "not applied",
-    hookInstalled: false,
-    lines,
-    notes: [
-      `this user is not trusted by the Nix daemon (${how}) and sudo needs a password: the daemon ignores the action's settings. Add them to ${system} (or trusted-substituters) on the runner, or make the runner's user trusted.`
-    ]
+    how: "system configuration",
+    hookInstalled: Boolean(r.hookScript),
+    lines: systemLines,
+    notes: [],
+    done: [`${untrusted}: added the action's settings to ${system} with sudo and ${restart.done}; the post step takes them out again`],
+    systemChange
   };
+}
+function wrapperScript(hookScript2) {
+  const q = `'${hookScript2.replace(/'/g, `'\\''`)}'`;
+  return [
+    "#!/bin/sh",
+    "# Nix's post-build-hook for one job of the nix-edge-cache action (its post step removes",
+    "# this file): runs the job's own hook while the job's files exist, and does nothing after.",
+    `[ -x ${q} ] || exit 0`,
+    `exec ${q}`,
+    ""
+  ].join("\n");
 }
 function confFilesWith(file, env) {
   return [file, ...userConfFiles(env).filter((f) => f !== file)].join(":");
 }
 function execute(cmd, args, env, input2) {
   return new Promise((resolve) => {
-    const child = execFile(cmd, args, { env }, (err, _stdout, stderr) => {
-      const code = err ? typeof err.code === "number" ? err.code : 127 : 0;
-      resolve({ code, stderr: String(stderr) });
+    const child = execFile(cmd, args, { env }, (err, stdout, stderr) => {
+      const errno = err ? err.code : void 0;
+      const code = err ? typeof errno === "number" ? errno : 127 : 0;
+      resolve({ code, stdout: String(stdout), stderr: String(stderr), missing: errno === "ENOENT" });
+    });
+    child.stdin?.on("error", () => {
     });
     if (input2 !== void 0) child.stdin?.end(input2);
     else child.stdin?.end();
   });
 }
-async function sudoWorks(env) {
-  return (await execute("sudo", ["-n", "true"], env)).code === 0;
+async function sudoProblem(env) {
+  const r = await execute("sudo", ["-n", "true"], env);
+  if (r.code === 0) return null;
+  if (r.missing) return "sudo is not installed";
+  return `sudo -n does not work (${r.stderr.trim().split("\n").at(-1) || `exit ${r.code}`})`;
 }
 async function sudo(args, env, input2) {
   const r = await execute("sudo", ["-n", ...args], env, input2);
   if (r.code !== 0) throw new Error(`sudo ${args.join(" ")} failed (exit ${r.code}): ${r.stderr.trim()}`);
+  return r;
 }
-async function restartDaemon(env) {
-  const attempts = process.platform === "darwin" ? [["launchctl", "kickstart", "-k", "system/org.nixos.nix-daemon"], ["launchctl", "kickstart", "-k", "system/systems.determinate.nix-daemon"]] : [["systemctl", "restart", "nix-daemon.service"]];
-  let last = "";
-  for (const cmd of attempts) {
+async function restartDaemon(env, socket) {
+  const tried = [];
+  const managers = [];
+  if (process.platform === "darwin") {
+    managers.push(["launchctl", "kickstart", "-k", "system/org.nixos.nix-daemon"], ["launchctl", "kickstart", "-k", "system/systems.determinate.nix-daemon"]);
+  } else if (existsSync2("/run/systemd/system")) {
+    managers.push(["systemctl", "restart", "nix-daemon.service"]);
+  }
+  for (const cmd of managers) {
     const r = await execute("sudo", ["-n", ...cmd], env);
     if (r.code === 0) {
       const deadline = Date.now() + DAEMON_RESTART_WAIT_MS;
-      while (!existsSync2(DAEMON_SOCKET) && Date.now() < deadline) await new Promise((res) => setTimeout(res, 200));
-      return existsSync2(DAEMON_SOCKET) ? null : `the daemon's socket did not come back within ${DAEMON_RESTART_WAIT_MS / 1e3} s`;
+      while (!await accepting(socket) && Date.now() < deadline) await new Promise((res) => setTimeout(res, 100));
+      return await accepting(socket) ? { done: `restarted the daemon (${cmd.join(" ")})` } : { problem: `the daemon does not listen on ${socket} within ${DAEMON_RESTART_WAIT_MS / 1e3} s of ${cmd.join(" ")}` };
     }
-    last = `${cmd.join(" ")} failed: ${r.stderr.trim() || `exit ${r.code}`}`;
+    tried.push(`${cmd.join(" ")}: ${r.stderr.trim().split("\n").at(-1) || `exit ${r.code}`}`);
   }
-  return `the daemon could not be restarted (${last}); restart it before the build`;
+  if (process.platform === "linux") {
+    const r = await execute("sudo", ["-n", process.execPath, RESTART_SCRIPT, socket], env);
+    if (r.code === 0) return { done: r.stdout.trim() || "restarted the daemon" };
+    tried.push(`restarting the process on ${socket}: ${r.stderr.trim().split("\n").at(-1) || `exit ${r.code}`}`);
+  }
+  return { problem: `the daemon could not be restarted (${tried.join("; ") || "no way to restart it on this system"}); restart it before the build` };
 }
 
 // src/api/cache-description.ts
@@ -865,8 +943,8 @@ async function checkCache(cacheUrl, token) {
 }
 
 // uploader/action/push-process.ts
-import { fileURLToPath } from "node:url";
-var CLI_PATH = fileURLToPath(
+import { fileURLToPath as fileURLToPath2 } from "node:url";
+var CLI_PATH = fileURLToPath2(
   /\/action\/dist\/[^/]+\.js$/.test(import.meta.url) ? new URL("./uploader.js", import.meta.url) : new URL("../cli.ts", import.meta.url)
 );
 function uploaderCommand() {
@@ -874,7 +952,7 @@ function uploaderCommand() {
 }
 
 // uploader/action/store-snapshot.ts
-import { readdir as readdir2, readFile as readFile2, writeFile as writeFile2 } from "node:fs/promises";
+import { readdir as readdir2, readFile as readFile3, writeFile as writeFile2 } from "node:fs/promises";
 async function listStore(storeDir) {
   try {
     return (await readdir2(storeDir)).sort();
@@ -891,7 +969,7 @@ async function writeSnapshot(file, names) {
 // uploader/action/watcher-process.ts
 import { spawn as spawn2 } from "node:child_process";
 import { closeSync, existsSync as existsSync3, openSync, readFileSync } from "node:fs";
-import { readdir as readdir3, readFile as readFile3 } from "node:fs/promises";
+import { readdir as readdir3, readFile as readFile4 } from "node:fs/promises";
 
 // src/nix/sha512.ts
 var MASK64 = (1n << 64n) - 1n;
@@ -966,7 +1044,7 @@ async function startWatcher(o) {
   }
 }
 async function logTail(file) {
-  const text = await readFile3(file, "utf8").catch(() => "");
+  const text = await readFile4(file, "utf8").catch(() => "");
   const lines = text.split("\n").filter((l) => /^(error|hint):/.test(l));
   return (lines.length > 0 ? lines : text.trim().split("\n").slice(-3)).join(" ");
 }
@@ -984,7 +1062,8 @@ var STATE = {
   log: "watcher-log",
   watcherStarted: "watcher-started",
   keyFile: "key-file",
-  notPushing: "not-pushing"
+  notPushing: "not-pushing",
+  systemChange: "system-nix-conf"
 };
 var SECRET_KEY_MODE = 384;
 function scratchDir(env) {
@@ -1037,10 +1116,12 @@ async function main(env = process.env) {
     setup = await setUpNix({ dir, substituters, publicKeys, hookScript: hook?.script, netrc, env });
   } catch (err) {
     warning(`nix-edge-cache: cannot configure Nix: ${err.message}`);
-    setup = { how: "not applied", hookInstalled: false, lines: [], notes: [] };
+    setup = { how: "not applied", hookInstalled: false, lines: [], notes: [], done: [] };
   }
+  if (setup.systemChange) saveState(STATE.systemChange, JSON.stringify(setup.systemChange), env);
   if (setup.confFile) exportVariable("NIX_USER_CONF_FILES", confFilesWith(setup.confFile, env), env);
   for (const n of setup.notes) warning(`nix-edge-cache: ${n}`);
+  for (const n of setup.done) notice(`nix-edge-cache: ${n}`);
   if (setup.lines.length > 0 && setup.how !== "not applied") {
     info(`nix-edge-cache: Nix configured for the next steps (${setup.how}):
 ${setup.lines.map((l) => `  ${l}`).join("\n")}`);

@@ -191,6 +191,10 @@ function words(text) {
   return text.split(/\s+/).filter((w) => w !== "");
 }
 
+// uploader/action/nix-setup.ts
+import { fileURLToPath } from "node:url";
+var RESTART_SCRIPT = fileURLToPath(new URL("./restart-daemon.js", import.meta.url));
+
 // src/api/cache-description.ts
 var CACHE_DESCRIPTION_PATH = "_api/v1/cache";
 var SERVICE_NAME = "nix-edge-cache";
@@ -607,8 +611,8 @@ async function checkCache(cacheUrl, token) {
 }
 
 // uploader/action/push-process.ts
-import { fileURLToPath } from "node:url";
-var CLI_PATH = fileURLToPath(
+import { fileURLToPath as fileURLToPath2 } from "node:url";
+var CLI_PATH = fileURLToPath2(
   /\/action\/dist\/[^/]+\.js$/.test(import.meta.url) ? new URL("./uploader.js", import.meta.url) : new URL("../cli.ts", import.meta.url)
 );
 

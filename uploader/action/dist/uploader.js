@@ -3460,6 +3460,11 @@ var init_cache_probe = __esm({
 import { spawn as spawn3 } from "node:child_process";
 import { existsSync } from "node:fs";
 import { userInfo } from "node:os";
+function daemonSocket(env = process.env) {
+  if (env.NIX_REMOTE?.startsWith("unix://")) return env.NIX_REMOTE.slice("unix://".length).split("?")[0];
+  if (env.NIX_DAEMON_SOCKET_PATH) return env.NIX_DAEMON_SOCKET_PATH;
+  return env.NIX_STATE_DIR ? `${env.NIX_STATE_DIR.replace(/\/+$/, "")}/daemon-socket/socket` : DAEMON_SOCKET;
+}
 function runNix(args, env = process.env, program = "nix") {
   return new Promise((resolve4, reject) => {
     const child = spawn3(program, args, { env, stdio: ["ignore", "pipe", "pipe"] });
@@ -3527,7 +3532,7 @@ async function userTrust(settings, env = process.env) {
     }
   }
   const store = settings.get("store");
-  if ((store === "auto" || store === void 0) && !existsSync(DAEMON_SOCKET)) {
+  if ((store === "auto" || store === void 0) && !existsSync(daemonSocket(env))) {
     return { trusted: true, how: "no daemon: the store is your own" };
   }
   const trustedUsers = listSetting(settings, "trusted-users");
