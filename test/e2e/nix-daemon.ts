@@ -5,7 +5,7 @@
 // with a daemon. The tests run as root; everything made here is taken away by cleanup().
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { closeSync, openSync } from "node:fs";
+import { closeSync, existsSync, openSync } from "node:fs";
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -28,7 +28,7 @@ export interface SystemUser {
   home: string;
 }
 
-/** A process's result, with its stdout and stderr. */
+/** Runs a program as `user` (null: as this process) with exactly `env`; `done` settles when it exits. */
 export function runAs(
   user: SystemUser | null,
   cmd: string,
@@ -69,8 +69,9 @@ export class NixDaemon {
     this.log = join(dir, "daemon.log");
   }
 
-  /** Creates users (name prefixes), then starts the daemon trusting `trusted` of them (and root). */
+  /** A directory for the daemon and its users; run() starts the daemon. */
   static async start(): Promise<NixDaemon> {
+    await removeStaleUsers();
     const dir = await mkdtemp(join(tmpdir(), "nec-daemon-"));
     await chmod(dir, 0o755);
     const d = new NixDaemon(dir);
@@ -183,5 +184,15 @@ export class NixDaemon {
     for (const f of this.sudoers) await rm(f, { force: true });
     for (const u of this.users) await runOk("userdel", [u.name]).catch(() => undefined);
     await rm(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** Users (and their sudoers files) that a killed test run left: their homes are gone. */
+async function removeStaleUsers(): Promise<void> {
+  for (const line of (await readFile("/etc/passwd", "utf8")).split("\n")) {
+    const [name, , , , , home] = line.split(":");
+    if (!name || !home || !/^nec-[a-z]+-[0-9a-f]{6}$/.test(name) || !home.startsWith(join(tmpdir(), "nec-daemon-")) || existsSync(home)) continue;
+    await runOk("userdel", [name]).catch(() => undefined);
+    await rm(`/etc/sudoers.d/nec-test-${name}`, { force: true });
   }
 }
