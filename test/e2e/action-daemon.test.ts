@@ -15,7 +15,7 @@
 // checked comes from the cache over HTTP, the daemon's socket and files, and Nix.
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseNarInfo, type NarInfo } from "../../src/nix/narinfo.ts";
@@ -32,6 +32,8 @@ let trusted: SystemUser;
 let sudoer: SystemUser;
 /** Not trusted, no sudo rights. */
 let plain: SystemUser;
+/** Not trusted, sudo for editing files only (not to restart the daemon). */
+let limited: SystemUser;
 const watchers: number[] = [];
 
 beforeAll(async () => {
@@ -39,6 +41,7 @@ beforeAll(async () => {
   trusted = await daemon.addUser("nec-trusted");
   sudoer = await daemon.addUser("nec-sudoer", { sudo: true });
   plain = await daemon.addUser("nec-plain");
+  limited = await daemon.addUser("nec-limited", { sudo: ["/usr/bin/true", "/usr/bin/tee", "/usr/bin/chmod", "/usr/bin/rm", "/usr/bin/cat"] });
   await daemon.run([trusted]);
   cache = await LocalCache.start();
 });
@@ -290,5 +293,38 @@ describe("the GitHub Action with a Nix daemon", () => {
     expect(main2.stdout).toMatch(/^::warning::nix-edge-cache: this user .* is not trusted by the Nix daemon .* and sudo is not installed:/m);
     expect(await daemon.systemConf()).toBe(confBefore);
     await rm(bin, { recursive: true, force: true });
+  });
+
+  it("for an untrusted user whose sudo cannot restart the daemon: warns that the daemon has not read the settings, falls back to the store diff, and takes the settings out at the end", async () => {
+    const confBefore = await daemon.systemConf();
+    const pidBefore = await daemon.listener();
+    const job = await Job.create(limited);
+    const main = await job.step("main");
+    expect(main.code, main.stdout + main.stderr).toBe(0);
+    expect(main.stdout).toMatch(
+      new RegExp(`^::warning::nix-edge-cache: this user \\(${limited.name}\\) is not trusted by the Nix daemon .*: added the action's settings to ${daemon.confDir}/nix.conf with sudo, but the daemon could not be restarted \\(restarting the process on ${daemon.socket}: .*\\): it reads them only when it next starts \\(restart it before the build for them to count\\)$`, "m"),
+    );
+    expect(main.stdout).toMatch(/^::notice::nix-edge-cache: Nix's post-build-hook cannot be installed here/m);
+    expect(await job.lines("state")).toMatchObject({ mode: "store-diff" });
+    // In the file, for the daemon's next start; the same daemon runs on.
+    expect(await daemon.systemConf()).toContain(`extra-substituters = ${cache.url}`);
+    expect(await daemon.listener()).toBe(pidBefore);
+
+    const built = await job.build();
+    expect(built.stderr).not.toContain("post-build-hook");
+    const post = await job.step("post");
+    expect(post.code, post.stdout + post.stderr).toBe(0);
+    expect(post.stdout).toMatch(
+      new RegExp(`^::warning::nix-edge-cache: took the action's settings out of ${daemon.confDir}/nix.conf, but the daemon could not be restarted \\(.*\\): it keeps them until it next starts \\(${daemon.confDir}/\\S+-post-build-hook is left for it`, "m"),
+    );
+    for (const p of [built.dep, built.top]) expect(await narinfo(p), p).not.toBeNull();
+    expect(await daemon.systemConf()).toBe(confBefore);
+    // The wrapper a daemon might still name is left, and does nothing without the job's hook.
+    const wrapper = (await readdir(daemon.confDir)).filter((n) => n !== "nix.conf");
+    expect(wrapper).toEqual([expect.stringMatching(/-post-build-hook$/)]);
+    const hookScript = /^exec '(.+)'$/m.exec(await readFile(join(daemon.confDir, wrapper[0]!), "utf8"))![1]!;
+    await rm(hookScript);
+    const ran = await runAs(null, join(daemon.confDir, wrapper[0]!), [], { env: { OUT_PATHS: built.top } }).done;
+    expect(ran).toEqual({ code: 0, stdout: "", stderr: "" });
   });
 });

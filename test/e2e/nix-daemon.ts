@@ -80,8 +80,11 @@ export class NixDaemon {
     return d;
   }
 
-  /** A new unprivileged user with a home of its own; `sudo`: may run anything with `sudo -n`. */
-  async addUser(prefix: string, opts: { sudo?: boolean } = {}): Promise<SystemUser> {
+  /**
+   * A new unprivileged user with a home of its own; `sudo`: may run anything with `sudo -n`
+   * (true), or only these programs (absolute paths).
+   */
+  async addUser(prefix: string, opts: { sudo?: boolean | string[] } = {}): Promise<SystemUser> {
     const name = `${prefix}-${randomBytes(3).toString("hex")}`;
     const home = join(this.dir, "home", name);
     await mkdir(home, { recursive: true, mode: 0o755 });
@@ -94,7 +97,7 @@ export class NixDaemon {
     if (opts.sudo) {
       // The runner's arrangement on GitHub's hosted runners: passwordless sudo.
       const file = `/etc/sudoers.d/nec-test-${name}`;
-      await writeFile(file, `${name} ALL=(ALL:ALL) NOPASSWD: ALL\n`, { mode: 0o440 });
+      await writeFile(file, `${name} ALL=(ALL:ALL) NOPASSWD: ${opts.sudo === true ? "ALL" : opts.sudo.join(", ")}\n`, { mode: 0o440 });
       this.sudoers.push(file);
       await runOk("visudo", ["-c", "-f", file]);
     }

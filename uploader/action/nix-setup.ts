@@ -20,7 +20,8 @@
 //     and starting it again as it was started (restart-daemon.js, run with sudo). The hook
 //     named there is a wrapper next to nix.conf that runs the job's hook only while the
 //     job's script exists, so a job that never reaches its post step leaves no hook that
-//     fails builds. The post step removes both and restarts the daemon again (undoSetup).
+//     fails builds. The post step removes both and restarts the daemon again (undoSetup;
+//     the wrapper stays where that restart fails, as the running daemon still names it).
 //     Where sudo is missing or needs a password, nothing is changed: the action's
 //     nix.conf keeps the substituters only (which count if the machine's
 //     trusted-substituters lists them) and the caller falls back to the store diff.
@@ -174,7 +175,7 @@ export async function setUpNix(r: NixSetupRequest): Promise<NixSetup> {
       how: "not applied",
       hookInstalled: false,
       lines: systemLines,
-      notes: [`${untrusted}: added the action's settings to ${system} with sudo, but ${restart.problem}; the daemon reads them only when it next starts`],
+      notes: [`${untrusted}: added the action's settings to ${system} with sudo, but ${restart.problem}: it reads them only when it next starts (restart it before the build for them to count)`],
       done: [],
       systemChange,
     };
@@ -194,9 +195,14 @@ export async function undoSetup(change: SystemChange, env: NodeJS.ProcessEnv): P
   const text = await readFile(change.file, "utf8").catch(async () => (await sudo(["cat", change.file], env)).stdout);
   const kept = withoutBlock(text, change.marker);
   if (kept !== text) await sudo(["tee", change.file], env, kept);
-  if (change.wrapper) await sudo(["rm", "-f", change.wrapper], env);
   const restart = await restartDaemon(env, change.socket);
-  if ("problem" in restart) throw new Error(`took the action's settings out of ${change.file}, but ${restart.problem}`);
+  if ("problem" in restart) {
+    // A daemon that read the settings keeps naming the wrapper until it restarts: without
+    // it, every build would fail. It does nothing once the job's files are gone.
+    const left = change.wrapper ? ` (${change.wrapper} is left for it: it does nothing once this job's files are gone)` : "";
+    throw new Error(`took the action's settings out of ${change.file}, but ${restart.problem}: it keeps them until it next starts${left}`);
+  }
+  if (change.wrapper) await sudo(["rm", "-f", change.wrapper], env);
   return `took the action's settings out of ${change.file} and ${restart.done}`;
 }
 
@@ -283,5 +289,5 @@ async function restartDaemon(env: NodeJS.ProcessEnv, socket: string): Promise<{ 
     if (r.code === 0) return { done: r.stdout.trim() || "restarted the daemon" };
     tried.push(`restarting the process on ${socket}: ${r.stderr.trim().split("\n").at(-1) || `exit ${r.code}`}`);
   }
-  return { problem: `the daemon could not be restarted (${tried.join("; ") || "no way to restart it on this system"}); restart it before the build` };
+  return { problem: `the daemon could not be restarted (${tried.join("; ") || "no way to restart it on this system"})` };
 }
