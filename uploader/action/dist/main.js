@@ -450,7 +450,7 @@ ${systemLines.join("\n")}
       how: "not applied",
       hookInstalled: false,
       lines: systemLines,
-      notes: [`${untrusted}: added the action's settings to ${system} with sudo, but ${restart.problem}; the daemon reads them only when it next starts`],
+      notes: [`${untrusted}: added the action's settings to ${system} with sudo, but ${restart.problem}: it reads them only when it next starts (restart it before the build for them to count)`],
       done: [],
       systemChange
     };
@@ -524,7 +524,7 @@ async function restartDaemon(env, socket) {
     if (r.code === 0) return { done: r.stdout.trim() || "restarted the daemon" };
     tried.push(`restarting the process on ${socket}: ${r.stderr.trim().split("\n").at(-1) || `exit ${r.code}`}`);
   }
-  return { problem: `the daemon could not be restarted (${tried.join("; ") || "no way to restart it on this system"}); restart it before the build` };
+  return { problem: `the daemon could not be restarted (${tried.join("; ") || "no way to restart it on this system"})` };
 }
 
 // src/api/cache-description.ts

@@ -455,9 +455,12 @@ async function undoSetup(change, env) {
   const text = await readFile(change.file, "utf8").catch(async () => (await sudo(["cat", change.file], env)).stdout);
   const kept = withoutBlock(text, change.marker);
   if (kept !== text) await sudo(["tee", change.file], env, kept);
-  if (change.wrapper) await sudo(["rm", "-f", change.wrapper], env);
   const restart = await restartDaemon(env, change.socket);
-  if ("problem" in restart) throw new Error(`took the action's settings out of ${change.file}, but ${restart.problem}`);
+  if ("problem" in restart) {
+    const left = change.wrapper ? ` (${change.wrapper} is left for it: it does nothing once this job's files are gone)` : "";
+    throw new Error(`took the action's settings out of ${change.file}, but ${restart.problem}: it keeps them until it next starts${left}`);
+  }
+  if (change.wrapper) await sudo(["rm", "-f", change.wrapper], env);
   return `took the action's settings out of ${change.file} and ${restart.done}`;
 }
 function withoutBlock(text, marker) {
@@ -508,7 +511,7 @@ async function restartDaemon(env, socket) {
     if (r.code === 0) return { done: r.stdout.trim() || "restarted the daemon" };
     tried.push(`restarting the process on ${socket}: ${r.stderr.trim().split("\n").at(-1) || `exit ${r.code}`}`);
   }
-  return { problem: `the daemon could not be restarted (${tried.join("; ") || "no way to restart it on this system"}); restart it before the build` };
+  return { problem: `the daemon could not be restarted (${tried.join("; ") || "no way to restart it on this system"})` };
 }
 
 // uploader/http.ts
