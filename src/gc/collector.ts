@@ -1,6 +1,7 @@
 // Garbage collection in bounded batches: each call of `runGcBatch` does at most a free-plan
-// invocation's worth of work (R2 operations and CPU) and leaves the collection's progress in
-// R2 for the next call, from the cron trigger (src/index.ts) or `POST /_api/v1/gc`.
+// invocation's worth of work (R2 operations, D1 queries and CPU) and leaves the collection's
+// progress in D1 and R2 for the next call, from the cron trigger (src/index.ts) or
+// `POST /_api/v1/gc`.
 //
 // What is kept: a path is *live* when it is young (last pushed at or after the run's cutoff,
 // i.e. within GC_RETENTION_DAYS), pinned, or referenced by a live path. Anything pushed after
@@ -79,11 +80,11 @@
 // the run like an unreadable narinfo. When D1 cannot be reached the batch fails
 // (storage_unavailable) before deleting anything, and the next batch redoes the step.
 //
-// Batches exclude each other with a lease in the state document (taken and released with
-// conditional writes); a batch works only while it holds its lease, so a batch that stalls
-// cannot act on an outdated state once another has taken over. Working objects are named by
-// the generation that wrote them, so a batch that loses its commit leaves nothing the next
-// batch reads. Dry runs keep their own state and never write outside their working objects.
+// Batches exclude each other with a lease in the state document (a D1 row, taken and
+// released with writes conditional on its version); a batch works only while it holds its
+// lease, so a batch that stalls cannot act on an outdated state once another has taken
+// over. Working objects are named by the generation that wrote them, so a batch that loses
+// its commit leaves nothing the next batch reads. Dry runs keep their own state and never write outside their working objects.
 
 import { mapConcurrent } from "../concurrency.ts";
 import { fail } from "../errors.ts";
@@ -92,22 +93,19 @@ import { MAX_NARINFO_LENGTH, parseNarInfo, type NarInfo } from "../nix/narinfo.t
 import { HASH_PART_LENGTH, STORE_DIR } from "../nix/store-path.ts";
 import {
   deleteKeys,
-  DRY_RUN_STATE_KEY,
   FENCE_KEY,
   getBinaryObject,
   getTextObject,
   headKey,
-  INDEX_STATS_KEY,
   listPrefix,
   listTopLevelKeys,
   MAX_DELETE_KEYS,
   PINS_KEY,
   putGcObject,
   runPrefix,
-  STATE_KEY,
-  STATS_KEY,
   type ListedObject,
 } from "../storage/gc-store.ts";
+import { ADOPTION_OPERATIONS, adoptLegacyDocuments, readGcDocument, recordCollection, writeGcDocument, type GcDocumentName } from "../storage/gc-documents.ts";
 import { NARINFO_MAX_AGE_SECONDS } from "../http/representation.ts";
 import { listingKey, NAR_PREFIX, narInfoKey, parseNarFileName } from "../storage/keys.ts";
 import { decodeNarInfoMeta, encodeNarInfoMeta, metaLinks, metaName, metaNumber, metaPushTime, type NarInfoLinks } from "../storage/narinfo-meta.ts";
@@ -116,9 +114,20 @@ import { forgetPaths, linksOf, listedPaths, type ListedPath } from "../storage/p
 import { pinRoots } from "../storage/pins.ts";
 import { formatFence, NAR_FILE_HASH_LENGTH } from "./fence.ts";
 import { KEY_ABSENT, KEY_MEMBER, KeySet } from "./key-set.ts";
-import { emptyTotals, formatState, parseState, type GcState, type Phase, type RunState, type RunTotals, type Trigger } from "./run-state.ts";
+import {
+  emptyTotals,
+  formatState,
+  parseState,
+  type GcResult,
+  type GcState,
+  type Phase,
+  type RunState,
+  type RunTotals,
+  type Trigger,
+  type UnreadableDocument,
+} from "./run-state.ts";
 import type { GcSettings } from "./settings.ts";
-import { formatStats, type CacheStats, type GcResult, type UnreadableDocument } from "./stats.ts";
+import { formatStats, type CacheStats } from "./stats.ts";
 
 /**
  * R2 operations one batch may make. The free plan allows about 1000 calls to Cloudflare
@@ -132,9 +141,12 @@ const RESERVED_OPERATIONS = 12;
  * D1 queries one batch may make: the free plan allows 50 per invocation (1000 on Paid).
  * A batch asks one per listed page and one per chunk of narinfos it deletes; a page holds
  * up to 1000 narinfos (fewer with metadata), so a batch of BATCH_ENTRIES needs a handful.
- * Ten are kept back for whatever else the invocation does.
+ * Besides these, a batch makes at most STATE_QUERIES for its state document, and ten
+ * are kept back for whatever else the invocation does.
  */
-export const BATCH_QUERIES = 40;
+export const BATCH_QUERIES = 36;
+/** D1 queries of a batch's state document: read, lease, commit, and the finished run's statistics. */
+export const STATE_QUERIES = 4;
 /**
  * CPU budget of one batch, in listing entries (a listed narinfo, a chunk line). The free
  * plan gives an invocation 10 ms of CPU. bench/gc-cpu.mjs measures the collector's own work
@@ -356,7 +368,7 @@ class Batch {
   readonly #settings: GcSettings;
   readonly #clock: () => number;
   readonly #req: GcRequest;
-  readonly #stateKey: string;
+  readonly #stateName: GcDocumentName;
   readonly #start: number;
   #maxOps: number;
   #maxEntries: number;
@@ -366,7 +378,8 @@ class Batch {
   /** D1 queries so far (also counted in #ops, with the R2 calls). */
   #queries = 0;
   #state: GcState = parseState(null);
-  #etag: string | null = null;
+  /** Version of the state row this batch read and wrote; null while there is none. */
+  #version: number | null = null;
   #live: KeySet | null = null;
   #nars: KeySet | null = null;
   #setsDirty = false;
@@ -387,7 +400,7 @@ class Batch {
     this.#settings = ctx.settings;
     this.#clock = ctx.clock;
     this.#req = req;
-    this.#stateKey = req.dryRun ? DRY_RUN_STATE_KEY : STATE_KEY;
+    this.#stateName = req.dryRun ? "dry-run" : "state";
     this.#start = ctx.clock();
     this.#maxOps = Math.min(BATCH_OPERATIONS, ctx.limits?.operations ?? BATCH_OPERATIONS);
     this.#maxEntries = Math.min(BATCH_ENTRIES, ctx.limits?.entries ?? BATCH_ENTRIES);
@@ -396,9 +409,14 @@ class Batch {
   }
 
   async run(): Promise<GcProgress> {
-    const loaded = await this.#op(() => getTextObject(this.#bucket, this.#stateKey));
+    let loaded = await this.#op(() => readGcDocument(this.#db, this.#stateName));
+    if (loaded === null && !this.#req.dryRun) {
+      // A cache from before the D1 state: its R2 documents move once.
+      this.#ops += ADOPTION_OPERATIONS;
+      loaded = await adoptLegacyDocuments(this.#db, this.#bucket, formatState(parseState(null)));
+    }
     this.#state = parseState(loaded?.text ?? null);
-    this.#etag = loaded?.etag ?? null;
+    this.#version = loaded?.version ?? null;
     const now = this.#clock();
     if (this.#state.leaseUntil !== null && this.#state.leaseUntil > now) return this.#progress("busy");
     const run0 = this.#state.run;
@@ -487,11 +505,11 @@ class Batch {
 
   async #takeLease(): Promise<boolean> {
     this.#state.leaseUntil = this.#start + LEASE_MS;
-    const etag = await this.#op(() =>
-      putGcObject(this.#bucket, this.#stateKey, formatState(this.#state), this.#etag === null ? { ifAbsent: true } : { ifEtag: this.#etag }),
+    const version = await this.#op(() =>
+      writeGcDocument(this.#db, this.#stateName, formatState(this.#state), this.#version === null ? { ifAbsent: true } : { ifVersion: this.#version }),
     );
-    this.#etag = etag;
-    return etag !== null;
+    this.#version = version;
+    return version !== null;
   }
 
   /** Whether this batch may still issue R2 calls that change anything. */
@@ -555,8 +573,8 @@ class Batch {
     }
     this.#state.leaseUntil = null;
     if (!this.#leaseValid()) return false;
-    const etag = await this.#op(() => putGcObject(this.#bucket, this.#stateKey, formatState(this.#state), { ifEtag: this.#etag! }));
-    if (etag === null) return false;
+    const version = await this.#op(() => writeGcDocument(this.#db, this.#stateName, formatState(this.#state), { ifVersion: this.#version! }));
+    if (version === null) return false;
     if (this.#state.run !== null && this.#setsDirty && previousSets !== null) {
       await this.#op(() => deleteKeys(this.#bucket, [workKey(run, `live-${previousSets}`), workKey(run, `nars-${previousSets}`)]));
     }
@@ -1193,8 +1211,7 @@ class Batch {
     };
     if (!run.dryRun) {
       if (!this.#leaseValid()) return false;
-      // With the fence, the index's kept counts when paths went: the statistics count again.
-      await this.#op(() => deleteKeys(this.#bucket, totals.deletedPaths > 0 ? [FENCE_KEY, INDEX_STATS_KEY] : [FENCE_KEY]));
+      await this.#op(() => deleteKeys(this.#bucket, [FENCE_KEY]));
       const stats: CacheStats = {
         countedAt: now,
         paths: totals.paths,
@@ -1204,7 +1221,8 @@ class Batch {
         pathsWithoutSizes: totals.pathsWithoutSizes,
         lastGc: result,
       };
-      await this.#op(() => putGcObject(this.#bucket, STATS_KEY, formatStats(stats)));
+      // With the paths gone, the index's kept counts go too: the statistics count again.
+      await this.#op(() => recordCollection(this.#db, formatStats(stats), totals.deletedPaths > 0));
       this.#stats = stats;
       this.#state.last = result;
       this.#state.lastPaths = totals.paths;

@@ -1,13 +1,48 @@
-// The collector's state document (`_gc/state.json`, `_gc/dry-run.json`): the collection in
-// progress, carried from one bounded batch to the next, and what the last one did.
+// The collector's state document (the D1 rows `state` and `dry-run`,
+// storage/gc-documents.ts): the collection in progress, carried from one bounded batch to
+// the next, and what the last one did.
 //
 // Everything a batch needs to resume is here or in the run's working objects it names by
-// generation (`_gc/runs/<id>/<kind>-<gen>`): a batch reads the state, takes a lease by a
-// conditional write, works, writes new objects under a new generation and commits the
-// state with another conditional write. A batch that loses either write has changed
-// nothing the next batch will read.
+// generation (`_gc/runs/<id>/<kind>-<gen>` in R2): a batch reads the state, takes a lease by
+// a conditional write (on the version it read), works, writes new objects under a new
+// generation and commits the state with another conditional write. A batch that loses
+// either write has changed nothing the next batch will read.
 
-import type { GcResult, UnreadableDocument } from "./stats.ts";
+/**
+ * A document a collection needed and could not read: a narinfo it keeps whose body is
+ * missing, too large or does not parse, or names no NAR of this cache; or the pins.
+ */
+export interface UnreadableDocument {
+  /** The R2 key (`<hash>.narinfo`, `_gc/pins.json`). */
+  key: string;
+  /** The store path, when the metadata or the body names it. */
+  path: string | null;
+  /** What is wrong, for the operator. */
+  reason: string;
+}
+
+/** What one finished collection did. */
+export interface GcResult {
+  runId: string;
+  trigger: "cron" | "manual";
+  startedAt: number;
+  finishedAt: number;
+  /** Paths last pushed before this were old. */
+  cutoff: number;
+  deletedPaths: number;
+  deletedNars: number;
+  /** Bytes of the deleted NARs. */
+  freedBytes: number;
+  /**
+   * How many documents it could not read. While there are any, a collection deletes no
+   * narinfo and no NAR (retention fails safe): the operator deletes or re-pushes them.
+   * Absent in results written before this was counted.
+   */
+  unreadableCount?: number;
+  /** The first of them (gc/collector.ts MAX_REPORTED_UNREADABLE). */
+  unreadable?: UnreadableDocument[];
+}
+
 
 export type Phase = "mark" | "nars" | "compact" | "announce" | "wait" | "delete" | "finish";
 

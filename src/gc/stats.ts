@@ -2,17 +2,18 @@
 //   - the D1 index (storage/path-index.ts): how many paths the cache holds and their sizes,
 //     current, from any request. Counting reads every row of the index, and D1 bills rows
 //     read (the free plan: 5,000,000 a day) while the statistics are public, so a count is
-//     kept in a small R2 document and reused until the cache can afford the next one
-//     (STATS_ROWS_PER_DAY); a collection that deleted paths drops it.
+//     kept in a small document (`index-stats`, storage/gc-documents.ts) and reused until the
+//     cache can afford the next one (STATS_ROWS_PER_DAY); a collection that deleted paths
+//     drops it.
 //   - each garbage collection, which counts what only a listing of the bucket shows (NAR
-//     files and their bytes) and records what it did, in one small document: as of the last
-//     collection.
-// `GET /_api/v1/stats` and the landing page read both: a few R2 reads, and a D1 count now
-// and then, instead of a listing of the whole bucket.
+//     files and their bytes) and records what it did, in one small document (`stats`): as of
+//     the last collection.
+// `GET /_api/v1/stats` and the landing page read both and the collection's state in one D1
+// query, and count the index now and then, instead of listing the whole bucket.
 
-import { getTextObject, INDEX_STATS_KEY, putGcObject, STATE_KEY, STATS_KEY } from "../storage/gc-store.ts";
+import { readGcDocuments, writeGcDocument, type GcDocument } from "../storage/gc-documents.ts";
 import { indexComplete, indexStats } from "../storage/path-index.ts";
-import { parseState } from "./run-state.ts";
+import { parseState, type GcResult } from "./run-state.ts";
 
 const DAY_MS = 24 * 3600 * 1000;
 
@@ -24,42 +25,7 @@ const DAY_MS = 24 * 3600 * 1000;
  */
 export const STATS_ROWS_PER_DAY = 1_000_000;
 
-/**
- * A document a collection needed and could not read: a narinfo it keeps whose body is
- * missing, too large or does not parse, or names no NAR of this cache; or the pins.
- */
-export interface UnreadableDocument {
-  /** The R2 key (`<hash>.narinfo`, `_gc/pins.json`). */
-  key: string;
-  /** The store path, when the metadata or the body names it. */
-  path: string | null;
-  /** What is wrong, for the operator. */
-  reason: string;
-}
-
-/** What one finished collection did. */
-export interface GcResult {
-  runId: string;
-  trigger: "cron" | "manual";
-  startedAt: number;
-  finishedAt: number;
-  /** Paths last pushed before this were old. */
-  cutoff: number;
-  deletedPaths: number;
-  deletedNars: number;
-  /** Bytes of the deleted NARs. */
-  freedBytes: number;
-  /**
-   * How many documents it could not read. While there are any, a collection deletes no
-   * narinfo and no NAR (retention fails safe): the operator deletes or re-pushes them.
-   * Absent in results written before this was counted.
-   */
-  unreadableCount?: number;
-  /** The first of them (gc/collector.ts MAX_REPORTED_UNREADABLE). */
-  unreadable?: UnreadableDocument[];
-}
-
-/** What the index held when it was last counted (`_gc/index-stats.json`). */
+/** What the index held when it was last counted (the `index-stats` document). */
 export interface IndexCounts {
   /** When, ms. */
   countedAt: number;
@@ -94,7 +60,7 @@ function parseIndexCounts(text: string): IndexCounts | null {
  * The index's counts: the kept ones while they are fresh enough, else counted again (two
  * D1 queries) and kept. When the index cannot be read, the last counts however old, or null.
  */
-async function loadIndexCounts(bucket: R2Bucket, db: D1Database, kept: { text: string } | null, now: number): Promise<IndexCounts | null> {
+async function loadIndexCounts(db: D1Database, kept: GcDocument | null, now: number): Promise<IndexCounts | null> {
   const last = kept === null ? null : parseIndexCounts(kept.text);
   if (last !== null && now >= last.countedAt && now < last.countedAt + indexCountLifetime(last.paths)) return last;
   let counts: IndexCounts;
@@ -106,8 +72,12 @@ async function loadIndexCounts(bucket: R2Bucket, db: D1Database, kept: { text: s
     return last;
   }
   // Several requests may count at once when the counts expire; the last write wins, and
-  // each counted the same index.
-  await putGcObject(bucket, INDEX_STATS_KEY, JSON.stringify(counts));
+  // each counted the same index. A failed write only means counting again next time.
+  try {
+    await writeGcDocument(db, "index-stats", JSON.stringify(counts));
+  } catch (err) {
+    console.error("statistics: the index's count cannot be kept", err);
+  }
   return counts;
 }
 
@@ -161,29 +131,30 @@ export function parseStats(text: string): CacheStats | null {
 export interface StatsView {
   /** As of the last collection; null before the first. */
   stats: CacheStats | null;
-  /**
-   * The index's paths and sizes (recent: see STATS_ROWS_PER_DAY); null when the caller
-   * passed no index or it cannot be read.
-   */
+  /** The index's paths and sizes (recent: see STATS_ROWS_PER_DAY); null when D1 cannot be read. */
   index: IndexCounts | null;
   /** The collection in progress, if any. */
   running: { id: string; startedAt: number; phase: string } | null;
 }
 
 /**
- * Reads the collection's statistics and state (two R2 reads) and, given the index, its
- * kept counts (a third, in parallel; counted again in D1 and written back when expired).
+ * Reads the collection's statistics, its state and the index's kept counts (one D1 query),
+ * and counts the index again when those expired. When D1 cannot be read, there is nothing
+ * to show, and the view says so rather than failing the landing page.
  */
-export async function loadStatsView(bucket: R2Bucket, db?: D1Database, now: number = Date.now()): Promise<StatsView> {
-  const [stats, state, kept] = await Promise.all([
-    getTextObject(bucket, STATS_KEY),
-    getTextObject(bucket, STATE_KEY),
-    db === undefined ? Promise.resolve(null) : getTextObject(bucket, INDEX_STATS_KEY),
-  ]);
-  const run = parseState(state?.text ?? null).run;
+export async function loadStatsView(db: D1Database, now: number = Date.now()): Promise<StatsView> {
+  let docs: Map<string, GcDocument>;
+  try {
+    docs = await readGcDocuments(db, ["stats", "state", "index-stats"]);
+  } catch (err) {
+    console.error("statistics: D1 cannot be read", err);
+    return { stats: null, index: null, running: null };
+  }
+  const stats = docs.get("stats");
+  const run = parseState(docs.get("state")?.text ?? null).run;
   return {
-    stats: stats === null ? null : parseStats(stats.text),
-    index: db === undefined ? null : await loadIndexCounts(bucket, db, kept, now),
+    stats: stats === undefined ? null : parseStats(stats.text),
+    index: await loadIndexCounts(db, docs.get("index-stats") ?? null, now),
     running: run === null ? null : { id: run.id, startedAt: run.startedAt, phase: run.phase },
   };
 }

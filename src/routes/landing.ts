@@ -1,6 +1,6 @@
 // GET /: the landing page (landing-page.ts) for people who open the cache's URL in a
 // browser. It follows the read rule (a private cache asks for the read token with a Basic
-// challenge, which browsers answer with a password prompt) and costs two R2 reads (the
+// challenge, which browsers answer with a password prompt) and costs one D1 query (the
 // statistics). The URL shown is the request's own origin, so the snippets are right
 // whichever domain or port the cache is reached on.
 
@@ -35,7 +35,7 @@ landing.get("/", requireRead, async (c) => {
     aggregated: settings.aggregation.upstreams.map((u) => u.url),
     referenced: settings.upstreams,
     retentionDays: settings.gc.retentionMs === null ? null : settings.gc.retentionMs / DAY_MS,
-    stats: await loadStatsView(c.env.CACHE, c.env.DB),
+    stats: await loadStatsView(c.env.DB),
   });
   return new Response(html, {
     headers: {

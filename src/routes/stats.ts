@@ -13,8 +13,8 @@
 // narinfos stored before the index existed are still being adopted (paths counts only the
 // indexed ones). narFiles and narBytes (the NAR files in the bucket and their bytes: what
 // R2 stores) and lastGc are counted by garbage collection, as of countedAt; null before the
-// first collection. The index's fields are null only when it cannot be read. Three R2
-// reads per request, and now and then two D1 queries.
+// first collection. The index's fields are null only when it cannot be read. One D1
+// query per request, and now and then three more (the count and keeping it).
 
 import { Hono } from "hono";
 import type { WorkerEnv } from "../env.ts";
@@ -23,11 +23,11 @@ import { loadStatsView } from "../gc/stats.ts";
 
 export const stats = new Hono<{ Bindings: WorkerEnv }>();
 
-/** Statistics change slowly; a minute of caching spares the bucket. */
+/** Statistics change slowly; a minute of caching spares the database. */
 const STATS_MAX_AGE_SECONDS = 60;
 
 stats.get("/_api/v1/stats", requireRead, async (c) => {
-  const view = await loadStatsView(c.env.CACHE, c.env.DB);
+  const view = await loadStatsView(c.env.DB);
   const s = view.stats;
   const index = view.index;
   return c.json(

@@ -3,15 +3,14 @@
 // them against the free plan's per-invocation budget), takes the bucket it is given (tests
 // pass a counting wrapper), and turns R2 failures into `storage_unavailable`.
 //
-//   _gc/state.json             the collection in progress and the last one (gc/run-state.ts)
-//   _gc/dry-run.json           the same for dry runs, which never touch anything else
 //   _gc/fence.json             paths and NARs about to be deleted (gc/fence.ts); uploads read it
+//   _gc/runs/<id>/<name>       a run's working objects (mark sets, candidate lists)
 //   _gc/pins.json              named pins of caches from before the D1 pins table, moved
 //                              into it on first use (storage/pins.ts)
-//   _gc/stats.json             counts from the last collection (gc/stats.ts)
-//   _gc/index-stats.json       the D1 index's last count of paths and sizes, reused for a
-//                              while so public statistics cost few D1 rows (gc/stats.ts)
-//   _gc/runs/<id>/<name>       a run's working objects (mark sets, candidate lists)
+//   _gc/state.json, _gc/stats.json, _gc/dry-run.json, _gc/index-stats.json   the small
+//                              documents of caches from before they were D1 rows: the
+//                              first batch moves the first two (storage/gc-documents.ts)
+//                              and deletes all four
 //
 // No request path maps to a key under `_gc/` (storage/keys.ts accepts only the cache's own
 // layouts), so none of this can be read or written over HTTP. Listings of narinfos use the
@@ -20,12 +19,12 @@
 import { storageUnavailable } from "./bucket.ts";
 
 export const GC_PREFIX = "_gc/";
-export const STATE_KEY = `${GC_PREFIX}state.json`;
-export const DRY_RUN_STATE_KEY = `${GC_PREFIX}dry-run.json`;
 export const FENCE_KEY = `${GC_PREFIX}fence.json`;
 export const PINS_KEY = `${GC_PREFIX}pins.json`;
-export const STATS_KEY = `${GC_PREFIX}stats.json`;
-export const INDEX_STATS_KEY = `${GC_PREFIX}index-stats.json`;
+/** The R2 documents storage/gc-documents.ts moves into D1, and the two it drops (a dry run, a count). */
+export const LEGACY_STATE_KEY = `${GC_PREFIX}state.json`;
+export const LEGACY_STATS_KEY = `${GC_PREFIX}stats.json`;
+export const LEGACY_DROPPED_KEYS = [`${GC_PREFIX}dry-run.json`, `${GC_PREFIX}index-stats.json`];
 const RUNS_PREFIX = `${GC_PREFIX}runs/`;
 
 /** R2 deletes at most this many keys per call. */

@@ -144,12 +144,14 @@ type Runner = "all" | "run" | "first" | "raw";
 export class CountingDb {
   readonly queries: string[] = [];
   failing = false;
+  /** Queries fail once this many have been made. */
+  failFrom = Infinity;
   readonly db: D1Database;
   constructor(inner: D1Database) {
     const counter = this;
     const sqlOf = new WeakMap<D1PreparedStatement, string>();
     const record = (sql: string): void => {
-      if (counter.failing) throw new Error("D1_ERROR: the index is unreachable (test)");
+      if (counter.failing || counter.queries.length >= counter.failFrom) throw new Error("D1_ERROR: the index is unreachable (test)");
       counter.queries.push(sql);
     };
     const wrap = (statement: D1PreparedStatement, sql: string): D1PreparedStatement => {

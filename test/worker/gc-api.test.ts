@@ -12,7 +12,8 @@ import { formatFence } from "../../src/gc/fence.ts";
 import { formatPins, MAX_PINS } from "../../src/gc/pins.ts";
 import { listPins } from "../../src/storage/pins.ts";
 import { parseState } from "../../src/gc/run-state.ts";
-import { FENCE_KEY, PINS_KEY, STATE_KEY } from "../../src/storage/gc-store.ts";
+import { readGcDocument } from "../../src/storage/gc-documents.ts";
+import { FENCE_KEY, PINS_KEY } from "../../src/storage/gc-store.ts";
 import { narInfoKey } from "../../src/storage/keys.ts";
 import { decodeNarInfoMeta, encodeNarInfoMeta } from "../../src/storage/narinfo-meta.ts";
 import { putNarInfoObject } from "../../src/storage/narinfo-object.ts";
@@ -369,7 +370,7 @@ describe("the cron trigger", () => {
     expect(tick.getUTCMinutes() % MULTIPART_CLEANUP_EVERY_MINUTES).not.toBe(0);
     await worker.scheduled!({ scheduledTime: tick.getTime(), cron: "* * * * *", noRetry() {} } as ScheduledController, { ...env, GC_UPLOAD_WINDOW_SECONDS: "1" }, ctx);
     await waitOnExecutionContext(ctx);
-    const state = parseState(await (await env.CACHE.get(STATE_KEY))!.text());
+    const state = parseState((await readGcDocument(env.DB, "state"))!.text);
     expect(state.lastStartedAt).not.toBeNull();
     expect(state.run?.trigger).toBe("cron");
     expect(state.run?.phase).toBe("wait");

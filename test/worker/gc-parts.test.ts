@@ -10,8 +10,9 @@ import { KEY_ABSENT, KEY_EXPANDED, KEY_MEMBER, KeySet } from "../../src/gc/key-s
 import { packedContains } from "../../src/gc/fence.ts";
 import { LEASE_MS, runGcBatch } from "../../src/gc/collector.ts";
 import { parseState } from "../../src/gc/run-state.ts";
+import { loadStatsView } from "../../src/gc/stats.ts";
 import { parseGcSettings } from "../../src/gc/settings.ts";
-import { STATE_KEY } from "../../src/storage/gc-store.ts";
+import { readGcDocument, writeGcDocument } from "../../src/storage/gc-documents.ts";
 import { decodeNarInfoMeta, encodeNarInfoMeta, MAX_METADATA_BYTES } from "../../src/storage/narinfo-meta.ts";
 import { testPath } from "../helpers/worker.ts";
 import { cacheKeys, collect, DAY_MS, gcSettings, storePath, TestClock } from "../helpers/gc.ts";
@@ -122,11 +123,13 @@ describe("retention settings", () => {
 describe("batches", () => {
   it("a batch finding the state leased by another answers busy and changes nothing", async () => {
     const clock = new TestClock();
-    await env.CACHE.put(STATE_KEY, JSON.stringify({ run: null, leaseUntil: clock.now + LEASE_MS, lastStartedAt: null, lastPaths: 0, last: null }));
+    await writeGcDocument(env.DB, "state", JSON.stringify({ run: null, leaseUntil: clock.now + LEASE_MS, lastStartedAt: null, lastPaths: 0, last: null }));
     const before = await cacheKeys(env.CACHE);
+    const stateBefore = await readGcDocument(env.DB, "state");
     const progress = await runGcBatch({ bucket: env.CACHE, db: env.DB, settings: gcSettings(), clock: clock.read }, { dryRun: false, trigger: "manual" });
     expect(progress.status).toBe("busy");
     expect(await cacheKeys(env.CACHE)).toEqual(before);
+    expect(await readGcDocument(env.DB, "state")).toEqual(stateBefore);
   });
 
   it("after a batch that never finished, the run goes on with smaller batches and ends correctly", async () => {
@@ -157,7 +160,7 @@ describe("batches", () => {
     const keys = await cacheKeys(env.CACHE);
     expect(keys).toContain(`${kept.hash}.narinfo`);
     expect(keys).not.toContain(`${gone.hash}.narinfo`);
-    expect(parseState(await (await env.CACHE.get(STATE_KEY))!.text()).last?.deletedPaths).toBe(1);
+    expect(parseState((await readGcDocument(env.DB, "state"))!.text).last?.deletedPaths).toBe(1);
   });
 
   it("the cron rule starts a run only when the interval has passed, and never with retention off", async () => {
@@ -170,5 +173,34 @@ describe("batches", () => {
     expect((await runGcBatch({ ...ctx, settings: gcSettings() }, cron)).status).toBe("idle");
     clock.advance(DAY_MS / 2);
     expect((await runGcBatch({ ...ctx, settings: gcSettings() }, cron)).status).toBe("done");
+  });
+
+  it("a cache from before the D1 state has its R2 state and statistics moved into D1, once", async () => {
+    const clock = new TestClock();
+    const ctx = { bucket: env.CACHE, db: env.DB, clock: clock.read, settings: gcSettings() };
+    const cron = { dryRun: false, trigger: "cron" as const, onlyIfDue: true };
+    const last = { runId: "old-run", trigger: "cron", startedAt: clock.now - 3_600_000, finishedAt: clock.now - 3_000_000, cutoff: 0, deletedPaths: 4, deletedNars: 4, freedBytes: 4096 };
+    // An hour ago: with a daily interval, the cron is not due, which only the moved state says.
+    const legacyState = { run: null, leaseUntil: null, lastStartedAt: clock.now - 3_600_000, lastPaths: 9, last };
+    const legacyStats = { countedAt: last.finishedAt, paths: 9, narFiles: 9, narBytes: 90_000, savedBytes: 10, pathsWithoutSizes: 0, lastGc: last };
+    await env.CACHE.put("_gc/state.json", JSON.stringify(legacyState));
+    await env.CACHE.put("_gc/stats.json", JSON.stringify(legacyStats));
+    await env.CACHE.put("_gc/dry-run.json", JSON.stringify({ ...legacyState, last: null }));
+    await env.CACHE.put("_gc/index-stats.json", "{}");
+    expect((await runGcBatch(ctx, cron)).status).toBe("idle");
+    expect(parseState((await readGcDocument(env.DB, "state"))!.text)).toEqual(legacyState);
+    expect((await loadStatsView(env.DB)).stats).toEqual(legacyStats);
+    expect((await cacheKeys(env.CACHE)).filter((k) => k.startsWith("_gc/"))).toEqual([]);
+    // Once: an R2 state appearing later is not read again.
+    await env.CACHE.put("_gc/state.json", JSON.stringify({ ...legacyState, lastStartedAt: 0 }));
+    expect((await runGcBatch(ctx, cron)).status).toBe("idle");
+    expect(parseState((await readGcDocument(env.DB, "state"))!.text).lastStartedAt).toBe(legacyState.lastStartedAt);
+  });
+
+  it("a cache that never collected gets its state row from the first batch, so nothing is looked for in R2 again", async () => {
+    const clock = new TestClock();
+    const ctx = { bucket: env.CACHE, db: env.DB, clock: clock.read, settings: gcSettings({ retentionMs: null }) };
+    expect((await runGcBatch(ctx, { dryRun: false, trigger: "cron", onlyIfDue: true })).status).toBe("idle");
+    expect(parseState((await readGcDocument(env.DB, "state"))!.text)).toEqual(parseState(null));
   });
 });

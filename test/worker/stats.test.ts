@@ -1,13 +1,13 @@
 // The statistics' index side (gc/stats.ts), against the real local R2 and D1: paths and
 // sizes counted in the index, a count reused only as long as STATS_ROWS_PER_DAY allows
-// (counting reads every row), dropped by a collection that deleted paths, and the last count
-// (or nothing) when the index cannot be read.
+// (counting reads every row), dropped by a collection that deleted paths, and nothing (but
+// no failure) when D1 cannot be read.
 import { env } from "cloudflare:workers";
 import { reset } from "cloudflare:test";
 import { afterEach, describe, expect, it } from "vitest";
 import { adoptObjects } from "../../src/path-index/adoption.ts";
 import { indexCountLifetime, loadStatsView, STATS_ROWS_PER_DAY } from "../../src/gc/stats.ts";
-import { INDEX_STATS_KEY } from "../../src/storage/gc-store.ts";
+import { deleteGcDocument } from "../../src/storage/gc-documents.ts";
 import { call, push, testPath } from "../helpers/worker.ts";
 import { collect, CountingDb, DAY_MS, gcSettings, storePath, TestClock } from "../helpers/gc.ts";
 
@@ -20,30 +20,32 @@ describe("statistics from the index", () => {
     expect(indexCountLifetime(1000)).toBeCloseTo(86_400);
     const db = new CountingDb(env.DB);
     const t0 = Date.now();
-    expect((await loadStatsView(env.CACHE, db.db, t0)).index).toEqual({ countedAt: t0, paths: 0, fileBytes: 0, narBytes: 0, complete: false });
+    expect((await loadStatsView(db.db, t0)).index).toEqual({ countedAt: t0, paths: 0, fileBytes: 0, narBytes: 0, complete: false });
     const a = await testPath("stats-reuse-a");
     const b = await testPath("stats-reuse-b");
     await push(a);
     // A count of nothing is never reused (it cost nothing).
-    expect((await loadStatsView(env.CACHE, db.db, t0))?.index?.paths).toBe(1);
+    expect((await loadStatsView(db.db, t0))?.index?.paths).toBe(1);
     await push(b);
     const counted = db.queries.length;
-    const reused = await loadStatsView(env.CACHE, db.db, t0 + 50);
+    const reused = await loadStatsView(db.db, t0 + 50);
     expect(reused.index).toMatchObject({ countedAt: t0, paths: 1 });
-    expect(db.queries.length).toBe(counted);
-    const recounted = await loadStatsView(env.CACHE, db.db, t0 + indexCountLifetime(1) + 1);
+    // Reusing the count costs the one query that reads the documents.
+    expect(db.queries.length).toBe(counted + 1);
+    const recounted = await loadStatsView(db.db, t0 + indexCountLifetime(1) + 1);
     expect(recounted.index).toMatchObject({ paths: 2, fileBytes: a.file.length + b.file.length, narBytes: a.nar.length + b.nar.length });
-    expect(db.queries.length).toBe(counted + 2);
+    // Counting again: the documents, the two counting queries, keeping the count.
+    expect(db.queries.length).toBe(counted + 1 + 4);
     // A clock that went backwards does not make an old count look fresh.
-    expect((await loadStatsView(env.CACHE, db.db, t0 - 1000)).index?.countedAt).toBe(t0 - 1000);
+    expect((await loadStatsView(db.db, t0 - 1000)).index?.countedAt).toBe(t0 - 1000);
   });
 
   it("say whether the index is complete", async () => {
     await push(await testPath("stats-complete"));
-    expect((await loadStatsView(env.CACHE, env.DB)).index?.complete).toBe(false);
+    expect((await loadStatsView(env.DB)).index?.complete).toBe(false);
     expect((await adoptObjects(env.CACHE, env.DB)).complete).toBe(true);
-    await env.CACHE.delete(INDEX_STATS_KEY);
-    expect((await loadStatsView(env.CACHE, env.DB)).index?.complete).toBe(true);
+    await deleteGcDocument(env.DB, "index-stats");
+    expect((await loadStatsView(env.DB)).index?.complete).toBe(true);
   });
 
   it("are counted again right after a collection that deleted paths", async () => {
@@ -60,24 +62,23 @@ describe("statistics from the index", () => {
     expect(after.lastGc.deletedPaths).toBe(3);
   });
 
-  it("show the last count when the index cannot be read, and nothing when there is none", async () => {
+  it("show nothing, without failing, when D1 cannot be read", async () => {
     const db = new CountingDb(env.DB);
     await push(await testPath("stats-down"));
     const t0 = Date.now();
-    await loadStatsView(env.CACHE, db.db, t0);
+    expect((await loadStatsView(db.db, t0)).index).toMatchObject({ countedAt: t0, paths: 1 });
     db.failing = true;
-    const stale = await loadStatsView(env.CACHE, db.db, t0 + DAY_MS);
-    expect(stale.index).toMatchObject({ countedAt: t0, paths: 1 });
-    await env.CACHE.delete(INDEX_STATS_KEY);
-    const none = await loadStatsView(env.CACHE, db.db, t0 + DAY_MS);
-    expect(none.index).toBeNull();
-    expect(none.stats).toBeNull();
+    expect(await loadStatsView(db.db, t0 + DAY_MS)).toEqual({ stats: null, index: null, running: null });
   });
 
-  it("are left out without an index (the landing page's view keeps the collection's numbers)", async () => {
-    await push(await testPath("stats-no-index"));
-    const view = await loadStatsView(env.CACHE);
-    expect(view).toEqual({ stats: null, index: null, running: null });
-    expect(await env.CACHE.head(INDEX_STATS_KEY)).toBeNull();
+  it("keep the last count when counting fails after the documents were read", async () => {
+    const db = new CountingDb(env.DB);
+    await push(await testPath("stats-count-fails"));
+    const t0 = Date.now();
+    await loadStatsView(db.db, t0);
+    // The documents' read succeeds, the count (next query) fails.
+    db.failFrom = db.queries.length + 1;
+    const stale = await loadStatsView(db.db, t0 + DAY_MS);
+    expect(stale.index).toMatchObject({ countedAt: t0, paths: 1 });
   });
 });
