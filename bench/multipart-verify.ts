@@ -45,7 +45,7 @@ const DEFAULT_ROUNDS = 3;
 /** Random data is written in blocks of this size. */
 const WRITE_BLOCK = 8 << 20;
 /** What the completion asks of R2 (storage/multipart.ts finishUpload; the test pins the list). */
-const COMPLETION_R2_OPERATIONS = ["head record", "head NAR", "list parts", "complete", "get assembled", "put NAR (sha256, if absent)", "delete bookkeeping"];
+const COMPLETION_R2_OPERATIONS = ["head NAR", "complete", "get assembled", "put NAR (sha256, if absent)", "delete assembled"];
 
 interface Round {
   completeMs: number;

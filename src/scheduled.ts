@@ -2,10 +2,10 @@
 // garbage collection (gc/collector.ts), which continues the collection in progress or starts
 // one when GC_INTERVAL_HOURS have passed since the last. An idle tick costs one R2 read.
 // Every MULTIPART_CLEANUP_EVERY_MINUTES the tick instead runs a pass of the multipart cleanup
-// (storage/multipart.ts): it aborts uploads started more than a day ago, about 40 per pass,
-// and deletes their parts, so abandoned parts stop costing storage before R2's own
-// seven-day expiry and every token's uploads are cleared in a bounded number of passes.
-// An idle pass (no upload in progress) is one R2 list. While the D1 index is not complete
+// (storage/multipart.ts): it aborts uploads started more than a day ago, 42 per pass,
+// and deletes their objects and rows, so abandoned parts stop costing storage before R2's
+// own seven-day expiry and every token's uploads are cleared in a bounded number of passes.
+// An idle pass (no upload to abort) is one D1 query and no R2 call. While the D1 index is not complete
 // (a bucket filled before it existed), the other ticks adopt one page of narinfos each
 // instead of collecting (path-index/adoption.ts); once it is complete, the tick five
 // minutes after each cleanup adopts a page, so objects a crash left unindexed are found
@@ -22,9 +22,10 @@ import { abortStaleUploads } from "./storage/multipart.ts";
 
 /**
  * Ticks whose minute is a multiple of this clean up multipart uploads instead of collecting
- * garbage. Ten minutes: six passes an hour clear about 240 abandoned uploads, so even every
- * token at its limit of 64 is cleared within hours; an idle pass costs one R2 list (4,320
- * Class A operations a month, under 0.5 % of the free tier), and collection keeps 90 % of
+ * garbage. Ten minutes: six passes an hour clear about 250 abandoned uploads, so even every
+ * token at its limit of 64 is cleared within hours; an idle pass costs one D1 query, which
+ * reads the rows of the uploads in progress (144 passes a day: 14,400 rows read with 100
+ * uploads in progress, against the free plan's five million), and collection keeps 90 % of
  * the ticks.
  */
 export const MULTIPART_CLEANUP_EVERY_MINUTES = 10;
@@ -77,11 +78,11 @@ async function adopt(env: WorkerEnv, now: number): Promise<void> {
 
 async function cleanUpMultipart(env: WorkerEnv, now: number): Promise<void> {
   try {
-    const pass = await abortStaleUploads(env.CACHE, { now });
+    const pass = await abortStaleUploads({ bucket: env.CACHE, db: env.DB }, { now });
     if (pass.aborted.length > 0 || pass.strays > 0 || pass.more) {
       console.log(
-        `multipart cleanup: aborted ${pass.aborted.length} abandoned uploads, deleted ${pass.strays} stray objects, ` +
-          `${pass.operations} R2 operations${pass.more ? "; more in the next pass" : ""}`,
+        `multipart cleanup: aborted ${pass.aborted.length} abandoned uploads, deleted ${pass.strays} objects of the bookkeeping from before D1, ` +
+          `${pass.operations} R2 and D1 operations${pass.more ? "; more in the next pass" : ""}`,
       );
     }
   } catch (err) {

@@ -18,6 +18,7 @@
 // to reuse; the Worker aborts uploads nobody finishes after a day.
 import { createReadStream } from "node:fs";
 import { Transform, pipeline, type Readable } from "node:stream";
+import { LIMITS_PATH, parseLimitsAnswer, parseStartAnswer, type StartRequest, type UploadStarted } from "../src/api/multipart.ts";
 import { mapConcurrent } from "../src/concurrency.ts";
 import { AuthError, HttpError, UploaderError, EXIT_CACHE } from "./errors.ts";
 import type { HttpClient } from "./http.ts";
@@ -39,14 +40,8 @@ export interface UploadLimits {
   maxRequestBytes: number;
 }
 
-interface StartAnswer {
-  stored: boolean;
-  uploadId: string;
-  size: number;
-  partSize: number;
-  partCount: number;
-  parts: Array<{ partNumber: number; size: number }>;
-}
+/** What the upload needs of the start's answer (src/api/multipart.ts); `stored` when the cache has the NAR. */
+type StartAnswer = Pick<UploadStarted, "uploadId" | "size" | "partSize" | "partCount" | "parts"> & { stored: boolean };
 
 /** Hooks for progress reporting (progress.ts). */
 export interface TransferObserver {
@@ -76,11 +71,9 @@ export function uploadLimits(http: HttpClient): Promise<UploadLimits | null> {
 }
 
 async function fetchLimits(http: HttpClient): Promise<UploadLimits | null> {
-  const res = await http.request({ method: "GET", path: "_api/v1/limits", accept: [404, 405] });
+  const res = await http.request({ method: "GET", path: LIMITS_PATH, accept: [404, 405] });
   if (res.status !== 200) return null;
-  const body = parseJson(res.body);
-  const max = body?.maxRequestBytes;
-  return typeof max === "number" && Number.isSafeInteger(max) && max > 0 ? { maxRequestBytes: max } : null;
+  return parseLimitsAnswer(parseJson(res.body));
 }
 
 /** Whether a file of `size` bytes goes in parts to a cache with these limits. */
@@ -146,30 +139,19 @@ export async function uploadInParts(http: HttpClient, key: string, file: string,
 }
 
 async function startUpload(http: HttpClient, base: string, size: number): Promise<StartAnswer> {
-  const body = Buffer.from(JSON.stringify({ size }), "utf8");
+  const body = Buffer.from(JSON.stringify({ size } satisfies StartRequest), "utf8");
   const res = await http.request({
     method: "POST",
     path: base,
     headers: { "content-type": "application/json" },
     body: { length: body.length, open: () => body },
   });
-  const answer = parseJson(res.body);
-  if (answer?.stored === true) return { stored: true, uploadId: "", size, partSize: size, partCount: 0, parts: [] };
-  const ok =
-    answer !== null &&
-    typeof answer.uploadId === "string" &&
-    answer.size === size &&
-    isCount(answer.partSize) &&
-    isCount(answer.partCount) &&
-    (answer.partCount as number) === Math.ceil(size / (answer.partSize as number)) &&
-    Array.isArray(answer.parts);
-  if (!ok) {
+  const answer = parseStartAnswer(parseJson(res.body), size);
+  if (answer === null) {
     throw new UploaderError(`${http.url(base)}: unexpected answer to the start of a multipart upload`, EXIT_CACHE, "is --cache pointing at a nix-edge-cache Worker?");
   }
-  const parts = (answer.parts as unknown[]).filter(
-    (p): p is { partNumber: number; size: number } => typeof p === "object" && p !== null && isCount((p as { partNumber?: unknown }).partNumber),
-  );
-  return { stored: false, uploadId: answer.uploadId as string, size, partSize: answer.partSize as number, partCount: answer.partCount as number, parts };
+  if (answer.stored) return { stored: true, uploadId: "", size, partSize: size, partCount: 0, parts: [] };
+  return answer;
 }
 
 /**
@@ -180,10 +162,6 @@ async function startUpload(http: HttpClient, base: string, size: number): Promis
 export function refusedForGood(err: unknown): boolean {
   if (!(err instanceof HttpError) || err instanceof AuthError) return false;
   return err.status >= 400 && err.status < 500 && err.status !== 408 && err.status !== 429;
-}
-
-function isCount(x: unknown): x is number {
-  return typeof x === "number" && Number.isSafeInteger(x) && x > 0;
 }
 
 function parseJson(bytes: Buffer): Record<string, unknown> | null {

@@ -31,13 +31,16 @@
 // when the upload completes, with bytes R2 checked against its name, and only if nothing
 // is stored there yet: no writer can replace a stored NAR or squat a name with other
 // bytes. The uploadId is opaque to clients (storage/multipart.ts: `<writer>~<slot>:<R2 id>`);
-// one naming another token's upload gets 403 before anything is read. Part bodies are
-// streamed into R2 (no Worker CPU spent on them); completion costs seven R2 operations,
-// one of them R2 reading and re-writing the whole NAR to verify it.
+// one naming another token's upload gets 403 before anything is read. The bookkeeping is
+// rows in D1, the bytes are in R2. Part bodies are streamed into R2 (no Worker CPU spent
+// on them); a part costs two D1 calls and one R2 call, a completion two D1 calls and five
+// R2 operations, one of them R2 reading and re-writing the whole NAR to verify it. The
+// answers' shapes are src/api/multipart.ts, shared with the uploader.
 // 404 means "no such upload (any more): start again"; 409 "another upload of this NAR by
 // this token replaced this one".
 
 import { Hono, type Context } from "hono";
+import type { CompleteAnswer, LimitsAnswer, PartAnswer, StartAnswer, StartRequest } from "../api/multipart.ts";
 import { toHex } from "../nix/encoding.ts";
 import { SHA256_BYTES } from "../nix/hash.ts";
 import { decodeNix32 } from "../nix/nix32.ts";
@@ -52,16 +55,20 @@ import {
   discardUpload,
   finishUpload,
   handleOf,
+  layoutOf,
   MAX_VERIFIED_BYTES,
   MULTIPART_MAX_AGE_MS,
   parseHandle,
   readUpload,
+  readUploadWithParts,
   receivePart,
   startUpload,
+  type MultipartStores,
+  type RecordedPart,
   type TrackedUpload,
   type UploadHandle,
 } from "../storage/multipart.ts";
-import { DEFAULT_PART_BYTES, expectedPartSize, layoutFor, MAX_PARTS, MIN_PART_BYTES } from "../upload/part-layout.ts";
+import { DEFAULT_PART_BYTES, expectedPartSize, layoutFor, MAX_PARTS, MIN_PART_BYTES, type PartLayout } from "../upload/part-layout.ts";
 
 type Ctx = Context<{ Bindings: WorkerEnv }>;
 
@@ -100,21 +107,41 @@ function handleOfRequest(c: Ctx): UploadHandle {
   return handle;
 }
 
+function storesOf(c: Ctx): MultipartStores {
+  return { bucket: c.env.CACHE, db: c.env.DB };
+}
+
 /** This token's upload the handle names, if it is (still) an upload of `nar`; 409 when another one replaced it. */
-async function trackedUpload(c: Ctx, nar: { file: string; key: string }, handle: UploadHandle): Promise<TrackedUpload | null> {
-  const upload = await readUpload(c.env.CACHE, handle);
-  if (upload === null || upload.nar !== nar.file) return null;
-  if (upload.uploadId !== handle.uploadId) {
+function checkTracked<T extends { upload: TrackedUpload }>(found: T | null, nar: { file: string; key: string }, handle: UploadHandle): T | null {
+  if (found === null || found.upload.nar !== nar.file) return null;
+  if (found.upload.uploadId !== handle.uploadId) {
     throw fail("conflict", `another upload of ${nar.key} by this token replaced this one (it was too old, or declared another size); start again`);
   }
-  return upload;
+  return found;
+}
+
+async function trackedUpload(c: Ctx, nar: { file: string; key: string }, handle: UploadHandle): Promise<TrackedUpload | null> {
+  const upload = await readUpload(c.env.DB, handle);
+  return checkTracked(upload === null ? null : { upload }, nar, handle)?.upload ?? null;
+}
+
+/** The upload with its recorded parts (for completion). */
+async function trackedWithParts(c: Ctx, nar: { file: string; key: string }, handle: UploadHandle): Promise<{ upload: TrackedUpload; parts: RecordedPart[] } | null> {
+  return checkTracked(await readUploadWithParts(c.env.DB, handle), nar, handle);
+}
+
+/** The layout of an upload started with its NAR's name (always known). */
+function fixedLayout(upload: TrackedUpload): PartLayout {
+  const layout = layoutOf(upload);
+  if (layout === null) throw fail("conflict", "this upload is not of a named NAR; complete it with POST /_api/v1/multipart/nar/complete");
+  return layout;
 }
 
 function noUpload(key: string): never {
   throw fail("not_found", `no multipart upload of ${key} is in progress (never started, completed, aborted or expired); start one with POST ${BASE}/${key.slice("nar/".length)}`);
 }
 
-function parseStart(text: string): { size: number; partSize?: number } {
+function parseStart(text: string): StartRequest {
   let body: unknown;
   try {
     body = JSON.parse(text);
@@ -141,13 +168,14 @@ function resumable(upload: TrackedUpload, size: number, partSize: number | undef
 
 multipart.get("/_api/v1/limits", requireWrite, (c) => {
   const settings = settingsOf(c.env);
-  return c.json({
+  const limits: LimitsAnswer = {
     maxRequestBytes: settings.maxNarUploadBytes,
     minPartBytes: MIN_PART_BYTES,
     maxParts: MAX_PARTS,
     defaultPartBytes: DEFAULT_PART_BYTES,
     multipartVerify: settings.multipartVerify,
-  });
+  };
+  return c.json(limits);
 });
 
 multipart.post(`${BASE}/:file`, requireWrite, async (c) => {
@@ -165,17 +193,17 @@ multipart.post(`${BASE}/:file`, requireWrite, async (c) => {
   const stored = await headObject(bucket, nar.key);
   if (stored !== null) {
     if (stored.size !== size) throw fail("bad_request", `this NAR is stored with ${stored.size} bytes; a file of ${size} bytes cannot hash to its name`);
-    return c.json({ key: nar.key, stored: true, size });
+    return c.json({ key: nar.key, stored: true, size } satisfies StartAnswer);
   }
   const now = Date.now();
-  const { upload, resumed, parts } = await startUpload(bucket, writerOf(c.req.raw), nar.file, layout, now, (u) => resumable(u, size, partSize, settings, now));
-  const body = {
+  const { upload, resumed, parts } = await startUpload(storesOf(c), writerOf(c.req.raw), { nar: nar.file, name: null }, layout, now, (u) =>
+    resumable(u, size, partSize, settings, now),
+  );
+  const body: StartAnswer = {
     key: nar.key,
     stored: false,
     uploadId: handleOf(upload),
-    size: upload.size,
-    partSize: upload.partSize,
-    partCount: upload.partCount,
+    ...fixedLayout(upload),
     parts: parts.map((p) => ({ partNumber: p.partNumber, size: p.size })),
     maxRequestBytes: settings.maxNarUploadBytes,
     verify: settings.multipartVerify,
@@ -193,37 +221,37 @@ multipart.put(`${BASE}/:file/:part{[0-9]+}`, requireWrite, async (c) => {
   contentEncoding(request, [], "NAR part");
   const length = requireLength(request, settingsOf(c.env).maxNarUploadBytes, PART_TOO_LARGE_HINT);
   const upload = (await trackedUpload(c, nar, handle)) ?? noUpload(nar.key);
-  const expected = expectedPartSize(upload, partNumber);
-  if (expected === null) throw fail("bad_request", `this upload has ${upload.partCount} parts; there is no part ${partNumber}`);
+  const layout = fixedLayout(upload);
+  const expected = expectedPartSize(layout, partNumber);
+  if (expected === null) throw fail("bad_request", `this upload has ${layout.partCount} parts; there is no part ${partNumber}`);
   if (length !== expected) {
-    const which = partNumber === upload.partCount ? "the last part" : `every part but the last (${upload.partCount})`;
+    const which = partNumber === layout.partCount ? "the last part" : `every part but the last (${layout.partCount})`;
     throw fail("bad_request", `part ${partNumber} must have ${expected} bytes, not ${length}: ${which} has ${expected} bytes in this upload`);
   }
-  const part = await receivePart(c.env.CACHE, upload, partNumber, request.body, length);
-  return c.json({ partNumber: part.partNumber, size: part.size });
+  const part = await receivePart(storesOf(c), upload, partNumber, request.body, length);
+  return c.json({ partNumber: part.partNumber, size: part.size } satisfies PartAnswer);
 });
 
 multipart.post(`${BASE}/:file/complete`, requireWrite, async (c) => {
   const nar = narOf(c);
   const handle = handleOfRequest(c);
-  const bucket = c.env.CACHE;
-  const upload = await trackedUpload(c, nar, handle);
-  if (upload === null) {
+  const found = await trackedWithParts(c, nar, handle);
+  if (found === null) {
     // A retried completion whose first attempt succeeded finds the NAR stored.
-    const stored = await headObject(bucket, nar.key);
+    const stored = await headObject(c.env.CACHE, nar.key);
     if (stored === null) noUpload(nar.key);
-    return c.json({ key: nar.key, size: stored.size, stored: true });
+    return c.json({ key: nar.key, size: stored.size, stored: true } satisfies CompleteAnswer);
   }
-  const finished = await finishUpload(bucket, upload, nar.sha256Hex);
-  if (finished.storedBefore) return c.json({ key: nar.key, size: finished.size, stored: true });
+  const finished = await finishUpload(storesOf(c), found.upload, found.parts, nar.file, fixedLayout(found.upload), nar.sha256Hex);
+  if (finished.storedBefore) return c.json({ key: nar.key, size: finished.size, stored: true } satisfies CompleteAnswer);
   await edgeInvalidate(new URL(c.req.url), nar.key);
-  return c.json({ key: nar.key, size: finished.size }, 201);
+  return c.json({ key: nar.key, size: finished.size } satisfies CompleteAnswer, 201);
 });
 
 multipart.delete(`${BASE}/:file`, requireWrite, async (c) => {
   const nar = narOf(c);
   const handle = handleOfRequest(c);
   const upload = await trackedUpload(c, nar, handle);
-  if (upload !== null) await discardUpload(c.env.CACHE, upload);
+  if (upload !== null) await discardUpload(storesOf(c), upload);
   return new Response(null, { status: 204 });
 });

@@ -7,13 +7,14 @@
 //   realisations/sha256:<64 hex>!<output>.doi          CA realisation, Nix <= 2.34
 //   build-trace-v2/<drv base name>/<output>.doi         CA realisation, Nix >= 2.35
 //   debuginfo/<40 hex build id>             dwarffs debug info link (index-debug-info)
-//   multipart/uploads/<writer>~<slot>       an unfinished multipart upload of a NAR by the
-//                                           write token <writer>, in one of its slots
-//                                           (storage/multipart.ts); its state in customMetadata
-//   multipart/objects/<writer>~<slot>/part/<00001>   a part R2 has received for it
-//   multipart/objects/<writer>~<slot>/assembled      where R2 assembles the parts; completion
-//                                           copies it to nar/<file> through a put R2 checks
-//                                           against the sha256 in the name
+//   multipart/assembled/<writer>~<slot>     the R2 multipart upload of the write token <writer>
+//                                           in one of its slots (storage/multipart.ts; the
+//                                           facts about it are rows in D1): R2 assembles the
+//                                           parts here, completion copies that to nar/<file>
+//                                           through a put R2 checks against the sha256 in the
+//                                           name, then deletes it
+//   multipart/uploads/…, multipart/objects/…  bookkeeping of uploads from before D1 held it;
+//                                           the cron's cleanup aborts and deletes it
 //
 // A request path maps to a key only if it matches one of these shapes exactly (PROTOCOL §7
 // regexes), so no request can name any other key: traversal (`..`), encoded slashes,
@@ -69,14 +70,14 @@ export function narKey(fileName: string): string {
   return NAR_PREFIX + fileName;
 }
 
-/** Prefix of the multipart upload bookkeeping; never served (classifyKey gives null). */
+/** Prefix of the multipart uploads' objects; never served (classifyKey gives null). */
 export const MULTIPART_PREFIX = "multipart/";
-/** Where the upload records live, one object per upload: listing it lists every upload. */
-export const MULTIPART_UPLOADS_PREFIX = `${MULTIPART_PREFIX}uploads/`;
-/** Where the parts' records and the assembled objects live, one directory per slot. */
-export const MULTIPART_OBJECTS_PREFIX = `${MULTIPART_PREFIX}objects/`;
+/** Where R2 assembles the parts of each upload, one key per slot. */
+export const MULTIPART_ASSEMBLED_PREFIX = `${MULTIPART_PREFIX}assembled/`;
+/** Where caches from before the D1 bookkeeping kept one record object per upload. */
+export const LEGACY_MULTIPART_UPLOADS_PREFIX = `${MULTIPART_PREFIX}uploads/`;
 
-/** A write token's upload slot: `<writer>~<slot>`, the name of its record and directory. */
+/** A write token's upload slot: `<writer>~<slot>` names it in upload ids and R2 keys. */
 export interface UploadSlot {
   /** The write token's secret name (`WRITE_TOKEN`, `WRITE_TOKEN_CI`…). */
   writer: string;
@@ -84,8 +85,8 @@ export interface UploadSlot {
 }
 
 /**
- * The writer's part of slot names, `<writer>~`: a prefix that lists exactly that writer's
- * uploads. Secret names are `[A-Za-z0-9_]` in practice; anything else is percent-encoded,
+ * The writer's part of slot names, `<writer>~`: a prefix that starts exactly that writer's
+ * slot names. Secret names are `[A-Za-z0-9_]` in practice; anything else is percent-encoded,
  * `~` included, so that no writer's prefix is the start of another's.
  */
 export function writerSlotPrefix(writer: string): string {
@@ -110,24 +111,14 @@ export function parseUploadSlotName(name: string): UploadSlot | null {
   return writerSlotPrefix(writer) === `${m[1]!}~` ? { writer, slot: Number(m[2]) } : null;
 }
 
-/** `multipart/uploads/<writer>~<slot>`: the record of the upload in that slot. */
-export function multipartUploadKey(s: UploadSlot): string {
-  return MULTIPART_UPLOADS_PREFIX + uploadSlotName(s);
-}
-
-/** `multipart/objects/<writer>~<slot>/`: everything else of the upload in that slot. */
-export function multipartDir(s: UploadSlot): string {
-  return `${MULTIPART_OBJECTS_PREFIX}${uploadSlotName(s)}/`;
-}
-
-/** `multipart/objects/<writer>~<slot>/part/<00001>`: the record of part `partNumber`. */
-export function multipartPartKey(s: UploadSlot, partNumber: number): string {
-  return `${multipartDir(s)}part/${String(partNumber).padStart(5, "0")}`;
-}
-
-/** `multipart/objects/<writer>~<slot>/assembled`: the R2 multipart upload's own key. */
+/** `multipart/assembled/<writer>~<slot>`: the R2 multipart upload's own key. */
 export function multipartAssemblyKey(s: UploadSlot): string {
-  return `${multipartDir(s)}assembled`;
+  return MULTIPART_ASSEMBLED_PREFIX + uploadSlotName(s);
+}
+
+/** Where a cache from before the D1 bookkeeping had R2 assemble the upload its record `multipart/uploads/<name>` describes. */
+export function legacyMultipartAssemblyKey(slotName: string): string {
+  return `${MULTIPART_PREFIX}objects/${slotName}/assembled`;
 }
 
 /** Splits `<filehash52>.nar[.ext]`; null for any other name. */

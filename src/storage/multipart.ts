@@ -4,15 +4,16 @@
 //
 // The binding can resume an upload only by (key, uploadId) and cannot list an upload's
 // parts, yet a push killed halfway must be able to continue from another process or
-// machine (a re-run CI job). So the Worker records both next to the upload (keys.ts):
+// machine (a re-run CI job). So the Worker records both, as facts in D1
+// (migrations/0005_multipart.sql, queries in multipart-index.ts), while the bytes stay in R2:
 //
-//   multipart/uploads/<writer>~<slot>   the upload record: empty body, customMetadata
-//                                       {"nar", "uploadId", "size", "partSize", "partCount",
-//                                       "started"}; written once, only if the slot is free
-//   multipart/objects/<writer>~<slot>/part/<00001>   empty object per received part,
-//                                       customMetadata {"uploadId", "etag", "size"}
-//   multipart/objects/<writer>~<slot>/assembled      the R2 upload's own key: where R2
-//                                       assembles the parts when the upload completes
+//   D1 multipart_uploads (writer, slot)   one row per upload in progress: the NAR's file name
+//                                         (or, for an upload named at completion, the client's
+//                                         name for it), R2's upload id, size, partSize,
+//                                         partCount, start time
+//   D1 multipart_parts (writer, slot, n)  one row per part R2 has received: its etag and size
+//   R2 multipart/assembled/<writer>~<slot>   the R2 upload's own key: where R2 assembles the
+//                                         parts when the upload completes (keys.ts)
 //
 // Integrity. Several write tokens share the cache and none may change what another stored,
 // so parts are never assembled at the NAR's key: R2 assembles them at `assembled`, then
@@ -26,18 +27,40 @@
 // Ownership and bounds. Each write token (its secret's name, the <writer>) has
 // MAX_UPLOADS_PER_WRITER slots; an upload lives in one, so another token can neither see
 // nor touch it, nor block it: two tokens uploading one NAR each have their own upload and
-// whichever completes first with the right bytes stores it. A slot is claimed by writing
-// its record only if absent, so no race ever exceeds the bound. Clients name an upload by
-// the handle `<writer>~<slot>:<R2 upload id>` (its "uploadId" in the API). Per cache the
-// bookkeeping is at most tokens × MAX_UPLOADS_PER_WRITER records, each with at most
-// partCount part records (part numbers 1..partCount only) and one assembled object.
+// whichever completes first with the right bytes stores it. A start picks the writer's
+// lowest free slot (a random free one when it tries again after a race), begins the R2 upload at that slot's key, and claims the slot by
+// inserting its row: writer and slot are the row's primary key, and the insert does nothing
+// while the writer has a young upload of the same NAR, so no race exceeds the bound and two
+// starts of one NAR end in one upload (the loser aborts its R2 upload and resumes the
+// winner's). Clients
+// name an upload by the handle `<writer>~<slot>:<R2 upload id>` (its "uploadId" in the
+// API); the route refuses a handle of another writer before anything is read. Per cache
+// the bookkeeping is at most tokens × MAX_UPLOADS_PER_WRITER upload rows, each with at
+// most partCount part rows (a part row is only written while its upload holds the slot)
+// and one assembled object.
+//
+// Cost in D1 rows written (the free plan allows 100,000 a day): an upload writes one row
+// when it starts and one per part (parts are at least 5 MiB, 64 MiB by default: 16 for a
+// 1 GiB NAR), and deletes as many when it ends, which D1 counts as written too; a 1 GiB NAR
+// costs about 34 rows, a thousand of them a day a third of the allowance. Requests cost a
+// constant number of calls: a start one R2 head, one D1 read, and for a new upload one R2
+// call and one D1 insert; a part one D1 read, the R2 part, one D1 write; a completion one
+// D1 read, five R2 calls (head, complete, get, the checked put, delete) and one D1 batch.
 //
 // Cleanup. Uploads started more than MULTIPART_MAX_AGE_MS ago belong to the cron
-// (abortStaleUploads): each pass lists every record in one call, aborts the oldest stale
-// uploads and bulk-deletes their objects, within CLEANUP_OPERATIONS_PER_PASS R2 calls; then
-// it removes objects no record accounts for (a part recorded after its upload ended, an
-// older layout's bookkeeping). A request never frees another upload's slot but its own, so
-// a slot is reused only after its previous upload's objects are gone (record deleted last).
+// (abortStaleUploads): each pass finds them with one D1 query, oldest first, aborts them
+// (one R2 call each), deletes their assembled objects in one R2 call and then their rows in
+// one D1 batch, within CLEANUP_OPERATIONS_PER_PASS calls. A request never frees another
+// upload's slot but its own, and rows go after the upload's objects, so a slot is reused
+// only after its previous upload's objects are gone.
+//
+// Caches from before D1 held this kept it as R2 objects: a record per upload
+// (multipart/uploads/<writer>~<slot>, its state in customMetadata) and an empty object per
+// part (multipart/objects/<writer>~<slot>/part/<n>). They are not resumed: once a pass has
+// no stale upload left, it lists what is under multipart/ past multipart/assembled/, aborts
+// each recorded upload and deletes every such object, a page at a time, and notes in D1
+// (index_state) when none is left, after which idle passes make no R2 call. An upload in
+// progress during the upgrade thus ends; its push, run again, starts it anew.
 //
 // What local R2 (workerd 1.2026-11) throws, pinned by test/worker/multipart-storage.test.ts:
 //   uploadPart / complete on an aborted or completed upload   "… does not exist. (10024)"
@@ -49,26 +72,43 @@
 
 import { fail } from "../errors.ts";
 import { CONTENT_TYPE } from "../http/representation.ts";
-import { checkComplete, expectedPartSize, partCountOf, type PartLayout } from "../upload/part-layout.ts";
+import { checkComplete, expectedPartSize, MAX_PARTS, type PartLayout } from "../upload/part-layout.ts";
 import { headObject, httpMetadataFor, storageUnavailable } from "./bucket.ts";
 import {
-  MULTIPART_OBJECTS_PREFIX,
+  LEGACY_MULTIPART_UPLOADS_PREFIX,
+  legacyMultipartAssemblyKey,
+  MULTIPART_ASSEMBLED_PREFIX,
   MULTIPART_PREFIX,
-  MULTIPART_UPLOADS_PREFIX,
   multipartAssemblyKey,
-  multipartDir,
-  multipartPartKey,
-  multipartUploadKey,
   narKey,
-  parseNarFileName,
   parseUploadSlotName,
   uploadSlotName,
-  writerSlotPrefix,
   type UploadSlot,
 } from "./keys.ts";
+import {
+  claimSlot,
+  cleanupWork,
+  forgetUploads,
+  markLegacySwept,
+  recordPart,
+  uploadIn,
+  uploadsOf,
+  uploadWithParts,
+  type RecordedPart,
+  type TrackedUpload,
+  type UploadKey,
+} from "./multipart-index.ts";
+
+export type { RecordedPart, TrackedUpload, UploadKey };
 
 /** What completion checks: the sha256 of the assembled NAR, by R2 (the only mode left). */
 export type VerifyMode = "sha256";
+
+/** The R2 bucket with the bytes and the D1 database with the bookkeeping. */
+export interface MultipartStores {
+  bucket: R2Bucket;
+  db: D1Database;
+}
 
 /**
  * Age after which an unfinished upload counts as abandoned: a start for its NAR begins a
@@ -89,48 +129,32 @@ export const MAX_VERIFIED_BYTES = 5 * 1024 ** 3 - 5 * 1024 ** 2;
  * Uploads in progress one write token may have. The uploader sends at most one NAR per
  * job and takes at most 64 jobs (`push --jobs`), so one push never runs out, and several
  * pushes of one pipeline at the default 4 jobs fit many times over; a token that leaks
- * cannot grow the bookkeeping beyond 64 uploads of at most ~1,000 small objects each.
+ * cannot grow the bookkeeping beyond 64 uploads.
  */
 export const MAX_UPLOADS_PER_WRITER = 64;
 
 /**
- * R2 calls one cleanup pass may make: the free plan allows 50 subrequests per invocation
- * and every R2 call is one; five spare, so that nothing the pass does ever meets the limit
- * (the cron tick may also check the nix-cache-info object first: CACHE_INFO_CHECK_OPERATIONS).
- * Aborts cost one call each and deletes one per 1,000 keys, so a pass clears about 40
- * abandoned uploads.
+ * R2 and D1 calls one cleanup pass may make: the free plan allows 50 subrequests per
+ * invocation; five spare, so that nothing the pass does ever meets the limit (the cron tick
+ * may also check the nix-cache-info object first: CACHE_INFO_CHECK_OPERATIONS). A pass
+ * spends one D1 query finding the stale uploads, one R2 abort for each, one R2 delete of
+ * their assembled objects and one D1 batch for their rows, so it clears 42 uploads.
  */
 export const CLEANUP_OPERATIONS_PER_PASS = 45;
 
 /**
- * How many times a start retries when another start of the same token took the free slot
- * it chose: each retry lists the slots again, and only a token racing itself loses.
+ * How many times a start tries again when a concurrent start by the same token took the
+ * slot it chose (each try reads the slots again), or began an upload of the same NAR that
+ * this start's layout cannot resume.
  */
-const MAX_START_ATTEMPTS = 3;
+const MAX_START_ATTEMPTS = 4;
 
 /** R2 returns at most this many keys per list call, and deletes at most this many at once. */
 const R2_PAGE = 1000;
 
-/** An unfinished upload the Worker tracks, in its writer's slot. */
-export interface TrackedUpload extends PartLayout, UploadSlot {
-  /** The NAR's file name, `<filehash52>.nar[.ext]`; it is stored at `nar/<file>`. */
-  nar: string;
-  /** R2's id of the multipart upload at the slot's `assembled` key. */
-  uploadId: string;
-  /** Start time, ms since the epoch. */
-  started: number;
-}
-
 /** What a client passes back to name an upload: its slot and R2's upload id. */
 export interface UploadHandle extends UploadSlot {
   uploadId: string;
-}
-
-/** A part R2 has received, as recorded. */
-export interface RecordedPart {
-  partNumber: number;
-  size: number;
-  etag: string;
 }
 
 const NO_SUCH_UPLOAD = /\(10024\)|upload does not exist/i;
@@ -152,7 +176,7 @@ async function r2<T>(op: () => Promise<T>): Promise<T> {
 }
 
 /** The handle clients name `upload` by: `<writer>~<slot>:<R2 upload id>`. */
-export function handleOf(upload: TrackedUpload): string {
+export function handleOf(upload: UploadHandle): string {
   return `${uploadSlotName(upload)}:${upload.uploadId}`;
 }
 
@@ -166,56 +190,28 @@ export function parseHandle(text: string): UploadHandle | null {
   return { ...slot, uploadId };
 }
 
-function metadataOf(u: TrackedUpload): Record<string, string> {
-  return {
-    nar: u.nar,
-    uploadId: u.uploadId,
-    size: String(u.size),
-    partSize: String(u.partSize),
-    partCount: String(u.partCount),
-    started: String(u.started),
-  };
+/** The layout of `upload` when it is known (always for an upload started with its NAR's name). */
+export function layoutOf(upload: TrackedUpload): PartLayout | null {
+  return upload.size === null || upload.partCount === null ? null : { size: upload.size, partSize: upload.partSize, partCount: upload.partCount };
 }
 
-/** The upload a record's customMetadata describes; null when it is not one handleOf could name. */
-function parseRecord(slot: UploadSlot, m: Record<string, string> | undefined): TrackedUpload | null {
-  if (m === undefined) return null;
-  const int = (x: string | undefined): number | null => (x !== undefined && /^[1-9][0-9]{0,15}$/.test(x) && Number.isSafeInteger(Number(x)) ? Number(x) : null);
-  const size = int(m.size);
-  const partSize = int(m.partSize);
-  const partCount = int(m.partCount);
-  const started = int(m.started);
-  const { nar, uploadId } = m;
-  if (size === null || partSize === null || partCount === null || started === null) return null;
-  if (nar === undefined || parseNarFileName(nar) === null || uploadId === undefined || uploadId === "") return null;
-  if (partCount !== partCountOf(size, partSize)) return null;
-  return { ...slot, nar, uploadId, size, partSize, partCount, started };
+/** What a new upload declares: the layout, or for an upload named at completion the part size alone. */
+export type UploadShape = { partSize: number; size: number; partCount: number } | { partSize: number; size: null; partCount: null };
+
+/** The upload in the slot a handle names, or null when the slot is free. One D1 call. */
+export function readUpload(db: D1Database, slot: UploadSlot): Promise<TrackedUpload | null> {
+  return uploadIn(db, slot);
 }
 
-/** The upload in the slot a handle names, or null when the slot is free (or its record unreadable). */
-export async function readUpload(bucket: R2Bucket, slot: UploadSlot): Promise<TrackedUpload | null> {
-  const obj = await headObject(bucket, multipartUploadKey(slot));
-  return obj === null ? null : parseRecord({ writer: slot.writer, slot: slot.slot }, obj.customMetadata);
+/** The upload in the slot a handle names with the parts recorded for it, or null. One D1 call. */
+export function readUploadWithParts(db: D1Database, slot: UploadSlot): Promise<{ upload: TrackedUpload; parts: RecordedPart[] } | null> {
+  return uploadWithParts(db, slot);
 }
 
-/** Every upload record of `writer`: the uploads, and the slots taken (unreadable records too). */
-async function writerUploads(bucket: R2Bucket, writer: string): Promise<{ uploads: TrackedUpload[]; taken: Set<number> }> {
-  const prefix = MULTIPART_UPLOADS_PREFIX + writerSlotPrefix(writer);
-  const uploads: TrackedUpload[] = [];
-  const taken = new Set<number>();
-  let cursor: string | undefined;
-  do {
-    const page = await r2(() => bucket.list({ prefix, limit: R2_PAGE, include: ["customMetadata"], ...(cursor === undefined ? {} : { cursor }) }));
-    for (const o of page.objects) {
-      const slot = parseUploadSlotName(o.key.slice(MULTIPART_UPLOADS_PREFIX.length));
-      if (slot === null || slot.writer !== writer) continue;
-      taken.add(slot.slot);
-      const upload = parseRecord(slot, o.customMetadata);
-      if (upload !== null) uploads.push(upload);
-    }
-    cursor = page.truncated ? page.cursor : undefined;
-  } while (cursor !== undefined);
-  return { uploads, taken };
+/** The recorded parts that fit `upload`'s layout (all of them while the layout is not known). */
+function partsThatFit(upload: TrackedUpload, parts: readonly RecordedPart[]): RecordedPart[] {
+  const layout = layoutOf(upload);
+  return layout === null ? parts.filter((p) => p.size <= upload.partSize) : parts.filter((p) => expectedPartSize(layout, p.partNumber) === p.size);
 }
 
 export interface StartedUpload {
@@ -227,97 +223,80 @@ export interface StartedUpload {
 }
 
 /**
- * Starts an upload of the NAR `nar` for `writer`, or resumes the writer's upload of it that
- * `resumable` accepts. The writer's other uploads of this NAR that cannot continue (another
- * size or part size) are discarded; ones older than MULTIPART_MAX_AGE_MS are left to the
- * cleanup. A new upload takes the writer's lowest free slot: 429 when there is none.
+ * Starts an upload for `writer` under `key` (a NAR's file name, or a client's name for an
+ * upload named at completion), or resumes the writer's upload under that key that
+ * `resumable` accepts. The writer's other uploads under it that cannot continue (another
+ * layout) are discarded; ones older than MULTIPART_MAX_AGE_MS are left to the cleanup. A
+ * new upload takes the writer's lowest free slot: 429 when there is none.
  */
 export async function startUpload(
-  bucket: R2Bucket,
+  s: MultipartStores,
   writer: string,
-  nar: string,
-  layout: PartLayout,
+  key: UploadKey,
+  shape: UploadShape,
   now: number,
   resumable: (upload: TrackedUpload) => boolean,
 ): Promise<StartedUpload> {
+  const youngSince = now - MULTIPART_MAX_AGE_MS;
   for (let attempt = 1; ; attempt++) {
-    const { uploads, taken } = await writerUploads(bucket, writer);
-    const ofThisNar = uploads.filter((u) => u.nar === nar).sort((a, b) => b.started - a.started);
-    const resumed = ofThisNar.find(resumable);
-    if (resumed !== undefined) return { upload: resumed, resumed: true, parts: (await listParts(bucket, resumed)).parts };
-    for (const u of ofThisNar) {
-      if (now - u.started >= MULTIPART_MAX_AGE_MS) continue;
-      await discardUpload(bucket, u);
-      taken.delete(u.slot);
+    const { uploads, taken } = await uploadsOf(s.db, writer, key);
+    const resumed = uploads.find((u) => resumable(u.upload));
+    if (resumed !== undefined) return { upload: resumed.upload, resumed: true, parts: partsThatFit(resumed.upload, resumed.parts) };
+    for (const { upload } of uploads) {
+      if (upload.started <= youngSince) continue;
+      await discardUpload(s, upload);
+      taken.delete(upload.slot);
     }
-    let slot = 0;
-    while (taken.has(slot)) slot++;
-    if (slot >= MAX_UPLOADS_PER_WRITER) {
-      throw fail(
-        "too_many_requests",
-        `this token (${writer}) has ${MAX_UPLOADS_PER_WRITER} multipart uploads in progress, the most one token may have: finish or abort some ` +
-          "(a push run again resumes its own), or wait for the cleanup, which aborts uploads started more than a day ago",
-      );
-    }
-    const upload = await claimSlot(bucket, { writer, slot }, nar, layout, now);
-    if (upload !== null) return { upload, resumed: false, parts: [] };
+    const free = Array.from({ length: MAX_UPLOADS_PER_WRITER }, (_, i) => i).filter((i) => !taken.has(i));
+    if (free.length === 0) throw tooMany(writer);
+    // The lowest free slot; after losing one to a concurrent start, any free one, so that
+    // many starts at once do not all go for the same slot again.
+    const slot = attempt === 1 ? free[0]! : free[Math.floor(Math.random() * free.length)]!;
+    const target = multipartAssemblyKey({ writer, slot });
+    const created = await r2(() => s.bucket.createMultipartUpload(target, { httpMetadata: { contentType: CONTENT_TYPE.nar } }));
+    const upload: TrackedUpload = { writer, slot, ...key, uploadId: created.uploadId, ...shape, started: now };
+    if (await claimSlot(s.db, upload, youngSince)) return { upload, resumed: false, parts: [] };
+    // Another start of this writer took the slot, or began an upload under this key.
+    await abortQuietly(s.bucket, target, created.uploadId);
     if (attempt >= MAX_START_ATTEMPTS) {
       throw fail("conflict", "other uploads by this token started at the same moment and took the free slots; start again");
     }
   }
 }
 
-/** Begins an R2 upload in `slot` and records it there, unless another start took the slot first (null). */
-async function claimSlot(bucket: R2Bucket, slot: UploadSlot, nar: string, layout: PartLayout, now: number): Promise<TrackedUpload | null> {
-  const target = multipartAssemblyKey(slot);
-  const created = await r2(() => bucket.createMultipartUpload(target, { httpMetadata: { contentType: CONTENT_TYPE.nar } }));
-  const upload: TrackedUpload = { ...slot, nar, uploadId: created.uploadId, started: now, ...layout };
-  const written = await r2(() => bucket.put(multipartUploadKey(slot), "", { customMetadata: metadataOf(upload), onlyIf: { etagDoesNotMatch: "*" } }));
-  if (written !== null) return upload;
-  await abortQuietly(bucket, target, created.uploadId);
-  return null;
+function tooMany(writer: string): Error {
+  return fail(
+    "too_many_requests",
+    `this token (${writer}) has ${MAX_UPLOADS_PER_WRITER} multipart uploads in progress, the most one token may have: finish or abort some ` +
+      "(a push run again resumes its own), or wait for the cleanup, which aborts uploads started more than a day ago",
+  );
 }
 
-/** The parts recorded for `upload` in part order, and every key under its part records (stray ones too). */
-async function listParts(bucket: R2Bucket, upload: TrackedUpload): Promise<{ parts: RecordedPart[]; keys: string[] }> {
-  const parts: RecordedPart[] = [];
-  const keys: string[] = [];
-  const prefix = `${multipartDir(upload)}part/`;
-  let cursor: string | undefined;
-  do {
-    const page = await r2(() => bucket.list({ prefix, limit: R2_PAGE, include: ["customMetadata"], ...(cursor === undefined ? {} : { cursor }) }));
-    for (const o of page.objects) {
-      keys.push(o.key);
-      const m = o.customMetadata ?? {};
-      const partNumber = Number(o.key.slice(prefix.length));
-      const size = Number(m.size);
-      // Records of an earlier upload in this slot (a part that arrived after it ended) have another id.
-      if (m.uploadId !== upload.uploadId || typeof m.etag !== "string" || expectedPartSize(upload, partNumber) !== size) continue;
-      parts.push({ partNumber, size, etag: m.etag });
-    }
-    cursor = page.truncated ? page.cursor : undefined;
-  } while (cursor !== undefined);
-  return { parts: parts.sort((a, b) => a.partNumber - b.partNumber), keys };
+/** Whether part `partNumber` of `length` bytes belongs to `upload`: its layout's size, or while the layout is not known, at most partSize. */
+export function fitsUpload(upload: TrackedUpload, partNumber: number, length: number): boolean {
+  const layout = layoutOf(upload);
+  if (layout !== null) return expectedPartSize(layout, partNumber) === length;
+  return Number.isSafeInteger(partNumber) && partNumber >= 1 && partNumber <= maxPartsOf(upload.partSize) && length >= 1 && length <= upload.partSize;
 }
 
-/** The parts recorded for `upload` with the size the layout gives their number, in part order. */
-export async function recordedParts(bucket: R2Bucket, upload: TrackedUpload): Promise<RecordedPart[]> {
-  return (await listParts(bucket, upload)).parts;
+/** Most parts of an upload with parts of `partSize`: R2's limit, and no more than a verified NAR can fill. */
+export function maxPartsOf(partSize: number): number {
+  return Math.min(MAX_PARTS, Math.ceil(MAX_VERIFIED_BYTES / partSize));
 }
 
 /**
- * Streams part `partNumber` of exactly `length` bytes into R2 and records it. Only parts of
- * the layout are taken (1..partCount, each of its size); a body shorter or longer than
- * `length` is refused (400) and not recorded.
+ * Streams part `partNumber` of exactly `length` bytes into R2 and records it. Only parts
+ * that fit the upload are taken (fitsUpload); a body shorter or longer than `length` is
+ * refused (400) and not recorded.
  */
 export async function receivePart(
-  bucket: R2Bucket,
+  s: MultipartStores,
   upload: TrackedUpload,
   partNumber: number,
   body: ReadableStream<Uint8Array> | null,
   length: number,
 ): Promise<RecordedPart> {
-  if (expectedPartSize(upload, partNumber) !== length) {
+  if (!fitsUpload(upload, partNumber, length)) {
     throw fail("bad_request", `part ${partNumber} of this upload cannot have ${length} bytes`);
   }
   const fixed = new FixedLengthStream(length);
@@ -327,11 +306,11 @@ export async function receivePart(
   });
   let etag: string;
   try {
-    etag = (await bucket.resumeMultipartUpload(multipartAssemblyKey(upload), upload.uploadId).uploadPart(partNumber, fixed.readable)).etag;
+    etag = (await s.bucket.resumeMultipartUpload(multipartAssemblyKey(upload), upload.uploadId).uploadPart(partNumber, fixed.readable)).etag;
   } catch (err) {
     const message = messageOf(err);
     if (NO_SUCH_UPLOAD.test(message)) {
-      await forgetIfDead(bucket, upload);
+      await forgetIfDead(s, upload);
       throw fail("not_found", "this multipart upload no longer exists (completed, aborted or expired); start the upload again");
     }
     if (pipeFailed || LENGTH_MISMATCH.test(message)) {
@@ -340,12 +319,12 @@ export async function receivePart(
     return storageUnavailable(err);
   }
   await piping;
-  await r2(() =>
-    bucket.put(multipartPartKey(upload, partNumber), "", {
-      customMetadata: { uploadId: upload.uploadId, etag, size: String(length) },
-    }),
-  );
-  return { partNumber, size: length, etag };
+  const part = { partNumber, size: length, etag };
+  if (!(await recordPart(s.db, upload, part))) {
+    // The upload ended (completed, aborted) while the part was on its way.
+    throw fail("not_found", "this multipart upload ended while the part was sent (completed, aborted or expired); start the upload again");
+  }
+  return part;
 }
 
 /** How a completion ended. */
@@ -357,23 +336,32 @@ export interface Finished {
 }
 
 /**
- * Completes `upload`: every part of the layout must be recorded (else 422 naming the
- * missing ones). R2 assembles them at the slot's `assembled` key; one put, checked by R2
- * against `sha256Hex` and only done while the NAR's key is absent, copies that to
- * `nar/<file>`. Bytes that do not hash to the name: 400, nothing stored. The assembled
- * object and all bookkeeping are gone afterwards, whatever the outcome but a 422 or 5xx.
+ * Completes `upload` as the NAR `file` with `layout` (its own, or for an upload named at
+ * completion the one the client declares now): every part of the layout must be recorded
+ * in `recorded` (else 422 naming the missing ones). R2 assembles them at the slot's
+ * assembled key; one put, checked by R2 against `sha256Hex` and only done while the NAR's
+ * key is absent, copies that to `nar/<file>`. Bytes that do not hash to the name: 400,
+ * nothing stored. The assembled object and all bookkeeping are gone afterwards, whatever
+ * the outcome but a 422 or 5xx.
  */
-export async function finishUpload(bucket: R2Bucket, upload: TrackedUpload, sha256Hex: string): Promise<Finished> {
-  const nar = narKey(upload.nar);
+export async function finishUpload(
+  s: MultipartStores,
+  upload: TrackedUpload,
+  recorded: readonly RecordedPart[],
+  file: string,
+  layout: PartLayout,
+  sha256Hex: string,
+): Promise<Finished> {
+  const { bucket } = s;
+  const nar = narKey(file);
   const target = multipartAssemblyKey(upload);
   const existing = await headObject(bucket, nar);
   if (existing !== null) {
     // Stored meanwhile, by anyone (its bytes were verified then): this upload is moot.
-    await discardUpload(bucket, upload);
+    await discardUpload(s, upload);
     return { size: existing.size, storedBefore: true };
   }
-  const listing = await listParts(bucket, upload);
-  const parts = checkComplete(upload, listing.parts);
+  const parts = checkComplete(layout, recorded);
   let assembledSize: number;
   try {
     const obj = await bucket.resumeMultipartUpload(target, upload.uploadId).complete(parts.map((p) => ({ partNumber: p.partNumber, etag: p.etag })));
@@ -389,18 +377,18 @@ export async function finishUpload(bucket: R2Bucket, upload: TrackedUpload, sha2
     if (!NO_SUCH_UPLOAD.test(message)) return storageUnavailable(err);
     // Assembled by a concurrent or retried completion of this upload, or aborted.
     const done = await headObject(bucket, target);
-    if (done === null || done.size !== upload.size) {
+    if (done === null || done.size !== layout.size) {
       const stored = await headObject(bucket, nar);
       if (stored !== null) return { size: stored.size, storedBefore: true };
-      await forgetIfDead(bucket, upload);
+      await forgetIfDead(s, upload);
       throw fail("not_found", "this multipart upload no longer exists (aborted or expired); start the upload again");
     }
     assembledSize = done.size;
   }
-  if (assembledSize !== upload.size) {
+  if (assembledSize !== layout.size) {
     // Cannot happen with checked parts; never copy an object of the wrong size.
-    await dropUpload(bucket, upload, listing.keys);
-    throw fail("bad_request", `R2 assembled ${assembledSize} bytes instead of the declared ${upload.size}; nothing was stored, start again`);
+    await dropUpload(s, upload);
+    throw fail("bad_request", `R2 assembled ${assembledSize} bytes instead of the declared ${layout.size}; nothing was stored, start again`);
   }
   const staged = await r2(() => bucket.get(target));
   if (staged === null) {
@@ -419,41 +407,36 @@ export async function finishUpload(bucket: R2Bucket, upload: TrackedUpload, sha2
     });
   } catch (err) {
     if (!CHECKSUM_MISMATCH.test(messageOf(err))) return storageUnavailable(err);
-    await dropUpload(bucket, upload, listing.keys);
+    await dropUpload(s, upload);
     throw fail("bad_request", "the uploaded parts do not hash to the sha256 in the NAR's name; nothing was stored, upload it again");
   }
   if (written === null) await staged.body.cancel().catch(() => {});
-  await dropUpload(bucket, upload, listing.keys);
-  return { size: upload.size, storedBefore: written === null };
+  await dropUpload(s, upload);
+  return { size: layout.size, storedBefore: written === null };
 }
 
-/** Aborts `upload` (best effort: R2 forgets it after 7 days anyway) and deletes all its objects. */
-export async function discardUpload(bucket: R2Bucket, upload: TrackedUpload): Promise<void> {
-  await abortQuietly(bucket, multipartAssemblyKey(upload), upload.uploadId);
-  await dropUpload(bucket, upload, (await listParts(bucket, upload)).keys);
+/** Aborts `upload` (best effort: R2 forgets it after 7 days anyway), deletes its assembled object, then its rows. */
+export async function discardUpload(s: MultipartStores, upload: TrackedUpload): Promise<void> {
+  await abortQuietly(s.bucket, multipartAssemblyKey(upload), upload.uploadId);
+  await dropUpload(s, upload);
 }
 
-/** Deletes the objects of `upload`: `partKeys`, the assembled object, and its record last. */
-async function dropUpload(bucket: R2Bucket, upload: TrackedUpload, partKeys: readonly string[]): Promise<void> {
-  const keys = [...partKeys, multipartAssemblyKey(upload), multipartUploadKey(upload)];
-  for (let i = 0; i < keys.length; i += R2_PAGE) {
-    const chunk = keys.slice(i, i + R2_PAGE);
-    await r2(() => bucket.delete(chunk));
-  }
+/** Deletes the assembled object of `upload`, then its rows (last: the slot is free only once its objects are gone). */
+async function dropUpload(s: MultipartStores, upload: TrackedUpload): Promise<void> {
+  await r2(() => s.bucket.delete(multipartAssemblyKey(upload)));
+  await forgetUploads(s.db, [upload]);
 }
 
 /**
  * Drops the bookkeeping of an upload R2 no longer has (left by a request that died between
  * aborting and cleaning up), so that the next start begins anew. Not while its NAR or its
  * assembled object exists (a completion in progress cleans up after itself), and only if
- * the slot still holds this very upload.
+ * the slot still holds this very upload (forgetUploads checks).
  */
-async function forgetIfDead(bucket: R2Bucket, upload: TrackedUpload): Promise<void> {
-  if ((await headObject(bucket, narKey(upload.nar))) !== null) return;
-  if ((await headObject(bucket, multipartAssemblyKey(upload))) !== null) return;
-  const current = await readUpload(bucket, upload);
-  if (current === null || current.uploadId !== upload.uploadId) return;
-  await dropUpload(bucket, upload, (await listParts(bucket, upload)).keys);
+async function forgetIfDead(s: MultipartStores, upload: TrackedUpload): Promise<void> {
+  if (upload.nar !== null && (await headObject(s.bucket, narKey(upload.nar))) !== null) return;
+  if ((await headObject(s.bucket, multipartAssemblyKey(upload))) !== null) return;
+  await forgetUploads(s.db, [upload]);
 }
 
 async function abortQuietly(bucket: R2Bucket, target: string, uploadId: string): Promise<void> {
@@ -467,24 +450,30 @@ async function abortQuietly(bucket: R2Bucket, target: string, uploadId: string):
 
 /** What a cleanup pass did. */
 export interface CleanupPass {
-  /** The uploads aborted, as `<writer> nar/<file>`, oldest first. */
+  /** The uploads aborted, as `<writer> nar/<file>` (or `<writer> <name>` for one named at completion), oldest first. */
   aborted: string[];
-  /** Objects deleted that no upload accounted for (unreadable records, stray part records, an older layout's). */
+  /** Objects deleted that were bookkeeping from before D1 held it. */
   strays: number;
-  /** R2 calls made. */
+  /** R2 and D1 calls made. */
   operations: number;
   /** Work is left for the next pass. */
   more: boolean;
 }
 
+/** How a cleanup pass names an upload. */
+function describe(u: Pick<TrackedUpload, "writer" | "nar" | "name">): string {
+  return u.nar !== null ? `${u.writer} nar/${u.nar}` : `${u.writer} ${u.name ?? ""}`;
+}
+
 /**
- * A cleanup pass for the cron, of at most `operations` R2 calls (default
- * CLEANUP_OPERATIONS_PER_PASS): aborts the uploads started more than `maxAgeMs` ago, oldest
- * first, and deletes their objects; then deletes objects under multipart/ older than that
- * which no upload record accounts for. A pass with nothing under multipart/ is one call.
+ * A cleanup pass for the cron, of at most `operations` R2 and D1 calls (default
+ * CLEANUP_OPERATIONS_PER_PASS): aborts the uploads started more than `maxAgeMs` ago,
+ * oldest first, deletes their assembled objects and then their rows; then, until it has
+ * found none once, deletes the bucket's bookkeeping from before D1 held it. A pass with
+ * nothing to do is one D1 query.
  */
 export async function abortStaleUploads(
-  bucket: R2Bucket,
+  s: MultipartStores,
   opts: { now?: number; maxAgeMs?: number; operations?: number } = {},
 ): Promise<CleanupPass> {
   const cutoff = (opts.now ?? Date.now()) - (opts.maxAgeMs ?? MULTIPART_MAX_AGE_MS);
@@ -492,116 +481,75 @@ export async function abortStaleUploads(
   const pass: CleanupPass = { aborted: [], strays: 0, operations: 0, more: false };
   const call = <T>(op: () => Promise<T>): Promise<T> => {
     pass.operations++;
-    return r2(op);
-  };
-  const pending: string[] = [];
-  /** Calls the deletes queued so far still need. */
-  const deletesDue = (extra = 0) => Math.ceil((pending.length + extra) / R2_PAGE);
-  const deleteFullPages = async () => {
-    while (pending.length >= R2_PAGE) {
-      const chunk = pending.splice(0, R2_PAGE);
-      await call(() => bucket.delete(chunk));
-    }
+    return op();
   };
 
-  const top = await call(() => bucket.list({ prefix: MULTIPART_PREFIX, delimiter: "/" }));
-  if (top.objects.length === 0 && top.delimitedPrefixes.length === 0) return pass;
+  // Stale uploads, oldest first: one abort each, then one delete of their assembled
+  // objects (each upload has one key) and one batch for their rows, which go last.
+  const work = await call(() => cleanupWork(s.db, cutoff, budget));
+  const room = Math.max(0, Math.min(R2_PAGE, budget - pass.operations - 2));
+  const ending = work.stale.slice(0, room);
+  if (ending.length < work.stale.length) pass.more = true;
+  for (const u of ending) {
+    pass.operations++;
+    await abortQuietly(s.bucket, multipartAssemblyKey(u), u.uploadId);
+    pass.aborted.push(describe(u));
+  }
+  if (ending.length > 0) {
+    const keys = ending.map(multipartAssemblyKey);
+    await call(() => r2(() => s.bucket.delete(keys)));
+    await call(() => forgetUploads(s.db, ending));
+  }
+  if (!pass.more && !work.legacySwept) await sweepLegacy(s, pass, budget);
+  return pass;
+}
 
-  // Every upload record: at most tokens × MAX_UPLOADS_PER_WRITER, usually one call.
-  const records: Array<{ key: string; name: string; upload: TrackedUpload | null; time: number }> = [];
-  let listedAll = true;
+/**
+ * Deletes, a listed page at a time, the bookkeeping of caches from before D1 held it (every
+ * object under multipart/ past multipart/assembled/), aborting each upload a record
+ * describes; notes in D1 when nothing is left. Within what `budget` leaves of `pass`.
+ */
+async function sweepLegacy(s: MultipartStores, pass: CleanupPass, budget: number): Promise<void> {
+  // A listing, a delete of what it found, and the note in D1.
+  const roomForPage = () => pass.operations + 3 <= budget;
+  // Assembled objects (this layout) sort before every older layout's prefix (nar/, objects/, uploads/).
+  const startAfter = `${MULTIPART_ASSEMBLED_PREFIX}\u{10FFFF}`;
   let cursor: string | undefined;
   do {
-    if (pass.operations >= budget) {
-      listedAll = false;
-      break;
-    }
-    const page = await call(() => bucket.list({ prefix: MULTIPART_UPLOADS_PREFIX, limit: R2_PAGE, include: ["customMetadata"], ...(cursor === undefined ? {} : { cursor }) }));
-    for (const o of page.objects) {
-      const name = o.key.slice(MULTIPART_UPLOADS_PREFIX.length);
-      const slot = parseUploadSlotName(name);
-      const upload = slot === null ? null : parseRecord(slot, o.customMetadata);
-      records.push({ key: o.key, name, upload, time: upload?.started ?? o.uploaded.getTime() });
-    }
-    cursor = page.truncated ? page.cursor : undefined;
-  } while (cursor !== undefined);
-
-  // Stale uploads, oldest first: one abort each, their keys computed (no listing) and
-  // deleted 1,000 at a time, each upload's record after its other objects.
-  const stale = records.filter((r) => r.time < cutoff).sort((a, b) => a.time - b.time);
-  const gone = new Set<string>();
-  for (const r of stale) {
-    const u = r.upload;
-    const keys = u === null ? [r.key] : [...Array.from({ length: u.partCount }, (_, i) => multipartPartKey(u, i + 1)), multipartAssemblyKey(u), r.key];
-    const aborts = u === null ? 0 : 1;
-    if (pass.operations + aborts + deletesDue(keys.length) > budget) {
+    if (!roomForPage()) {
       pass.more = true;
-      break;
+      return;
     }
-    if (u !== null) {
-      pass.operations++;
-      await abortQuietly(bucket, multipartAssemblyKey(u), u.uploadId);
-      pass.aborted.push(`${u.writer} nar/${u.nar}`);
-    } else {
-      pass.strays++;
-    }
-    pending.push(...keys);
-    gone.add(r.name);
-    await deleteFullPages();
-  }
-  if (!listedAll) pass.more = true;
-  if (pending.length > 0) {
-    const chunk = pending.splice(0);
-    await call(() => bucket.delete(chunk));
-  }
-
-  // Strays, once every record is known and every stale upload gone: directories no record
-  // accounts for, and anything under multipart/ outside the layout. Only objects older
-  // than the cutoff go: a slot just claimed by a new upload gets its part records afresh.
-  if (listedAll && !pass.more) {
-    const live = new Set(records.filter((r) => !gone.has(r.name)).map((r) => r.name));
-    const queue = (objects: readonly R2Object[]) => {
-      for (const o of objects) {
-        if (o.uploaded.getTime() >= cutoff) continue;
-        pending.push(o.key);
-        pass.strays++;
-      }
-    };
-    /** Room for one more listing and for deleting all it may add to what is queued. */
-    const roomForPage = () => pass.operations + 1 + deletesDue(R2_PAGE) <= budget;
-    queue(top.objects);
-    const dirs = top.delimitedPrefixes.filter((p) => p !== MULTIPART_UPLOADS_PREFIX && p !== MULTIPART_OBJECTS_PREFIX);
-    let dirCursor: string | undefined;
-    do {
-      if (!roomForPage()) {
-        pass.more = true;
-        break;
-      }
-      const page = await call(() => bucket.list({ prefix: MULTIPART_OBJECTS_PREFIX, delimiter: "/", limit: R2_PAGE, ...(dirCursor === undefined ? {} : { cursor: dirCursor }) }));
-      for (const p of page.delimitedPrefixes) if (!live.has(p.slice(MULTIPART_OBJECTS_PREFIX.length, -1))) dirs.push(p);
-      queue(page.objects);
-      dirCursor = page.truncated ? page.cursor : undefined;
-    } while (dirCursor !== undefined);
-    for (const dir of pass.more ? [] : dirs) {
-      let c: string | undefined;
-      do {
-        if (!roomForPage()) {
+    pass.operations++;
+    const page = await r2(() =>
+      s.bucket.list({ prefix: MULTIPART_PREFIX, startAfter, limit: R2_PAGE, include: ["customMetadata"], ...(cursor === undefined ? {} : { cursor }) }),
+    );
+    const keys: string[] = [];
+    for (const o of page.objects) {
+      if (o.key.startsWith(MULTIPART_ASSEMBLED_PREFIX)) continue;
+      const name = o.key.startsWith(LEGACY_MULTIPART_UPLOADS_PREFIX) ? o.key.slice(LEGACY_MULTIPART_UPLOADS_PREFIX.length) : null;
+      const slot = name === null ? null : parseUploadSlotName(name);
+      const uploadId = o.customMetadata?.uploadId;
+      if (name !== null && slot !== null && uploadId !== undefined && uploadId !== "") {
+        // Room for this abort and still the delete and the note.
+        if (pass.operations + 3 > budget) {
           pass.more = true;
           break;
         }
-        const page = await call(() => bucket.list({ prefix: dir, limit: R2_PAGE, ...(c === undefined ? {} : { cursor: c }) }));
-        queue(page.objects);
-        await deleteFullPages();
-        c = page.truncated ? page.cursor : undefined;
-      } while (c !== undefined);
-      if (pass.more) break;
+        pass.operations++;
+        await abortQuietly(s.bucket, legacyMultipartAssemblyKey(name), uploadId);
+        pass.aborted.push(describe({ writer: slot.writer, nar: o.customMetadata?.nar ?? "?", name: null }));
+      }
+      keys.push(o.key);
+      pass.strays++;
     }
-    await deleteFullPages();
-    if (pending.length > 0) {
-      const chunk = pending.splice(0);
-      await call(() => bucket.delete(chunk));
+    if (keys.length > 0) {
+      pass.operations++;
+      await r2(() => s.bucket.delete(keys));
     }
-  }
-  if (top.truncated) pass.more = true;
-  return pass;
+    if (pass.more) return;
+    cursor = page.truncated ? page.cursor : undefined;
+  } while (cursor !== undefined);
+  pass.operations++;
+  await markLegacySwept(s.db, Date.now());
 }

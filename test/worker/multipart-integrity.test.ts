@@ -111,7 +111,21 @@ async function storedNar(p: TestPath): Promise<{ etag: string; bytes: Uint8Array
   return obj === null ? null : { etag: obj.etag, bytes: new Uint8Array(await obj.arrayBuffer()) };
 }
 
-const multipartKeys = async () => (await keys()).filter((k) => k.startsWith("multipart/"));
+/** The multipart bookkeeping: R2 objects under multipart/ (none but an assembled NAR, briefly) and D1's upload and part rows. */
+async function multipartKeys(): Promise<string[]> {
+  const uploads = await env.DB.prepare("SELECT writer, slot, nar, upload_id FROM multipart_uploads").all<{ writer: string; slot: number; nar: string; upload_id: string }>();
+  const parts = await env.DB.prepare("SELECT writer, slot, part_number FROM multipart_parts").all<{ writer: string; slot: number; part_number: number }>();
+  return [
+    ...(await keys()).filter((k) => k.startsWith("multipart/")),
+    ...uploads.results.map((r) => `D1 upload ${r.writer}~${r.slot} ${r.nar} ${r.upload_id}`),
+    ...parts.results.map((r) => `D1 part ${r.writer}~${r.slot} ${r.part_number}`),
+  ].sort();
+}
+
+/** The bucket and the multipart bookkeeping: equal states mean nothing changed. */
+async function state(): Promise<string[]> {
+  return [...(await snapshot()), ...(await multipartKeys())];
+}
 
 beforeEach(() => resetAll());
 
@@ -198,7 +212,7 @@ describe("an upload belongs to the token that started it", { timeout: 60_000 }, 
   it("another token cannot send parts to it, complete it or abort it (403), and changes nothing", async () => {
     const s = await started(HONEST, { fileName: big.fileName, size: big.file.length });
     expect((await putPart(HONEST, big.fileName, s, 1, big.file.slice(0, LIMIT))).status).toBe(200);
-    const before = await snapshot();
+    const before = await state();
     const attempts = [
       () => putPart(SQUATTER, big.fileName, s, 2, forgery(big).slice(0, LIMIT)),
       () => putPart(SQUATTER, big.fileName, s, 1, forgery(big).slice(0, LIMIT)),
@@ -209,7 +223,7 @@ describe("an upload belongs to the token that started it", { timeout: 60_000 }, 
       const res = await attempt();
       expect(res.status).toBe(403);
       expect(await errorOf(res)).toMatch(/this upload was started by another token/);
-      expect(await snapshot()).toEqual(before);
+      expect(await state()).toEqual(before);
     }
     // The owner resumes with its part intact and finishes.
     const again = await started(HONEST, { fileName: big.fileName, size: big.file.length });
@@ -237,12 +251,12 @@ describe("an upload belongs to the token that started it", { timeout: 60_000 }, 
 
   it("a forged upload id naming another token's upload is refused before anything is read", async () => {
     const s = await started(HONEST, { fileName: small.fileName, size: small.file.length });
-    const before = await snapshot();
+    const before = await state();
     for (const forged of [s.uploadId.replace(/^[^:]*/, "WRITE_TOKEN_CI"), `x${s.uploadId}`, "", "::", "WRITE_TOKEN~99:x"]) {
       const res = await putPart(SQUATTER, small.fileName, { ...s, uploadId: forged }, 1, forgery(small));
       expect(res.status).toBeGreaterThanOrEqual(400);
       expect(res.status).toBeLessThan(500);
-      expect(await snapshot()).toEqual(before);
+      expect(await state()).toEqual(before);
     }
   });
 });
@@ -259,7 +273,7 @@ describe("bounded bookkeeping", { timeout: 120_000 }, () => {
     // Resuming one of its own is still fine, and so is every other token.
     expect((await start(SQUATTER, await nameOf(3), 1000)).status).toBe(200);
     expect((await start(HONEST, small.fileName, small.file.length)).status).toBe(201);
-    // The bookkeeping: one record per upload, nothing else yet.
+    // The bookkeeping: one row per upload, nothing else yet.
     expect(await multipartKeys()).toHaveLength(MAX_UPLOADS_PER_WRITER + 1);
     // Aborting one frees its place.
     const first = await started(SQUATTER, { fileName: await nameOf(0), size: 1000 });
@@ -283,19 +297,21 @@ describe("bounded bookkeeping", { timeout: 120_000 }, () => {
 
     // A day and a bit later, the cron fires every minute; some ticks are cleanup passes.
     const counting = countingBucket(env.CACHE);
+    const d1 = countingDb(env.DB);
     const t0 = Date.now() + MULTIPART_MAX_AGE_MS + 60_000;
     const passes: number[] = [];
     let minute = 0;
     for (; minute < 24 * 60 && (await multipartKeys()).length > 0; minute++) {
       const time = t0 + minute * 60_000;
       counting.count = 0;
-      await tick(time, counting.bucket);
+      d1.count = 0;
+      await tick(time, counting.bucket, d1.db);
       if (new Date(time).getUTCMinutes() % MULTIPART_CLEANUP_EVERY_MINUTES !== 0) continue;
-      // The pass, and the nix-cache-info check an isolate's first tick makes before it: within
-      // the free plan's 50 subrequests.
-      expect(counting.count).toBeLessThanOrEqual(CLEANUP_OPERATIONS_PER_PASS + CACHE_INFO_CHECK_OPERATIONS);
+      // The pass's R2 and D1 calls, and the nix-cache-info check an isolate's first tick
+      // makes before it: within the free plan's 50 subrequests.
+      expect(counting.count + d1.count).toBeLessThanOrEqual(CLEANUP_OPERATIONS_PER_PASS + CACHE_INFO_CHECK_OPERATIONS);
       expect(CLEANUP_OPERATIONS_PER_PASS + CACHE_INFO_CHECK_OPERATIONS).toBeLessThanOrEqual(50);
-      passes.push(counting.count);
+      passes.push(counting.count + d1.count);
     }
     expect(await multipartKeys()).toEqual([]);
     // Each pass aborts about one upload per operation: everything is gone within this many passes.
@@ -305,27 +321,32 @@ describe("bounded bookkeeping", { timeout: 120_000 }, () => {
     // R2 forgot the uploads too.
     for (const h of handles.slice(0, 3)) expect((await putPart(h.token, h.name, h.s, 1, randomBytes(1000))).status).toBe(404);
 
-    // An idle pass is a single R2 operation.
+    // An idle pass is one D1 query and no R2 call.
     counting.count = 0;
+    d1.count = 0;
     const every = MULTIPART_CLEANUP_EVERY_MINUTES * 60_000;
-    await tick(Math.ceil((t0 + minute * 60_000) / every) * every, counting.bucket);
-    expect(counting.count).toBe(1);
+    await tick(Math.ceil((t0 + minute * 60_000) / every) * every, counting.bucket, d1.db);
+    expect(counting.count).toBe(0);
+    expect(d1.count).toBe(1);
   });
 });
 
 describe("what verification costs", { timeout: 60_000 }, () => {
-  it("a completion is seven R2 operations, one of them the put R2 checks (bench/multipart-verify.ts counts on this)", async () => {
+  it("a completion is five R2 operations, one of them the put R2 checks, and two D1 calls (bench/multipart-verify.ts counts on this)", async () => {
     const s = await started(HONEST, { fileName: big.fileName, size: big.file.length });
     await sendAll(HONEST, big.fileName, s, big.file);
     const counting = countingBucket(env.CACHE);
+    const d1 = countingDb(env.DB);
     const ctx = createExecutionContext();
     const request = new Request(`${ORIGIN}${base(big.fileName)}/complete?${q(s)}`, { method: "POST", headers: bearer(HONEST) });
-    const res = await createApp().fetch(request, { ...env, ...VARS, CACHE: counting.bucket } as WorkerEnv, ctx);
+    const res = await createApp().fetch(request, { ...env, ...VARS, CACHE: counting.bucket, DB: d1.db } as WorkerEnv, ctx);
     await waitOnExecutionContext(ctx);
     expect(res.status).toBe(201);
-    // The record, the NAR's absence, the part records, R2 assembling, reading the assembled
-    // object, the checked put, one bulk delete of the bookkeeping.
-    expect(counting.ops).toEqual(["head", "head", "list", "complete", "get", "put", "delete"]);
+    // The NAR's absence, R2 assembling, reading the assembled object, the checked put, the
+    // assembled object's deletion; in D1 the upload with its parts, then their deletion.
+    expect(counting.ops).toEqual(["head", "complete", "get", "put", "delete"]);
+    expect(d1.count).toBe(2);
+    expect(await multipartKeys()).toEqual([]);
     expect(await keys()).toEqual([`nar/${big.fileName}`]);
   });
 });
@@ -449,10 +470,39 @@ function countingBucket(bucket: R2Bucket): { bucket: R2Bucket; count: number; op
   return state;
 }
 
-/** One cron tick at `time`, with `bucket` as the Worker's R2 binding. */
-async function tick(time: number, bucket: R2Bucket): Promise<void> {
+/** A view of `db` that counts D1 calls (each query or batch that reaches D1). */
+function countingDb(db: D1Database): { db: D1Database; count: number } {
+  const state = { db, count: 0 };
+  const countStatement = (statement: D1PreparedStatement): D1PreparedStatement =>
+    new Proxy(statement, {
+      get(target, prop) {
+        const value = Reflect.get(target, prop) as unknown;
+        if (typeof value !== "function") return value;
+        if (prop === "bind") return (...args: unknown[]) => countStatement(target.bind(...args));
+        return (...args: unknown[]) => {
+          if (prop === "first" || prop === "all" || prop === "run" || prop === "raw") state.count++;
+          return (value as (...a: unknown[]) => unknown).apply(target, args);
+        };
+      },
+    });
+  state.db = new Proxy(db, {
+    get(target, prop) {
+      const value = Reflect.get(target, prop) as unknown;
+      if (typeof value !== "function") return value;
+      if (prop === "prepare") return (query: string) => countStatement(target.prepare(query));
+      return (...args: unknown[]) => {
+        if (prop === "batch" || prop === "exec") state.count++;
+        return (value as (...a: unknown[]) => unknown).apply(target, args);
+      };
+    },
+  });
+  return state;
+}
+
+/** One cron tick at `time`, with `bucket` and `db` as the Worker's R2 and D1 bindings. */
+async function tick(time: number, bucket: R2Bucket, db: D1Database = env.DB): Promise<void> {
   const ctx = createExecutionContext();
   const controller = { scheduledTime: time, cron: "* * * * *", noRetry() {} } as ScheduledController;
-  await worker.scheduled!(controller, { ...env, CACHE: bucket, GC_RETENTION_DAYS: "off" }, ctx);
+  await worker.scheduled!(controller, { ...env, CACHE: bucket, DB: db, GC_RETENTION_DAYS: "off" }, ctx);
   await waitOnExecutionContext(ctx);
 }

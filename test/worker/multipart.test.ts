@@ -17,8 +17,20 @@ import { bearer, bytesOf, callWith, errorOf, keys, snapshot, testPath, TEST_SECO
 /** The test limit: parts of 6 MiB, like a cache whose request limit is 6 MiB. */
 const LIMIT = 6 * 1024 * 1024;
 const SMALL = { MAX_NAR_UPLOAD_BYTES: String(LIMIT) };
-/** Where the test token's first upload is recorded (storage/multipart.ts). */
-const FIRST_SLOT = "multipart/uploads/WRITE_TOKEN~0";
+/**
+ * The multipart bookkeeping in D1 (storage/multipart-index.ts): every upload row as
+ * `<writer>~<slot> <nar> <upload id>` and every part row as `… part <n> <size>`.
+ */
+async function bookkeeping(): Promise<string[]> {
+  const uploads = await env.DB.prepare("SELECT writer, slot, nar, upload_id FROM multipart_uploads ORDER BY writer, slot").all<{ writer: string; slot: number; nar: string; upload_id: string }>();
+  const parts = await env.DB.prepare("SELECT writer, slot, part_number, size FROM multipart_parts ORDER BY writer, slot, part_number").all<{ writer: string; slot: number; part_number: number; size: number }>();
+  return [...uploads.results.map((r) => `${r.writer}~${r.slot} ${r.nar} ${r.upload_id}`), ...parts.results.map((r) => `${r.writer}~${r.slot} part ${r.part_number} ${r.size}`)];
+}
+
+/** The bucket and the bookkeeping: equal states mean nothing changed. */
+async function state(): Promise<{ bucket: string[]; rows: string[] }> {
+  return { bucket: await snapshot(), rows: await bookkeeping() };
+}
 
 function randomBytes(n: number): Uint8Array {
   const out = new Uint8Array(n);
@@ -136,6 +148,7 @@ describe("a multipart upload", { timeout: 60_000 }, () => {
     expect((await putNarInfo()).status).toBe(201);
     // The bookkeeping is gone: only the NAR and its narinfo remain.
     expect(await keys()).toEqual([`${big.hash}.narinfo`, `nar/${big.fileName}`].sort());
+    expect(await bookkeeping()).toEqual([]);
   });
 
   it("resumes: a second start returns the same upload and the parts already received", async () => {
@@ -209,6 +222,7 @@ describe("a multipart upload", { timeout: 60_000 }, () => {
     const del = await api(`${BASE}?uploadId=${encodeURIComponent(s.uploadId)}`, { method: "DELETE" });
     expect(del.status).toBe(204);
     expect(await keys()).toEqual([]);
+    expect(await bookkeeping()).toEqual([]);
     // Aborting what is not there (any more) is not an error.
     expect((await api(`${BASE}?uploadId=${encodeURIComponent(s.uploadId)}`, { method: "DELETE" })).status).toBe(204);
     const late = await putPart(s, 2, partBytes(big.file, s, 2));
@@ -222,9 +236,8 @@ describe("a multipart upload", { timeout: 60_000 }, () => {
   it("begins anew when the tracked upload is older than the max age, leaving the old one to the cleanup", async () => {
     const s = await started();
     expect((await putPart(s, 1, partBytes(big.file, s, 1))).status).toBe(200);
-    // Age the record as a day and a bit would.
-    const record = (await env.CACHE.head(FIRST_SLOT))!;
-    await env.CACHE.put(FIRST_SLOT, "", { customMetadata: { ...record.customMetadata, started: String(Date.now() - MULTIPART_MAX_AGE_MS - 3600_000) } });
+    // Age the upload as a day and a bit would.
+    await env.DB.prepare("UPDATE multipart_uploads SET started = ?1").bind(Date.now() - MULTIPART_MAX_AGE_MS - 3600_000).run();
     const res = await start();
     expect(res.status).toBe(201);
     const fresh = (await res.json()) as Started;
@@ -234,14 +247,16 @@ describe("a multipart upload", { timeout: 60_000 }, () => {
     const again = (await (await start()).json()) as Started;
     expect(again.uploadId).toBe(fresh.uploadId);
     // The cleanup aborts the old one at R2 and drops its objects; the fresh one stays.
-    const pass = await abortStaleUploads(env.CACHE);
+    const pass = await abortStaleUploads({ bucket: env.CACHE, db: env.DB });
     expect(pass.aborted).toEqual([`WRITE_TOKEN nar/${big.fileName}`]);
     const stale = await putPart(s, 2, partBytes(big.file, s, 2));
     expect(stale.status).toBe(404);
-    expect(await keys()).toEqual(["multipart/uploads/WRITE_TOKEN~1"]);
+    expect(await keys()).toEqual([]);
+    expect(await bookkeeping()).toEqual([`WRITE_TOKEN~1 ${big.fileName} ${fresh.uploadId.split(":")[1]}`]);
     await uploadAll(fresh);
     expect((await complete(fresh)).status).toBe(201);
     expect(await keys()).toEqual([`nar/${big.fileName}`]);
+    expect(await bookkeeping()).toEqual([]);
   });
 
   it("begins anew when a start declares another size, discarding the old upload", async () => {
@@ -249,9 +264,11 @@ describe("a multipart upload", { timeout: 60_000 }, () => {
     expect((await putPart(s, 1, partBytes(big.file, s, 1))).status).toBe(200);
     const res = await start(big, SMALL, { size: big.file.length - 1 });
     expect(res.status).toBe(201);
-    expect(((await res.json()) as Started).uploadId).not.toBe(s.uploadId);
-    // Only the new upload's record is left: the old one's part record went with it.
-    expect(await keys()).toEqual([FIRST_SLOT]);
+    const fresh = (await res.json()) as Started;
+    expect(fresh.uploadId).not.toBe(s.uploadId);
+    // Only the new upload's row is left: the old one's part row went with it.
+    expect(await bookkeeping()).toEqual([`WRITE_TOKEN~0 ${big.fileName} ${fresh.uploadId.split(":")[1]}`]);
+    expect(await keys()).toEqual([]);
     expect((await putPart(s, 2, partBytes(big.file, s, 2))).status).toBe(409);
   });
 
@@ -277,8 +294,9 @@ describe("a multipart upload", { timeout: 60_000 }, () => {
     const res = await complete(bad, SMALL, other);
     expect(res.status).toBe(400);
     expect(await errorOf(res)).toMatch(/do not hash to the sha256/);
-    // No NAR, no assembled object, no part records, no upload record.
+    // No NAR, no assembled object, no part rows, no upload row.
     expect(await keys()).toEqual([`nar/${big.fileName}`]);
+    expect(await bookkeeping()).toEqual([]);
     expect((await complete(bad, SMALL, other)).status).toBe(404);
   });
 
@@ -304,6 +322,7 @@ describe("a multipart upload", { timeout: 60_000 }, () => {
     expect(await res.json()).toEqual({ key: `nar/${big.fileName}`, size: big.file.length, stored: true });
     // The NAR as it was (same etag), and nothing else: this upload's parts went too.
     expect(await snapshot()).toEqual(before);
+    expect(await bookkeeping()).toEqual([]);
   });
 });
 
@@ -421,12 +440,13 @@ describe("bad multipart requests: a 4xx with a reason, the bucket unchanged", { 
     it(name, async () => {
       const s = await started();
       expect((await putPart(s, 1, partBytes(big.file, s, 1))).status).toBe(200);
-      const before = await snapshot();
+      const before = await state();
+      expect(before.rows).toHaveLength(2);
       const [u, init, vars] = c.request(s);
       const res = await api(u, init, vars ?? SMALL);
       expect(res.status).toBe(c.status);
       expect(await errorOf(res)).toMatch(c.error);
-      expect(await snapshot()).toEqual(before);
+      expect(await state()).toEqual(before);
     });
   }
 });
