@@ -505,6 +505,52 @@ var init_http = __esm({
   }
 });
 
+// src/api/multipart.ts
+function isObject(v) {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+function isCount(x) {
+  return typeof x === "number" && Number.isSafeInteger(x) && x > 0;
+}
+function parseLimitsAnswer(doc) {
+  return isObject(doc) && isCount(doc.maxRequestBytes) ? { maxRequestBytes: doc.maxRequestBytes } : null;
+}
+function parseParts(v) {
+  if (!Array.isArray(v)) return null;
+  const parts = [];
+  for (const p of v) {
+    if (!isObject(p) || !isCount(p.partNumber) || !isCount(p.size)) return null;
+    parts.push({ partNumber: p.partNumber, size: p.size });
+  }
+  return parts;
+}
+function parseStartAnswer(doc, size) {
+  if (!isObject(doc) || typeof doc.key !== "string") return null;
+  if (doc.stored === true) return isCount(doc.size) ? { key: doc.key, stored: true, size: doc.size } : null;
+  if (doc.stored !== false || typeof doc.uploadId !== "string" || doc.uploadId === "" || doc.size !== size) return null;
+  if (!isCount(doc.partSize) || !isCount(doc.partCount) || doc.partCount !== Math.ceil(size / doc.partSize) || !isCount(doc.maxRequestBytes)) return null;
+  const parts = parseParts(doc.parts);
+  if (parts === null) return null;
+  return {
+    key: doc.key,
+    stored: false,
+    uploadId: doc.uploadId,
+    size,
+    partSize: doc.partSize,
+    partCount: doc.partCount,
+    parts,
+    maxRequestBytes: doc.maxRequestBytes,
+    verify: "sha256"
+  };
+}
+var LIMITS_PATH;
+var init_multipart = __esm({
+  "src/api/multipart.ts"() {
+    "use strict";
+    LIMITS_PATH = "_api/v1/limits";
+  }
+});
+
 // src/concurrency.ts
 async function mapConcurrent(items, limit, fn) {
   const results = new Array(items.length);
@@ -988,11 +1034,9 @@ function uploadLimits(http2) {
   return limits;
 }
 async function fetchLimits(http2) {
-  const res = await http2.request({ method: "GET", path: "_api/v1/limits", accept: [404, 405] });
+  const res = await http2.request({ method: "GET", path: LIMITS_PATH, accept: [404, 405] });
   if (res.status !== 200) return null;
-  const body = parseJson(res.body);
-  const max = body?.maxRequestBytes;
-  return typeof max === "number" && Number.isSafeInteger(max) && max > 0 ? { maxRequestBytes: max } : null;
+  return parseLimitsAnswer(parseJson(res.body));
 }
 function needsParts(size, limits) {
   return limits !== null && size > limits.maxRequestBytes && size > MIN_PART_BYTES;
@@ -1058,23 +1102,16 @@ async function startUpload(http2, base, size) {
     headers: { "content-type": "application/json" },
     body: { length: body.length, open: () => body }
   });
-  const answer = parseJson(res.body);
-  if (answer?.stored === true) return { stored: true, uploadId: "", size, partSize: size, partCount: 0, parts: [] };
-  const ok = answer !== null && typeof answer.uploadId === "string" && answer.size === size && isCount(answer.partSize) && isCount(answer.partCount) && answer.partCount === Math.ceil(size / answer.partSize) && Array.isArray(answer.parts);
-  if (!ok) {
+  const answer = parseStartAnswer(parseJson(res.body), size);
+  if (answer === null) {
     throw new UploaderError(`${http2.url(base)}: unexpected answer to the start of a multipart upload`, EXIT_CACHE, "is --cache pointing at a nix-edge-cache Worker?");
   }
-  const parts = answer.parts.filter(
-    (p) => typeof p === "object" && p !== null && isCount(p.partNumber)
-  );
-  return { stored: false, uploadId: answer.uploadId, size, partSize: answer.partSize, partCount: answer.partCount, parts };
+  if (answer.stored) return { stored: true, uploadId: "", size, partSize: size, partCount: 0, parts: [] };
+  return answer;
 }
 function refusedForGood(err) {
   if (!(err instanceof HttpError) || err instanceof AuthError) return false;
   return err.status >= 400 && err.status < 500 && err.status !== 408 && err.status !== 429;
-}
-function isCount(x) {
-  return typeof x === "number" && Number.isSafeInteger(x) && x > 0;
 }
 function parseJson(bytes) {
   try {
@@ -1098,9 +1135,10 @@ function counting(source, count2) {
   );
 }
 var MULTIPART_CONCURRENCY, MIN_PART_BYTES, limitsOf;
-var init_multipart = __esm({
+var init_multipart2 = __esm({
   "uploader/multipart.ts"() {
     "use strict";
+    init_multipart();
     init_concurrency();
     init_errors();
     init_nar_writer();
@@ -2634,7 +2672,7 @@ var init_upload = __esm({
     init_signature();
     init_compress();
     init_errors();
-    init_multipart();
+    init_multipart2();
     init_nar_writer();
     HEAD_BEFORE_UPLOAD_BYTES = 1 << 20;
   }
@@ -2875,13 +2913,13 @@ function readConfigFile(file) {
   return parseConfig(parsed, file);
 }
 function parseConfig(doc, file) {
-  if (!isObject(doc)) throw new ConfigFileError(file, "expected a JSON object");
+  if (!isObject2(doc)) throw new ConfigFileError(file, "expected a JSON object");
   const caches = doc.caches ?? {};
-  if (!isObject(caches)) throw new ConfigFileError(file, '"caches" must be an object of named caches');
+  if (!isObject2(caches)) throw new ConfigFileError(file, '"caches" must be an object of named caches');
   const out = { caches: {} };
   for (const [name, entry] of Object.entries(caches)) {
     if (!CACHE_NAME.test(name)) throw new ConfigFileError(file, `cache name "${name}" may only have letters, digits, ".", "_" and "-"`);
-    if (!isObject(entry)) throw new ConfigFileError(file, `caches.${name} must be an object`);
+    if (!isObject2(entry)) throw new ConfigFileError(file, `caches.${name} must be an object`);
     if (typeof entry.url !== "string" || entry.url === "") throw new ConfigFileError(file, `caches.${name}.url must be the cache's URL`);
     const e = { url: entry.url };
     for (const field of ["token", "adminToken", "secretKeyFile"]) {
@@ -2912,7 +2950,7 @@ function writeConfigFile(file, config) {
     throw new ConfigFileError(file, `cannot write: ${err.message}`, { cause: err });
   }
 }
-function isObject(v) {
+function isObject2(v) {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 function defaultEntry(config) {
@@ -3163,13 +3201,13 @@ function parsePathInfoJson(text, storeDir = STORE_DIR) {
   } catch (err) {
     throw new NixError(`cannot read the output of nix path-info --json: ${messageOf(err)}`);
   }
-  if (isObject2(parsed) && typeof parsed.version === "number" && isObject2(parsed.info)) {
+  if (isObject3(parsed) && typeof parsed.version === "number" && isObject3(parsed.info)) {
     if (parsed.version !== 2) throw new NixError(`nix path-info --json gave format version ${parsed.version}; this uploader reads versions 1 and 2`);
     if (typeof parsed.storeDir === "string" && parsed.storeDir !== "") storeDir = parsed.storeDir;
     parsed = parsed.info;
   }
-  const entries = Array.isArray(parsed) ? parsed.map((e) => [void 0, e]) : isObject2(parsed) ? Object.entries(parsed) : [];
-  if (!Array.isArray(parsed) && !isObject2(parsed)) {
+  const entries = Array.isArray(parsed) ? parsed.map((e) => [void 0, e]) : isObject3(parsed) ? Object.entries(parsed) : [];
+  if (!Array.isArray(parsed) && !isObject3(parsed)) {
     throw new NixError("unexpected output from nix path-info --json (neither a list nor an object)");
   }
   const infos = [];
@@ -3178,7 +3216,7 @@ function parsePathInfoJson(text, storeDir = STORE_DIR) {
     if (value === null) {
       throw new InvalidStorePathError(keyPath ?? "?", "is not valid in the Nix store", "build it first, or check it was not garbage-collected");
     }
-    if (!isObject2(value)) throw new NixError("unexpected entry in nix path-info --json output");
+    if (!isObject3(value)) throw new NixError("unexpected entry in nix path-info --json output");
     const path = typeof value.path === "string" ? fullPath(value.path, storeDir) : keyPath;
     if (!path) throw new NixError("nix path-info --json entry without a path");
     if (value.valid === false) {
@@ -3206,7 +3244,7 @@ function parsePathInfoJson(text, storeDir = STORE_DIR) {
   }
   return infos;
 }
-function isObject2(v) {
+function isObject3(v) {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 function fullPath(p, storeDir) {
@@ -3227,7 +3265,7 @@ function hashField(v, path, field) {
 }
 function hashString(v) {
   if (typeof v === "string") return v;
-  if (isObject2(v) && typeof v.hash === "string") {
+  if (isObject3(v) && typeof v.hash === "string") {
     const algorithm = typeof v.algorithm === "string" ? v.algorithm : "sha256";
     switch (v.format) {
       case "base64":
@@ -3244,7 +3282,7 @@ function hashString(v) {
 }
 function contentAddress(v) {
   if (typeof v === "string") return v || void 0;
-  if (!isObject2(v) || v.hash === void 0) return void 0;
+  if (!isObject3(v) || v.hash === void 0) return void 0;
   let hash2;
   try {
     hash2 = normaliseSha256(hashString(v.hash));
@@ -3301,11 +3339,11 @@ var init_store = __esm({
 });
 
 // src/api/cache-description.ts
-function isObject3(v) {
+function isObject4(v) {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 function parseCacheDescription(doc) {
-  if (!isObject3(doc)) throw new CacheDescriptionError("(document)", "not a JSON object");
+  if (!isObject4(doc)) throw new CacheDescriptionError("(document)", "not a JSON object");
   if (doc.service !== SERVICE_NAME) throw new CacheDescriptionError("service", `expected "${SERVICE_NAME}"`);
   const count2 = (field) => {
     const v = doc[field];
@@ -3322,7 +3360,7 @@ function parseCacheDescription(doc) {
     throw new CacheDescriptionError("publicKeys", "expected a list of Nix public keys (name:base64)");
   }
   const access = doc.access;
-  if (!isObject3(access)) throw new CacheDescriptionError("access", "expected {read, write, admin}");
+  if (!isObject4(access)) throw new CacheDescriptionError("access", "expected {read, write, admin}");
   return {
     service: SERVICE_NAME,
     apiVersion: count2("apiVersion"),
@@ -3859,7 +3897,7 @@ var init_push2 = __esm({
     init_compress();
     init_errors();
     init_http();
-    init_multipart();
+    init_multipart2();
     init_key_file();
     init_plan();
     init_progress();
@@ -5724,7 +5762,7 @@ var init_import2 = __esm({
     init_http();
     init_import();
     init_key_file();
-    init_multipart();
+    init_multipart2();
     init_plan();
     init_progress();
     init_push();
@@ -6952,7 +6990,7 @@ var init_watch_push = __esm({
     init_errors();
     init_http();
     init_checks();
-    init_multipart();
+    init_multipart2();
     init_plan();
     init_progress();
     init_push();
