@@ -1,51 +1,13 @@
 // The cache's administration API as the uploader uses it: garbage collection batches
 // (`POST /_api/v1/gc`) and pins (`/_api/v1/pins`), through the one HTTP client (http.ts).
+// The requests and answers are the contract the Worker shares (src/api/gc.ts, pins.ts).
 // Answers are checked for the shape the commands rely on; anything else is a typed error
 // saying the URL is probably not a nix-edge-cache Worker.
 import { AuthError, EXIT_CACHE, UploaderError } from "./errors.ts";
 import type { HttpClient } from "./http.ts";
-
-/** A document a collection needed and could not read (the Worker's gc/stats.ts). */
-export interface UnreadableDocument {
-  /** The R2 key: `<hash>.narinfo`, or `_gc/pins.json`. */
-  key: string;
-  path: string | null;
-  reason: string;
-}
-
-/** One garbage collection batch's answer (the Worker's gc/collector.ts GcProgress). */
-export interface GcBatchAnswer {
-  status: "idle" | "running" | "waiting" | "busy" | "done";
-  run: { id: string; dryRun: boolean; trigger: string; startedAt: number; cutoff: number; phase: string; pass: number } | null;
-  waitMs: number;
-  batch: { operations: number; entries: number };
-  totals: Record<string, number>;
-  found: { paths: Array<{ path: string; fileSize: number | null }>; files: Array<{ key: string; size: number }> };
-  result?: {
-    runId: string;
-    deletedPaths: number;
-    deletedNars: number;
-    freedBytes: number;
-    finishedAt: number;
-    /** Documents the run keeps but could not read; while any, it deleted no path and no NAR. */
-    unreadableCount?: number;
-    unreadable?: UnreadableDocument[];
-  };
-  stats?: { paths: number; narFiles: number; narBytes: number; savedBytes: number };
-}
-
-export interface GcBatchRequest {
-  dryRun: boolean;
-  olderThanSeconds?: number;
-  before?: number;
-  runId?: string;
-  restart?: boolean;
-}
-
-export interface PinEntry {
-  path: string;
-  pinnedAt: number;
-}
+import { GC_PATH, type GcBatchAnswer, type GcBatchRequest } from "../src/api/gc.ts";
+import { CONTENT_TYPE } from "../src/api/media-types.ts";
+import { PINS_PATH, pinPath, type Pin, type PinList, type RemovePinAnswer, type SetPinAnswer, type SetPinRequest } from "../src/api/pins.ts";
 
 const ADMIN_HINT = "garbage collection and pin changes need the Worker's ADMIN_TOKEN: pass --admin-token or set NIX_CACHE_ADMIN_TOKEN";
 
@@ -76,9 +38,9 @@ export class CacheAdmin {
   /** Runs one batch of garbage collection. */
   async gcBatch(req: GcBatchRequest): Promise<GcBatchAnswer> {
     const body = Buffer.from(JSON.stringify(req), "utf8");
-    const path = "_api/v1/gc";
+    const path = GC_PATH;
     const res = await this.http
-      .request({ method: "POST", path, headers: { "content-type": "application/json" }, body: { length: body.length, open: () => body } })
+      .request({ method: "POST", path, headers: { "content-type": CONTENT_TYPE.json }, body: { length: body.length, open: () => body } })
       .catch(withAdminHint);
     const answer = json(res.body, this.http.url(path)) as GcBatchAnswer;
     if (typeof answer !== "object" || answer === null || typeof answer.status !== "string" || typeof answer.found !== "object" || typeof answer.totals !== "object") {
@@ -87,33 +49,33 @@ export class CacheAdmin {
     return answer;
   }
 
-  async listPins(): Promise<Record<string, PinEntry>> {
-    const path = "_api/v1/pins";
+  async listPins(): Promise<PinList["pins"]> {
+    const path = PINS_PATH;
     const res = await this.http.request({ method: "GET", path });
-    const answer = json(res.body, this.http.url(path)) as { pins?: unknown };
+    const answer = json(res.body, this.http.url(path)) as Partial<Record<keyof PinList, unknown>>;
     if (typeof answer !== "object" || answer === null || typeof answer.pins !== "object" || answer.pins === null) {
       throw unexpected(this.http.url(path), 'expected {"pins": {...}}');
     }
-    return answer.pins as Record<string, PinEntry>;
+    return answer.pins as PinList["pins"];
   }
 
   /** Pins `storePath` under `name`; returns the path it replaced, if any. */
   async setPin(name: string, storePath: string): Promise<{ previous: string | null }> {
-    const path = `_api/v1/pins/${encodeURIComponent(name)}`;
-    const body = Buffer.from(JSON.stringify({ path: storePath }), "utf8");
+    const path = pinPath(name);
+    const body = Buffer.from(JSON.stringify({ path: storePath } satisfies SetPinRequest), "utf8");
     const res = await this.http
-      .request({ method: "PUT", path, headers: { "content-type": "application/json" }, body: { length: body.length, open: () => body } })
+      .request({ method: "PUT", path, headers: { "content-type": CONTENT_TYPE.json }, body: { length: body.length, open: () => body } })
       .catch(withAdminHint);
-    const answer = json(res.body, this.http.url(path)) as { previous?: unknown };
+    const answer = json(res.body, this.http.url(path)) as Partial<Record<keyof SetPinAnswer, unknown>>;
     return { previous: typeof answer?.previous === "string" ? answer.previous : null };
   }
 
   /** Removes the pin `name`; false when there was none. */
-  async removePin(name: string): Promise<PinEntry | null> {
-    const path = `_api/v1/pins/${encodeURIComponent(name)}`;
+  async removePin(name: string): Promise<Pin | null> {
+    const path = pinPath(name);
     const res = await this.http.request({ method: "DELETE", path, accept: [404] }).catch(withAdminHint);
     if (res.status === 404) return null;
-    const answer = json(res.body, this.http.url(path)) as Partial<PinEntry>;
+    const answer = json(res.body, this.http.url(path)) as Partial<Record<keyof RemovePinAnswer, unknown>>;
     if (typeof answer?.path !== "string") throw unexpected(this.http.url(path), "expected the removed pin");
     return { path: answer.path, pinnedAt: Number(answer.pinnedAt) };
   }

@@ -10,6 +10,7 @@
 // Network failures that repeat (TLS, DNS) fail at once (http.ts); the probe tries twice at
 // most, so a wrong URL costs a second, not five retries with backoff.
 import { CACHE_DESCRIPTION_PATH, CacheDescriptionError, parseCacheDescription, type CacheDescription } from "../src/api/cache-description.ts";
+import { CONTENT_TYPE } from "../src/api/media-types.ts";
 import { EXIT_CACHE, UploaderError } from "./errors.ts";
 import { HttpClient, type HttpResponse } from "./http.ts";
 
@@ -41,7 +42,7 @@ const ANSWERS = [400, 401, 403, 404, 405, 406, 410, ...REDIRECTS];
 /** What the URL is: this cache (with its description), another binary cache, or an error. */
 export async function probeCache(http: HttpClient): Promise<ProbeResult> {
   const sent = Date.now();
-  const res = await http.request({ method: "GET", path: CACHE_DESCRIPTION_PATH, accept: ANSWERS, headers: { accept: "application/json" } });
+  const res = await http.request({ method: "GET", path: CACHE_DESCRIPTION_PATH, accept: ANSWERS, headers: { accept: CONTENT_TYPE.json } });
   const received = Date.now();
   checkCommonMistakes(http, res, CACHE_DESCRIPTION_PATH);
   if (res.status === 200 && isJson(res)) {

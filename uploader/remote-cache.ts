@@ -1,13 +1,14 @@
 // The cache's HTTP API as the uploader uses it: which paths are missing, NAR and narinfo
 // uploads, and narinfo reads. URL layout and content types follow what `nix copy` sends
-// (PROTOCOL.md §5.6); the batch query is the Worker's own `POST /_api/v1/missing`.
+// (PROTOCOL.md §5.6); the batch query is the Worker's own `POST /_api/v1/missing`. Limits,
+// types and content types come from the contract the Worker shares (src/api/).
 import type { Readable } from "node:stream";
 import { HttpError, UploaderError, EXIT_CACHE } from "./errors.ts";
 import { mapConcurrent } from "../src/concurrency.ts";
 import type { HttpClient } from "./http.ts";
+import { MAX_MISSING_BATCH, MISSING_PATH, parseMissingAnswer, type MissingRequest } from "../src/api/missing.ts";
+import { CONTENT_TYPE } from "../src/api/media-types.ts";
 
-/** The Worker answers at most this many hashes per missing query (its MAX_MISSING_BATCH). */
-export const MISSING_BATCH = 500;
 /** Missing queries in flight at once: enough to hide latency, few enough to be polite. */
 const MISSING_CONCURRENCY = 4;
 /**
@@ -15,9 +16,6 @@ const MISSING_CONCURRENCY = 4;
  * cache such as another nix-serve): one request per path, so keep many going.
  */
 const HEAD_CONCURRENCY = 16;
-
-const NAR_CONTENT_TYPE = "application/x-nix-nar";
-const NARINFO_CONTENT_TYPE = "text/x-nix-narinfo";
 
 export class RemoteCache {
   readonly http: HttpClient;
@@ -32,7 +30,7 @@ export class RemoteCache {
    */
   async missing(hashParts: readonly string[]): Promise<Set<string>> {
     const chunks: string[][] = [];
-    for (let i = 0; i < hashParts.length; i += MISSING_BATCH) chunks.push(hashParts.slice(i, i + MISSING_BATCH));
+    for (let i = 0; i < hashParts.length; i += MAX_MISSING_BATCH) chunks.push(hashParts.slice(i, i + MAX_MISSING_BATCH));
     const missing = new Set<string>();
     try {
       await mapConcurrent(chunks, MISSING_CONCURRENCY, async (chunk) => {
@@ -57,7 +55,7 @@ export class RemoteCache {
     await this.http.request({
       method: "PUT",
       path: key,
-      headers: { "content-type": NAR_CONTENT_TYPE },
+      headers: { "content-type": CONTENT_TYPE.nar },
       body: { length, open },
     });
   }
@@ -67,7 +65,7 @@ export class RemoteCache {
     await this.http.request({
       method: "PUT",
       path: `${hashPart}.narinfo`,
-      headers: { "content-type": NARINFO_CONTENT_TYPE },
+      headers: { "content-type": CONTENT_TYPE.narinfo },
       body: { length: bytes.length, open: () => bytes },
     });
   }
@@ -79,11 +77,11 @@ export class RemoteCache {
   }
 
   async #missingBatch(hashes: string[]): Promise<string[]> {
-    const body = Buffer.from(JSON.stringify({ hashes }), "utf8");
+    const body = Buffer.from(JSON.stringify({ hashes } satisfies MissingRequest), "utf8");
     const res = await this.http.request({
       method: "POST",
-      path: "_api/v1/missing",
-      headers: { "content-type": "application/json" },
+      path: MISSING_PATH,
+      headers: { "content-type": CONTENT_TYPE.json },
       body: { length: body.length, open: () => body },
     });
     let parsed: unknown;
@@ -92,21 +90,16 @@ export class RemoteCache {
     } catch {
       parsed = undefined;
     }
-    if (
-      !parsed ||
-      typeof parsed !== "object" ||
-      !("missing" in parsed) ||
-      !Array.isArray(parsed.missing) ||
-      !parsed.missing.every((h: unknown) => typeof h === "string")
-    ) {
+    const missing = parseMissingAnswer(parsed);
+    if (missing === null) {
       throw new UploaderError(
-        `${this.http.url("_api/v1/missing")}: unexpected answer (expected {"missing": [...]})`,
+        `${this.http.url(MISSING_PATH)}: unexpected answer (expected {"missing": [...]})`,
         EXIT_CACHE,
         "is --cache pointing at a nix-edge-cache Worker?",
       );
     }
     const asked = new Set(hashes);
-    return (parsed.missing as string[]).filter((h) => asked.has(h));
+    return missing.filter((h) => asked.has(h));
   }
 
   async #missingByHead(hashParts: readonly string[]): Promise<Set<string>> {

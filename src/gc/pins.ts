@@ -1,31 +1,23 @@
 // Named pins: a pin keeps one store path and its whole closure, however old, until it is
 // removed. They are rows of the D1 table `pins` (storage/pins.ts). This module holds what
-// is pure about them: the name rule and limit, the list API's shape, and the format of the
+// is pure about them: the limit, the list API's object, and the format of the
 // JSON document `{"pins": {"<name>": {"path": "/nix/store/…", "pinnedAt": ms}}}` in which
 // caches from before the table kept them (`_gc/pins.json`, moved into the table on first use).
+// The name rule and the API's types are the shared contract (src/api/pins.ts).
 //
 // In memory the pins are a Map, never an object's properties: a name such as
 // `constructor` or `hasOwnProperty` is an ordinary name (absent until set), and no name,
 // `__proto__` included, can reach a prototype. JSON.parse stores every key, `__proto__`
 // too, as an own property, and only own properties are read from the document.
 
+import { PIN_NAME, type Pin } from "../api/pins.ts";
 import { parseStorePath } from "../nix/store-path.ts";
-
-export interface Pin {
-  /** Full store path. */
-  path: string;
-  /** When the pin was set (ms). */
-  pinnedAt: number;
-}
 
 /** Pins by name: what parsePins gives and the routes change. */
 export type PinMap = Map<string, Pin>;
 
 /** The `pins` object of the document and of the list API (own properties only). */
 export type Pins = Readonly<Record<string, Pin>>;
-
-/** Pin names: what fits in a URL segment and a log line without quoting. */
-export const PIN_NAME = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$/;
 
 /** More pins than this in one cache is a mistake (a loop pinning every build). */
 export const MAX_PINS = 1000;

@@ -4,15 +4,11 @@
 // comes from s-maxage), and to the CDN in front of a bucket read on its public domain,
 // which sends the headers stored on each object (storedCacheControlOf).
 
+import { CONTENT_TYPE } from "../api/media-types.ts";
 import type { ObjectKind } from "../storage/keys.ts";
 
-export const CONTENT_TYPE = {
-  cacheInfo: "text/x-nix-cache-info",
-  narinfo: "text/x-nix-narinfo",
-  nar: "application/x-nix-nar",
-  json: "application/json",
-  log: "text/plain; charset=utf-8",
-} as const;
+/** The content types are the shared contract (src/api/media-types.ts), re-exported for storage/multipart.ts. */
+export { CONTENT_TYPE };
 
 /** Content-Type served for each kind of object. */
 export function contentTypeOf(kind: ObjectKind): string {

@@ -1,4 +1,5 @@
-// POST /_api/v1/gc: one batch of garbage collection, for `uploader gc` (ADMIN_TOKEN).
+// POST /_api/v1/gc: one batch of garbage collection, for `uploader gc` (ADMIN_TOKEN). The
+// request and answer types are the shared contract (src/api/gc.ts).
 //
 //   request   {"dryRun"?: bool, "olderThanSeconds"?: n | "before"?: ms since epoch,
 //              "runId"?: id, "restart"?: bool}                         all optional
@@ -18,6 +19,7 @@
 // (the cron trigger is running a batch of the same collection).
 
 import { Hono } from "hono";
+import { GC_PATH, type GcBatchAnswer } from "../api/gc.ts";
 import { settingsOf, type WorkerEnv } from "../env.ts";
 import { fail } from "../errors.ts";
 import { readText } from "../http/body.ts";
@@ -73,20 +75,17 @@ function parseRequest(text: string, now: number): GcRequest {
   return req;
 }
 
-gc.post("/_api/v1/gc", requireAdmin, async (c) => {
+gc.post(`/${GC_PATH}`, requireAdmin, async (c) => {
   const now = Date.now();
   const req = parseRequest(await readText(c.req.raw, MAX_GC_BODY_BYTES, "the request body"), now);
   const progress = await runGcBatch({ bucket: c.env.CACHE, db: c.env.DB, settings: settingsOf(c.env).gc, clock: Date.now }, req);
   const { found, ...rest } = progress;
-  return c.json(
-    {
-      ...rest,
-      found: {
-        paths: found.paths.map((p) => ({ path: p.name === null ? `${STORE_DIR}/${p.hash}` : `${STORE_DIR}/${p.hash}-${p.name}`, fileSize: p.fileSize })),
-        files: found.files,
-      },
+  const answer: GcBatchAnswer = {
+    ...rest,
+    found: {
+      paths: found.paths.map((p) => ({ path: p.name === null ? `${STORE_DIR}/${p.hash}` : `${STORE_DIR}/${p.hash}-${p.name}`, fileSize: p.fileSize })),
+      files: found.files,
     },
-    200,
-    { "Cache-Control": "no-store" },
-  );
+  };
+  return c.json(answer, 200, { "Cache-Control": "no-store" });
 });

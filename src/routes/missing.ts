@@ -4,6 +4,8 @@
 //   request   {"hashes": ["<hash32>", ...]}      at most MAX_MISSING_BATCH, writers only
 //   response  {"missing": ["<hash32>", ...]}     absent ones, each once, in request order
 //
+// The request and answer types and the limits are the shared contract (src/api/missing.ts).
+//
 // One query of the D1 index answers it, whatever the number of hashes. While the index is
 // not complete yet (a bucket from before the index, still being adopted), hashes it lacks
 // are also looked up in R2 (one HEAD each), so nothing stored is reported missing; each such
@@ -12,6 +14,7 @@
 // as pushed again for retention: the stale roots among them are refreshed (gc/refresh.ts).
 
 import { Hono } from "hono";
+import { MAX_MISSING_BATCH, MAX_MISSING_BODY_BYTES, MISSING_PATH, type MissingAnswer } from "../api/missing.ts";
 import { isHashPart } from "../nix/store-path.ts";
 import { settingsOf, type WorkerEnv } from "../env.ts";
 import { fail } from "../errors.ts";
@@ -24,16 +27,6 @@ import { narInfoKey } from "../storage/keys.ts";
 import { indexedPaths, refreshPaths } from "../storage/path-index.ts";
 
 export const missing = new Hono<{ Bindings: WorkerEnv }>();
-
-/**
- * Most hashes per request: the index answers any number in one query, but the request body
- * and the answer grow with it, and while the index is incomplete each unindexed hash costs
- * an R2 HEAD, which must stay well inside the free plan's ~1000 operations per request.
- */
-export const MAX_MISSING_BATCH = 500;
-
-/** Largest request body: 500 quoted 32-char hashes are ~18 KB; room for whitespace. */
-const MAX_MISSING_BODY_BYTES = 64 * 1024;
 
 function parseHashes(text: string): string[] {
   let body: unknown;
@@ -55,7 +48,7 @@ function parseHashes(text: string): string[] {
   return hashes as string[];
 }
 
-missing.post("/_api/v1/missing", requireWrite, async (c) => {
+missing.post(`/${MISSING_PATH}`, requireWrite, async (c) => {
   const hashes = [...new Set(parseHashes(await readText(c.req.raw, MAX_MISSING_BODY_BYTES, "the request body")))];
   const present = await indexedPaths(c.env.DB, hashes);
   const indexed = new Set(present.map((p) => p.hash));
@@ -71,5 +64,5 @@ missing.post("/_api/v1/missing", requireWrite, async (c) => {
     const now = Date.now();
     await refreshPaths(c.env.DB, pathsToRefresh(present, now - age), now, now - age);
   }
-  return c.json({ missing: absent });
+  return c.json({ missing: absent } satisfies MissingAnswer);
 });

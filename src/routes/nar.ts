@@ -13,7 +13,7 @@ import { settingsOf, type WorkerEnv } from "../env.ts";
 import { fail } from "../errors.ts";
 import { contentEncoding, requireLength } from "../http/body.ts";
 import { serveObject } from "../http/object-response.ts";
-import { CONTENT_TYPE } from "../http/representation.ts";
+import { CONTENT_TYPE } from "../api/media-types.ts";
 import { requireRead, requireWrite } from "../middleware/auth.ts";
 import { headObject, putStream } from "../storage/bucket.ts";
 import { edgeInvalidate } from "../storage/edge-cache.ts";

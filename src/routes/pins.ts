@@ -5,6 +5,8 @@
 //          → 201 (new) or 200 (moved) {"name", "path", "pinnedAt", "previous"?}
 //   DELETE /_api/v1/pins/<name>   → 200 {"name", "path", "pinnedAt"}; 404 when absent   admin token
 //
+// The types and the name rule are the shared contract (src/api/pins.ts).
+//
 // Pins are rows of the D1 table `pins` (storage/pins.ts; a cache from before the table has
 // its R2 document moved there on the first pins request or collection).
 // Changing pins decides what a collection may delete, so it takes ADMIN_TOKEN like `gc`;
@@ -14,12 +16,13 @@
 // again, and a pin set while a collection runs is seen by its second look.
 
 import { Hono } from "hono";
+import { PIN_NAME, PINS_PATH, type Pin, type PinList, type RemovePinAnswer, type SetPinAnswer } from "../api/pins.ts";
 import { settingsOf, type WorkerEnv } from "../env.ts";
 import { fail } from "../errors.ts";
 import { readText } from "../http/body.ts";
 import { requireAdmin, requireWriteOrAdmin } from "../middleware/auth.ts";
 import { parseStorePath } from "../nix/store-path.ts";
-import { MAX_PINS, PIN_NAME, pinsObject, type Pin } from "../gc/pins.ts";
+import { MAX_PINS, pinsObject } from "../gc/pins.ts";
 import { openUploadGate } from "../gc/upload-gate.ts";
 import { headKey } from "../storage/gc-store.ts";
 import { narInfoKey } from "../storage/keys.ts";
@@ -45,12 +48,12 @@ function pinName(raw: string): string {
   return raw;
 }
 
-pins.get("/_api/v1/pins", requireWriteOrAdmin, async (c) => {
+pins.get(`/${PINS_PATH}`, requireWriteOrAdmin, async (c) => {
   await movedPins(c.env);
-  return c.json({ pins: pinsObject(await listPins(c.env.DB)) }, 200, { "Cache-Control": "no-store" });
+  return c.json({ pins: pinsObject(await listPins(c.env.DB)) } satisfies PinList, 200, { "Cache-Control": "no-store" });
 });
 
-pins.put("/_api/v1/pins/:name", requireAdmin, async (c) => {
+pins.put(`/${PINS_PATH}/:name`, requireAdmin, async (c) => {
   const name = pinName(c.req.param("name"));
   let body: unknown;
   try {
@@ -75,13 +78,13 @@ pins.put("/_api/v1/pins/:name", requireAdmin, async (c) => {
   const result = await setPin(c.env.DB, name, pin, MAX_PINS);
   if (!result.set) throw fail("payload_too_large", `this cache already has ${MAX_PINS} pins; remove some (uploader unpin <name>)`);
   const previous = result.previous;
-  return c.json({ name, ...pin, ...(previous === null ? {} : { previous: previous.path }) }, previous === null ? 201 : 200);
+  return c.json({ name, ...pin, ...(previous === null ? {} : { previous: previous.path }) } satisfies SetPinAnswer, previous === null ? 201 : 200);
 });
 
-pins.delete("/_api/v1/pins/:name", requireAdmin, async (c) => {
+pins.delete(`/${PINS_PATH}/:name`, requireAdmin, async (c) => {
   const name = pinName(c.req.param("name"));
   await movedPins(c.env);
   const removed = await removePin(c.env.DB, name, Date.now());
   if (removed === null) throw fail("not_found", `there is no pin named ${name}`);
-  return c.json({ name, ...removed });
+  return c.json({ name, ...removed } satisfies RemovePinAnswer);
 });

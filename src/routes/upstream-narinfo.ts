@@ -11,7 +11,8 @@
 
 import { settingsOf, type WorkerEnv } from "../env.ts";
 import { fail } from "../errors.ts";
-import { CONTENT_TYPE, cacheControlOf } from "../http/representation.ts";
+import { CONTENT_TYPE } from "../api/media-types.ts";
+import { cacheControlOf } from "../http/representation.ts";
 import { isPublicCache } from "../middleware/auth.ts";
 import type { BackgroundTasks } from "../storage/edge-cache.ts";
 import { SubrequestBudget } from "../upstream/budget.ts";

@@ -10,7 +10,8 @@
 // Harmless without a public domain: the Worker serves /nix-cache-info itself, and the
 // collector and the index ignore top-level keys that are not narinfos or listings.
 
-import { CACHE_INFO_CACHE_CONTROL, CONTENT_TYPE } from "../http/representation.ts";
+import { CONTENT_TYPE } from "../api/media-types.ts";
+import { CACHE_INFO_CACHE_CONTROL } from "../http/representation.ts";
 import { getObject, storageUnavailable } from "./bucket.ts";
 
 /** The object's key: the path Nix requests, without its slash. */

@@ -5,7 +5,7 @@
 // the cache holds given store paths, matched by hash part and name.
 
 import { mapConcurrent } from "../concurrency.ts";
-import { CONTENT_TYPE } from "../http/representation.ts";
+import { CONTENT_TYPE } from "../api/media-types.ts";
 import { NixFormatError } from "../nix/errors.ts";
 import { parseNarInfo } from "../nix/narinfo.ts";
 import { parseStorePath, parseStorePathBaseName, type StorePath } from "../nix/store-path.ts";

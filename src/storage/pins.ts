@@ -9,7 +9,8 @@
 // document that has lost pins to damage is not moved: the collector reports it and
 // deletes nothing until the operator replaces or removes it (a pin lost is a root lost).
 
-import { parsePins, type Pin, type PinMap } from "../gc/pins.ts";
+import type { Pin } from "../api/pins.ts";
+import { parsePins, type PinMap } from "../gc/pins.ts";
 import { parseStorePath } from "../nix/store-path.ts";
 import { deleteKeys, getTextObject, PINS_KEY } from "./gc-store.ts";
 import { d1 } from "./path-index.ts";

@@ -28,7 +28,7 @@ import { formatNarInfo, type NarInfo } from "../nix/narinfo.ts";
 import { decodeNix32 } from "../nix/nix32.ts";
 import { verifyNarInfo, type PublicKey } from "../nix/signature.ts";
 import { HASH_PART_LENGTH, parseStorePath, storePathBaseName } from "../nix/store-path.ts";
-import { CONTENT_TYPE } from "../http/representation.ts";
+import { CONTENT_TYPE } from "../api/media-types.ts";
 import { headObject, putStream } from "../storage/bucket.ts";
 import { storedPaths } from "../storage/narinfo-object.ts";
 import { narInfoKey, NAR_PREFIX, parseNarFileName } from "../storage/keys.ts";

@@ -4,7 +4,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { encodeNix32 } from "../../src/nix/nix32.ts";
 import { sha256 } from "../../src/nix/hash.ts";
 import { utf8 } from "../../src/nix/encoding.ts";
-import { MAX_MISSING_BATCH } from "../../src/routes/missing.ts";
+import { MAX_MISSING_BATCH } from "../../src/api/missing.ts";
 import { basic, bearer, call, errorOf, push, testPath, TEST_WRITE_TOKEN } from "../helpers/worker.ts";
 
 afterEach(() => reset());

@@ -3,7 +3,8 @@
 // with --dry-run, lists what would be deleted and how many bytes that frees. A collection
 // that met documents it keeps but cannot read deletes nothing: they are listed, with what to
 // do, and the exit status is 1.
-import { CacheAdmin, type GcBatchAnswer, type GcBatchRequest } from "../cache-admin.ts";
+import type { GcBatchAnswer, GcBatchRequest } from "../../src/api/gc.ts";
+import { CacheAdmin } from "../cache-admin.ts";
 import { EXIT_PATHS_FAILED, UploaderError, UsageError, markReportedAsJson } from "../errors.ts";
 import { HttpClient } from "../http.ts";
 import { formatBytes } from "../progress.ts";

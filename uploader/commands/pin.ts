@@ -2,14 +2,12 @@
 // store path and its whole closure in the cache, however old, until they are removed.
 // Setting and removing pins takes the Worker's ADMIN_TOKEN (they decide what garbage
 // collection may delete); listing them takes the admin token or a write token.
+import { PIN_NAME } from "../../src/api/pins.ts";
 import { CacheAdmin } from "../cache-admin.ts";
 import { UsageError } from "../errors.ts";
 import { HttpClient } from "../http.ts";
 import { ENV, parseCommandLine, requireToken, resolveCache } from "../settings.ts";
 import { resolveStorePaths } from "../store.ts";
-
-/** Pin names the Worker accepts (src/gc/pins.ts PIN_NAME). */
-const PIN_NAME = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$/;
 
 const COMMON = `  --cache <url|name>      the cache's URL, or a name given to login [env ${ENV.cacheUrl}]
   --admin-token <token>   the Worker's ADMIN_TOKEN                  [env ${ENV.adminToken}]`;
