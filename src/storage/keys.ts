@@ -22,7 +22,7 @@
 // decides whether that is a 404 (reads) or a 400 (writes).
 
 import { NIX32_ALPHABET } from "../nix/nix32.ts";
-import { parseStorePathBaseName } from "../nix/store-path.ts";
+import { HASH_PART_LENGTH, parseStorePathBaseName } from "../nix/store-path.ts";
 
 export type ObjectKind = "narinfo" | "nar" | "listing" | "log" | "realisation" | "build-trace" | "debuginfo";
 
@@ -63,6 +63,16 @@ export function narInfoKey(hashPart: string): string {
 /** `<hash32>.ls`: the listing of the path's NAR. */
 export function listingKey(hashPart: string): string {
   return `${hashPart}.ls`;
+}
+
+/** The hash part of a narinfo key `<hash32>.narinfo`; null for any other key. */
+export function narInfoKeyHashPart(key: string): string | null {
+  return NARINFO_FILE.test(key) ? key.slice(0, HASH_PART_LENGTH) : null;
+}
+
+/** The hash part of a listing key `<hash32>.ls`; null for any other key. */
+export function listingKeyHashPart(key: string): string | null {
+  return LISTING_FILE.test(key) ? key.slice(0, HASH_PART_LENGTH) : null;
 }
 
 /** `nar/<file>`. */
