@@ -65,7 +65,7 @@ import { parseArgs } from "node:util";
 import { unstable_DevEnv, unstable_readConfig } from "wrangler";
 import { mapConcurrent } from "../src/concurrency.ts";
 import { formatSha256, sha256 } from "../src/nix/hash.ts";
-import { serializeNar } from "../src/nix/nar.ts";
+import { serializeNar } from "../src/nix/nar-writer.ts";
 import { formatNarInfo, type NarInfo } from "../src/nix/narinfo.ts";
 import { encodeNix32 } from "../src/nix/nix32.ts";
 import { formatSecretKey, generateKeyPair } from "../src/nix/signature.ts";

@@ -23,7 +23,7 @@
 import type { Stats } from "node:fs";
 import { closeSync, lstatSync, openSync, readSync, readdirSync, readlinkSync } from "node:fs";
 import { open } from "node:fs/promises";
-import { writeNar, type NarSource } from "../src/nix/nar.ts";
+import { writeNar, type NarSource } from "../src/nix/nar-writer.ts";
 import { UnsupportedFileError } from "./errors.ts";
 
 /**

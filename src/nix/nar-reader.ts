@@ -1,4 +1,6 @@
-// Streaming NAR reader and validator (grammar in nar.ts, PROTOCOL §1).
+// Streaming NAR reader and validator (wire rules in nar-wire.ts, PROTOCOL §1). The
+// uploader's import reads the NARs of a `nix-store --export` stream with it
+// (uploader/sources/export-stream.ts); tests read what the writer and Nix produce.
 //
 // Walks a NAR byte stream whose chunks may split tokens anywhere, and checks everything a
 // strict Nix (2.35+) parser checks: the magic, the grammar as a state machine (so
@@ -9,9 +11,9 @@
 // unread, bytes after the root node are an error: a stored NAR must be exactly one archive,
 // or its NarHash/NarSize would describe bytes Nix never unpacks.
 //
-// It reports the NAR's size and can build the `.ls` listing and/or a NarTree. File
-// contents are skipped, never buffered, unless the tree is requested, so validating or
-// listing a multi-GB NAR takes constant memory. Every problem is a NarError whose offset
+// It reports the NAR's size and can build the `.ls` listing (nar-listing.ts) and/or a
+// NarTree. File contents are skipped, never buffered, unless the tree is requested, so
+// validating or listing a multi-GB NAR takes constant memory. Every problem is a NarError whose offset
 // is the position in the NAR of the offending token (the end of input for truncation).
 
 import { compareBytes, utf8 } from "./encoding.ts";
@@ -26,26 +28,8 @@ import {
   narEntryNameProblem,
   narPadding,
   narSymlinkTargetProblem,
-} from "./nar.ts";
-
-/** A node of the `.ls` listing, in Nix 2.8's shape (PROTOCOL §5.1). */
-export type NarListingNode =
-  | {
-      type: "regular";
-      size: number;
-      /** Present (true) only for executables, as Nix 2.8 writes it. */
-      executable?: true;
-      /** Offset of the contents in the uncompressed NAR. */
-      narOffset?: number;
-    }
-  | { type: "symlink"; target: string }
-  | { type: "directory"; entries: Record<string, NarListingNode> };
-
-/** The `.ls` document: `{"version":1,"root":{…}}`. */
-export interface NarListing {
-  version: 1;
-  root: NarListingNode;
-}
+} from "./nar-wire.ts";
+import type { NarListing, NarListingNode } from "./nar-listing.ts";
 
 export interface ReadNarOptions {
   /** Build the `.ls` listing (names and targets must then be valid UTF-8). */
@@ -457,44 +441,4 @@ export async function readNar(
     await chunks.stop();
     throw e;
   }
-}
-
-// JSON strings escaped exactly as Nix 2.8's JSON writer does it (observed): `"`, `\`, \n,
-// \r, \t as two-character escapes, other control characters as \u00xx, everything else
-// verbatim (UTF-8). JSON.stringify would write \b and \f instead of \u0008 and \u000c.
-const JSON_ESCAPED = /["\\\x00-\x1f]/g;
-const JSON_SHORT_ESCAPES: Record<string, string> = { '"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t" };
-
-function jsonString(s: string): string {
-  return `"${s.replace(JSON_ESCAPED, (c) => JSON_SHORT_ESCAPES[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`)}"`;
-}
-
-function listingNodeJson(n: NarListingNode): string {
-  switch (n.type) {
-    case "regular":
-      return (
-        `{"type":"regular","size":${n.size}` +
-        (n.executable ? `,"executable":true` : "") +
-        (n.narOffset !== undefined ? `,"narOffset":${n.narOffset}` : "") +
-        "}"
-      );
-    case "symlink":
-      return `{"type":"symlink","target":${jsonString(n.target)}}`;
-    case "directory": {
-      // Entries in NAR order (UTF-8 bytes), whatever order the object's keys have.
-      const names = Object.keys(n.entries)
-        .map((name) => [name, utf8(name)] as const)
-        .sort((a, b) => compareBytes(a[1], b[1]));
-      const body = names.map(([name]) => `${jsonString(name)}:${listingNodeJson(n.entries[name]!)}`).join(",");
-      return `{"type":"directory","entries":{${body}}}`;
-    }
-  }
-}
-
-/**
- * The `.ls` JSON byte for byte as Nix 2.8 writes it (`nix copy ?write-nar-listing=1`):
- * `{"version":1,"root":{…}}`, compact, entries in NAR order, Nix's string escaping.
- */
-export function formatNarListing(l: NarListing): string {
-  return `{"version":${l.version},"root":${listingNodeJson(l.root)}}`;
 }

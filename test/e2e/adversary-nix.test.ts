@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { buildClosure, LocalCache, NixClient, PROJECT_ROOT, runOk, type Closure } from "./harness.ts";
 import { formatNarInfo, parseNarInfo, type NarInfo } from "../../src/nix/narinfo.ts";
 import { encodeNix32 } from "../../src/nix/nix32.ts";
-import { serializeNar } from "../../src/nix/nar.ts";
+import { serializeNar } from "../../src/nix/nar-writer.ts";
 
 const CLI = join(PROJECT_ROOT, "uploader", "cli.ts");
 const HOSTILE_TOKEN = "hostile-pipeline-token";

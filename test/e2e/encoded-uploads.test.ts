@@ -14,7 +14,7 @@ import { brotliCompressSync, deflateSync, gzipSync, zstdCompressSync } from "nod
 import { LocalCache } from "./harness.ts";
 import { formatNarInfo, MAX_NARINFO_LENGTH, type NarInfo } from "../../src/nix/narinfo.ts";
 import { encodeNix32 } from "../../src/nix/nix32.ts";
-import { serializeNar } from "../../src/nix/nar.ts";
+import { serializeNar } from "../../src/nix/nar-writer.ts";
 
 let cache: LocalCache;
 

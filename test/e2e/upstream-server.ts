@@ -16,7 +16,7 @@ import { stat } from "node:fs/promises";
 import { join, normalize, sep } from "node:path";
 import { utf8 } from "../../src/nix/encoding.ts";
 import { formatSha256, sha256 } from "../../src/nix/hash.ts";
-import { serializeNar } from "../../src/nix/nar.ts";
+import { serializeNar } from "../../src/nix/nar-writer.ts";
 import { formatNarInfo, type NarInfo } from "../../src/nix/narinfo.ts";
 import { encodeNix32 } from "../../src/nix/nix32.ts";
 import { signNarInfo, withSignature, type SecretKey } from "../../src/nix/signature.ts";

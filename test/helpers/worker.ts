@@ -9,7 +9,7 @@ import type { WorkerEnv } from "../../src/env.ts";
 import { fromHex, toBase64, utf8 } from "../../src/nix/encoding.ts";
 import { formatSha256, sha256 } from "../../src/nix/hash.ts";
 import { encodeNix32 } from "../../src/nix/nix32.ts";
-import { serializeNar } from "../../src/nix/nar.ts";
+import { serializeNar } from "../../src/nix/nar-writer.ts";
 import { formatNarInfo, type NarInfo } from "../../src/nix/narinfo.ts";
 import { parsePublicKey, parseSecretKey, signNarInfo, withSignature, type SecretKey } from "../../src/nix/signature.ts";
 import { TEST_SECOND_WRITE_TOKEN, TEST_WRITE_TOKEN } from "../worker-test-bindings.ts";

@@ -1,10 +1,10 @@
 // Test helpers for NAR tests: an independent minimal encoder for hand-built NARs, chunk
 // splitting, and stream collection.
 import { fromHex } from "../../src/nix/encoding.ts";
-import type { NarTree } from "../../src/nix/nar.ts";
+import type { NarTree } from "../../src/nix/nar-wire.ts";
 import { vectors } from "./fixtures.ts";
 
-/** str(s) written out by hand: u64le length, bytes, zero padding (independent of nar.ts). */
+/** str(s) written out by hand: u64le length, bytes, zero padding (independent of nar-wire.ts). */
 export function str(s: string | Uint8Array | number[]): number[] {
   const bytes = typeof s === "string" ? [...new TextEncoder().encode(s)] : [...s];
   const len = [0, 0, 0, 0, 0, 0, 0, 0];

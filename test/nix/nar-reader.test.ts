@@ -5,8 +5,10 @@ import { describe, expect, it } from "vitest";
 import { concatBytes, toHex, utf8 } from "../../src/nix/encoding.ts";
 import { NarError } from "../../src/nix/errors.ts";
 import { formatSha256, sha256 } from "../../src/nix/hash.ts";
-import { NAR_MAX_DEPTH, type NarTree, narSourceFromTree, serializeNar, writeNar } from "../../src/nix/nar.ts";
-import { formatNarListing, type NarListingNode, readNar } from "../../src/nix/nar-reader.ts";
+import { NAR_MAX_DEPTH, type NarTree } from "../../src/nix/nar-wire.ts";
+import { narSourceFromTree, serializeNar, writeNar } from "../../src/nix/nar-writer.ts";
+import { formatNarListing, type NarListingNode } from "../../src/nix/nar-listing.ts";
+import { readNar } from "../../src/nix/nar-reader.ts";
 import { vectors } from "./fixtures.ts";
 import { asyncChunks, nar, replaceToken, split, str, tokenOffset, vectorBytes } from "./nar-helpers.ts";
 

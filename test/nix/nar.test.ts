@@ -1,21 +1,18 @@
-// NAR primitives and writer: every vector of vectors.json byte for byte, validation, chunking.
+// NAR wire primitives (nar-wire.ts) and writer (nar-writer.ts): every vector of
+// vectors.json byte for byte, validation, chunking.
 import { describe, expect, it } from "vitest";
 import { concatBytes, toHex, utf8 } from "../../src/nix/encoding.ts";
 import { NarError } from "../../src/nix/errors.ts";
 import { formatSha256, sha256 } from "../../src/nix/hash.ts";
+import { encodeNarString, encodeU64, NAR_MAX_DEPTH, type NarTree, narPadding } from "../../src/nix/nar-wire.ts";
 import {
-  encodeNarString,
-  encodeU64,
-  NAR_MAX_DEPTH,
   NAR_PASS_THROUGH_BYTES,
   NAR_WRITER_CHUNK_BYTES,
   type NarSource,
-  type NarTree,
-  narPadding,
   narSourceFromTree,
   serializeNar,
   writeNar,
-} from "../../src/nix/nar.ts";
+} from "../../src/nix/nar-writer.ts";
 import { vectors } from "./fixtures.ts";
 import { collect, nar, str, VECTOR_TREES, vectorBytes } from "./nar-helpers.ts";
 

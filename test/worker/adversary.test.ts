@@ -29,7 +29,7 @@ import { describe, expect, it } from "vitest";
 import { toBase64, toHex, utf8 } from "../../src/nix/encoding.ts";
 import { sha256 } from "../../src/nix/hash.ts";
 import { decodeNix32 } from "../../src/nix/nix32.ts";
-import { serializeNar } from "../../src/nix/nar.ts";
+import { serializeNar } from "../../src/nix/nar-writer.ts";
 import { formatNarInfo, MAX_NARINFO_LENGTH, parseNarInfo, type NarInfo } from "../../src/nix/narinfo.ts";
 import { signNarInfo, verifyNarInfo } from "../../src/nix/signature.ts";
 import { MAX_SIGNATURES, keyNameOf } from "../../src/upload/signatures.ts";

@@ -1,8 +1,9 @@
 // Listings, logs, realisations, build traces and debuginfo links: stored verbatim.
 import { reset } from "cloudflare:test";
 import { afterEach, describe, expect, it } from "vitest";
-import { formatNarListing, readNar } from "../../src/nix/nar-reader.ts";
-import { serializeNar } from "../../src/nix/nar.ts";
+import { formatNarListing } from "../../src/nix/nar-listing.ts";
+import { readNar } from "../../src/nix/nar-reader.ts";
+import { serializeNar } from "../../src/nix/nar-writer.ts";
 import { utf8 } from "../../src/nix/encoding.ts";
 import { basic, bearer, bytesOf, call, callWith, keys, snapshot, testPath, TEST_WRITE_TOKEN } from "../helpers/worker.ts";
 
