@@ -573,6 +573,15 @@ function parseCacheDescription(doc) {
   };
 }
 
+// src/api/media-types.ts
+var CONTENT_TYPE = {
+  cacheInfo: "text/x-nix-cache-info",
+  narinfo: "text/x-nix-narinfo",
+  nar: "application/x-nix-nar",
+  json: "application/json",
+  log: "text/plain; charset=utf-8"
+};
+
 // uploader/http.ts
 import * as http from "node:http";
 import * as https from "node:https";
@@ -822,7 +831,7 @@ var REDIRECTS = [301, 302, 303, 307, 308];
 var ANSWERS = [400, 401, 403, 404, 405, 406, 410, ...REDIRECTS];
 async function probeCache(http2) {
   const sent = Date.now();
-  const res = await http2.request({ method: "GET", path: CACHE_DESCRIPTION_PATH, accept: ANSWERS, headers: { accept: "application/json" } });
+  const res = await http2.request({ method: "GET", path: CACHE_DESCRIPTION_PATH, accept: ANSWERS, headers: { accept: CONTENT_TYPE.json } });
   const received = Date.now();
   checkCommonMistakes(http2, res, CACHE_DESCRIPTION_PATH);
   if (res.status === 200 && isJson(res)) {

@@ -713,7 +713,7 @@ var init_encoding = __esm({
   }
 });
 
-// src/nix/nar.ts
+// src/nix/nar-wire.ts
 function narPadding(length) {
   return (8 - length % 8) % 8;
 }
@@ -750,6 +750,22 @@ function narSymlinkTargetProblem(target) {
   if (target.includes(0)) return "symlink target contains NUL";
   return null;
 }
+var NAR_MAGIC, NAR_MAX_DEPTH, NAR_MAX_NAME_LENGTH, NAR_MAX_TARGET_LENGTH, NAR_MAX_TAG_LENGTH, DOT, SLASH;
+var init_nar_wire = __esm({
+  "src/nix/nar-wire.ts"() {
+    "use strict";
+    init_encoding();
+    NAR_MAGIC = "nix-archive-1";
+    NAR_MAX_DEPTH = 64;
+    NAR_MAX_NAME_LENGTH = 255;
+    NAR_MAX_TARGET_LENGTH = 4095;
+    NAR_MAX_TAG_LENGTH = 32;
+    DOT = 46;
+    SLASH = 47;
+  }
+});
+
+// src/nix/nar-writer.ts
 function isPromise(v) {
   return typeof v?.then === "function";
 }
@@ -841,21 +857,15 @@ async function* writeNar(root) {
   }
   if (out.buffered > 0) yield out.take();
 }
-var NAR_MAGIC, NAR_MAX_DEPTH, NAR_MAX_NAME_LENGTH, NAR_MAX_TARGET_LENGTH, NAR_MAX_TAG_LENGTH, NAR_WRITER_CHUNK_BYTES, NAR_PASS_THROUGH_BYTES, DOT, SLASH, seq, T_MAGIC, T_REGULAR, T_EXECUTABLE_CONTENTS, T_CONTENTS, T_SYMLINK, T_DIRECTORY, T_ENTRY_NAME, T_NODE, T_CLOSE, ZEROS, NAME_DECODER, ChunkBuffer;
-var init_nar = __esm({
-  "src/nix/nar.ts"() {
+var NAR_WRITER_CHUNK_BYTES, NAR_PASS_THROUGH_BYTES, seq, T_MAGIC, T_REGULAR, T_EXECUTABLE_CONTENTS, T_CONTENTS, T_SYMLINK, T_DIRECTORY, T_ENTRY_NAME, T_NODE, T_CLOSE, ZEROS, NAME_DECODER, ChunkBuffer;
+var init_nar_writer = __esm({
+  "src/nix/nar-writer.ts"() {
     "use strict";
     init_encoding();
     init_errors2();
-    NAR_MAGIC = "nix-archive-1";
-    NAR_MAX_DEPTH = 64;
-    NAR_MAX_NAME_LENGTH = 255;
-    NAR_MAX_TARGET_LENGTH = 4095;
-    NAR_MAX_TAG_LENGTH = 32;
+    init_nar_wire();
     NAR_WRITER_CHUNK_BYTES = 64 * 1024;
     NAR_PASS_THROUGH_BYTES = 16 * 1024;
-    DOT = 46;
-    SLASH = 47;
     seq = (...tokens) => concatBytes(tokens.map((t) => encodeNarString(t)));
     T_MAGIC = seq(NAR_MAGIC);
     T_REGULAR = seq("(", "type", "regular");
@@ -1009,10 +1019,10 @@ function fileKind(st) {
   return "file of unknown type";
 }
 var READ_CHUNK_BYTES, SMALL_FILE_BYTES, S_IXUSR, CASE_HACK_SUFFIX;
-var init_nar_writer = __esm({
+var init_nar_writer2 = __esm({
   "uploader/nar-writer.ts"() {
     "use strict";
-    init_nar();
+    init_nar_writer();
     init_errors();
     READ_CHUNK_BYTES = 1 << 20;
     SMALL_FILE_BYTES = 128 * 1024;
@@ -1141,7 +1151,7 @@ var init_multipart2 = __esm({
     init_multipart();
     init_concurrency();
     init_errors();
-    init_nar_writer();
+    init_nar_writer2();
     MULTIPART_CONCURRENCY = 4;
     MIN_PART_BYTES = 5 * 1024 * 1024;
     limitsOf = /* @__PURE__ */ new WeakMap();
@@ -2673,7 +2683,7 @@ var init_upload = __esm({
     init_compress();
     init_errors();
     init_multipart2();
-    init_nar_writer();
+    init_nar_writer2();
     HEAD_BEFORE_UPLOAD_BYTES = 1 << 20;
   }
 });
@@ -2787,18 +2797,49 @@ var init_push = __esm({
   }
 });
 
+// src/api/missing.ts
+function parseMissingAnswer(doc) {
+  if (typeof doc !== "object" || doc === null || !("missing" in doc)) return null;
+  const missing = doc.missing;
+  if (!Array.isArray(missing) || !missing.every((h) => typeof h === "string")) return null;
+  return missing;
+}
+var MISSING_PATH, MAX_MISSING_BATCH, MAX_MISSING_BODY_BYTES;
+var init_missing = __esm({
+  "src/api/missing.ts"() {
+    "use strict";
+    MISSING_PATH = "_api/v1/missing";
+    MAX_MISSING_BATCH = 500;
+    MAX_MISSING_BODY_BYTES = 64 * 1024;
+  }
+});
+
+// src/api/media-types.ts
+var CONTENT_TYPE;
+var init_media_types = __esm({
+  "src/api/media-types.ts"() {
+    "use strict";
+    CONTENT_TYPE = {
+      cacheInfo: "text/x-nix-cache-info",
+      narinfo: "text/x-nix-narinfo",
+      nar: "application/x-nix-nar",
+      json: "application/json",
+      log: "text/plain; charset=utf-8"
+    };
+  }
+});
+
 // uploader/remote-cache.ts
-var MISSING_BATCH, MISSING_CONCURRENCY, HEAD_CONCURRENCY, NAR_CONTENT_TYPE, NARINFO_CONTENT_TYPE, RemoteCache;
+var MISSING_CONCURRENCY, HEAD_CONCURRENCY, RemoteCache;
 var init_remote_cache = __esm({
   "uploader/remote-cache.ts"() {
     "use strict";
     init_errors();
     init_concurrency();
-    MISSING_BATCH = 500;
+    init_missing();
+    init_media_types();
     MISSING_CONCURRENCY = 4;
     HEAD_CONCURRENCY = 16;
-    NAR_CONTENT_TYPE = "application/x-nix-nar";
-    NARINFO_CONTENT_TYPE = "text/x-nix-narinfo";
     RemoteCache = class {
       http;
       constructor(http2) {
@@ -2811,7 +2852,7 @@ var init_remote_cache = __esm({
        */
       async missing(hashParts) {
         const chunks = [];
-        for (let i = 0; i < hashParts.length; i += MISSING_BATCH) chunks.push(hashParts.slice(i, i + MISSING_BATCH));
+        for (let i = 0; i < hashParts.length; i += MAX_MISSING_BATCH) chunks.push(hashParts.slice(i, i + MAX_MISSING_BATCH));
         const missing = /* @__PURE__ */ new Set();
         try {
           await mapConcurrent(chunks, MISSING_CONCURRENCY, async (chunk) => {
@@ -2834,7 +2875,7 @@ var init_remote_cache = __esm({
         await this.http.request({
           method: "PUT",
           path: key,
-          headers: { "content-type": NAR_CONTENT_TYPE },
+          headers: { "content-type": CONTENT_TYPE.nar },
           body: { length, open: open5 }
         });
       }
@@ -2843,7 +2884,7 @@ var init_remote_cache = __esm({
         await this.http.request({
           method: "PUT",
           path: `${hashPart}.narinfo`,
-          headers: { "content-type": NARINFO_CONTENT_TYPE },
+          headers: { "content-type": CONTENT_TYPE.narinfo },
           body: { length: bytes.length, open: () => bytes }
         });
       }
@@ -2856,8 +2897,8 @@ var init_remote_cache = __esm({
         const body = Buffer.from(JSON.stringify({ hashes: hashes2 }), "utf8");
         const res = await this.http.request({
           method: "POST",
-          path: "_api/v1/missing",
-          headers: { "content-type": "application/json" },
+          path: MISSING_PATH,
+          headers: { "content-type": CONTENT_TYPE.json },
           body: { length: body.length, open: () => body }
         });
         let parsed;
@@ -2866,15 +2907,16 @@ var init_remote_cache = __esm({
         } catch {
           parsed = void 0;
         }
-        if (!parsed || typeof parsed !== "object" || !("missing" in parsed) || !Array.isArray(parsed.missing) || !parsed.missing.every((h) => typeof h === "string")) {
+        const missing = parseMissingAnswer(parsed);
+        if (missing === null) {
           throw new UploaderError(
-            `${this.http.url("_api/v1/missing")}: unexpected answer (expected {"missing": [...]})`,
+            `${this.http.url(MISSING_PATH)}: unexpected answer (expected {"missing": [...]})`,
             EXIT_CACHE,
             "is --cache pointing at a nix-edge-cache Worker?"
           );
         }
         const asked = new Set(hashes2);
-        return parsed.missing.filter((h) => asked.has(h));
+        return missing.filter((h) => asked.has(h));
       }
       async #missingByHead(hashParts) {
         const missing = /* @__PURE__ */ new Set();
@@ -3396,7 +3438,7 @@ function probeClient(url, token) {
 }
 async function probeCache(http2) {
   const sent = Date.now();
-  const res = await http2.request({ method: "GET", path: CACHE_DESCRIPTION_PATH, accept: ANSWERS, headers: { accept: "application/json" } });
+  const res = await http2.request({ method: "GET", path: CACHE_DESCRIPTION_PATH, accept: ANSWERS, headers: { accept: CONTENT_TYPE.json } });
   const received = Date.now();
   checkCommonMistakes(http2, res, CACHE_DESCRIPTION_PATH);
   if (res.status === 200 && isJson(res)) {
@@ -3480,6 +3522,7 @@ var init_cache_probe = __esm({
   "uploader/cache-probe.ts"() {
     "use strict";
     init_cache_description();
+    init_media_types();
     init_errors();
     init_http();
     PROBE_ATTEMPTS = 2;
@@ -4048,7 +4091,7 @@ var init_nar_reader = __esm({
     "use strict";
     init_encoding();
     init_errors2();
-    init_nar();
+    init_nar_wire();
     EMPTY = new Uint8Array(0);
     FATAL_UTF8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
     LOSSY_UTF8 = new TextDecoder("utf-8", { fatal: false, ignoreBOM: true });
@@ -4392,7 +4435,7 @@ var init_export_stream = __esm({
     init_errors2();
     init_nar_reader();
     init_store_path();
-    init_nar_writer();
+    init_nar_writer2();
     init_cache_source();
     EXPORT_MAGIC = 1163413838;
     MAX_PATH_STRING = 4096;
@@ -4796,7 +4839,7 @@ var init_file_source = __esm({
   "uploader/sources/file-source.ts"() {
     "use strict";
     init_errors();
-    init_nar_writer();
+    init_nar_writer2();
     init_cache_source();
     FileSource = class {
       name;
@@ -5901,6 +5944,28 @@ An existing file is never overwritten. Then:
   }
 });
 
+// src/api/gc.ts
+var GC_PATH;
+var init_gc = __esm({
+  "src/api/gc.ts"() {
+    "use strict";
+    GC_PATH = "_api/v1/gc";
+  }
+});
+
+// src/api/pins.ts
+function pinPath(name) {
+  return `${PINS_PATH}/${encodeURIComponent(name)}`;
+}
+var PINS_PATH, PIN_NAME;
+var init_pins = __esm({
+  "src/api/pins.ts"() {
+    "use strict";
+    PINS_PATH = "_api/v1/pins";
+    PIN_NAME = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$/;
+  }
+});
+
 // uploader/cache-admin.ts
 function unexpected(url, what) {
   return new UploaderError(`${url}: unexpected answer (${what})`, EXIT_CACHE, "is --cache pointing at a nix-edge-cache Worker that supports garbage collection?");
@@ -5921,6 +5986,9 @@ var init_cache_admin = __esm({
   "uploader/cache-admin.ts"() {
     "use strict";
     init_errors();
+    init_gc();
+    init_media_types();
+    init_pins();
     ADMIN_HINT = "garbage collection and pin changes need the Worker's ADMIN_TOKEN: pass --admin-token or set NIX_CACHE_ADMIN_TOKEN";
     CacheAdmin = class {
       http;
@@ -5930,8 +5998,8 @@ var init_cache_admin = __esm({
       /** Runs one batch of garbage collection. */
       async gcBatch(req) {
         const body = Buffer.from(JSON.stringify(req), "utf8");
-        const path = "_api/v1/gc";
-        const res = await this.http.request({ method: "POST", path, headers: { "content-type": "application/json" }, body: { length: body.length, open: () => body } }).catch(withAdminHint);
+        const path = GC_PATH;
+        const res = await this.http.request({ method: "POST", path, headers: { "content-type": CONTENT_TYPE.json }, body: { length: body.length, open: () => body } }).catch(withAdminHint);
         const answer = json(res.body, this.http.url(path));
         if (typeof answer !== "object" || answer === null || typeof answer.status !== "string" || typeof answer.found !== "object" || typeof answer.totals !== "object") {
           throw unexpected(this.http.url(path), "expected a garbage collection batch's progress");
@@ -5939,7 +6007,7 @@ var init_cache_admin = __esm({
         return answer;
       }
       async listPins() {
-        const path = "_api/v1/pins";
+        const path = PINS_PATH;
         const res = await this.http.request({ method: "GET", path });
         const answer = json(res.body, this.http.url(path));
         if (typeof answer !== "object" || answer === null || typeof answer.pins !== "object" || answer.pins === null) {
@@ -5949,15 +6017,15 @@ var init_cache_admin = __esm({
       }
       /** Pins `storePath` under `name`; returns the path it replaced, if any. */
       async setPin(name, storePath) {
-        const path = `_api/v1/pins/${encodeURIComponent(name)}`;
+        const path = pinPath(name);
         const body = Buffer.from(JSON.stringify({ path: storePath }), "utf8");
-        const res = await this.http.request({ method: "PUT", path, headers: { "content-type": "application/json" }, body: { length: body.length, open: () => body } }).catch(withAdminHint);
+        const res = await this.http.request({ method: "PUT", path, headers: { "content-type": CONTENT_TYPE.json }, body: { length: body.length, open: () => body } }).catch(withAdminHint);
         const answer = json(res.body, this.http.url(path));
         return { previous: typeof answer?.previous === "string" ? answer.previous : null };
       }
       /** Removes the pin `name`; false when there was none. */
       async removePin(name) {
-        const path = `_api/v1/pins/${encodeURIComponent(name)}`;
+        const path = pinPath(name);
         const res = await this.http.request({ method: "DELETE", path, accept: [404] }).catch(withAdminHint);
         if (res.status === 404) return null;
         const answer = json(res.body, this.http.url(path));
@@ -6119,7 +6187,7 @@ function report(answer, paths, files, opts) {
 `);
 }
 var BUSY_RETRY_MS, MAX_SLEEP_MS, UNITS, UNREADABLE_HINT, HELP4;
-var init_gc = __esm({
+var init_gc2 = __esm({
   "uploader/commands/gc.ts"() {
     "use strict";
     init_cache_admin();
@@ -6185,16 +6253,16 @@ function checkName(name) {
   if (!PIN_NAME.test(name)) throw new UsageError(`pin name "${name}" may only contain letters, digits, ".", "_", "+" and "-" (at most 100)`);
   return name;
 }
-var PIN_NAME, COMMON, pin, unpin, pins;
+var COMMON, pin, unpin, pins;
 var init_pin = __esm({
   "uploader/commands/pin.ts"() {
     "use strict";
+    init_pins();
     init_cache_admin();
     init_errors();
     init_http();
     init_settings();
     init_store();
-    PIN_NAME = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$/;
     COMMON = `  --cache <url|name>      the cache's URL, or a name given to login [env ${ENV.cacheUrl}]
   --admin-token <token>   the Worker's ADMIN_TOKEN                  [env ${ENV.adminToken}]`;
     pin = {
@@ -7770,7 +7838,7 @@ var COMMANDS = {
   push: { summary: "upload store paths and their closures to the cache", load: () => Promise.resolve().then(() => (init_push2(), push_exports)) },
   import: { summary: "copy paths from another cache (file, http, s3) or a nix-store --export stream", load: () => Promise.resolve().then(() => (init_import2(), import_exports)) },
   keygen: { summary: "create a signing key pair (Nix's format)", load: () => Promise.resolve().then(() => (init_keygen(), keygen_exports)) },
-  gc: { summary: "collect garbage on the cache (admin token; --dry-run)", load: () => Promise.resolve().then(() => (init_gc(), gc_exports)) },
+  gc: { summary: "collect garbage on the cache (admin token; --dry-run)", load: () => Promise.resolve().then(() => (init_gc2(), gc_exports)) },
   pin: { summary: "keep a store path's closure until unpinned (admin token)", load: async () => (await Promise.resolve().then(() => (init_pin(), pin_exports))).pin },
   unpin: { summary: "remove a pin (admin token)", load: async () => (await Promise.resolve().then(() => (init_pin(), pin_exports))).unpin },
   pins: { summary: "list the pins", load: async () => (await Promise.resolve().then(() => (init_pin(), pin_exports))).pins },
