@@ -40,17 +40,15 @@
 
 import { parsePublicKey, parseSecretKey, type PublicKey, type SecretKey } from "./nix/signature.ts";
 import { fail } from "./errors.ts";
-import { aggregationOf, type Aggregation } from "./upstream/settings.ts";
+import { aggregationOf, type Aggregation, type AggregationVars } from "./upstream/settings.ts";
 import { parseGcSettings, type GcSettings, type GcVars } from "./gc/settings.ts";
 import { parseNarBaseUrl } from "./http/nar-base-url.ts";
 import type { VerifyMode } from "./storage/multipart.ts";
 
 /** The Env the Worker runs with: generated bindings and vars, secrets (src/secrets.d.ts). */
-export type WorkerEnv = Env & GcVars & {
+export type WorkerEnv = Env & GcVars & AggregationVars & {
   MAX_NAR_UPLOAD_BYTES?: string;
   MULTIPART_VERIFY?: string;
-  AGGREGATE_UPSTREAMS?: string;
-  AGGREGATE_WRITE_THROUGH_KEYS?: string;
   NAR_BASE_URL?: string;
 };
 

@@ -28,7 +28,6 @@
 // aggregationOf for its fail-fast check); a secret's value is never echoed.
 
 import { parsePublicKey, type PublicKey } from "../nix/signature.ts";
-import type { WorkerEnv } from "../env.ts";
 import { fail } from "../errors.ts";
 import { basicAuthorization, netrcEntryFor, NetrcError, parseNetrc, type NetrcEntry } from "./netrc.ts";
 
@@ -85,8 +84,14 @@ export interface WriteThroughLimits {
   objects: number;
 }
 
-/** The budget vars, optional and not in wrangler.toml's [vars] (WorkerEnv has the others). */
+/**
+ * The vars and secret aggregation reads, all optional (env.ts's WorkerEnv includes them, as
+ * it includes gc/settings.ts's GcVars), so this module needs nothing from env.ts.
+ */
 export interface AggregationVars {
+  AGGREGATE_UPSTREAMS?: string;
+  AGGREGATE_UPSTREAMS_NETRC?: string;
+  AGGREGATE_WRITE_THROUGH_KEYS?: string;
   AGGREGATE_WRITE_THROUGH_DAILY_BYTES?: string;
   AGGREGATE_WRITE_THROUGH_DAILY_OBJECTS?: string;
 }
@@ -180,7 +185,7 @@ function fnv1a(text: string): string {
 }
 
 /** Parses the aggregation settings; throws `misconfigured` naming the setting. */
-export function parseAggregation(env: WorkerEnv & AggregationVars): Aggregation {
+export function parseAggregation(env: AggregationVars): Aggregation {
   const netrc = parseNetrcSecret(env.AGGREGATE_UPSTREAMS_NETRC);
   const list = words(env.AGGREGATE_UPSTREAMS);
   if (list.length > MAX_AGGREGATE_UPSTREAMS) {
@@ -206,7 +211,7 @@ export function parseAggregation(env: WorkerEnv & AggregationVars): Aggregation 
 const parsed = new WeakMap<object, Aggregation>();
 
 /** The aggregation settings of this Env, parsed once per Env object. */
-export function aggregationOf(env: WorkerEnv): Aggregation {
+export function aggregationOf(env: AggregationVars): Aggregation {
   let aggregation = parsed.get(env);
   if (aggregation === undefined) {
     aggregation = parseAggregation(env);
@@ -219,7 +224,7 @@ export function aggregationOf(env: WorkerEnv): Aggregation {
  * The aggregated upstream URLs, in the order they are asked (empty when aggregation is
  * off). For pages that tell users where paths come from; never includes credentials.
  */
-export function aggregatedUpstreams(env: WorkerEnv): string[] {
+export function aggregatedUpstreams(env: AggregationVars): string[] {
   return aggregationOf(env).upstreams.map((u) => u.url);
 }
 
