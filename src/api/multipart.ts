@@ -119,3 +119,88 @@ export function parseStartAnswer(doc: unknown, size: number): StartAnswer | null
     verify: "sha256",
   };
 }
+
+// Uploads named at completion: the client compresses and sends parts at once, so the NAR's
+// file name (the sha256 of the compressed bytes) and its size are known only at the end.
+
+/** What a client may call an upload named at completion: printable, no slash, at most 200 characters. */
+export const UPLOAD_NAME_PATTERN = /^[A-Za-z0-9._+=:@-]{1,200}$/;
+
+/** `POST /_api/v1/multipart/nar` (no file): the client's name for the upload, and optionally the part size. */
+export interface UnnamedStartRequest {
+  /**
+   * The client's name for the upload, unique among its token's uploads: a start with the
+   * same name resumes it. It should name the bytes (e.g. the store path's hash part, its
+   * narHash and the compression), so that resumed parts are parts of the same file.
+   */
+  name: string;
+  partSize?: number;
+}
+
+/** The start of an upload named at completion, begun (201) or resumed (200). */
+export interface UnnamedUploadStarted {
+  stored: false;
+  name: string;
+  uploadId: string;
+  /** Every part but the last must have exactly this many bytes; the last one 1..partSize. */
+  partSize: number;
+  /** Highest part number the upload takes. */
+  maxParts: number;
+  /** Parts already received (a resumed upload), with their sizes. */
+  parts: ReceivedPart[];
+  maxRequestBytes: number;
+  verify: "sha256";
+}
+
+/** `POST /_api/v1/multipart/nar/complete?uploadId=`: the NAR the parts make, its size and number of parts. */
+export interface CompleteRequest {
+  /** `<filehash52>.nar[.ext]`: the parts are stored at nar/<this> if they hash to it. */
+  nar: string;
+  size: number;
+  /** ceil(size / partSize): parts 1..parts make the NAR. */
+  parts: number;
+}
+
+/** A parsed request body, or what is wrong with it. */
+export type Parsed<T> = { ok: true; value: T } | { ok: false; error: string };
+
+/** Checks the body of a start without a file name. */
+export function parseUnnamedStartRequest(doc: unknown): Parsed<UnnamedStartRequest> {
+  if (!isObject(doc)) return { ok: false, error: 'send {"name": <your name for the upload>, "partSize"?: <bytes>}' };
+  const { name, partSize } = doc;
+  if (typeof name !== "string" || !UPLOAD_NAME_PATTERN.test(name)) {
+    return { ok: false, error: "name must be 1 to 200 characters of A-Z a-z 0-9 . _ + = : @ - (e.g. <hash part>-<narHash>-<compression>)" };
+  }
+  if (partSize === undefined) return { ok: true, value: { name } };
+  if (!isCount(partSize)) return { ok: false, error: "partSize must be a positive whole number of bytes" };
+  return { ok: true, value: { name, partSize } };
+}
+
+/** Checks the body of a completion that names the NAR (the file name's form is the route's to check). */
+export function parseCompleteRequest(doc: unknown): Parsed<CompleteRequest> {
+  const shape = 'send {"nar": "<filehash52>.nar[.ext]", "size": <bytes>, "parts": <number of parts>}';
+  if (!isObject(doc)) return { ok: false, error: shape };
+  const { nar, size, parts } = doc;
+  if (typeof nar !== "string") return { ok: false, error: shape };
+  if (!isCount(size)) return { ok: false, error: "size must be a positive whole number of bytes" };
+  if (!isCount(parts)) return { ok: false, error: "parts must be a positive whole number" };
+  return { ok: true, value: { nar, size, parts } };
+}
+
+/** The answer to a start without a file name, checked; null when the document is not one. */
+export function parseUnnamedStartAnswer(doc: unknown): UnnamedUploadStarted | null {
+  if (!isObject(doc) || doc.stored !== false || typeof doc.name !== "string" || typeof doc.uploadId !== "string" || doc.uploadId === "") return null;
+  if (!isCount(doc.partSize) || !isCount(doc.maxParts) || !isCount(doc.maxRequestBytes)) return null;
+  const parts = parseParts(doc.parts);
+  if (parts === null) return null;
+  return {
+    stored: false,
+    name: doc.name,
+    uploadId: doc.uploadId,
+    partSize: doc.partSize,
+    maxParts: doc.maxParts,
+    parts,
+    maxRequestBytes: doc.maxRequestBytes,
+    verify: "sha256",
+  };
+}

@@ -22,7 +22,10 @@
 // etagDoesNotMatch "*"). Bytes that do not hash to the name are refused (400, nothing
 // stored); if the NAR got stored meanwhile, by anyone, the put changes nothing and the
 // upload answers "stored". Either way the assembled object and all bookkeeping go.
-// Verification makes a NAR one R2 put, hence MAX_VERIFIED_BYTES.
+// Verification makes a NAR one R2 put, hence MAX_VERIFIED_BYTES. An upload may also be
+// named at completion (started under a name of the client's, with a part size but no size):
+// its parts are taken up to partSize bytes each, and the completion brings the file name
+// and the layout, which are checked and copied exactly the same way.
 //
 // Ownership and bounds. Each write token (its secret's name, the <writer>) has
 // MAX_UPLOADS_PER_WRITER slots; an upload lives in one, so another token can neither see
