@@ -2,7 +2,8 @@
 // node:util's parseArgs (errors become UsageError), the documented environment variables,
 // and `resolveCache`, the one place that decides which cache and which tokens a command
 // uses: a flag wins over its environment variable, which wins over the config file that
-// `uploader login` writes (config-file.ts).
+// `uploader login` writes (config-file.ts); `resolveSetting` is that precedence for one
+// setting, which login and keygen use too.
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { CACHE_NAME, configFilePath, defaultEntry, readConfigFile, type CacheEntry } from "./config-file.ts";
 import { UsageError } from "./errors.ts";
@@ -31,15 +32,32 @@ export function parseCommandLine<T extends Options>(args: string[], options: T) 
   }
 }
 
+/** Where a setting came from, for `doctor` and for hints. */
+export type SettingSource = "flag" | "env" | "config";
+
 /**
- * The flag's value, else the environment variable's (empty counts as unset), without
- * surrounding whitespace: a secret pasted or piped in with `echo` ends in a newline.
+ * The one precedence of every setting: the flag's value, else the environment variable's,
+ * else the config file's (empty counts as unset), without surrounding whitespace: a secret
+ * pasted or piped in with `echo` ends in a newline. With where it came from; undefined
+ * when none is given.
  */
-export function flagOrEnv(flag: string | undefined, envName: string, env: NodeJS.ProcessEnv = process.env): string | undefined {
+export function resolveSetting(
+  flag: string | undefined,
+  envName: string,
+  fromConfig: string | undefined,
+  env: NodeJS.ProcessEnv = process.env,
+): { value: string; from: SettingSource } | undefined {
   const fromFlag = flag?.trim();
-  if (fromFlag) return fromFlag;
+  if (fromFlag) return { value: fromFlag, from: "flag" };
   const fromEnv = env[envName]?.trim();
-  return fromEnv ? fromEnv : undefined;
+  if (fromEnv) return { value: fromEnv, from: "env" };
+  const fromFile = fromConfig?.trim();
+  return fromFile ? { value: fromFile, from: "config" } : undefined;
+}
+
+/** The flag's value, else the environment variable's (resolveSetting without a config file). */
+export function flagOrEnv(flag: string | undefined, envName: string, env: NodeJS.ProcessEnv = process.env): string | undefined {
+  return resolveSetting(flag, envName, undefined, env)?.value;
 }
 
 /** parseArgs options of the settings every cache command takes (commands pick theirs). */
@@ -58,9 +76,6 @@ export interface CacheFlags {
   "admin-token"?: string | undefined;
   "secret-key-file"?: string | undefined;
 }
-
-/** Where a setting came from, for `doctor` and for hints. */
-export type SettingSource = "flag" | "env" | "config";
 
 /** The cache a command talks to and the credentials it has for it. */
 export interface CacheSettings {
@@ -88,31 +103,31 @@ export interface CacheSettings {
 export function resolveCache(flags: CacheFlags, env: NodeJS.ProcessEnv = process.env): CacheSettings {
   const configFile = configFilePath(env);
   const config = readConfigFile(configFile);
-  const given = flagOrEnv(flags.cache, ENV.cacheUrl, env);
-  const urlSource: SettingSource = flags.cache?.trim() ? "flag" : "env";
+  const given = resolveSetting(flags.cache, ENV.cacheUrl, undefined, env);
   let entry: [string, CacheEntry] | undefined;
   let url: string;
   let from: CacheSettings["from"];
   if (given !== undefined) {
-    if (!given.includes("://")) {
-      const named = config.caches[given];
+    const cache = given.value;
+    if (!cache.includes("://")) {
+      const named = config.caches[cache];
       if (!named) {
         const known = Object.keys(config.caches);
         throw new UsageError(
-          CACHE_NAME.test(given) ? `no cache named "${given}" in ${configFile}` : `the cache "${given}" is neither a URL nor a cache name`,
+          CACHE_NAME.test(cache) ? `no cache named "${cache}" in ${configFile}` : `the cache "${cache}" is neither a URL nor a cache name`,
           known.length > 0
             ? `known caches: ${known.join(", ")}; or give a URL such as https://cache.example.com`
             : "give its URL (https://…), or run uploader login <cache-url> --name <name> first",
         );
       }
-      entry = [given, named];
+      entry = [cache, named];
       url = named.url;
     } else {
-      url = given;
-      const wanted = normalised(given);
+      url = cache;
+      const wanted = normalised(cache);
       entry = Object.entries(config.caches).find(([, e]) => normalised(e.url) === wanted);
     }
-    from = { url: urlSource };
+    from = { url: given.from };
   } else {
     entry = defaultEntry(config);
     if (!entry) {
@@ -126,17 +141,9 @@ export function resolveCache(flags: CacheFlags, env: NodeJS.ProcessEnv = process
     from = { url: "config" };
   }
   const pick = (flag: string | undefined, envName: string, fromConfig: string | undefined, key: "token" | "adminToken" | "secretKeyFile"): string | undefined => {
-    if (flag?.trim()) {
-      from[key] = "flag";
-      return flag.trim();
-    }
-    const e = env[envName]?.trim();
-    if (e) {
-      from[key] = "env";
-      return e;
-    }
-    if (fromConfig) from[key] = "config";
-    return fromConfig;
+    const setting = resolveSetting(flag, envName, fromConfig, env);
+    if (setting !== undefined) from[key] = setting.from;
+    return setting?.value;
   };
   const e = entry?.[1];
   return {

@@ -70,6 +70,14 @@ describe("login", () => {
     const refused = await uploader(["pins"], { NIX_CACHE_ADMIN_TOKEN: "not-it", NIX_CACHE_TOKEN: "not-it" });
     expect(refused.code).toBe(4);
   });
+
+  test("logging in again to the same URL, with no token given, checks and keeps the stored ones", async () => {
+    const before = await readFile(configFile(), "utf8");
+    const r = await uploader(["login", worker.url, "--name", "local"]);
+    expect(r.stderr).toMatch(/as "local" \(write token accepted, admin token accepted\)/);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(await readFile(configFile(), "utf8"))).toEqual(JSON.parse(before));
+  });
 });
 
 describe("use", () => {

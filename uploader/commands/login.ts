@@ -8,7 +8,7 @@ import { CACHE_NAME, configFilePath, readConfigFile, writeConfigFile, type Cache
 import { AuthError, EXIT_CACHE, UploaderError, UsageError } from "../errors.ts";
 import { probeCache, probeClient } from "../cache-probe.ts";
 import { readSecretKeyFile } from "../key-file.ts";
-import { ENV, flagOrEnv, parseCommandLine } from "../settings.ts";
+import { ENV, parseCommandLine, resolveSetting } from "../settings.ts";
 
 export const HELP = `Usage: uploader login [options] <cache-url>
 
@@ -113,17 +113,24 @@ export async function run(args: string[]): Promise<void> {
   const config = readConfigFile(file);
   const previous = config.caches[name];
 
-  let token = values["no-token"] ? undefined : flagOrEnv(values.token, ENV.token);
-  if (!values["no-token"] && values["token-stdin"]) token = (await readLine(undefined)) || undefined;
-  let adminToken = flagOrEnv(values["admin-token"], ENV.adminToken);
-  if (values["admin-token-stdin"]) adminToken = (await readLine(undefined)) || undefined;
-  if (!values["no-token"] && token === undefined && !values["token-stdin"]) {
-    if (previous?.token && previous.url === raw) token = previous.token;
-    else if (process.stdin.isTTY) token = (await readLine(`write token for ${raw} (not shown; empty for none): `)) || undefined;
+  // Each setting as every command resolves it (flag, environment, then what login stored
+  // for this same URL), except that a token read from standard input wins, and the write
+  // token is asked for on a terminal when none is given.
+  const stored = previous?.url === raw ? previous : undefined;
+  let token = values["no-token"]
+    ? undefined
+    : values["token-stdin"]
+      ? (await readLine(undefined)) || undefined
+      : resolveSetting(values.token, ENV.token, stored?.token)?.value;
+  const adminToken = values["admin-token-stdin"]
+    ? (await readLine(undefined)) || stored?.adminToken
+    : resolveSetting(values["admin-token"], ENV.adminToken, stored?.adminToken)?.value;
+  if (!values["no-token"] && !values["token-stdin"] && token === undefined && process.stdin.isTTY) {
+    token = (await readLine(`write token for ${raw} (not shown; empty for none): `)) || undefined;
   }
-  if (adminToken === undefined && previous?.adminToken && previous.url === raw) adminToken = previous.adminToken;
-  const secretKeyFile = flagOrEnv(values["secret-key-file"], ENV.secretKeyFile);
-  if (secretKeyFile) await readSecretKeyFile(secretKeyFile);
+  const keyFile = resolveSetting(values["secret-key-file"], ENV.secretKeyFile, stored?.secretKeyFile);
+  // A key file given now is checked; the stored one was checked when it was stored.
+  if (keyFile !== undefined && keyFile.from !== "config") await readSecretKeyFile(keyFile.value);
 
   // Check before storing: the URL is this kind of cache and each token does what it is for.
   const http = probeClient(raw, token);
@@ -158,8 +165,7 @@ export async function run(args: string[]): Promise<void> {
   const entry: CacheEntry = { url: raw };
   if (token !== undefined) entry.token = token;
   if (adminToken !== undefined) entry.adminToken = adminToken;
-  const keyFile = secretKeyFile ?? (previous?.url === raw ? previous.secretKeyFile : undefined);
-  if (keyFile !== undefined) entry.secretKeyFile = resolve(keyFile);
+  if (keyFile !== undefined) entry.secretKeyFile = resolve(keyFile.value);
   config.caches[name] = entry;
   if (values.default || config.default === undefined) config.default = name;
   writeConfigFile(file, config);
