@@ -3024,38 +3024,43 @@ function parseCommandLine(args, options) {
     throw new UsageError(message);
   }
 }
-function flagOrEnv(flag, envName, env = process.env) {
+function resolveSetting(flag, envName, fromConfig, env = process.env) {
   const fromFlag = flag?.trim();
-  if (fromFlag) return fromFlag;
+  if (fromFlag) return { value: fromFlag, from: "flag" };
   const fromEnv = env[envName]?.trim();
-  return fromEnv ? fromEnv : void 0;
+  if (fromEnv) return { value: fromEnv, from: "env" };
+  const fromFile = fromConfig?.trim();
+  return fromFile ? { value: fromFile, from: "config" } : void 0;
+}
+function flagOrEnv(flag, envName, env = process.env) {
+  return resolveSetting(flag, envName, void 0, env)?.value;
 }
 function resolveCache(flags, env = process.env) {
   const configFile = configFilePath(env);
   const config = readConfigFile(configFile);
-  const given = flagOrEnv(flags.cache, ENV.cacheUrl, env);
-  const urlSource = flags.cache?.trim() ? "flag" : "env";
+  const given = resolveSetting(flags.cache, ENV.cacheUrl, void 0, env);
   let entry;
   let url;
   let from;
   if (given !== void 0) {
-    if (!given.includes("://")) {
-      const named = config.caches[given];
+    const cache = given.value;
+    if (!cache.includes("://")) {
+      const named = config.caches[cache];
       if (!named) {
         const known = Object.keys(config.caches);
         throw new UsageError(
-          CACHE_NAME.test(given) ? `no cache named "${given}" in ${configFile}` : `the cache "${given}" is neither a URL nor a cache name`,
+          CACHE_NAME.test(cache) ? `no cache named "${cache}" in ${configFile}` : `the cache "${cache}" is neither a URL nor a cache name`,
           known.length > 0 ? `known caches: ${known.join(", ")}; or give a URL such as https://cache.example.com` : "give its URL (https://\u2026), or run uploader login <cache-url> --name <name> first"
         );
       }
-      entry = [given, named];
+      entry = [cache, named];
       url = named.url;
     } else {
-      url = given;
-      const wanted = normalised(given);
+      url = cache;
+      const wanted = normalised(cache);
       entry = Object.entries(config.caches).find(([, e2]) => normalised(e2.url) === wanted);
     }
-    from = { url: urlSource };
+    from = { url: given.from };
   } else {
     entry = defaultEntry(config);
     if (!entry) {
@@ -3069,17 +3074,9 @@ function resolveCache(flags, env = process.env) {
     from = { url: "config" };
   }
   const pick = (flag, envName, fromConfig, key) => {
-    if (flag?.trim()) {
-      from[key] = "flag";
-      return flag.trim();
-    }
-    const e2 = env[envName]?.trim();
-    if (e2) {
-      from[key] = "env";
-      return e2;
-    }
-    if (fromConfig) from[key] = "config";
-    return fromConfig;
+    const setting = resolveSetting(flag, envName, fromConfig, env);
+    if (setting !== void 0) from[key] = setting.from;
+    return setting?.value;
   };
   const e = entry?.[1];
   return {
@@ -6461,17 +6458,14 @@ async function run6(args) {
   const file = configFilePath();
   const config = readConfigFile(file);
   const previous = config.caches[name];
-  let token = values["no-token"] ? void 0 : flagOrEnv(values.token, ENV.token);
-  if (!values["no-token"] && values["token-stdin"]) token = await readLine(void 0) || void 0;
-  let adminToken = flagOrEnv(values["admin-token"], ENV.adminToken);
-  if (values["admin-token-stdin"]) adminToken = await readLine(void 0) || void 0;
-  if (!values["no-token"] && token === void 0 && !values["token-stdin"]) {
-    if (previous?.token && previous.url === raw) token = previous.token;
-    else if (process.stdin.isTTY) token = await readLine(`write token for ${raw} (not shown; empty for none): `) || void 0;
+  const stored = previous?.url === raw ? previous : void 0;
+  let token = values["no-token"] ? void 0 : values["token-stdin"] ? await readLine(void 0) || void 0 : resolveSetting(values.token, ENV.token, stored?.token)?.value;
+  const adminToken = values["admin-token-stdin"] ? await readLine(void 0) || stored?.adminToken : resolveSetting(values["admin-token"], ENV.adminToken, stored?.adminToken)?.value;
+  if (!values["no-token"] && !values["token-stdin"] && token === void 0 && process.stdin.isTTY) {
+    token = await readLine(`write token for ${raw} (not shown; empty for none): `) || void 0;
   }
-  if (adminToken === void 0 && previous?.adminToken && previous.url === raw) adminToken = previous.adminToken;
-  const secretKeyFile = flagOrEnv(values["secret-key-file"], ENV.secretKeyFile);
-  if (secretKeyFile) await readSecretKeyFile(secretKeyFile);
+  const keyFile = resolveSetting(values["secret-key-file"], ENV.secretKeyFile, stored?.secretKeyFile);
+  if (keyFile !== void 0 && keyFile.from !== "config") await readSecretKeyFile(keyFile.value);
   const http2 = probeClient(raw, token);
   let access;
   try {
@@ -6503,8 +6497,7 @@ async function run6(args) {
   const entry = { url: raw };
   if (token !== void 0) entry.token = token;
   if (adminToken !== void 0) entry.adminToken = adminToken;
-  const keyFile = secretKeyFile ?? (previous?.url === raw ? previous.secretKeyFile : void 0);
-  if (keyFile !== void 0) entry.secretKeyFile = resolve3(keyFile);
+  if (keyFile !== void 0) entry.secretKeyFile = resolve3(keyFile.value);
   config.caches[name] = entry;
   if (values.default || config.default === void 0) config.default = name;
   writeConfigFile(file, config);
