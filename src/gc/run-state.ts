@@ -8,41 +8,12 @@
 // generation and commits the state with another conditional write. A batch that loses
 // either write has changed nothing the next batch will read.
 
-/**
- * A document a collection needed and could not read: a narinfo it keeps whose body is
- * missing, too large or does not parse, or names no NAR of this cache; or the pins.
- */
-export interface UnreadableDocument {
-  /** The R2 key (`<hash>.narinfo`, `_gc/pins.json`). */
-  key: string;
-  /** The store path, when the metadata or the body names it. */
-  path: string | null;
-  /** What is wrong, for the operator. */
-  reason: string;
-}
+// What a finished collection did and the documents it could not read are also the GC API's
+// answer and the statistics' last collection: their types are the shared contract
+// (src/api/gc.ts), named here too for the collector's modules.
+import type { GcResult, UnreadableDocument } from "../api/gc.ts";
 
-/** What one finished collection did. */
-export interface GcResult {
-  runId: string;
-  trigger: "cron" | "manual";
-  startedAt: number;
-  finishedAt: number;
-  /** Paths last pushed before this were old. */
-  cutoff: number;
-  deletedPaths: number;
-  deletedNars: number;
-  /** Bytes of the deleted NARs. */
-  freedBytes: number;
-  /**
-   * How many documents it could not read. While there are any, a collection deletes no
-   * narinfo and no NAR (retention fails safe): the operator deletes or re-pushes them.
-   * Absent in results written before this was counted.
-   */
-  unreadableCount?: number;
-  /** The first of them (gc/collector.ts MAX_REPORTED_UNREADABLE). */
-  unreadable?: UnreadableDocument[];
-}
-
+export type { GcResult, UnreadableDocument };
 
 export type Phase = "mark" | "nars" | "compact" | "announce" | "wait" | "delete" | "finish";
 
