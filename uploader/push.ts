@@ -17,7 +17,7 @@ import { AuthError, messageOf } from "./errors.ts";
 import type { PushPlan } from "./plan.ts";
 import { summarise, type PathReport, type Progress, type PushSummary } from "./progress.ts";
 import type { StorePathInfo } from "./store.ts";
-import { narInfoFor, prepareNar, uploadNar, type PreparedNar, type UploadSettings } from "./upload.ts";
+import { narInfoFor, prepareAndUploadNar, prepareNar, uploadNar, type PreparedNar, type UploadSettings } from "./upload.ts";
 
 /**
  * Large paths in progress at once by default: enough to keep 2-4 cores and the network
@@ -73,10 +73,13 @@ export async function executePlan(plan: PushPlan, settings: PushSettings): Promi
     if (failedRef) return blocked(info, failedRef);
     progress.started(info.path);
     try {
-      const prepared = settings.transfer ? await settings.transfer.prepare(info, settings) : await prepareNar(info, settings);
+      // A large NAR from the store goes in parts while it is compressed; anything else is
+      // prepared into its temp file, then uploaded.
+      const streamed = settings.transfer ? null : await prepareAndUploadNar(info, settings);
+      const prepared = streamed?.prepared ?? (settings.transfer ? await settings.transfer.prepare(info, settings) : await prepareNar(info, settings));
       let sentBytes: number;
       try {
-        sentBytes = await uploadNar(prepared, settings);
+        sentBytes = streamed ? streamed.sentBytes : await uploadNar(prepared, settings);
       } finally {
         await rm(prepared.file, { force: true });
       }

@@ -9,22 +9,24 @@
 //
 // `uploadNar` PUTs `nar/<FileHash nix32>.nar<ext>` (Nix's naming), or, when the file is
 // larger than the cache takes in one request, uploads it in parts from the temp file
-// (multipart.ts); `narInfoFor` builds the narinfo with the core's formatter and signer;
+// (multipart.ts). `prepareAndUploadNar` does both at once for a NAR that may be over the
+// limit: each part leaves as soon as compression has written it into the temp file, so
+// sending overlaps compressing; `narInfoFor` builds the narinfo with the core's formatter and signer;
 // the caller (push.ts) PUTs it only once the narinfos of all the path's references are in
 // the cache.
 import { createHash, type Hash } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
-import { rm } from "node:fs/promises";
+import { open, rm } from "node:fs/promises";
 import { join } from "node:path";
-import { Readable, Transform, pipeline as pipelineStreams, type Duplex } from "node:stream";
+import { Readable, Transform, Writable, pipeline as pipelineStreams, type Duplex } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { formatSha256, normaliseSha256 } from "../src/nix/hash.ts";
 import { encodeNix32 } from "../src/nix/nix32.ts";
 import { formatNarInfo, type NarInfo } from "../src/nix/narinfo.ts";
 import { signNarInfo, withSignature, type SecretKey } from "../src/nix/signature.ts";
 import { createCompressor, narFileExtension, type CompressionMethod } from "./compress.ts";
-import { NarMismatchError, TooLargeError } from "./errors.ts";
-import { counting, needsParts, uploadInParts, uploadLimits } from "./multipart.ts";
+import { HttpError, NarMismatchError, TooLargeError } from "./errors.ts";
+import { PartsWhileWriting, counting, needsParts, refusedForGood, uploadInParts, uploadLimits } from "./multipart.ts";
 import { READ_CHUNK_BYTES, dumpPath } from "./nar-writer.ts";
 import type { RemoteCache } from "./remote-cache.ts";
 import type { StorePathInfo } from "./store.ts";
@@ -68,7 +70,15 @@ export interface PreparedNar {
  * `narSource` gives the NAR bytes from elsewhere (`uploader import`: an export stream, or a
  * downloaded NAR being recompressed) instead of serialising the path from disk.
  */
-export async function prepareNar(info: StorePathInfo, settings: UploadSettings, narSource?: () => Readable | Promise<Readable>): Promise<PreparedNar> {
+export function prepareNar(info: StorePathInfo, settings: UploadSettings, narSource?: () => Readable | Promise<Readable>): Promise<PreparedNar> {
+  return writePreparedNar(info, settings, narSource, null);
+}
+
+/**
+ * The NAR written into its temp file; with `parts`, each part of the file is sent as soon
+ * as it is written (the sink waits while the parts in flight are at their bound).
+ */
+async function writePreparedNar(info: StorePathInfo, settings: UploadSettings, narSource: (() => Readable | Promise<Readable>) | undefined, parts: PartsWhileWriting | null): Promise<PreparedNar> {
   const ext = narFileExtension(settings.compression);
   const file = join(settings.tmpDir, `${info.hashPart}.nar${ext}`);
   const nar = hashingCounter();
@@ -78,7 +88,7 @@ export async function prepareNar(info: StorePathInfo, settings: UploadSettings, 
   stages.push(createCompressor(settings.compression, settings.level, info.narSize), compressed.stream);
   try {
     const source = narSource ? await narSource() : Readable.from(dumpPath(info.path), { objectMode: false });
-    await pipeline([source, ...stages, createWriteStream(file)]);
+    await pipeline([source, ...stages, parts ? await fileSendingParts(file, parts) : createWriteStream(file)]);
     const narHash = formatSha256(nar.digest());
     const expected = normaliseSha256(info.narHash);
     if (narHash !== expected || nar.size() !== info.narSize) {
@@ -95,6 +105,79 @@ export async function prepareNar(info: StorePathInfo, settings: UploadSettings, 
     };
   } catch (err) {
     await rm(file, { force: true });
+    throw err;
+  }
+}
+
+/**
+ * A sink writing the compressed NAR into `file` and telling `parts` how much of it is on
+ * disk after each write, so parts leave while compression goes on.
+ */
+async function fileSendingParts(file: string, parts: PartsWhileWriting): Promise<Writable> {
+  const fh = await open(file, "w");
+  let size = 0;
+  return new Writable({
+    highWaterMark: READ_CHUNK_BYTES,
+    write(chunk: Buffer, _encoding, callback) {
+      fh.write(chunk)
+        .then(async ({ bytesWritten }) => {
+          size += bytesWritten;
+          await parts.written(size);
+        })
+        .then(() => callback(), callback);
+    },
+    destroy(err, callback) {
+      fh.close().then(() => callback(err), (closeErr: unknown) => callback(err ?? (closeErr as Error)));
+    },
+  });
+}
+
+/**
+ * A path's NAR prepared and uploaded at once, for NARs that may be over the cache's
+ * request limit: the compressed file goes in parts as it is written (an upload named at
+ * completion, multipart.ts), so sending overlaps compressing instead of following it.
+ * Returns null, having done nothing, when the NAR fits in one request or the cache has no
+ * such uploads: then prepareNar and uploadNar do it in turn. The temp file is left for the
+ * caller to remove, as prepareNar leaves it.
+ *
+ * Without a name, the cache cannot be asked first whether it has the NAR already (an
+ * interrupted push that stored the NAR but not its narinfo): such a NAR is sent again and
+ * its completion finds it stored.
+ */
+export async function prepareAndUploadNar(info: StorePathInfo, settings: UploadSettings): Promise<{ prepared: PreparedNar; sentBytes: number } | null> {
+  const http = settings.cache.http;
+  const limits = await uploadLimits(http);
+  if (!needsParts(info.narSize, limits)) return null;
+  const ext = narFileExtension(settings.compression);
+  const observe = { sent: settings.observe?.sent, detail: settings.observe?.detail, log: settings.observe?.log };
+  // Names the bytes: the same path, NAR and compression make the same file, so a re-run
+  // resumes the parts it sent.
+  const name = `${info.hashPart}-${normaliseSha256(info.narHash)}-${settings.compression}${settings.level ?? ""}`;
+  const parts = await PartsWhileWriting.start(http, name, join(settings.tmpDir, `${info.hashPart}.nar${ext}`), observe);
+  if (parts === null) return null;
+  let prepared: PreparedNar;
+  try {
+    prepared = await writePreparedNar(info, settings, undefined, parts);
+  } catch (err) {
+    // A NAR that is not the store's record must not be stored: drop its parts. A part
+    // refused for good is dropped too; parts of a push that lost the cache are kept for
+    // a re-run.
+    if (err instanceof NarMismatchError || refusedForGood(err)) await parts.abort();
+    throw err;
+  }
+  try {
+    try {
+      return { prepared, sentBytes: await parts.finish(prepared.fileSize, prepared.key.slice("nar/".length)) };
+    } catch (err) {
+      // Parts resumed from an earlier run that were not of these bytes (another compressor
+      // version) fail the completion's check: start afresh from the finished file.
+      if (!(err instanceof HttpError) || !refusedForGood(err)) throw err;
+      await parts.abort();
+      observe.detail?.(`${prepared.key}: the upload named at completion was refused (${err.message}); sending the file in parts`);
+      return { prepared, sentBytes: parts.sent + (await uploadInParts(http, prepared.key, prepared.file, prepared.fileSize, observe)) };
+    }
+  } catch (err) {
+    await rm(prepared.file, { force: true });
     throw err;
   }
 }
