@@ -8,9 +8,10 @@
 //
 // One query of the D1 index answers it, whatever the number of hashes. While the index is
 // not complete yet (a bucket from before the index, still being adopted), hashes it lacks
-// are also looked up in R2 (one HEAD each), so nothing stored is reported missing; each such
-// request also adopts one page of the bucket (path-index/adoption.ts). Upstream caches are
-// not consulted: skipping paths they serve is the pusher's call. Paths found present count
+// are also looked up in R2 (one HEAD each), so nothing stored is reported missing. Each such
+// request first adopts one page of the bucket (path-index/adoption.ts); when that ends the
+// pass (always, for a new or small bucket), it asks the index again instead. Upstream caches
+// are not consulted: skipping paths they serve is the pusher's call. Paths found present count
 // as pushed again for retention: the stale roots among them are refreshed (gc/refresh.ts).
 
 import { Hono } from "hono";
@@ -21,7 +22,7 @@ import { fail } from "../errors.ts";
 import { readText } from "../http/body.ts";
 import { requireWrite } from "../middleware/auth.ts";
 import { pathsToRefresh, refreshAge } from "../gc/refresh.ts";
-import { adoptObjects, isIndexComplete } from "../path-index/adoption.ts";
+import { adoptObjects, isIndexComplete, type AdoptionStep } from "../path-index/adoption.ts";
 import { headObjects } from "../storage/narinfo-object.ts";
 import { narInfoKey } from "../storage/keys.ts";
 import { indexedPaths, refreshPaths } from "../storage/path-index.ts";
@@ -48,16 +49,34 @@ function parseHashes(text: string): string[] {
   return hashes as string[];
 }
 
+/**
+ * One page of adoption, or null when it failed (e.g. it took too long to write within a
+ * collection's upload window): adoption is this request's side job, never its failure.
+ */
+async function adoptionStep(bucket: R2Bucket, db: D1Database): Promise<AdoptionStep | null> {
+  try {
+    return await adoptObjects(bucket, db);
+  } catch (err) {
+    console.warn("missing query: this request's page of adoption failed; the cron goes on with it", err);
+    return null;
+  }
+}
+
 missing.post(`/${MISSING_PATH}`, requireWrite, async (c) => {
   const hashes = [...new Set(parseHashes(await readText(c.req.raw, MAX_MISSING_BODY_BYTES, "the request body")))];
   const present = await indexedPaths(c.env.DB, hashes);
   const indexed = new Set(present.map((p) => p.hash));
   let absent = hashes.filter((h) => !indexed.has(h));
   if (absent.length > 0 && !(await isIndexComplete(c.env.DB))) {
-    const objects = await headObjects(c.env.CACHE, absent.map(narInfoKey));
-    absent = absent.filter((_, i) => objects[i] === null);
-    // Moves the adoption on by a page (the cron does too, but `wrangler dev` has no cron).
-    await adoptObjects(c.env.CACHE, c.env.DB);
+    // Moves the adoption on by a page first (the cron does too, but `wrangler dev` has no
+    // cron): a new or small bucket is then complete, and the index alone answers.
+    if ((await adoptionStep(c.env.CACHE, c.env.DB))?.complete === true) {
+      const adopted = new Set((await indexedPaths(c.env.DB, absent)).map((p) => p.hash));
+      absent = absent.filter((h) => !adopted.has(h));
+    } else {
+      const objects = await headObjects(c.env.CACHE, absent.map(narInfoKey));
+      absent = absent.filter((_, i) => objects[i] === null);
+    }
   }
   const age = refreshAge(settingsOf(c.env).gc);
   if (age !== null) {

@@ -100,6 +100,21 @@ describe("questions about many paths, one query each", () => {
     expect(await missing([late.hash])).toEqual([]);
   });
 
+  it("while a bucket larger than one adoption page is adopted, the missing query finds the rest in R2", async () => {
+    // Adoption reads the narinfos' metadata, not their NARs: the objects alone do here.
+    const legacy = await Promise.all(Array.from({ length: ADOPTION_PAGE + 1 }, (_, i) => testPath(`idx-page-${i}`)));
+    await Promise.all(legacy.map((p) => env.CACHE.put(`${p.hash}.narinfo`, formatNarInfo(p.info), { customMetadata: encodeNarInfoMeta(p.info, Date.now()) })));
+    // The last in key order is beyond the first page the request adopts.
+    const last = legacy.map((p) => p.hash).sort().at(-1)!;
+    const absent = "3".repeat(32);
+    expect(await missing([last, absent])).toEqual([absent]);
+    expect(await isIndexComplete(env.DB)).toBe(false);
+    expect((await rows()).map((r) => r.hash)).not.toContain(last);
+    // The next request's page ends the pass: from then on the index answers alone.
+    expect(await missing([last, absent])).toEqual([absent]);
+    expect(await isIndexComplete(env.DB)).toBe(true);
+  });
+
   it("a reference that the index lacks but R2 holds as that exact path is accepted", async () => {
     const dep = await testPath("idx-unindexed-dep");
     await storeUnindexed(dep, false);
