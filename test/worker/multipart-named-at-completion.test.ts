@@ -8,6 +8,7 @@
 // started the upload; resuming by the client's name returns the parts received; nothing is
 // left of an upload once it completes, fails verification or is aborted.
 import { env } from "cloudflare:workers";
+import fc from "fast-check";
 import { beforeEach, describe, expect, it } from "vitest";
 import { parseUnnamedStartAnswer, type UnnamedUploadStarted } from "../../src/api/multipart.ts";
 import { abortStaleUploads, MAX_UPLOADS_PER_WRITER, MULTIPART_MAX_AGE_MS } from "../../src/storage/multipart.ts";
@@ -305,5 +306,75 @@ describe("bad requests: a 4xx with a reason, nothing changed", { timeout: 60_000
     expect(await errorOf(missing)).toMatch(/part 3 of 3 not received/);
     await sendAll(HONEST, s, big.file, [3]);
     expect((await complete(HONEST, s, naming(big))).status).toBe(201);
+  });
+});
+
+describe("invariants under any interleaving of two writers", { timeout: 300_000 }, () => {
+  // Each token has one upload name; most steps act on the token's own upload ("self").
+  type Whose = "self" | "other";
+  type Step =
+    | { op: "start"; who: 0 | 1 }
+    | { op: "part"; who: 0 | 1; whose: Whose; nar: 0 | 1; forged: boolean }
+    | { op: "complete"; who: 0 | 1; whose: Whose; nar: 0 | 1 }
+    | { op: "abort"; who: 0 | 1; whose: Whose }
+    | { op: "put"; who: 0 | 1; nar: 0 | 1; forged: boolean };
+  const bit = fc.constantFrom<0 | 1>(0, 1);
+  const whose = fc.oneof({ arbitrary: fc.constant<Whose>("self"), weight: 3 }, { arbitrary: fc.constant<Whose>("other"), weight: 1 });
+  const step: fc.Arbitrary<Step> = fc.oneof(
+    fc.record({ op: fc.constant("start" as const), who: bit }),
+    { arbitrary: fc.record({ op: fc.constant("part" as const), who: bit, whose, nar: bit, forged: fc.boolean() }), weight: 2 },
+    { arbitrary: fc.record({ op: fc.constant("complete" as const), who: bit, whose, nar: bit }), weight: 2 },
+    fc.record({ op: fc.constant("abort" as const), who: bit, whose }),
+    fc.record({ op: fc.constant("put" as const), who: bit, nar: bit, forged: fc.boolean() }),
+  );
+
+  it("nar/ only ever holds bytes that hash to their names, a stored NAR never changes, another token's upload is never touched, no 5xx", async () => {
+    const nars = [small, await testPath("named-at-completion-small-2", { nar: randomBytes(1024 * 1024 + 3) })];
+    const tokens = [HONEST, OTHER];
+    await fc.assert(
+      fc.asyncProperty(fc.array(step, { minLength: 1, maxLength: 12 }), async (steps) => {
+        await resetAll();
+        // The upload each token got from its last start.
+        const handles = new Map<string, UnnamedUploadStarted>();
+        const stored = new Map<string, string>();
+        for (const s of steps) {
+          const token = tokens[s.who]!;
+          let res: Response;
+          if (s.op === "start") {
+            res = await start(token, { name: "upload" });
+            if (res.status === 200 || res.status === 201) handles.set(`${s.who}`, parseUnnamedStartAnswer(await res.clone().json())!);
+          } else if (s.op === "put") {
+            const p = nars[s.nar]!;
+            res = await callWith({}, `/nar/${p.fileName}`, { method: "PUT", body: s.forged ? randomBytes(p.file.length) : p.file, headers: { ...bearer(token), "Content-Type": "application/x-nix-nar" } });
+          } else {
+            const owner = s.whose === "self" ? s.who : 1 - s.who;
+            const h = handles.get(`${owner}`);
+            if (h === undefined) continue;
+            if (s.op === "part") res = await putPart(token, h, 1, s.forged ? randomBytes(nars[s.nar]!.file.length) : nars[s.nar]!.file);
+            else if (s.op === "complete") res = await complete(token, h, naming(nars[s.nar]!));
+            else res = await abort(token, h);
+            if (owner !== s.who) expect(res.status, "another token's upload").toBe(403);
+          }
+          expect(res.status, `${JSON.stringify(s)}: ${await res.clone().text()}`).toBeLessThan(500);
+          for (const p of nars) {
+            const now = await storedNar(p);
+            const before = stored.get(p.fileName);
+            if (before !== undefined) expect(now?.etag, "a stored NAR changed").toBe(before);
+            if (now !== null) {
+              expect(now.bytes).toEqual(p.file);
+              stored.set(p.fileName, now.etag);
+            }
+          }
+        }
+        // Whatever happened, the honest writer can still store both NARs this way.
+        for (const [i, p] of nars.entries()) {
+          const s = await started(HONEST, `final-${i}`);
+          await sendAll(HONEST, s, p.file);
+          expect([200, 201]).toContain((await complete(HONEST, s, naming(p))).status);
+          expect((await storedNar(p))!.bytes).toEqual(p.file);
+        }
+      }),
+      { numRuns: 8 },
+    );
   });
 });
