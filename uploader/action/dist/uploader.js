@@ -543,11 +543,28 @@ function parseStartAnswer(doc, size) {
     verify: "sha256"
   };
 }
-var LIMITS_PATH;
+function parseUnnamedStartAnswer(doc) {
+  if (!isObject(doc) || doc.stored !== false || typeof doc.name !== "string" || typeof doc.uploadId !== "string" || doc.uploadId === "") return null;
+  if (!isCount(doc.partSize) || !isCount(doc.maxParts) || !isCount(doc.maxRequestBytes)) return null;
+  const parts = parseParts(doc.parts);
+  if (parts === null) return null;
+  return {
+    stored: false,
+    name: doc.name,
+    uploadId: doc.uploadId,
+    partSize: doc.partSize,
+    maxParts: doc.maxParts,
+    parts,
+    maxRequestBytes: doc.maxRequestBytes,
+    verify: "sha256"
+  };
+}
+var LIMITS_PATH, MULTIPART_NAR_PATH;
 var init_multipart = __esm({
   "src/api/multipart.ts"() {
     "use strict";
     LIMITS_PATH = "_api/v1/limits";
+    MULTIPART_NAR_PATH = "_api/v1/multipart/nar";
   }
 });
 
@@ -1144,7 +1161,7 @@ function counting(source, count2) {
     }
   );
 }
-var MULTIPART_CONCURRENCY, MIN_PART_BYTES, limitsOf;
+var MULTIPART_CONCURRENCY, MIN_PART_BYTES, limitsOf, PartsWhileWriting;
 var init_multipart2 = __esm({
   "uploader/multipart.ts"() {
     "use strict";
@@ -1155,6 +1172,130 @@ var init_multipart2 = __esm({
     MULTIPART_CONCURRENCY = 4;
     MIN_PART_BYTES = 5 * 1024 * 1024;
     limitsOf = /* @__PURE__ */ new WeakMap();
+    PartsWhileWriting = class _PartsWhileWriting {
+      #http;
+      #file;
+      #observe;
+      #id;
+      #partSize;
+      #maxParts;
+      /** Parts the cache already holds (a resumed upload), by number: their sizes. */
+      #held;
+      #inFlight = /* @__PURE__ */ new Set();
+      #nextPart = 1;
+      #failure = void 0;
+      #sent = 0;
+      #sentParts = 0;
+      constructor(http2, file, observe, id, partSize, maxParts, held) {
+        this.#http = http2;
+        this.#file = file;
+        this.#observe = observe;
+        this.#id = id;
+        this.#partSize = partSize;
+        this.#maxParts = maxParts;
+        this.#held = held;
+      }
+      /**
+       * Starts (or resumes) the upload called `name`; null when the cache has no uploads named
+       * at completion (an older Worker: 404/405, or an answer of another shape), so the caller
+       * uploads the finished file the other way.
+       */
+      static async start(http2, name, file, observe = {}) {
+        const request3 = { name };
+        const body = Buffer.from(JSON.stringify(request3), "utf8");
+        const res = await http2.request({
+          method: "POST",
+          path: MULTIPART_NAR_PATH,
+          headers: { "content-type": "application/json" },
+          body: { length: body.length, open: () => body },
+          accept: [404, 405]
+        });
+        if (res.status === 404 || res.status === 405) return null;
+        const answer = parseUnnamedStartAnswer(parseJson(res.body));
+        if (answer === null) return null;
+        const held = new Map(answer.parts.map((p) => [p.partNumber, p.size]));
+        observe.detail?.(`${name}: sending parts of ${answer.partSize} bytes while compressing (upload ${name}, named at completion)`);
+        if (held.size > 0) (observe.log ?? observe.detail)?.(`${name}: resuming an earlier upload, ${held.size} parts already in the cache`);
+        return new _PartsWhileWriting(http2, file, observe, encodeURIComponent(answer.uploadId), answer.partSize, answer.maxParts, held);
+      }
+      /** Request body bytes sent so far, retries included. */
+      get sent() {
+        return this.#sent;
+      }
+      /**
+       * The file now holds `size` bytes: sends every whole part among them not sent yet, and
+       * returns once fewer than MULTIPART_CONCURRENCY parts are in flight. Throws a part's
+       * failure.
+       */
+      async written(size) {
+        while (this.#nextPart * this.#partSize <= size) this.#send(this.#nextPart++, this.#partSize);
+        while (this.#inFlight.size >= MULTIPART_CONCURRENCY) await Promise.race(this.#inFlight);
+        if (this.#failure !== void 0) throw this.#failure;
+      }
+      /**
+       * The file is complete (`size` bytes, named `nar/<nar>`): sends the rest, then completes
+       * the upload under that name (the Worker stores it only if the bytes hash to it). Returns
+       * the request body bytes sent in all.
+       */
+      async finish(size, nar) {
+        await this.written(size);
+        const parts = Math.max(1, Math.ceil(size / this.#partSize));
+        if (this.#nextPart <= parts) this.#send(this.#nextPart++, size - (parts - 1) * this.#partSize);
+        await this.#settle();
+        if (this.#failure !== void 0) throw this.#failure;
+        const request3 = { nar, size, parts };
+        const body = Buffer.from(JSON.stringify(request3), "utf8");
+        await this.#http.request({
+          method: "POST",
+          path: `${MULTIPART_NAR_PATH}/complete?uploadId=${this.#id}`,
+          headers: { "content-type": "application/json" },
+          body: { length: body.length, open: () => body }
+        });
+        return this.#sent;
+      }
+      /** Waits for the parts in flight, then aborts the upload (its parts are dropped). */
+      async abort() {
+        await this.#settle();
+        await this.#http.request({ method: "DELETE", path: `${MULTIPART_NAR_PATH}?uploadId=${this.#id}`, accept: [404, 409] }).catch(() => {
+        });
+      }
+      /** Waits for the parts in flight (their failures are kept for finish/written). */
+      async #settle() {
+        while (this.#inFlight.size > 0) await Promise.race(this.#inFlight);
+      }
+      #send(n, length) {
+        if (this.#failure !== void 0) return;
+        if (n > this.#maxParts) {
+          this.#failure = new UploaderError(`this NAR needs more than the ${this.#maxParts} parts of ${this.#partSize} bytes the cache takes in one upload`, EXIT_CACHE);
+          return;
+        }
+        if (this.#held.get(n) === length) return;
+        const offset = (n - 1) * this.#partSize;
+        const sending = this.#http.request({
+          method: "PUT",
+          path: `${MULTIPART_NAR_PATH}/${n}?uploadId=${this.#id}`,
+          headers: { "content-type": "application/octet-stream" },
+          body: {
+            length,
+            open: () => {
+              const part = createReadStream(this.#file, { start: offset, end: offset + length - 1, highWaterMark: READ_CHUNK_BYTES });
+              const counted = counting(part, (bytes) => this.#sent += bytes);
+              return this.#observe.sent ? pipeline3(counted, this.#observe.sent(), () => {
+              }) : counted;
+            }
+          }
+        }).then(
+          () => {
+            this.#sentParts++;
+            this.#observe.detail?.(`sent part ${n} (${this.#sentParts} sent)`);
+          },
+          (err) => {
+            this.#failure ??= err;
+          }
+        ).finally(() => this.#inFlight.delete(sending));
+        this.#inFlight.add(sending);
+      }
+    };
   }
 });
 
@@ -2582,11 +2723,14 @@ var init_narinfo = __esm({
 // uploader/upload.ts
 import { createHash } from "node:crypto";
 import { createReadStream as createReadStream2, createWriteStream } from "node:fs";
-import { rm } from "node:fs/promises";
+import { open as open3, rm } from "node:fs/promises";
 import { join } from "node:path";
-import { Readable, Transform as Transform3, pipeline as pipelineStreams } from "node:stream";
+import { Readable, Transform as Transform3, Writable, pipeline as pipelineStreams } from "node:stream";
 import { pipeline as pipeline4 } from "node:stream/promises";
-async function prepareNar(info, settings, narSource) {
+function prepareNar(info, settings, narSource) {
+  return writePreparedNar(info, settings, narSource, null);
+}
+async function writePreparedNar(info, settings, narSource, parts) {
   const ext = narFileExtension(settings.compression);
   const file = join(settings.tmpDir, `${info.hashPart}.nar${ext}`);
   const nar = hashingCounter();
@@ -2596,7 +2740,7 @@ async function prepareNar(info, settings, narSource) {
   stages.push(createCompressor(settings.compression, settings.level, info.narSize), compressed.stream);
   try {
     const source = narSource ? await narSource() : Readable.from(dumpPath(info.path), { objectMode: false });
-    await pipeline4([source, ...stages, createWriteStream(file)]);
+    await pipeline4([source, ...stages, parts ? await fileSendingParts(file, parts) : createWriteStream(file)]);
     const narHash = formatSha256(nar.digest());
     const expected = normaliseSha256(info.narHash);
     if (narHash !== expected || nar.size() !== info.narSize) {
@@ -2613,6 +2757,52 @@ async function prepareNar(info, settings, narSource) {
     };
   } catch (err) {
     await rm(file, { force: true });
+    throw err;
+  }
+}
+async function fileSendingParts(file, parts) {
+  const fh = await open3(file, "w");
+  let size = 0;
+  return new Writable({
+    highWaterMark: READ_CHUNK_BYTES,
+    write(chunk, _encoding, callback) {
+      fh.write(chunk).then(async ({ bytesWritten }) => {
+        size += bytesWritten;
+        await parts.written(size);
+      }).then(() => callback(), callback);
+    },
+    destroy(err, callback) {
+      fh.close().then(() => callback(err), (closeErr) => callback(err ?? closeErr));
+    }
+  });
+}
+async function prepareAndUploadNar(info, settings) {
+  const http2 = settings.cache.http;
+  const limits = await uploadLimits(http2);
+  if (!needsParts(info.narSize, limits)) return null;
+  const ext = narFileExtension(settings.compression);
+  const observe = { sent: settings.observe?.sent, detail: settings.observe?.detail, log: settings.observe?.log };
+  const name = `${info.hashPart}-${normaliseSha256(info.narHash)}-${settings.compression}${settings.level ?? ""}`;
+  const parts = await PartsWhileWriting.start(http2, name, join(settings.tmpDir, `${info.hashPart}.nar${ext}`), observe);
+  if (parts === null) return null;
+  let prepared;
+  try {
+    prepared = await writePreparedNar(info, settings, void 0, parts);
+  } catch (err) {
+    if (err instanceof NarMismatchError || refusedForGood(err)) await parts.abort();
+    throw err;
+  }
+  try {
+    try {
+      return { prepared, sentBytes: await parts.finish(prepared.fileSize, prepared.key.slice("nar/".length)) };
+    } catch (err) {
+      if (!(err instanceof HttpError) || !refusedForGood(err)) throw err;
+      await parts.abort();
+      observe.detail?.(`${prepared.key}: the upload named at completion was refused (${err.message}); sending the file in parts`);
+      return { prepared, sentBytes: parts.sent + await uploadInParts(http2, prepared.key, prepared.file, prepared.fileSize, observe) };
+    }
+  } catch (err) {
+    await rm(prepared.file, { force: true });
     throw err;
   }
 }
@@ -2711,10 +2901,11 @@ async function executePlan(plan, settings) {
     if (failedRef) return blocked(info, failedRef);
     progress.started(info.path);
     try {
-      const prepared = settings.transfer ? await settings.transfer.prepare(info, settings) : await prepareNar(info, settings);
+      const streamed = settings.transfer ? null : await prepareAndUploadNar(info, settings);
+      const prepared = streamed?.prepared ?? (settings.transfer ? await settings.transfer.prepare(info, settings) : await prepareNar(info, settings));
       let sentBytes;
       try {
-        sentBytes = await uploadNar(prepared, settings);
+        sentBytes = streamed ? streamed.sentBytes : await uploadNar(prepared, settings);
       } finally {
         await rm2(prepared.file, { force: true });
       }
@@ -2871,12 +3062,12 @@ var init_remote_cache = __esm({
         const res = await this.http.request({ method: "HEAD", path: key, accept: [404] });
         return res.status !== 404;
       }
-      async putNar(key, length, open5) {
+      async putNar(key, length, open6) {
         await this.http.request({
           method: "PUT",
           path: key,
           headers: { "content-type": CONTENT_TYPE.nar },
-          body: { length, open: open5 }
+          body: { length, open: open6 }
         });
       }
       async putNarInfo(hashPart, text) {
@@ -4545,7 +4736,7 @@ var init_export_stream = __esm({
 import { createReadStream as createReadStream4, createWriteStream as createWriteStream2 } from "node:fs";
 import { rm as rm4 } from "node:fs/promises";
 import { join as join4 } from "node:path";
-import { Writable, pipeline as pipelineStreams2 } from "node:stream";
+import { Writable as Writable2, pipeline as pipelineStreams2 } from "node:stream";
 import { pipeline as pipeline5 } from "node:stream/promises";
 function parsePathArgument(arg) {
   if (isHashPart(arg)) return { hashPart: arg };
@@ -4797,7 +4988,7 @@ function safeNormalise(hash2) {
   }
 }
 function discard() {
-  return new Writable({
+  return new Writable2({
     write(_chunk, _encoding, callback) {
       callback();
     }
@@ -4829,7 +5020,7 @@ var init_import = __esm({
 });
 
 // uploader/sources/file-source.ts
-import { open as open3, readdir, stat } from "node:fs/promises";
+import { open as open4, readdir, stat } from "node:fs/promises";
 import { join as join5 } from "node:path";
 var FileSource;
 var init_file_source = __esm({
@@ -4867,7 +5058,7 @@ var init_file_source = __esm({
         const path = join5(this.#dir, rel);
         let handle;
         try {
-          handle = await open3(path, "r");
+          handle = await open4(path, "r");
         } catch (err) {
           throw new SourceError(`${this.name}: cannot read ${rel}: ${err.code === "ENOENT" ? "no such file" : messageOf(err)}`);
         }
@@ -4890,7 +5081,7 @@ var init_file_source = __esm({
       async #readSmall(name) {
         let handle;
         try {
-          handle = await open3(join5(this.#dir, name), "r");
+          handle = await open4(join5(this.#dir, name), "r");
         } catch (err) {
           if (err.code === "ENOENT") return null;
           throw new SourceError(`${this.name}: cannot read ${name}: ${messageOf(err)}`);
@@ -6829,7 +7020,7 @@ Exit status: 0 nothing failed (warnings allowed); 1 a check failed; 2 bad usage.
 
 // uploader/spool.ts
 import { randomBytes } from "node:crypto";
-import { mkdir as mkdir2, open as open4, readFile as readFile4, readdir as readdir2, rename, rm as rm6, unlink } from "node:fs/promises";
+import { mkdir as mkdir2, open as open5, readFile as readFile4, readdir as readdir2, rename, rm as rm6, unlink } from "node:fs/promises";
 import { connect, createServer } from "node:net";
 import { homedir as homedir4 } from "node:os";
 import { join as join9 } from "node:path";
@@ -6872,7 +7063,7 @@ function newJobName(producer) {
 async function writeJob(dir, paths, name = newJobName("job")) {
   const tmp = join9(dir, `.${name}.tmp`);
   try {
-    const file = await open4(tmp, "wx", 420);
+    const file = await open5(tmp, "wx", 420);
     try {
       await file.writeFile(formatJob(paths));
       await file.sync();
