@@ -150,12 +150,15 @@ export const STATE_QUERIES = 4;
 /**
  * CPU budget of one batch, in listing entries (a listed narinfo, a chunk line). The free
  * plan gives an invocation 10 ms of CPU. bench/gc-cpu.mjs measures the collector's own work
- * (R2 excluded) on 20,000 narinfos at a median of 2.3 ms per batch of this size, 7 ms at
- * worst (the first batches: JIT warm-up, mark set growth), on a shared 2-core VM. The R2
- * client's decoding of listings and the runtime's share of each call cannot be measured
- * outside Cloudflare; if a batch is stopped anyway, the run halves its batches (shrink).
+ * (R2 and D1 excluded) on 20,000 narinfos at a median of 2.3 ms per batch of 1000 entries,
+ * 7 ms at worst (the first batches: JIT warm-up, mark set growth), on a shared 2-core VM.
+ * Inside workerd (bench/worker-cpu.ts) the runtime's side of the listing and the D1 rows
+ * adds as much again: batches of 1000 took 8.8–13.7 ms on average, above the 5 ms the
+ * Worker aims at, those of 500 about half. If a batch is stopped anyway, the run halves
+ * its batches (shrink). A cron tick runs one batch: a collection of 20,000 narinfos (two
+ * looks over the bucket) takes some 100 ticks.
  */
-export const BATCH_ENTRIES = 1000;
+export const BATCH_ENTRIES = 500;
 /**
  * What reading one queued narinfo costs, in entries: an R2 call of its own (a promise, an
  * object with its metadata decoded) instead of a share of a listing. bench/worker-cpu.ts
