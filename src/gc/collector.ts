@@ -107,27 +107,40 @@ import {
 } from "../storage/gc-store.ts";
 import { ADOPTION_OPERATIONS, adoptLegacyDocuments, readGcDocument, recordCollection, writeGcDocument, type GcDocumentName } from "../storage/gc-documents.ts";
 import { NARINFO_MAX_AGE_SECONDS } from "../http/representation.ts";
-import { listingKey, NAR_PREFIX, narInfoKey, parseNarFileName } from "../storage/keys.ts";
+import { listingKey, listingKeyHashPart, NAR_PREFIX, narInfoKey, narInfoKeyHashPart, parseNarFileName } from "../storage/keys.ts";
 import { decodeNarInfoMeta, encodeNarInfoMeta, metaLinks, metaName, metaNumber, metaPushTime, type NarInfoLinks } from "../storage/narinfo-meta.ts";
 import { getNarInfoObject, putNarInfoObject } from "../storage/narinfo-object.ts";
 import { forgetPaths, linksOf, listedPaths, type ListedPath } from "../storage/path-index.ts";
 import { pinRoots } from "../storage/pins.ts";
+import {
+  chunkLines,
+  fileLineNarHash,
+  formatChunk,
+  formatDraft,
+  formatFileLine,
+  formatPathLine,
+  parseDraft,
+  parseFileLine,
+  parsePathLine,
+  pathLineHash,
+} from "./chunk-lines.ts";
 import { formatFence, NAR_FILE_HASH_LENGTH } from "./fence.ts";
 import { KEY_ABSENT, KEY_MEMBER, KeySet } from "./key-set.ts";
+import { dropPacked, firstPacked, packedCount, sortedPacked } from "./packed-keys.ts";
+import { runInfo, type Found, type GcContext, type GcProgress, type GcRequest } from "./progress.ts";
 import {
   emptyTotals,
   formatState,
   parseState,
   type GcResult,
   type GcState,
-  type Phase,
   type RunState,
-  type RunTotals,
-  type Trigger,
   type UnreadableDocument,
 } from "./run-state.ts";
 import type { GcSettings } from "./settings.ts";
 import { formatStats, type CacheStats } from "./stats.ts";
+
+export type { GcContext, GcProgress, GcRequest } from "./progress.ts";
 
 /**
  * R2 operations one batch may make. The free plan allows about 1000 calls to Cloudflare
@@ -206,8 +219,6 @@ const MAX_SHRINK = 6;
 /** Smallest batches a shrunken run makes: enough for every step to make progress. */
 const MIN_BATCH_OPERATIONS = 40;
 const MIN_BATCH_ENTRIES = 20;
-const NARINFO_SUFFIX = ".narinfo";
-const LISTING_SUFFIX = ".ls";
 /** R2 returns at most 1000 objects per listing (fewer with metadata). */
 const MAX_PAGE = 1000;
 /** Queued narinfos read per round (each costs 1-3 operations), 6 connections at a time. */
@@ -220,72 +231,6 @@ const CONCURRENCY = 6;
  */
 export const LEASE_MS = 30_000;
 
-export interface GcContext {
-  bucket: R2Bucket;
-  /** The D1 index of published paths: push times are read from it, rows removed from it. */
-  db: D1Database;
-  settings: GcSettings;
-  /** The time (ms); the scheduled handler and the route pass Date.now. */
-  clock: () => number;
-  /** Smaller batches than the free plan allows (tests interrupt collections with them). */
-  limits?: { operations?: number; entries?: number; queries?: number };
-}
-
-export interface GcRequest {
-  dryRun: boolean;
-  trigger: Trigger;
-  /** Start a run with this cutoff (ms): paths last pushed before it are old. */
-  cutoff?: number;
-  /** Continue this run only (a caller that started one and loops until it is done). */
-  runId?: string;
-  /** Abandon a run in progress (only before its fence is up) and start a new one. */
-  restart?: boolean;
-  /** The cron trigger: start a run only when GC_INTERVAL_HOURS have passed since the last. */
-  onlyIfDue?: boolean;
-}
-
-/** A path the collection deletes (or would, in a dry run). */
-export interface FoundPath {
-  hash: string;
-  /** The store path's name, when the narinfo recorded it. */
-  name: string | null;
-  fileSize: number | null;
-}
-
-/** A NAR (or orphaned listing) the collection deletes (or would). */
-export interface FoundFile {
-  key: string;
-  size: number;
-}
-
-export interface RunInfo {
-  id: string;
-  dryRun: boolean;
-  trigger: Trigger;
-  startedAt: number;
-  cutoff: number;
-  phase: Phase;
-  pass: 1 | 2;
-}
-
-export interface GcProgress {
-  /**
-   * idle: nothing to do (no run, none due); running: call again; waiting: call again after
-   * waitMs; busy: another batch holds the state, call again shortly; done: the run ended.
-   */
-  status: "idle" | "running" | "waiting" | "busy" | "done";
-  run: RunInfo | null;
-  waitMs: number;
-  /** What this batch cost. */
-  batch: { operations: number; entries: number };
-  totals: RunTotals;
-  /** Garbage found in this batch (dry runs: what would go). */
-  found: { paths: FoundPath[]; files: FoundFile[] };
-  /** When a real run ended: what it did, and the statistics it wrote. */
-  result?: GcResult;
-  stats?: CacheStats;
-}
-
 /** The run's working object `name` (`<kind>-<generation>[.<n>]`). */
 function workKey(run: RunState, name: string): string {
   return `${runPrefix(run.id)}${name}`;
@@ -294,20 +239,6 @@ function workKey(run: RunState, name: string): string {
 function newRunId(now: number): string {
   const random = crypto.getRandomValues(new Uint32Array(1))[0]!.toString(36);
   return `${now.toString(36)}-${random}`;
-}
-
-function info(run: RunState): RunInfo {
-  return { id: run.id, dryRun: run.dryRun, trigger: run.trigger, startedAt: run.startedAt, cutoff: run.cutoff, phase: run.phase, pass: run.pass };
-}
-
-/** Candidate/garbage chunk line: `<hash>\t<name>\t<fileSize>\t<narSize>` (unknowns empty). */
-function pathLine(hash: string, name: string | null, fileSize: number | null, narSize: number | null): string {
-  return `${hash}\t${name ?? ""}\t${fileSize ?? ""}\t${narSize ?? ""}`;
-}
-
-function parsePathLine(line: string): { hash: string; name: string | null; fileSize: number | null; narSize: number | null } {
-  const [hash = "", name = "", fs = "", ns = ""] = line.split("\t");
-  return { hash, name: name === "" ? null : name, fileSize: fs === "" ? null : Number(fs), narSize: ns === "" ? null : Number(ns) };
 }
 
 /**
@@ -336,29 +267,6 @@ type LookedUp =
   | { kind: "absent" }
   | { kind: "links"; links: NarInfoLinks; bodyBytes: number }
   | { kind: "unreadable"; document: UnreadableDocument };
-
-/** `packed` (concatenated `width`-character keys) in ascending order. */
-function sortedPacked(packed: string, width: number): string {
-  let sorted = true;
-  for (let i = width; i < packed.length && sorted; i += width) {
-    if (packed.slice(i - width, i) >= packed.slice(i, i + width)) sorted = false;
-  }
-  if (sorted) return packed;
-  const keys: string[] = [];
-  for (let i = 0; i < packed.length; i += width) keys.push(packed.slice(i, i + width));
-  return [...new Set(keys)].sort().join("");
-}
-
-/** The hash part of a narinfo's key (`<hash32>.narinfo`), or null for any other key. */
-function narInfoHashOf(key: string): string | null {
-  if (key.length !== HASH_PART_LENGTH + NARINFO_SUFFIX.length || !key.endsWith(NARINFO_SUFFIX)) return null;
-  const hash = key.slice(0, HASH_PART_LENGTH);
-  return KeySet.isKey(hash, HASH_PART_LENGTH) ? hash : null;
-}
-
-function lines(text: string): string[] {
-  return text === "" ? [] : text.split("\n");
-}
 
 /** Runs one batch of garbage collection. Throws AppError for requests that cannot be served. */
 export async function runGcBatch(ctx: GcContext, req: GcRequest): Promise<GcProgress> {
@@ -390,7 +298,7 @@ class Batch {
   #narLines: string[] = [];
   /** Chunks written by this batch so far (their names must differ). */
   #chunksWritten = 0;
-  #found: { paths: FoundPath[]; files: FoundFile[] } = { paths: [], files: [] };
+  #found: Found = { paths: [], files: [] };
   #result: GcResult | undefined;
   #stats: CacheStats | undefined;
   /** The run this batch finished (the state no longer holds it). */
@@ -677,7 +585,7 @@ class Batch {
       // The listing (keys only) and the index query about its narinfos.
       if (!this.#fits(2, 1, 1)) return false;
       const page = await this.#op(() => listTopLevelKeys(this.#bucket, run.cursor, room));
-      const hashes = page.objects.map((o) => narInfoHashOf(o.key));
+      const hashes = page.objects.map((o) => narInfoKeyHashPart(o.key));
       const narinfos = hashes.filter((h): h is string => h !== null);
       const rows = narinfos.length === 0 ? new Map<string, ListedPath>() : await this.#query(() => listedPaths(this.#db, narinfos));
       page.objects.forEach((object, i) => this.#listed(run, object, hashes[i] ?? null, rows));
@@ -713,8 +621,7 @@ class Batch {
   #listed(run: RunState, object: ListedObject, hash: string | null, rows: ReadonlyMap<string, ListedPath>): void {
     const key = object.key;
     if (hash === null) {
-      const isListing = key.length === HASH_PART_LENGTH + LISTING_SUFFIX.length && key.endsWith(LISTING_SUFFIX) && KeySet.isKey(key.slice(0, HASH_PART_LENGTH), HASH_PART_LENGTH);
-      if (run.pass === 1 && isListing) {
+      if (run.pass === 1 && listingKeyHashPart(key) !== null) {
         this.#flushListing(run, null);
         run.pendingListing = { key, size: object.size, uploaded: object.uploaded };
       }
@@ -751,7 +658,7 @@ class Batch {
       if (indexed) run.queue += hash;
       else run.unindexed += hash;
     } else if (state === KEY_ABSENT && run.pass === 1) {
-      this.#candidateLines.push(pathLine(hash, name, fileSize, narSize));
+      this.#candidateLines.push(formatPathLine({ hash, name, fileSize, narSize }));
     }
   }
 
@@ -762,7 +669,7 @@ class Batch {
     run.pendingListing = null;
     if (nextHash !== null && pending.key === listingKey(nextHash)) return;
     if (pending.uploaded < run.narCutoff) {
-      this.#narLines.push(`${pending.key}\t${pending.size}`);
+      this.#narLines.push(formatFileLine(pending));
       run.totals.orphanListings++;
       if (run.dryRun) this.#found.files.push({ key: pending.key, size: pending.size });
     }
@@ -807,10 +714,9 @@ class Batch {
     const first = this.#entries === 0;
     const left = this.#maxEntries - this.#entries;
     const affordable = Math.max(first ? 1 : 0, Math.floor(left / INDEXED_LOOKUP_COST));
-    const count = Math.min(run.queue.length / HASH_PART_LENGTH, INDEX_ROUND, affordable);
+    const count = Math.min(packedCount(run.queue, HASH_PART_LENGTH), INDEX_ROUND, affordable);
     if (count <= 0 || !this.#fits(1, 0, 1)) return false;
-    const hashes: string[] = [];
-    for (let i = 0; i < count; i++) hashes.push(run.queue.slice(i * HASH_PART_LENGTH, (i + 1) * HASH_PART_LENGTH));
+    const hashes = firstPacked(run.queue, HASH_PART_LENGTH, count);
     // The index answers references for as many of them as the batch can still afford.
     const rows = await this.#query(() => linksOf(this.#db, hashes, Math.max(1, left) * REFS_PER_ENTRY));
     const indexed = new Map(rows.map((row) => [row.hash, row]));
@@ -835,7 +741,7 @@ class Batch {
       }
       this.#expand(run, hash, row.refs!, fileHash);
     }
-    run.queue = run.queue.slice(taken * HASH_PART_LENGTH);
+    run.queue = dropPacked(run.queue, HASH_PART_LENGTH, taken);
     this.#setsDirty = true;
     return taken > 0;
   }
@@ -849,11 +755,10 @@ class Batch {
     const room = Math.floor((this.#maxOps - RESERVED_OPERATIONS - this.#ops) / 3);
     const first = this.#entries === 0;
     const affordable = Math.max(first ? 1 : 0, Math.floor((this.#maxEntries - this.#entries) / LOOKUP_COST));
-    const count = Math.min(run.unlisted.length / HASH_PART_LENGTH, QUEUE_ROUND, room, affordable);
+    const count = Math.min(packedCount(run.unlisted, HASH_PART_LENGTH), QUEUE_ROUND, room, affordable);
     if (count <= 0 || !this.#fits(count, first ? 0 : count * LOOKUP_COST)) return false;
-    const hashes: string[] = [];
-    for (let i = 0; i < count; i++) hashes.push(run.unlisted.slice(i * HASH_PART_LENGTH, (i + 1) * HASH_PART_LENGTH));
-    run.unlisted = run.unlisted.slice(count * HASH_PART_LENGTH);
+    const hashes = firstPacked(run.unlisted, HASH_PART_LENGTH, count);
+    run.unlisted = dropPacked(run.unlisted, HASH_PART_LENGTH, count);
     this.#entries += count * LOOKUP_COST;
     run.totals.lookups += count;
     const heads = await mapConcurrent(hashes, CONCURRENCY, (hash) => this.#op(() => headKey(this.#bucket, narInfoKey(hash))));
@@ -878,11 +783,10 @@ class Batch {
     // A batch that has done nothing else reads at least one, however small its budget.
     const first = this.#entries === 0;
     const affordable = Math.max(first ? 1 : 0, Math.floor((this.#maxEntries - this.#entries) / LOOKUP_COST));
-    const count = Math.min(run.unindexed.length / HASH_PART_LENGTH, QUEUE_ROUND, room, affordable);
+    const count = Math.min(packedCount(run.unindexed, HASH_PART_LENGTH), QUEUE_ROUND, room, affordable);
     if (count <= 0 || !this.#fits(count * 3, first ? 0 : count * LOOKUP_COST)) return false;
-    const hashes: string[] = [];
-    for (let i = 0; i < count; i++) hashes.push(run.unindexed.slice(i * HASH_PART_LENGTH, (i + 1) * HASH_PART_LENGTH));
-    run.unindexed = run.unindexed.slice(count * HASH_PART_LENGTH);
+    const hashes = firstPacked(run.unindexed, HASH_PART_LENGTH, count);
+    run.unindexed = dropPacked(run.unindexed, HASH_PART_LENGTH, count);
     this.#entries += count * LOOKUP_COST;
     const found = await mapConcurrent(hashes, CONCURRENCY, (hash) => this.#lookUp(run, hash));
     let bodyBytes = 0;
@@ -963,7 +867,7 @@ class Batch {
       totals.narFiles++;
       totals.narBytes += object.size;
       if (blocked(run) || this.#nars!.has(fileHash) || object.uploaded >= run.narCutoff) continue;
-      this.#narLines.push(`${object.key}\t${object.size}`);
+      this.#narLines.push(formatFileLine(object));
       totals.garbageNars++;
       totals.garbageNarBytes += object.size;
       if (run.dryRun) this.#found.files.push({ key: object.key, size: object.size });
@@ -986,13 +890,13 @@ class Batch {
     const name = (kind: string): string => `${kind}-${run.gen + 1}.${this.#chunksWritten++}`;
     if (this.#candidateLines.length > 0) {
       const chunk = name("candidates");
-      await this.#op(() => putGcObject(this.#bucket, workKey(run, chunk), this.#candidateLines.join("\n")));
+      await this.#op(() => putGcObject(this.#bucket, workKey(run, chunk), formatChunk(this.#candidateLines)));
       run.candidates.push(chunk);
       this.#candidateLines = [];
     }
     if (this.#narLines.length > 0) {
       const chunk = name("files");
-      await this.#op(() => putGcObject(this.#bucket, workKey(run, chunk), this.#narLines.join("\n")));
+      await this.#op(() => putGcObject(this.#bucket, workKey(run, chunk), formatChunk(this.#narLines)));
       run.narCandidates.push(chunk);
       this.#narLines = [];
     }
@@ -1016,7 +920,7 @@ class Batch {
     await this.#loadSets(run);
     const name = run.candidates[run.index]!;
     const chunk = await this.#op(() => getTextObject(this.#bucket, workKey(run, name)));
-    const candidates = lines(chunk?.text ?? "");
+    const candidates = chunkLines(chunk?.text ?? "");
     this.#entries += candidates.length;
     const garbage: string[] = [];
     for (const line of candidates) {
@@ -1029,7 +933,7 @@ class Batch {
     }
     if (garbage.length > 0 && !run.dryRun) {
       if (!this.#leaseValid()) return false;
-      await this.#op(() => putGcObject(this.#bucket, workKey(run, `garbage-${name}`), garbage.join("\n")));
+      await this.#op(() => putGcObject(this.#bucket, workKey(run, `garbage-${name}`), formatChunk(garbage)));
       run.garbage.push(`garbage-${name}`);
     }
     run.index++;
@@ -1050,21 +954,22 @@ class Batch {
       // Without it the fence would lack what the chunks before it hold, and those would be
       // deleted unannounced: only a bug or a manual change of the bucket gets here.
       if (draft === undefined) throw new Error(`the fence draft of collection ${run.id} is missing`);
-      [paths = "", nars = ""] = draft.split("\n");
+      ({ paths, nars } = parseDraft(draft));
     }
     while (run.index < chunks.length && this.#fits(3)) {
       const name = chunks[run.index]!;
       const text = (await this.#op(() => getTextObject(this.#bucket, workKey(run, name))))?.text ?? "";
-      for (const line of lines(text)) {
-        if (run.index < run.garbage.length) paths += line.slice(0, HASH_PART_LENGTH);
-        else if (line.startsWith(NAR_PREFIX)) nars += line.slice(NAR_PREFIX.length, NAR_PREFIX.length + NAR_FILE_HASH_LENGTH);
+      const isPaths = run.index < run.garbage.length;
+      for (const line of chunkLines(text)) {
+        if (isPaths) paths += pathLineHash(line);
+        else nars += fileLineNarHash(line) ?? ""; // an orphaned listing's line: not fenced
       }
       run.index++;
     }
     if (run.index < chunks.length) {
       if (!this.#leaseValid()) return false;
       const draft = `draft-${run.gen + 1}.${this.#chunksWritten++}`;
-      await this.#op(() => putGcObject(this.#bucket, workKey(run, draft), `${paths}\n${nars}`));
+      await this.#op(() => putGcObject(this.#bucket, workKey(run, draft), formatDraft({ paths, nars })));
       run.draft = draft;
       return false;
     }
@@ -1128,7 +1033,7 @@ class Batch {
     await this.#loadSets(run);
     const name = isPaths ? run.garbage[run.index]! : run.narCandidates[run.index - run.garbage.length]!;
     const chunk = await this.#op(() => getTextObject(this.#bucket, workKey(run, name)));
-    const entries = lines(chunk?.text ?? "");
+    const entries = chunkLines(chunk?.text ?? "");
     this.#entries += entries.length;
     const keys: string[] = [];
     const forgotten: string[] = [];
@@ -1148,20 +1053,21 @@ class Batch {
         else totals.pathsWithoutSizes--;
         this.#found.paths.push({ hash: path.hash, name: path.name, fileSize: path.fileSize });
       } else {
-        const [key = "", sizeText = "0"] = line.split("\t");
-        const size = Number(sizeText);
-        if (key.startsWith(NAR_PREFIX)) {
-          const fileHash = narFileHash(key.slice(NAR_PREFIX.length));
+        const file = parseFileLine(line);
+        if (file.key.startsWith(NAR_PREFIX)) {
+          const fileHash = narFileHash(file.key.slice(NAR_PREFIX.length));
           if (blocked(run) || fileHash === null || this.#nars!.has(fileHash)) continue;
           totals.deletedNars++;
-          totals.freedBytes += size;
+          totals.freedBytes += file.size;
           totals.narFiles--;
-          totals.narBytes -= size;
-        } else if (this.#live!.has(key.slice(0, HASH_PART_LENGTH))) {
-          continue; // its narinfo was pushed during the run
+          totals.narBytes -= file.size;
+        } else {
+          // An orphaned listing: it stays when its narinfo was pushed during the run.
+          const hash = listingKeyHashPart(file.key);
+          if (hash === null || this.#live!.has(hash)) continue;
         }
-        keys.push(key);
-        this.#found.files.push({ key, size });
+        keys.push(file.key);
+        this.#found.files.push(file);
       }
     }
     const outOfTime = () => fail("storage_unavailable", "the collection batch ran out of time; the next batch redoes it");
@@ -1254,7 +1160,7 @@ class Batch {
     const run = this.#state.run ?? this.#finished;
     return {
       status,
-      run: run === null ? null : info(run),
+      run: run === null ? null : runInfo(run),
       waitMs: Math.max(0, Math.ceil(this.#waitMs)),
       batch: { operations: this.#ops, entries: this.#entries },
       totals: run?.totals ?? emptyTotals(),

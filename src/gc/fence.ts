@@ -18,9 +18,11 @@
 //
 // Document (JSON): {"run": id, "announcedAt": ms, "paths": "<hash32><hash32>…",
 // "nars": "<filehash52><filehash52>…"}; both strings are sorted concatenations of
-// fixed-width keys, searched by bisection (no per-key parsing on the upload path).
+// fixed-width keys (gc/packed-keys.ts), searched by bisection (no per-key parsing on the
+// upload path).
 
 import { HASH_PART_LENGTH } from "../nix/store-path.ts";
+import { packedContains } from "./packed-keys.ts";
 
 /** Length of a NAR file hash (nix32 sha256). */
 export const NAR_FILE_HASH_LENGTH = 52;
@@ -52,21 +54,6 @@ export function parseFence(text: string): Fence | null {
   if (typeof run !== "string" || typeof announcedAt !== "number" || typeof paths !== "string" || typeof nars !== "string") return null;
   if (paths.length % HASH_PART_LENGTH !== 0 || nars.length % NAR_FILE_HASH_LENGTH !== 0) return null;
   return { runId: run, announcedAt, paths, nars };
-}
-
-/** Whether the sorted concatenation `packed` of `width`-character keys contains `key`. */
-export function packedContains(packed: string, width: number, key: string): boolean {
-  if (key.length !== width) return false;
-  let lo = 0;
-  let hi = packed.length / width;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    const probe = packed.slice(mid * width, mid * width + width);
-    if (probe === key) return true;
-    if (probe < key) lo = mid + 1;
-    else hi = mid;
-  }
-  return false;
 }
 
 /** Whether the narinfo with this hash part is about to be deleted. */

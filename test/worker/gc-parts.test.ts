@@ -7,7 +7,7 @@ import fc from "fast-check";
 import { afterEach, describe, expect, it } from "vitest";
 import { NIX32_ALPHABET } from "../../src/nix/nix32.ts";
 import { KEY_ABSENT, KEY_EXPANDED, KEY_MEMBER, KeySet } from "../../src/gc/key-set.ts";
-import { packedContains } from "../../src/gc/fence.ts";
+import { packedContains } from "../../src/gc/packed-keys.ts";
 import { LEASE_MS, runGcBatch } from "../../src/gc/collector.ts";
 import { parseState } from "../../src/gc/run-state.ts";
 import { loadStatsView } from "../../src/gc/stats.ts";
