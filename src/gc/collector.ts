@@ -231,6 +231,60 @@ const CONCURRENCY = 6;
  */
 export const LEASE_MS = 30_000;
 
+// What each step may cost, in operations (R2 calls and D1 queries, counted as they are made):
+// a step starts only when its cost fits in what is left of the batch (#fits).
+
+/** The mark sets a batch starts from (#loadSets): a get for the live set, one for the NAR set. */
+const LOAD_SETS_OPERATIONS = 2;
+/** A listed page of the mark: the listing of its keys, and the index query about its narinfos. */
+const LISTED_PAGE_OPERATIONS = 2;
+/** A mark step: the mark sets (when the batch has not loaded them yet) and a listed page. */
+const MARK_OPERATIONS = LOAD_SETS_OPERATIONS + LISTED_PAGE_OPERATIONS;
+/** R2 calls pinRoots makes beside its query: the get of a pins document from before the pins table, and its delete once moved. */
+const PINS_DOCUMENT_OPERATIONS = 2;
+/** Loading the roots: the pins query and PINS_DOCUMENT_OPERATIONS, with one to spare. */
+const ROOTS_OPERATIONS = 4;
+/** Following a round of queued paths through the index: one D1 query. */
+const INDEX_ROUND_OPERATIONS = 1;
+/**
+ * Reading one queued narinfo the index does not know: its HEAD, its body when the metadata
+ * lacks references, and the rewrite of that metadata. The HEADs of unlisted narinfos are
+ * budgeted alike: those found live are read next.
+ */
+const LOOKUP_OPERATIONS = 3;
+/** A nars step: the mark sets and one listing of `nar/`. */
+const NARS_OPERATIONS = LOAD_SETS_OPERATIONS + 1;
+/** A compact step: the mark sets, the get of a candidate chunk and the put of its garbage chunk. */
+const COMPACT_OPERATIONS = LOAD_SETS_OPERATIONS + 2;
+/** Announce, per chunk: its get, with room for the draft's get before and the draft's or the fence's put after. */
+const ANNOUNCE_OPERATIONS = 3;
+/** A delete step before its deletions: the mark sets and the get of the chunk. */
+const DELETE_OPERATIONS = LOAD_SETS_OPERATIONS + 1;
+/**
+ * Keys a delete step budgets per entry of the batch: a path line deletes two (its narinfo and
+ * its listing), doubled because a chunk holds only about one batch's entries (a step may
+ * overrun the entry budget by its last round, and chunks written before a run halved its
+ * batches are larger).
+ */
+const DELETE_KEYS_PER_ENTRY = 4;
+/** Removing a page of a run's working objects: its listing and one bulk delete. */
+const CLEANUP_PAGE_OPERATIONS = 2;
+/** The finish step: the fence's delete, the statistics' write, and two pages of working objects. */
+const FINISH_OPERATIONS = 2 + 2 * CLEANUP_PAGE_OPERATIONS;
+
+/**
+ * Members the mark sets are sized for beyond the last run's path count, for the paths pushed
+ * since: a set that fits needs no rehash (a copy of the whole table) during the run.
+ */
+const SET_HEADROOM = 1024;
+/**
+ * A requested cutoff this close to the running collection's asks for the same collection: an
+ * age becomes a cutoff at each request's own time, so a retry moments later differs a little.
+ */
+const SAME_CUTOFF_MS = 1000;
+/** Characters of a stored value (a NAR file name, a URL) quoted in an unreadable document's reason. */
+const MAX_QUOTED_LENGTH = 120;
+
 /** The run's working object `name` (`<kind>-<generation>[.<n>]`). */
 function workKey(run: RunState, name: string): string {
   return `${runPrefix(run.id)}${name}`;
@@ -405,7 +459,7 @@ class Batch {
       }
       return;
     }
-    if (cutoff !== undefined && Math.abs(cutoff - run.cutoff) > 1000) {
+    if (cutoff !== undefined && Math.abs(cutoff - run.cutoff) > SAME_CUTOFF_MS) {
       throw fail(
         "conflict",
         `collection ${run.id} (started ${new Date(run.startedAt).toISOString()}, collecting paths pushed before ` +
@@ -508,7 +562,7 @@ class Batch {
 
   /**
    * Whether `ops` more operations (`queries` of them D1 queries) and `entries` more entries
-   * fit in this batch.
+   * fit in this batch (a step that asks for 1 entry needs room for at least one more).
    */
   #fits(ops: number, entries = 0, queries = 0): boolean {
     return (
@@ -544,7 +598,7 @@ class Batch {
   async #loadSets(run: RunState): Promise<void> {
     if (this.#live !== null) return;
     if (run.sets === null) {
-      const expected = this.#state.lastPaths + 1024;
+      const expected = this.#state.lastPaths + SET_HEADROOM;
       this.#live = KeySet.create(HASH_PART_LENGTH, expected);
       this.#nars = KeySet.create(NAR_FILE_HASH_LENGTH, expected);
       this.#setsDirty = true;
@@ -564,13 +618,13 @@ class Batch {
   }
 
   async #markStep(run: RunState): Promise<boolean> {
-    if (!this.#fits(4)) return false;
+    if (!this.#fits(MARK_OPERATIONS)) return false;
     await this.#loadSets(run);
     if (!run.rootsLoaded) {
       // One D1 query; a get of the pins document of a cache from before the pins table,
       // and its delete once moved into the table.
-      if (!this.#fits(4, 0, 1)) return false;
-      this.#ops += 2;
+      if (!this.#fits(ROOTS_OPERATIONS, 0, 1)) return false;
+      this.#ops += PINS_DOCUMENT_OPERATIONS;
       const roots = await this.#query(() => pinRoots(this.#bucket, this.#db, { dryRun: run.dryRun }));
       for (const hash of roots.hashes) this.#live!.add(hash);
       if (roots.document.state === "damaged") this.#noteUnreadable(run, { key: PINS_KEY, path: null, reason: roots.document.reason });
@@ -583,7 +637,7 @@ class Batch {
     if (!run.listed) {
       const room = Math.max(1, Math.min(MAX_PAGE, this.#maxEntries - this.#entries));
       // The listing (keys only) and the index query about its narinfos.
-      if (!this.#fits(2, 1, 1)) return false;
+      if (!this.#fits(LISTED_PAGE_OPERATIONS, 1, 1)) return false;
       const page = await this.#op(() => listTopLevelKeys(this.#bucket, run.cursor, room));
       const hashes = page.objects.map((o) => narInfoKeyHashPart(o.key));
       const narinfos = hashes.filter((h): h is string => h !== null);
@@ -715,7 +769,7 @@ class Batch {
     const left = this.#maxEntries - this.#entries;
     const affordable = Math.max(first ? 1 : 0, Math.floor(left / INDEXED_LOOKUP_COST));
     const count = Math.min(packedCount(run.queue, HASH_PART_LENGTH), INDEX_ROUND, affordable);
-    if (count <= 0 || !this.#fits(1, 0, 1)) return false;
+    if (count <= 0 || !this.#fits(INDEX_ROUND_OPERATIONS, 0, 1)) return false;
     const hashes = firstPacked(run.queue, HASH_PART_LENGTH, count);
     // The index answers references for as many of them as the batch can still afford.
     const rows = await this.#query(() => linksOf(this.#db, hashes, Math.max(1, left) * REFS_PER_ENTRY));
@@ -736,7 +790,7 @@ class Batch {
       this.#live!.setExpanded(hash);
       const fileHash = narFileHash(row.narFile);
       if (fileHash === null) {
-        this.#noteUnreadable(run, { key: narInfoKey(hash), path: null, reason: `its NAR file ${JSON.stringify(row.narFile.slice(0, 120))} is not <file hash>.nar[.ext], so which NAR it needs is unknown` });
+        this.#noteUnreadable(run, { key: narInfoKey(hash), path: null, reason: `its NAR file ${JSON.stringify(row.narFile.slice(0, MAX_QUOTED_LENGTH))} is not <file hash>.nar[.ext], so which NAR it needs is unknown` });
         continue;
       }
       this.#expand(run, hash, row.refs!, fileHash);
@@ -752,10 +806,11 @@ class Batch {
    * decided like any other; a live one is read from R2 (#lookUpStep).
    */
   async #unlistedStep(run: RunState): Promise<boolean> {
-    const room = Math.floor((this.#maxOps - RESERVED_OPERATIONS - this.#ops) / 3);
+    const room = Math.floor((this.#maxOps - RESERVED_OPERATIONS - this.#ops) / LOOKUP_OPERATIONS);
     const first = this.#entries === 0;
     const affordable = Math.max(first ? 1 : 0, Math.floor((this.#maxEntries - this.#entries) / LOOKUP_COST));
     const count = Math.min(packedCount(run.unlisted, HASH_PART_LENGTH), QUEUE_ROUND, room, affordable);
+    // One HEAD each.
     if (count <= 0 || !this.#fits(count, first ? 0 : count * LOOKUP_COST)) return false;
     const hashes = firstPacked(run.unlisted, HASH_PART_LENGTH, count);
     run.unlisted = dropPacked(run.unlisted, HASH_PART_LENGTH, count);
@@ -779,12 +834,12 @@ class Batch {
 
   /** Reads queued narinfos the index does not know (HEAD; their body when the metadata lacks references). */
   async #lookUpStep(run: RunState): Promise<boolean> {
-    const room = Math.floor((this.#maxOps - RESERVED_OPERATIONS - this.#ops) / 3);
+    const room = Math.floor((this.#maxOps - RESERVED_OPERATIONS - this.#ops) / LOOKUP_OPERATIONS);
     // A batch that has done nothing else reads at least one, however small its budget.
     const first = this.#entries === 0;
     const affordable = Math.max(first ? 1 : 0, Math.floor((this.#maxEntries - this.#entries) / LOOKUP_COST));
     const count = Math.min(packedCount(run.unindexed, HASH_PART_LENGTH), QUEUE_ROUND, room, affordable);
-    if (count <= 0 || !this.#fits(count * 3, first ? 0 : count * LOOKUP_COST)) return false;
+    if (count <= 0 || !this.#fits(count * LOOKUP_OPERATIONS, first ? 0 : count * LOOKUP_COST)) return false;
     const hashes = firstPacked(run.unindexed, HASH_PART_LENGTH, count);
     run.unindexed = dropPacked(run.unindexed, HASH_PART_LENGTH, count);
     this.#entries += count * LOOKUP_COST;
@@ -838,7 +893,7 @@ class Batch {
     }
     const file = parsed.url.startsWith(NAR_PREFIX) ? parseNarFileName(parsed.url.slice(NAR_PREFIX.length)) : null;
     if (file === null) {
-      return unreadable(`its URL ${JSON.stringify(parsed.url.slice(0, 120))} is not nar/<file hash>.nar[.ext], so which NAR it needs is unknown`, parsed.storePath);
+      return unreadable(`its URL ${JSON.stringify(parsed.url.slice(0, MAX_QUOTED_LENGTH))} is not nar/<file hash>.nar[.ext], so which NAR it needs is unknown`, parsed.storePath);
     }
     // Every reference counts, even one with the hash part of the body's own StorePath: the
     // key is what names this narinfo, and a body for another path keeps what it names.
@@ -856,7 +911,7 @@ class Batch {
   }
 
   async #narsStep(run: RunState): Promise<boolean> {
-    if (!this.#fits(3, 1)) return false;
+    if (!this.#fits(NARS_OPERATIONS, 1)) return false;
     await this.#loadSets(run);
     const room = Math.min(MAX_PAGE, this.#maxEntries - this.#entries);
     const page = await this.#op(() => listPrefix(this.#bucket, NAR_PREFIX, run.cursor, room));
@@ -916,7 +971,7 @@ class Batch {
     }
     // A chunk holds about one batch's entries; one more chunk may overrun the entry budget
     // by that much, which keeps a batch within twice its CPU allowance.
-    if (!this.#fits(4, 1)) return false;
+    if (!this.#fits(COMPACT_OPERATIONS, 1)) return false;
     await this.#loadSets(run);
     const name = run.candidates[run.index]!;
     const chunk = await this.#op(() => getTextObject(this.#bucket, workKey(run, name)));
@@ -946,7 +1001,7 @@ class Batch {
    */
   async #announceStep(run: RunState): Promise<boolean> {
     const chunks = [...run.garbage, ...run.narCandidates];
-    if (!this.#fits(3)) return false;
+    if (!this.#fits(ANNOUNCE_OPERATIONS)) return false;
     let paths = "";
     let nars = "";
     if (run.draft !== null) {
@@ -956,7 +1011,7 @@ class Batch {
       if (draft === undefined) throw new Error(`the fence draft of collection ${run.id} is missing`);
       ({ paths, nars } = parseDraft(draft));
     }
-    while (run.index < chunks.length && this.#fits(3)) {
+    while (run.index < chunks.length && this.#fits(ANNOUNCE_OPERATIONS)) {
       const name = chunks[run.index]!;
       const text = (await this.#op(() => getTextObject(this.#bucket, workKey(run, name))))?.text ?? "";
       const isPaths = run.index < run.garbage.length;
@@ -1021,9 +1076,8 @@ class Batch {
       run.phase = "finish";
       return true;
     }
-    // A chunk holds about one batch's entries; deleting them takes ≤ 2 keys per line, and
-    // forgetting a chunk's paths one D1 query.
-    if (!this.#fits(3 + Math.ceil((4 * this.#maxEntries) / MAX_DELETE_KEYS), 1, 1)) return false;
+    // Deleting a chunk's objects takes a few bulk deletes, and forgetting its paths one D1 query.
+    if (!this.#fits(DELETE_OPERATIONS + Math.ceil((DELETE_KEYS_PER_ENTRY * this.#maxEntries) / MAX_DELETE_KEYS), 1, 1)) return false;
     const isPaths = run.index < run.garbage.length;
     if (isPaths && blocked(run)) {
       // An unreadable document turned up in the second look: no fenced narinfo goes.
@@ -1103,7 +1157,7 @@ class Batch {
   }
 
   async #finishStep(run: RunState): Promise<boolean> {
-    if (!this.#fits(6)) return false;
+    if (!this.#fits(FINISH_OPERATIONS)) return false;
     const now = this.#clock();
     const totals = run.totals;
     const result: GcResult = {
@@ -1147,7 +1201,7 @@ class Batch {
   async #removeWorkObjects(run: RunState): Promise<boolean> {
     let cursor: string | null = null;
     do {
-      if (!this.#fits(2)) return false;
+      if (!this.#fits(CLEANUP_PAGE_OPERATIONS)) return false;
       const page = await this.#op(() => listPrefix(this.#bucket, runPrefix(run.id), cursor));
       const keys = page.objects.map((o) => o.key);
       if (keys.length > 0) await this.#op(() => deleteKeys(this.#bucket, keys));
