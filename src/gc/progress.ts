@@ -2,7 +2,7 @@
 // the context (bindings, settings, clock, smaller limits for tests), the caller's request,
 // and the progress it reports to the cron trigger, `POST /_api/v1/gc` and `uploader gc`.
 
-import type { GcResult, Phase, RunState, RunTotals, Trigger } from "./run-state.ts";
+import type { GcResult, RunState, RunTotals, Trigger } from "./run-state.ts";
 import type { GcSettings } from "./settings.ts";
 import type { CacheStats } from "./stats.ts";
 
@@ -50,15 +50,8 @@ export interface Found {
   files: FoundFile[];
 }
 
-export interface RunInfo {
-  id: string;
-  dryRun: boolean;
-  trigger: Trigger;
-  startedAt: number;
-  cutoff: number;
-  phase: Phase;
-  pass: 1 | 2;
-}
+/** The part of a run's state its progress shows. */
+export type RunInfo = Pick<RunState, "id" | "dryRun" | "trigger" | "startedAt" | "cutoff" | "phase" | "pass">;
 
 export interface GcProgress {
   /**
@@ -78,7 +71,6 @@ export interface GcProgress {
   stats?: CacheStats;
 }
 
-/** The part of a run's state its progress shows. */
 export function runInfo(run: RunState): RunInfo {
   return { id: run.id, dryRun: run.dryRun, trigger: run.trigger, startedAt: run.startedAt, cutoff: run.cutoff, phase: run.phase, pass: run.pass };
 }
