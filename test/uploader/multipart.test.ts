@@ -14,13 +14,16 @@ import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { Writable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
-import { normaliseSha256 } from "../../src/nix/hash.ts";
+import { formatSha256, normaliseSha256 } from "../../src/nix/hash.ts";
 import { encodeNix32 } from "../../src/nix/nix32.ts";
 import { AuthError, HttpError, NetworkError, TooLargeError } from "../../uploader/errors.ts";
 import { refusedForGood, uploadInParts } from "../../uploader/multipart.ts";
 import { HttpClient } from "../../uploader/http.ts";
-import type { PushSummary } from "../../uploader/progress.ts";
+import { planPush } from "../../uploader/plan.ts";
+import { Progress, type PushSummary } from "../../uploader/progress.ts";
+import { executePlan } from "../../uploader/push.ts";
 import { RemoteCache } from "../../uploader/remote-cache.ts";
 import { queryClosure } from "../../uploader/store.ts";
 import { prepareNar } from "../../uploader/upload.ts";
@@ -150,6 +153,42 @@ describe("multipart pushes with a 6 MiB request limit", () => {
     expect(narinfo.fileSize).toBe(prepared.fileSize);
     expect(normaliseSha256(narinfo.narHash)).toBe(info!.narHash);
     await expectSubstitutes(nix, worker.url, publicKey, path);
+  });
+
+  test("a large path that does not match its store record is not stored, and the parts sent meanwhile are dropped", { timeout: 300_000 }, async () => {
+    const path = await randomPath(nix, "nec-multipart-mismatch", 20 * 1024 * 1024);
+    const [info] = await queryClosure([path], { env: nix.env });
+    const http = new HttpClient({ baseUrl: worker.url, token: worker.token });
+    try {
+      const cache = new RemoteCache(http);
+      const settings = { cache, compression: "zstd" as const, tmpDir: await nix.tempDir("mismatch-") };
+      const wouldBe = await prepareNar(info!, settings);
+      // The store is read-only, so corrupt the record instead: the disk no longer matches it.
+      const narHash = formatSha256(new Uint8Array(32).fill(7));
+      const lines: string[] = [];
+      const stream = new Writable({ write: (chunk, _encoding, done) => (lines.push(String(chunk)), done()) });
+      const plan = await planPush([{ ...info!, narHash }], cache, { upstreamKeys: [] });
+      const progress = new Progress({ stream: stream as unknown as NodeJS.WriteStream, verbose: true });
+      const observe = { detail: (m: string) => progress.detail(m), log: (m: string) => progress.log(m) };
+      const { summary } = await executePlan(plan, { ...settings, jobs: 4, progress, observe });
+      expect(summary).toMatchObject({ uploaded: 0, failed: 1 });
+      // Parts went while compressing (the NAR is found wrong only at its end) ...
+      expect(lines.join("")).toMatch(/sent part 1 /);
+      expect((await fetch(`${worker.url}/${wouldBe.key}`, { method: "HEAD" })).status).toBe(404);
+      expect((await fetch(`${worker.url}/${info!.hashPart}.narinfo`)).status).toBe(404);
+      // ... and were dropped: a start under the push's name for those bytes begins afresh.
+      const name = `${info!.hashPart}-${narHash}-zstd`;
+      expect(lines.join("")).toContain(`(upload ${name}, named at completion)`);
+      const res = await fetch(`${worker.url}/_api/v1/multipart/nar`, {
+        method: "POST",
+        headers: { Authorization: `Bearer ${worker.token}`, "Content-Type": "application/json" },
+        body: JSON.stringify({ name }),
+      });
+      expect(res.status).toBe(201);
+      expect(((await res.json()) as { parts: unknown[] }).parts).toEqual([]);
+    } finally {
+      http.close();
+    }
   });
 
   test("plain nix copy of a path over the limit fails with a 413 naming the uploader", { timeout: 120_000 }, async () => {
