@@ -109,7 +109,7 @@ export async function putStream(bucket: R2Bucket, key: string, body: ReadableStr
   try {
     stored = await bucket.put(key, fixed.readable, {
       ...(put.sha256Hex === undefined ? {} : { sha256: put.sha256Hex }),
-      ...(put.onlyIfAbsent === true ? { onlyIf: { etagDoesNotMatch: "*" } } : {}),
+      ...(put.onlyIfAbsent === true ? { onlyIf: ONLY_IF_ABSENT } : {}),
       httpMetadata: httpMetadataFor(key, put.contentType, put.contentEncoding),
     });
   } catch (err) {
@@ -129,24 +129,31 @@ export async function putStream(bucket: R2Bucket, key: string, body: ReadableStr
   return true;
 }
 
+/** What a conditional write requires of its key: absent, or unchanged since it was read. */
+export interface PutCondition {
+  ifAbsent?: boolean;
+  /** The etag the key had when it was read. */
+  ifEtag?: string;
+}
+
+/** R2's condition for "only while the key is absent": no etag matches "*". */
+export const ONLY_IF_ABSENT: R2Conditional = { etagDoesNotMatch: "*" };
+
 /**
- * Stores a small document. With `ifAbsent` or `ifEtag` the write is conditional and
- * returns false when the condition failed (someone else wrote the key meanwhile).
+ * Writes an object, conditionally when `condition` asks: the stored object, or null when
+ * the condition failed (someone else wrote the key meanwhile) and nothing changed. The one
+ * place a PutCondition becomes R2's onlyIf; R2 failures become `storage_unavailable`.
  */
-export async function putDocument(
+export async function putObject(
   bucket: R2Bucket,
   key: string,
-  body: string | Uint8Array,
-  opts: { contentType: string; ifAbsent?: boolean; ifEtag?: string },
-): Promise<boolean> {
-  const onlyIf: R2Conditional | undefined =
-    opts.ifEtag !== undefined ? { etagMatches: opts.ifEtag } : opts.ifAbsent === true ? { etagDoesNotMatch: "*" } : undefined;
+  body: Parameters<R2Bucket["put"]>[1],
+  options: R2PutOptions = {},
+  condition: PutCondition = {},
+): Promise<R2Object | null> {
+  const onlyIf: R2Conditional | undefined = condition.ifEtag !== undefined ? { etagMatches: condition.ifEtag } : condition.ifAbsent === true ? ONLY_IF_ABSENT : undefined;
   try {
-    const result = await bucket.put(key, body, {
-      httpMetadata: httpMetadataFor(key, opts.contentType),
-      ...(onlyIf === undefined ? {} : { onlyIf }),
-    });
-    return result !== null;
+    return await bucket.put(key, body, onlyIf === undefined ? options : { ...options, onlyIf });
   } catch (err) {
     return storageUnavailable(err);
   }

@@ -16,7 +16,7 @@
 // layouts), so none of this can be read or written over HTTP. Listings of narinfos use the
 // delimiter "/" so that `nar/`, `log/` and `_gc/` collapse into single prefixes.
 
-import { storageUnavailable } from "./bucket.ts";
+import { putObject, storageUnavailable } from "./bucket.ts";
 
 export const GC_PREFIX = "_gc/";
 export const FENCE_KEY = `${GC_PREFIX}fence.json`;
@@ -121,24 +121,9 @@ export async function getBinaryObject(bucket: R2Bucket, key: string): Promise<Ar
   }
 }
 
-/**
- * Writes a GC object and returns its new etag. With `ifEtag` (or `ifAbsent`) the write is
- * conditional and returns null when someone else wrote the key since it was read.
- */
-export async function putGcObject(
-  bucket: R2Bucket,
-  key: string,
-  body: string | ArrayBuffer,
-  condition: { ifEtag?: string; ifAbsent?: boolean } = {},
-): Promise<string | null> {
-  const onlyIf: R2Conditional | undefined =
-    condition.ifEtag !== undefined ? { etagMatches: condition.ifEtag } : condition.ifAbsent === true ? { etagDoesNotMatch: "*" } : undefined;
-  try {
-    const result = await bucket.put(key, body, onlyIf === undefined ? {} : { onlyIf });
-    return result === null ? null : result.etag;
-  } catch (err) {
-    return storageUnavailable(err);
-  }
+/** Writes a GC object (a run's working object, the fence): its one writer is the batch holding the lease. */
+export async function putGcObject(bucket: R2Bucket, key: string, body: string | ArrayBuffer): Promise<void> {
+  await putObject(bucket, key, body);
 }
 
 /** Deletes up to MAX_DELETE_KEYS keys in one operation (absent keys are fine). */

@@ -76,7 +76,7 @@
 import { fail } from "../errors.ts";
 import { CONTENT_TYPE } from "../http/representation.ts";
 import { checkComplete, expectedPartSize, MAX_PARTS, type PartLayout } from "../upload/part-layout.ts";
-import { headObject, httpMetadataFor, storageUnavailable } from "./bucket.ts";
+import { headObject, httpMetadataFor, ONLY_IF_ABSENT, storageUnavailable } from "./bucket.ts";
 import {
   LEGACY_MULTIPART_UPLOADS_PREFIX,
   legacyMultipartAssemblyKey,
@@ -406,7 +406,7 @@ export async function finishUpload(
     written = await bucket.put(nar, staged.body, {
       sha256: sha256Hex,
       httpMetadata: httpMetadataFor(nar, CONTENT_TYPE.nar),
-      onlyIf: { etagDoesNotMatch: "*" },
+      onlyIf: ONLY_IF_ABSENT,
     });
   } catch (err) {
     if (!CHECKSUM_MISMATCH.test(messageOf(err))) return storageUnavailable(err);

@@ -9,7 +9,7 @@ import { CONTENT_TYPE } from "../api/media-types.ts";
 import { NixFormatError } from "../nix/errors.ts";
 import { parseNarInfo } from "../nix/narinfo.ts";
 import { parseStorePath, parseStorePathBaseName, type StorePath } from "../nix/store-path.ts";
-import { getObject, headObject, httpMetadataFor, R2_CONCURRENCY, storageUnavailable } from "./bucket.ts";
+import { getObject, headObject, httpMetadataFor, putObject, R2_CONCURRENCY, storageUnavailable, type PutCondition } from "./bucket.ts";
 import { narInfoKey } from "./keys.ts";
 import { metaName } from "./narinfo-meta.ts";
 
@@ -41,20 +41,9 @@ export async function putNarInfoObject(
   key: string,
   text: string,
   customMetadata: Record<string, string>,
-  condition: { ifAbsent?: boolean; ifEtag?: string } = {},
+  condition: PutCondition = {},
 ): Promise<boolean> {
-  const onlyIf: R2Conditional | undefined =
-    condition.ifEtag !== undefined ? { etagMatches: condition.ifEtag } : condition.ifAbsent === true ? { etagDoesNotMatch: "*" } : undefined;
-  try {
-    const result = await bucket.put(key, text, {
-      httpMetadata: httpMetadataFor(key, CONTENT_TYPE.narinfo),
-      customMetadata,
-      ...(onlyIf === undefined ? {} : { onlyIf }),
-    });
-    return result !== null;
-  } catch (err) {
-    return storageUnavailable(err);
-  }
+  return (await putObject(bucket, key, text, { httpMetadata: httpMetadataFor(key, CONTENT_TYPE.narinfo), customMetadata }, condition)) !== null;
 }
 
 /** For each key, the stored object's metadata or null; R2_CONCURRENCY requests at a time. */

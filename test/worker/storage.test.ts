@@ -7,7 +7,7 @@ import { mapConcurrent } from "../../src/concurrency.ts";
 import { AppError } from "../../src/errors.ts";
 import { toHex, utf8 } from "../../src/nix/encoding.ts";
 import { sha256 } from "../../src/nix/hash.ts";
-import { existsMany, putDocument, putStream } from "../../src/storage/bucket.ts";
+import { existsMany, putObject, putStream } from "../../src/storage/bucket.ts";
 import { keys } from "../helpers/worker.ts";
 
 afterEach(() => reset());
@@ -84,14 +84,19 @@ describe("putStream", () => {
   });
 });
 
-describe("putDocument", () => {
-  it("writes only if absent, or only over the etag that was read", async () => {
-    expect(await putDocument(env.CACHE, "d", "one", { contentType: "text/plain", ifAbsent: true })).toBe(true);
-    expect(await putDocument(env.CACHE, "d", "two", { contentType: "text/plain", ifAbsent: true })).toBe(false);
+describe("putObject", () => {
+  it("writes only if absent, or only over the etag that was read, and changes nothing when the condition fails", async () => {
+    expect(await putObject(env.CACHE, "d", "one", {}, { ifAbsent: true })).not.toBeNull();
+    expect(await putObject(env.CACHE, "d", "two", {}, { ifAbsent: true })).toBeNull();
     const etag = (await env.CACHE.head("d"))!.etag;
-    expect(await putDocument(env.CACHE, "d", "three", { contentType: "text/plain", ifEtag: "0123456789abcdef0123456789abcdef" })).toBe(false);
-    expect(await putDocument(env.CACHE, "d", "four", { contentType: "text/plain", ifEtag: etag })).toBe(true);
-    expect(await (await env.CACHE.get("d"))!.text()).toBe("four");
+    expect(await putObject(env.CACHE, "d", "three", {}, { ifEtag: "0123456789abcdef0123456789abcdef" })).toBeNull();
+    expect(await (await env.CACHE.get("d"))!.text()).toBe("one");
+    const written = await putObject(env.CACHE, "d", "four", { customMetadata: { k: "v" } }, { ifEtag: etag });
+    expect(written?.etag).not.toBe(etag);
+    const stored = (await env.CACHE.get("d"))!;
+    expect([await stored.text(), stored.customMetadata]).toEqual(["four", { k: "v" }]);
+    // Unconditional by default.
+    expect(await putObject(env.CACHE, "d", "five")).not.toBeNull();
   });
 });
 
