@@ -10,8 +10,8 @@
 // `uploadNar` PUTs `nar/<FileHash nix32>.nar<ext>` (Nix's naming), or, when the file is
 // larger than the cache takes in one request, uploads it in parts from the temp file
 // (multipart.ts). `prepareAndUploadNar` does both at once for a NAR that may be over the
-// limit: each part leaves as soon as compression has written it into the temp file, so
-// sending overlaps compressing; `narInfoFor` builds the narinfo with the core's formatter and signer;
+// limit: once the compressed file is over it, each part leaves as soon as compression has
+// written it into the temp file, so sending overlaps compressing; `narInfoFor` builds the narinfo with the core's formatter and signer;
 // the caller (push.ts) PUTs it only once the narinfos of all the path's references are in
 // the cache.
 import { createHash, type Hash } from "node:crypto";
@@ -75,10 +75,11 @@ export function prepareNar(info: StorePathInfo, settings: UploadSettings, narSou
 }
 
 /**
- * The NAR written into its temp file; with `parts`, each part of the file is sent as soon
- * as it is written (the sink waits while the parts in flight are at their bound).
+ * The NAR written into its temp file; with `parts`, told after each write how much of the
+ * file is on disk (PartsOnceOverLimit sends the parts written; the sink waits while the
+ * parts in flight are at their bound).
  */
-async function writePreparedNar(info: StorePathInfo, settings: UploadSettings, narSource: (() => Readable | Promise<Readable>) | undefined, parts: PartsWhileWriting | null): Promise<PreparedNar> {
+async function writePreparedNar(info: StorePathInfo, settings: UploadSettings, narSource: (() => Readable | Promise<Readable>) | undefined, parts: WrittenListener | null): Promise<PreparedNar> {
   const ext = narFileExtension(settings.compression);
   const file = join(settings.tmpDir, `${info.hashPart}.nar${ext}`);
   const nar = hashingCounter();
@@ -109,11 +110,16 @@ async function writePreparedNar(info: StorePathInfo, settings: UploadSettings, n
   }
 }
 
+/** What the temp file's sink tells after each write: how many bytes are on disk. */
+interface WrittenListener {
+  written(size: number): Promise<void>;
+}
+
 /**
  * A sink writing the compressed NAR into `file` and telling `parts` how much of it is on
  * disk after each write, so parts leave while compression goes on.
  */
-async function fileSendingParts(file: string, parts: PartsWhileWriting): Promise<Writable> {
+async function fileSendingParts(file: string, parts: WrittenListener): Promise<Writable> {
   const fh = await open(file, "w");
   let size = 0;
   return new Writable({
@@ -133,12 +139,39 @@ async function fileSendingParts(file: string, parts: PartsWhileWriting): Promise
 }
 
 /**
- * A path's NAR prepared and uploaded at once, for NARs that may be over the cache's
- * request limit: the compressed file goes in parts as it is written (an upload named at
- * completion, multipart.ts), so sending overlaps compressing instead of following it.
- * Returns null, having done nothing, when the NAR fits in one request or the cache has no
- * such uploads: then prepareNar and uploadNar do it in turn. The temp file is left for the
- * caller to remove, as prepareNar leaves it.
+ * Starts the upload named at completion once the compressed file is over the request
+ * limit, and from then on passes on what is written. Until then the NAR may still fit in
+ * one PUT, which costs the cache one verified write where parts cost the parts, then the
+ * completion's verified copy of the whole file.
+ */
+class PartsOnceOverLimit implements WrittenListener {
+  parts: PartsWhileWriting | null = null;
+  readonly #limit: number;
+  readonly #start: () => Promise<PartsWhileWriting | null>;
+  #asked = false;
+
+  constructor(limit: number, start: () => Promise<PartsWhileWriting | null>) {
+    this.#limit = limit;
+    this.#start = start;
+  }
+
+  async written(size: number): Promise<void> {
+    if (!this.#asked && size > this.#limit) {
+      this.#asked = true;
+      this.parts = await this.#start();
+    }
+    await this.parts?.written(size);
+  }
+}
+
+/**
+ * A path's NAR prepared and uploaded, for NARs that may be over the cache's request limit:
+ * once the compressed file is over it, its parts go as they are written (an upload named
+ * at completion, multipart.ts), so sending overlaps compressing instead of following it.
+ * A file that stays within the limit, or a cache without such uploads, is uploaded once
+ * written, as uploadNar does. Returns null, having done nothing, for a NAR that fits in
+ * one request whatever its compression: then prepareNar and uploadNar do it in turn. The
+ * temp file is left for the caller to remove, as prepareNar leaves it.
  *
  * Without a name, the cache cannot be asked first whether it has the NAR already (an
  * interrupted push that stored the NAR but not its narinfo): such a NAR is sent again and
@@ -147,25 +180,26 @@ async function fileSendingParts(file: string, parts: PartsWhileWriting): Promise
 export async function prepareAndUploadNar(info: StorePathInfo, settings: UploadSettings): Promise<{ prepared: PreparedNar; sentBytes: number } | null> {
   const http = settings.cache.http;
   const limits = await uploadLimits(http);
-  if (!needsParts(info.narSize, limits)) return null;
+  if (limits === null || !needsParts(info.narSize, limits)) return null;
   const ext = narFileExtension(settings.compression);
   const observe = { sent: settings.observe?.sent, detail: settings.observe?.detail, log: settings.observe?.log };
   // Names the bytes: the same path, NAR and compression make the same file, so a re-run
   // resumes the parts it sent.
   const name = `${info.hashPart}-${normaliseSha256(info.narHash)}-${settings.compression}${settings.level ?? ""}`;
-  const parts = await PartsWhileWriting.start(http, name, join(settings.tmpDir, `${info.hashPart}.nar${ext}`), observe);
-  if (parts === null) return null;
+  const overLimit = new PartsOnceOverLimit(limits.maxRequestBytes, () => PartsWhileWriting.start(http, name, join(settings.tmpDir, `${info.hashPart}.nar${ext}`), observe));
   let prepared: PreparedNar;
   try {
-    prepared = await writePreparedNar(info, settings, undefined, parts);
+    prepared = await writePreparedNar(info, settings, undefined, overLimit);
   } catch (err) {
     // A NAR that is not the store's record must not be stored: drop its parts. A part
     // refused for good is dropped too; parts of a push that lost the cache are kept for
     // a re-run.
-    if (err instanceof NarMismatchError || refusedForGood(err)) await parts.abort();
+    if (overLimit.parts && (err instanceof NarMismatchError || refusedForGood(err))) await overLimit.parts.abort();
     throw err;
   }
+  const parts = overLimit.parts;
   try {
+    if (parts === null) return { prepared, sentBytes: await uploadNar(prepared, settings) };
     try {
       return { prepared, sentBytes: await parts.finish(prepared.fileSize, prepared.key.slice("nar/".length)) };
     } catch (err) {

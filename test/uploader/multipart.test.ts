@@ -12,7 +12,7 @@
 // `nix copy` refused with a 413 that names the uploader.
 import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { writeFile } from "node:fs/promises";
+import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Writable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
@@ -153,6 +153,21 @@ describe("multipart pushes with a 6 MiB request limit", () => {
     expect(narinfo.fileSize).toBe(prepared.fileSize);
     expect(normaliseSha256(narinfo.narHash)).toBe(info!.narHash);
     await expectSubstitutes(nix, worker.url, publicKey, path);
+  });
+
+  test("a NAR over the limit that compresses within it goes in one PUT, not in parts", { timeout: 120_000 }, async () => {
+    const dir = join(await nix.tempDir("text-"), "nec-multipart-text");
+    await mkdir(dir);
+    await writeFile(join(dir, "data.txt"), `${randomBytes(8).toString("hex")} a line of text that compresses well\n`.repeat(400_000));
+    const path = await nix.add(dir);
+    const [info] = await queryClosure([path], { env: nix.env });
+    expect(info!.narSize).toBeGreaterThan(2 * LIMIT);
+    const { summary, stderr } = await pushJson([path]);
+    expect(summary).toMatchObject({ uploaded: 1, failed: 0 });
+    const narinfo = await expectStoredNar(worker.url, path);
+    expect(narinfo.fileSize).toBeLessThan(LIMIT);
+    expect(stderr).not.toMatch(/while compressing|sent part/);
+    expect(summary.sentBytes).toBe(narinfo.fileSize);
   });
 
   test("a large path that does not match its store record is not stored, and the parts sent meanwhile are dropped", { timeout: 300_000 }, async () => {
