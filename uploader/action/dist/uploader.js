@@ -2779,20 +2779,21 @@ async function fileSendingParts(file, parts) {
 async function prepareAndUploadNar(info, settings) {
   const http2 = settings.cache.http;
   const limits = await uploadLimits(http2);
-  if (!needsParts(info.narSize, limits)) return null;
+  if (limits === null || !needsParts(info.narSize, limits)) return null;
   const ext = narFileExtension(settings.compression);
   const observe = { sent: settings.observe?.sent, detail: settings.observe?.detail, log: settings.observe?.log };
   const name = `${info.hashPart}-${normaliseSha256(info.narHash)}-${settings.compression}${settings.level ?? ""}`;
-  const parts = await PartsWhileWriting.start(http2, name, join(settings.tmpDir, `${info.hashPart}.nar${ext}`), observe);
-  if (parts === null) return null;
+  const overLimit = new PartsOnceOverLimit(limits.maxRequestBytes, () => PartsWhileWriting.start(http2, name, join(settings.tmpDir, `${info.hashPart}.nar${ext}`), observe));
   let prepared;
   try {
-    prepared = await writePreparedNar(info, settings, void 0, parts);
+    prepared = await writePreparedNar(info, settings, void 0, overLimit);
   } catch (err) {
-    if (err instanceof NarMismatchError || refusedForGood(err)) await parts.abort();
+    if (overLimit.parts && (err instanceof NarMismatchError || refusedForGood(err))) await overLimit.parts.abort();
     throw err;
   }
+  const parts = overLimit.parts;
   try {
+    if (parts === null) return { prepared, sentBytes: await uploadNar(prepared, settings) };
     try {
       return { prepared, sentBytes: await parts.finish(prepared.fileSize, prepared.key.slice("nar/".length)) };
     } catch (err) {
@@ -2862,7 +2863,7 @@ function hashingCounter() {
   });
   return { stream, digest: () => new Uint8Array(hash2.digest()), size: () => size };
 }
-var HEAD_BEFORE_UPLOAD_BYTES;
+var HEAD_BEFORE_UPLOAD_BYTES, PartsOnceOverLimit;
 var init_upload = __esm({
   "uploader/upload.ts"() {
     "use strict";
@@ -2875,6 +2876,23 @@ var init_upload = __esm({
     init_multipart2();
     init_nar_writer2();
     HEAD_BEFORE_UPLOAD_BYTES = 1 << 20;
+    PartsOnceOverLimit = class {
+      parts = null;
+      #limit;
+      #start;
+      #asked = false;
+      constructor(limit, start) {
+        this.#limit = limit;
+        this.#start = start;
+      }
+      async written(size) {
+        if (!this.#asked && size > this.#limit) {
+          this.#asked = true;
+          this.parts = await this.#start();
+        }
+        await this.parts?.written(size);
+      }
+    };
   }
 });
 
