@@ -5,7 +5,13 @@
 // push takes at most 1.25 × the limit.
 //
 // Also timed, to show where the time goes: the uploader's own NAR pipeline alone
-// (prepareNar: NAR writer, two SHA-256, zstd, into a temp file), without any upload.
+// (prepareNar: NAR writer, two SHA-256, zstd, into a temp file), without any upload. The
+// push itself sends the file's parts while compressing once the file is over the cache's
+// request limit (an upload named at completion), then completes it, which has the local R2
+// copy the assembled NAR to check its sha256. bench/push-large-floor.ts measures what the
+// local Worker's machinery alone costs for the same bytes; run both from a snapshot of a
+// commit (a git worktree): `wrangler dev` rebuilds the Worker when the sources it serves
+// change, and a rebuild in the middle of a push answers 503 and costs retries.
 //
 // Rounds alternate; medians. Cache start-up is not timed; each push goes to an empty cache.
 //
