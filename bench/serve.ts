@@ -14,7 +14,7 @@
 //   substitute `nix-store --store <empty dir> -r <top>` of the whole closure, with only
 //              that server as substituter and its key trusted: seconds. Also in the two
 //              read modes without the Worker (README "Reads without the Worker"), against
-//              the local stand-in for the bucket's public domain (uploader/public-bucket.ts,
+//              the local stand-in for the bucket's public domain (dev/public-bucket.ts,
 //              reading the Worker's own local R2): a second Worker on the same bucket with
 //              NAR_BASE_URL (narinfos from the Worker, NARs from the bucket), and the bucket
 //              read directly; the NAR download is measured from the bucket too
@@ -34,7 +34,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { parseNarInfo } from "../src/nix/narinfo.ts";
 import { freePort, LocalCache, NixClient, PROJECT_ROOT, run, runOk } from "../test/e2e/harness.ts";
-import { PublicBucket } from "../uploader/public-bucket.ts";
+import { PublicBucket } from "../dev/public-bucket.ts";
 
 /** Programs the benchmark runs, and the Debian package of each. */
 const TOOLS: Record<string, string> = { nginx: "nginx", wrk: "wrk", curl: "curl", "nix-store": "nix-bin" };

@@ -2,11 +2,11 @@
 // Debian chroot): what one version pushes with `nix copy`, it substitutes through a Worker
 // with NAR_BASE_URL (the narinfo's URL absolute, the NAR from the bucket's public domain)
 // and directly from the bucket's domain, the local stand-in reading the cache's own R2
-// (uploader/public-bucket.ts). Nix 2.8 and 2.26 pass an absolute URL through makeRequest,
+// (dev/public-bucket.ts). Nix 2.8 and 2.26 pass an absolute URL through makeRequest,
 // 2.34 resolves it with parseURLRelative: both must fetch it from the bucket, not the Worker.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { join } from "node:path";
-import { PublicBucket } from "../../uploader/public-bucket.ts";
+import { PublicBucket } from "../../dev/public-bucket.ts";
 import { ChrootNix, matrixChroots } from "./chroot-nix.ts";
 import { freePort, LocalCache, type Closure } from "./harness.ts";
 

@@ -6,13 +6,13 @@
 //   NAR_BASE_URL  substituter = a second Worker on the same bucket whose  1 per path
 //                 narinfos point at the bucket's public domain
 //   direct        substituter = the bucket's public domain itself         0
-// The public domain is the local stand-in (uploader/public-bucket.ts): a Worker bound to
+// The public domain is the local stand-in (dev/public-bucket.ts): a Worker bound to
 // the same local R2 the cache's Worker writes (the same persisted bucket, not a copy), which
 // serves objects by key with their stored headers and computes nothing. What the bucket
 // offers by itself (nix-cache-info, headers, no listing) is checked through it too.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { join } from "node:path";
-import { PublicBucket } from "../../uploader/public-bucket.ts";
+import { PublicBucket } from "../../dev/public-bucket.ts";
 import { buildClosure, freePort, LocalCache, NixClient, PROJECT_ROOT, runOk, type Closure } from "./harness.ts";
 
 let nix: NixClient;

@@ -1,5 +1,5 @@
 // End-to-end harness: a real Nix 2.8 (Debian's nix-bin) against the cache as the README
-// starts it (`npm start`, i.e. uploader/local-cache.ts → wrangler dev → workerd + local R2).
+// starts it (`npm start`, i.e. dev/local-cache.ts → wrangler dev → workerd + local R2).
 //
 // Nix runs single-user with a private NIX_CONF_DIR (see the project's reference notes on
 // Nix 2.8 in tests): no sandbox, no substituters by default, and the test-friendly
@@ -143,7 +143,7 @@ export class LocalCache {
     const stateDir = sharedStateDir ?? (await mkdtemp(join(tmpdir(), "nec-cache-")));
     const allVars = { UPSTREAM_CACHES: "", ...vars };
     const args = [
-      join(PROJECT_ROOT, "uploader", "local-cache.ts"),
+      join(PROJECT_ROOT, "dev", "local-cache.ts"),
       "--port", String(port),
       "--state", stateDir,
       ...Object.entries(allVars).flatMap(([k, v]) => ["--var", `${k}:${v}`]),

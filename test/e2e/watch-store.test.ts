@@ -19,7 +19,7 @@ import { unstable_startWorker } from "wrangler";
 import { parseNarInfo } from "../../src/nix/narinfo.ts";
 import { formatPublicKey, generateKeyPair, parsePublicKey, publicKeyOf, verifyNarInfo } from "../../src/nix/signature.ts";
 import { writeNewSecretKeyFile } from "../../uploader/key-file.ts";
-import { applyLocalMigrations } from "../../uploader/local-cache.ts";
+import { applyLocalMigrations } from "../../dev/local-cache.ts";
 import { listJobs, readJob } from "../../uploader/spool.ts";
 import { freePort } from "./harness.ts";
 import { CLI, NixSandbox, PROJECT_ROOT, run, runOk } from "../uploader/helpers.ts";

@@ -8,7 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { unstable_startWorker } from "wrangler";
 import { PROJECT_ROOT } from "./helpers.ts";
-import { applyLocalMigrations } from "../../uploader/local-cache.ts";
+import { applyLocalMigrations } from "../../dev/local-cache.ts";
 
 export interface TestWorker {
   url: string;

@@ -4,7 +4,8 @@
 // migrations applied first, so a fresh or older state directory is brought up to date),
 // after making sure a throwaway write token and signing key exist (generated once into the
 // state directory, never committed), and prints what Nix and the uploader need to use it. Tests start the
-// cache through this same script, so what the README promises is what they exercise.
+// cache through this same script, so what the README promises is what they exercise. A
+// development tool, in dev/ with the public bucket's stand-in: not part of the npm package.
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { appendFile, mkdir, readFile, writeFile } from "node:fs/promises";
@@ -238,7 +239,7 @@ async function main(): Promise<void> {
       CLOUDFLARE_CF_FETCH_ENABLED: "false",
     },
   });
-  // The stand-in reads the same persisted R2 (uploader/public-bucket.ts).
+  // The stand-in reads the same persisted R2 (dev/public-bucket.ts).
   const bucket = values["public-bucket"] ? await PublicBucket.start(join(stateDir, "r2"), bucketPort, { inherit: true }) : null;
   // The Worker writes the bucket's nix-cache-info object when it first answers for it
   // (deployed, the cron trigger does it within a minute); direct readers need it at once.
