@@ -90,7 +90,7 @@ const BIG_NAR_BYTES = 32 * MiB;
 /** Multipart: two parts of 8 MiB (R2's minimum part is 5 MiB). */
 const PART_BYTES = 8 * MiB;
 const MULTIPART_NAR_BYTES = 2 * PART_BYTES;
-/** References of the biggest narinfo: the Worker's MAX_REFERENCES (upload/references.ts). */
+/** References of the biggest narinfo: the Worker's MAX_REFERENCES (ingest/references.ts). */
 const MAX_REFS = 900;
 const FEW_REFS = 100;
 /** Contents of each reference path's NAR. */

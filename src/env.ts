@@ -74,8 +74,8 @@ export interface Settings {
   priority: number;
   /** Keys of which a narinfo upload needs a valid signature; empty: none needed. */
   trustedKeys: PublicKey[];
-  /** Base URLs (no trailing slash) of caches whose paths count as present. */
-  upstreams: string[];
+  /** Base URLs (no trailing slash) of caches whose paths count as present (UPSTREAM_CACHES). */
+  upstreamCaches: string[];
   /** Every accepted write token (at least one), with the name of its secret. */
   writeTokens: WriteToken[];
   /** Token needed for reads, or null for a public cache. */
@@ -208,7 +208,7 @@ function parseSettings(env: WorkerEnv): Settings {
   return {
     priority: parsePriority(env.PRIORITY),
     trustedKeys: parseTrustedKeys(env.TRUSTED_PUBLIC_KEYS),
-    upstreams: parseUpstreams(env.UPSTREAM_CACHES),
+    upstreamCaches: parseUpstreams(env.UPSTREAM_CACHES),
     writeTokens: parseWriteTokens(env),
     readToken: secret(env.READ_TOKEN),
     signingKey: parseSigningKey(env.SIGNING_KEY),

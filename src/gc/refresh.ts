@@ -1,7 +1,7 @@
 // Refreshing push times: a push that finds paths already cached tells the cache they are
 // still in use, so retention counts from this push. `uploader push` asks
 // `POST /_api/v1/missing` about its whole closure; the paths it finds present are refreshed
-// there (a re-PUT of an identical narinfo refreshes it too, in upload/narinfo-store.ts).
+// there (a re-PUT of an identical narinfo refreshes it too, in ingest/narinfo-store.ts).
 //
 // A refresh is one UPDATE of the index (storage/path-index.ts), but every refreshed row is
 // a D1 row written (the free plan allows 100,000 a day), so it is done sparingly:

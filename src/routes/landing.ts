@@ -33,7 +33,7 @@ landing.get("/", requireRead, async (c) => {
     priority: settings.priority,
     isPrivate: settings.readToken !== null,
     aggregated: settings.aggregation.upstreams.map((u) => u.url),
-    referenced: settings.upstreams,
+    referenced: settings.upstreamCaches,
     retentionDays: settings.gc.retentionMs === null ? null : settings.gc.retentionMs / DAY_MS,
     stats: await loadStatsView(c.env.DB),
   });

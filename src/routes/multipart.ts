@@ -106,7 +106,7 @@ import {
   type TrackedUpload,
   type UploadHandle,
 } from "../storage/multipart.ts";
-import { DEFAULT_PART_BYTES, expectedPartSize, layoutFor, MAX_PART_BYTES, MAX_PARTS, MIN_PART_BYTES, partCountOf, type PartLayout } from "../upload/part-layout.ts";
+import { DEFAULT_PART_BYTES, expectedPartSize, layoutFor, MAX_PART_BYTES, MAX_PARTS, MIN_PART_BYTES, partCountOf, type PartLayout } from "../ingest/part-layout.ts";
 
 type Ctx = Context<{ Bindings: WorkerEnv }>;
 

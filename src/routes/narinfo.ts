@@ -4,9 +4,9 @@
 // comes from the bucket's public domain); on a miss, with AGGREGATE_UPSTREAMS set, the
 // upstreams are asked (upstream-narinfo.ts). PUT decodes a body sent with a Content-Encoding
 // (narinfo-compression: br, zstd, gzip or deflate), parses it with the core parser, applies
-// the acceptance rules (upload/narinfo-acceptance.ts: StorePath, URL, Compression, the
+// the acceptance rules (ingest/narinfo-acceptance.ts: StorePath, URL, Compression, the
 // stored NAR, references, signatures) and stores it under the immutability rule
-// (upload/narinfo-store.ts): 201 when stored, 204 when nothing changed or signatures
+// (ingest/narinfo-store.ts): 201 when stored, 204 when nothing changed or signatures
 // were merged, 409 for a different narinfo of the same path.
 
 import { Hono } from "hono";
@@ -20,8 +20,8 @@ import { requireRead, requireWrite, writerOf } from "../middleware/auth.ts";
 import { edgeInvalidate } from "../storage/edge-cache.ts";
 import { keyFromUrl, type ObjectKey } from "../storage/keys.ts";
 import { openUploadGate } from "../gc/upload-gate.ts";
-import { acceptNarInfo } from "../upload/narinfo-acceptance.ts";
-import { storeNarInfo } from "../upload/narinfo-store.ts";
+import { acceptNarInfo } from "../ingest/narinfo-acceptance.ts";
+import { storeNarInfo } from "../ingest/narinfo-store.ts";
 import { serveUpstreamNarInfo } from "./upstream-narinfo.ts";
 
 export const narinfo = new Hono<{ Bindings: WorkerEnv }>();

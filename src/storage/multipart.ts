@@ -75,7 +75,7 @@
 
 import { fail } from "../errors.ts";
 import { CONTENT_TYPE } from "../http/representation.ts";
-import { checkComplete, expectedPartSize, MAX_PARTS, type PartLayout } from "../upload/part-layout.ts";
+import { checkComplete, expectedPartSize, MAX_PARTS, type PartLayout } from "../ingest/part-layout.ts";
 import { headObject, httpMetadataFor, ONLY_IF_ABSENT, storageUnavailable } from "./bucket.ts";
 import {
   LEGACY_MULTIPART_UPLOADS_PREFIX,

@@ -32,7 +32,7 @@ import { decodeNix32 } from "../../src/nix/nix32.ts";
 import { serializeNar } from "../../src/nix/nar-writer.ts";
 import { formatNarInfo, MAX_NARINFO_LENGTH, parseNarInfo, type NarInfo } from "../../src/nix/narinfo.ts";
 import { signNarInfo, verifyNarInfo } from "../../src/nix/signature.ts";
-import { MAX_SIGNATURES, keyNameOf } from "../../src/upload/signatures.ts";
+import { MAX_SIGNATURES, keyNameOf } from "../../src/ingest/signatures.ts";
 import { bearer, callWith, OTHER_KEY, TEST_KEY, TEST_KEY_TEXT, TEST_PUBLIC_KEY, TEST_SECOND_WRITE_TOKEN, testPath, type TestPath, resetAll } from "../helpers/worker.ts";
 import { collect, DAY_MS, gcSettings, TestClock } from "../helpers/gc.ts";
 

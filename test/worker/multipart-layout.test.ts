@@ -1,9 +1,9 @@
-// Part layouts (upload/part-layout.ts): R2's rules hold for every size and request limit,
+// Part layouts (ingest/part-layout.ts): R2's rules hold for every size and request limit,
 // and completion accepts exactly the complete sets of parts.
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { AppError } from "../../src/errors.ts";
-import { checkComplete, expectedPartSize, layoutFor, MAX_OBJECT_BYTES, MAX_PART_BYTES, MAX_PARTS, MIN_PART_BYTES, type PartLayout } from "../../src/upload/part-layout.ts";
+import { checkComplete, expectedPartSize, layoutFor, MAX_OBJECT_BYTES, MAX_PART_BYTES, MAX_PARTS, MIN_PART_BYTES, type PartLayout } from "../../src/ingest/part-layout.ts";
 
 const MiB = 1024 * 1024;
 

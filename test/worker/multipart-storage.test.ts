@@ -25,7 +25,7 @@ import {
   type MultipartStores,
   type TrackedUpload,
 } from "../../src/storage/multipart.ts";
-import { layoutFor } from "../../src/upload/part-layout.ts";
+import { layoutFor } from "../../src/ingest/part-layout.ts";
 import { keys, resetAll } from "../helpers/worker.ts";
 
 const MiB = 1024 * 1024;

@@ -11,7 +11,7 @@ import { env } from "cloudflare:workers";
 import { beforeEach, describe, expect, it } from "vitest";
 import { formatNarInfo } from "../../src/nix/narinfo.ts";
 import { abortStaleUploads, MULTIPART_MAX_AGE_MS } from "../../src/storage/multipart.ts";
-import { MIN_PART_BYTES } from "../../src/upload/part-layout.ts";
+import { MIN_PART_BYTES } from "../../src/ingest/part-layout.ts";
 import { bearer, bytesOf, callWith, errorOf, keys, snapshot, testPath, TEST_SECOND_WRITE_TOKEN, type TestPath, resetAll } from "../helpers/worker.ts";
 
 /** The test limit: parts of 6 MiB, like a cache whose request limit is 6 MiB. */

@@ -10,7 +10,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { toBase64 } from "../../src/nix/encoding.ts";
 import { formatNarInfo, MAX_NARINFO_LENGTH, parseNarInfo, type NarInfo } from "../../src/nix/narinfo.ts";
 import { verifyNarInfo } from "../../src/nix/signature.ts";
-import { MAX_KEY_NAME_LENGTH, MAX_SIGNATURES } from "../../src/upload/signatures.ts";
+import { MAX_KEY_NAME_LENGTH, MAX_SIGNATURES } from "../../src/ingest/signatures.ts";
 import {
   bearer,
   call,

@@ -8,8 +8,8 @@ import { verifyNarInfo } from "../../src/nix/signature.ts";
 import { encodeNix32 } from "../../src/nix/nix32.ts";
 import { sha256 } from "../../src/nix/hash.ts";
 import { utf8 } from "../../src/nix/encoding.ts";
-import { extensionFor } from "../../src/upload/narinfo-acceptance.ts";
-import { MAX_REFERENCES } from "../../src/upload/references.ts";
+import { extensionFor } from "../../src/ingest/narinfo-acceptance.ts";
+import { MAX_REFERENCES } from "../../src/ingest/references.ts";
 import {
   bearer,
   call,

@@ -6,7 +6,7 @@
 //     and only signatures differ                → store the union of both Sig sets (204),
 //                                                 which is how `nix store sign` and a second
 //                                                 signer add signatures (PROTOCOL §4.3),
-//                                                 within the bounds of upload/signatures.ts
+//                                                 within the bounds of ingest/signatures.ts
 //   - anything else differs                     → 409 naming the first differing field
 //   - the stored document cannot be read        → 409: what this cache cannot read it
 //                                                 cannot compare, so it never replaces it

@@ -9,14 +9,14 @@
 //     narinfo to the stored NAR (the Worker never reads NAR bytes). FileHash, when present,
 //     is the name's hash; with Compression none the file is the NAR, so FileSize must equal
 //     NarSize and FileHash NarHash;
-//   - its Sig lines within the bounds of upload/signatures.ts (how many, how long, one per
+//   - its Sig lines within the bounds of ingest/signatures.ts (how many, how long, one per
 //     key name), so that verifying them costs at most one check per trusted key;
 //   - with TRUSTED_PUBLIC_KEYS set, a valid signature by one of them.
 // Then the cache (R2 operations, within the free plan's per-request budget):
 //   - the NAR is stored and has FileSize bytes;
 //   - every reference other than the path itself is in the cache or served upstream
 //     (UPSTREAM_CACHES, or AGGREGATE_UPSTREAMS, whose paths clients get through this cache)
-//     as that exact store path: hash part and name (upload/references.ts).
+//     as that exact store path: hash part and name (ingest/references.ts).
 // Finally, with SIGNING_KEY set, the Worker adds its own signature, replacing any Sig the
 // upload claims under the Worker's key name (the Worker alone signs with its key).
 
@@ -97,7 +97,7 @@ export async function acceptNarInfo(info: NarInfo, hashPart: string, bucket: R2B
 
   const self = storePathBaseName(parseStorePath(info.storePath)!);
   const others = info.references.filter((ref) => ref !== self);
-  const caches = referenceCaches(settings.upstreams, settings.aggregation);
+  const caches = referenceCaches(settings.upstreamCaches, settings.aggregation);
   const missing = await missingReferences(bucket, db, others, caches);
   if (missing.length > 0) throw fail("unprocessable", missingReferencesMessage(missing, caches));
 
