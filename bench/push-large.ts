@@ -23,7 +23,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { LocalCache, NixClient, PROJECT_ROOT, runOk } from "../test/e2e/harness.ts";
 import { queryClosure } from "../uploader/store.ts";
-import { prepareNar } from "../uploader/upload.ts";
+import { prepareNar } from "../uploader/path-upload.ts";
 import { RemoteCache } from "../uploader/remote-cache.ts";
 import { HttpClient } from "../uploader/http.ts";
 

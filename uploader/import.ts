@@ -1,7 +1,7 @@
 // `uploader import`: copy paths from another binary cache or a `nix-store --export`
 // stream into the cache, without Nix. It plans, acts and summarises as `push` does and
 // shares its machinery: the plan (plan.ts: one missing query per 500 paths, upstream
-// skipping, references first), the upload (push.ts, upload.ts, multipart.ts) and the
+// skipping, references first), the upload (run-plan.ts, path-upload.ts, multipart.ts) and the
 // reports (progress.ts). Only where a path's NAR file and narinfo come from differs
 // (a PathTransfer):
 //
@@ -34,10 +34,10 @@ import { createDecompressor } from "./compress.ts";
 import { NarMismatchError, UploaderError, EXIT_LOCAL, messageOf } from "./errors.ts";
 import { planPush, type PushPlan } from "./plan.ts";
 import type { PathReport } from "./progress.ts";
-import type { PathTransfer } from "./push.ts";
+import type { PathTransfer } from "./run-plan.ts";
 import type { RemoteCache } from "./remote-cache.ts";
 import type { StorePathInfo } from "./store.ts";
-import { hashingCounter, narInfoFor, prepareNar, type PreparedNar, type UploadSettings } from "./upload.ts";
+import { hashingCounter, narInfoFor, prepareNar, type PreparedNar, type UploadSettings } from "./path-upload.ts";
 import { SourceError, type CacheSource } from "./sources/cache-source.ts";
 import { readExportNar, type ExportEntry } from "./sources/export-stream.ts";
 

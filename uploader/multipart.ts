@@ -154,7 +154,7 @@ export async function uploadInParts(http: HttpClient, key: string, file: string,
 
 /**
  * An upload named at completion whose parts leave while the file is still being written
- * (upload.ts compresses into the file): the NAR's name, the sha256 of the compressed
+ * (path-upload.ts compresses into the file): the NAR's name, the sha256 of the compressed
  * bytes, is known only at the end, so the upload is started under the client's name for
  * it (`name`, which names the bytes: a re-run with the same name resumes it and sends only
  * the parts the cache does not have) and named by the completion. Each part is read back

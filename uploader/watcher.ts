@@ -1,6 +1,6 @@
 // `watch-store`'s engine: a queue of store paths fed by the store directory (new valid
 // paths, watch-store-dir.ts) and by the spool (paths queued by `post-build-hook` and other
-// producers, spool.ts), pushed in batches through the push pipeline (watch-push.ts).
+// producers, spool.ts), pushed in batches through the push pipeline (queued-push.ts).
 //
 // - Every queued path is on disk until it is in the cache: a path seen in the store is
 //   first written to the spool as a job, like the hook's, and a job is deleted only once
@@ -34,7 +34,7 @@ import {
   writeFailedJob,
   writeJob,
 } from "./spool.ts";
-import { cacheTrouble, type Pusher } from "./watch-push.ts";
+import { cacheTrouble, type Pusher } from "./queued-push.ts";
 import { watchStoreDir, type StoreWatchError } from "./watch-store-dir.ts";
 
 /** Default wait after the first new path before a batch starts: builds finish in bursts. */

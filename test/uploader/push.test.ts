@@ -21,10 +21,10 @@ import { HttpClient } from "../../uploader/http.ts";
 import { readSecretKeyFile } from "../../uploader/key-file.ts";
 import { planPush } from "../../uploader/plan.ts";
 import { Progress, type PushSummary } from "../../uploader/progress.ts";
-import { executePlan } from "../../uploader/push.ts";
+import { executePlan } from "../../uploader/run-plan.ts";
 import { RemoteCache } from "../../uploader/remote-cache.ts";
 import { queryClosure } from "../../uploader/store.ts";
-import { prepareNar } from "../../uploader/upload.ts";
+import { prepareNar } from "../../uploader/path-upload.ts";
 import { CLI, NixSandbox, run, runOk } from "./helpers.ts";
 import { startWorker, type TestWorker } from "./worker.ts";
 

@@ -1,8 +1,8 @@
-// scheduleUploads (push.ts): at most -j large paths and -j × SMALL_PER_JOB paths in all in
+// scheduleUploads (run-plan.ts): at most -j large paths and -j × SMALL_PER_JOB paths in all in
 // flight; a path starts only after the paths it references started (so waiting never
 // deadlocks), and small paths go past large ones waiting for a slot.
 import { describe, expect, test } from "vitest";
-import { SMALL_PATH_BYTES, SMALL_PER_JOB, scheduleUploads } from "../../uploader/push.ts";
+import { SMALL_PATH_BYTES, SMALL_PER_JOB, scheduleUploads } from "../../uploader/run-plan.ts";
 import type { StorePathInfo } from "../../uploader/store.ts";
 
 function path(name: string, narSize: number, references: string[] = []): StorePathInfo {

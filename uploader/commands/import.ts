@@ -13,7 +13,7 @@ import { readSecretKeyFile } from "../key-file.ts";
 import { MULTIPART_CONCURRENCY } from "../multipart.ts";
 import { DEFAULT_UPSTREAM_KEYS } from "../plan.ts";
 import { Progress } from "../progress.ts";
-import { DEFAULT_JOBS, type PathTransfer } from "../push.ts";
+import { DEFAULT_JOBS, type PathTransfer } from "../run-plan.ts";
 import { RemoteCache } from "../remote-cache.ts";
 import { ENV, integerFlag, parseCommandLine, resolveCache } from "../settings.ts";
 import { SourceError, type CacheSource } from "../sources/cache-source.ts";

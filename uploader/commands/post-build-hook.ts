@@ -6,7 +6,7 @@ import { messageOf, UsageError } from "../errors.ts";
 import { parseCommandLine } from "../settings.ts";
 import { SPOOL_ENV, ensureSpool, isStorePath, newJobName, pingWatcher, removeJob, spoolDir, writeJob } from "../spool.ts";
 import { resolveStorePaths } from "../store.ts";
-import { Pusher, derivationOutputs } from "../watch-push.ts";
+import { Pusher, derivationOutputs } from "../queued-push.ts";
 import { PUSH_OPTIONS, pusherSettings } from "./watch-store.ts";
 
 /** Environment variable for --if-no-watcher (Nix runs the hook without arguments). */

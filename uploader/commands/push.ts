@@ -11,7 +11,7 @@ import { MULTIPART_CONCURRENCY } from "../multipart.ts";
 import { readSecretKeyFile } from "../key-file.ts";
 import { DEFAULT_UPSTREAM_KEYS, planPush, type PushPlan } from "../plan.ts";
 import { Progress, formatBytes } from "../progress.ts";
-import { DEFAULT_JOBS, SMALL_PER_JOB, executePlan, type PushSettings } from "../push.ts";
+import { DEFAULT_JOBS, SMALL_PER_JOB, executePlan, type PushSettings } from "../run-plan.ts";
 import { RemoteCache } from "../remote-cache.ts";
 import { CACHE_OPTIONS, ENV, integerFlag, parseCommandLine, resolveCache } from "../settings.ts";
 import { expandDerivations, queryClosure, resolveStorePaths } from "../store.ts";

@@ -7,11 +7,11 @@ import { EXIT_INTERRUPTED, UsageError } from "../errors.ts";
 import { readSecretKeyFile } from "../key-file.ts";
 import { DEFAULT_UPSTREAM_KEYS } from "../plan.ts";
 import { Progress } from "../progress.ts";
-import { DEFAULT_JOBS } from "../push.ts";
+import { DEFAULT_JOBS } from "../run-plan.ts";
 import { CACHE_OPTIONS, ENV, integerFlag, parseCommandLine, requireToken, resolveCache, type CacheSettings } from "../settings.ts";
 import { SPOOL_ENV, socketPath, spoolDir } from "../spool.ts";
 import { defaultStoreDir } from "../store.ts";
-import { Pusher, checkCacheAtStart, type PusherSettings } from "../watch-push.ts";
+import { Pusher, checkCacheAtStart, type PusherSettings } from "../queued-push.ts";
 import { DEFAULT_BATCH_WAIT_MS, QueueLeftError, Watcher } from "../watcher.ts";
 
 /** Upper bound for -j (as for push): beyond this, more connections only add contention. */

@@ -2720,7 +2720,7 @@ var init_narinfo = __esm({
   }
 });
 
-// uploader/upload.ts
+// uploader/path-upload.ts
 import { createHash } from "node:crypto";
 import { createReadStream as createReadStream2, createWriteStream } from "node:fs";
 import { open as open3, rm } from "node:fs/promises";
@@ -2864,8 +2864,8 @@ function hashingCounter() {
   return { stream, digest: () => new Uint8Array(hash2.digest()), size: () => size };
 }
 var HEAD_BEFORE_UPLOAD_BYTES, PartsOnceOverLimit;
-var init_upload = __esm({
-  "uploader/upload.ts"() {
+var init_path_upload = __esm({
+  "uploader/path-upload.ts"() {
     "use strict";
     init_hash();
     init_nix32();
@@ -2896,7 +2896,7 @@ var init_upload = __esm({
   }
 });
 
-// uploader/push.ts
+// uploader/run-plan.ts
 import { rm as rm2 } from "node:fs/promises";
 async function executePlan(plan, settings) {
   const started = performance.now();
@@ -2994,12 +2994,12 @@ function deferred() {
   return { promise, resolve: resolve4 };
 }
 var DEFAULT_JOBS, SMALL_PATH_BYTES, SMALL_PER_JOB;
-var init_push = __esm({
-  "uploader/push.ts"() {
+var init_run_plan = __esm({
+  "uploader/run-plan.ts"() {
     "use strict";
     init_errors();
     init_progress();
-    init_upload();
+    init_path_upload();
     DEFAULT_JOBS = 4;
     SMALL_PATH_BYTES = 1024 * 1024;
     SMALL_PER_JOB = 4;
@@ -4140,7 +4140,7 @@ function printPlan(plan, json2) {
 `);
 }
 var MAX_JOBS, HELP;
-var init_push2 = __esm({
+var init_push = __esm({
   "uploader/commands/push.ts"() {
     "use strict";
     init_compress();
@@ -4150,7 +4150,7 @@ var init_push2 = __esm({
     init_key_file();
     init_plan();
     init_progress();
-    init_push();
+    init_run_plan();
     init_remote_cache();
     init_settings();
     init_store();
@@ -5025,7 +5025,7 @@ var init_import = __esm({
     init_compress();
     init_errors();
     init_plan();
-    init_upload();
+    init_path_upload();
     init_cache_source();
     init_export_stream();
     NARINFO_CONCURRENCY = 16;
@@ -6014,7 +6014,7 @@ var init_import2 = __esm({
     init_multipart2();
     init_plan();
     init_progress();
-    init_push();
+    init_run_plan();
     init_remote_cache();
     init_settings();
     init_cache_source();
@@ -6022,7 +6022,7 @@ var init_import2 = __esm({
     init_file_source();
     init_http_source();
     init_s3_source();
-    init_push2();
+    init_push();
     MAX_JOBS2 = 64;
     HELP2 = `Usage: uploader import [options] <source> [path...]
 
@@ -7205,7 +7205,7 @@ var init_spool = __esm({
   }
 });
 
-// uploader/watch-push.ts
+// uploader/queued-push.ts
 import { execFile } from "node:child_process";
 import { mkdtemp as mkdtemp3, rm as rm7 } from "node:fs/promises";
 import { tmpdir as tmpdir3 } from "node:os";
@@ -7254,8 +7254,8 @@ function plural2(n, noun) {
   return `${n} ${noun}${n === 1 ? "" : "s"}`;
 }
 var VALIDITY_CHUNK, Pusher;
-var init_watch_push = __esm({
-  "uploader/watch-push.ts"() {
+var init_queued_push = __esm({
+  "uploader/queued-push.ts"() {
     "use strict";
     init_errors();
     init_http();
@@ -7263,7 +7263,7 @@ var init_watch_push = __esm({
     init_multipart2();
     init_plan();
     init_progress();
-    init_push();
+    init_run_plan();
     init_remote_cache();
     init_store();
     VALIDITY_CHUNK = 500;
@@ -7430,7 +7430,7 @@ var init_watcher = __esm({
     "use strict";
     init_errors();
     init_spool();
-    init_watch_push();
+    init_queued_push();
     init_watch_store_dir();
     DEFAULT_BATCH_WAIT_MS = 1e3;
     MAX_BATCH_PATHS = 500;
@@ -7832,11 +7832,11 @@ var init_watch_store = __esm({
     init_key_file();
     init_plan();
     init_progress();
-    init_push();
+    init_run_plan();
     init_settings();
     init_spool();
     init_store();
-    init_watch_push();
+    init_queued_push();
     init_watcher();
     MAX_JOBS3 = 64;
     MAX_BATCH_WAIT_S = 3600;
@@ -7991,7 +7991,7 @@ var init_post_build_hook = __esm({
     init_settings();
     init_spool();
     init_store();
-    init_watch_push();
+    init_queued_push();
     init_watch_store();
     IF_NO_WATCHER_ENV = "NIX_CACHE_IF_NO_WATCHER";
     FALLBACKS = ["spool", "push"];
@@ -8037,7 +8037,7 @@ cannot be reached is a warning, not a failure: the paths stay queued.
 init_errors();
 import { readFileSync as readFileSync2 } from "node:fs";
 var COMMANDS = {
-  push: { summary: "upload store paths and their closures to the cache", load: () => Promise.resolve().then(() => (init_push2(), push_exports)) },
+  push: { summary: "upload store paths and their closures to the cache", load: () => Promise.resolve().then(() => (init_push(), push_exports)) },
   import: { summary: "copy paths from another cache (file, http, s3) or a nix-store --export stream", load: () => Promise.resolve().then(() => (init_import2(), import_exports)) },
   keygen: { summary: "create a signing key pair (Nix's format)", load: () => Promise.resolve().then(() => (init_keygen(), keygen_exports)) },
   gc: { summary: "collect garbage on the cache (admin token; --dry-run)", load: () => Promise.resolve().then(() => (init_gc2(), gc_exports)) },

@@ -17,7 +17,7 @@ import { AuthError, messageOf } from "./errors.ts";
 import type { PushPlan } from "./plan.ts";
 import { summarise, type PathReport, type Progress, type PushSummary } from "./progress.ts";
 import type { StorePathInfo } from "./store.ts";
-import { narInfoFor, prepareAndUploadNar, prepareNar, uploadNar, type PreparedNar, type UploadSettings } from "./upload.ts";
+import { narInfoFor, prepareAndUploadNar, prepareNar, uploadNar, type PreparedNar, type UploadSettings } from "./path-upload.ts";
 
 /**
  * Large paths in progress at once by default: enough to keep 2-4 cores and the network

@@ -1,6 +1,6 @@
 // One push of queued store paths, for `watch-store` (each batch) and `post-build-hook`
 // (its direct-push fallback): the same pipeline as `uploader push` — closure
-// (store.ts) → plan (plan.ts) → upload (push.ts, upload.ts) — with one HTTP client and
+// (store.ts) → plan (plan.ts) → upload (run-plan.ts, path-upload.ts) — with one HTTP client and
 // one temp directory kept for the watcher's whole life.
 //
 // Queued paths can stop being valid between queuing and pushing (a build that failed
@@ -19,7 +19,7 @@ import { preflight } from "./checks.ts";
 import { MULTIPART_CONCURRENCY } from "./multipart.ts";
 import { planPush } from "./plan.ts";
 import { Progress, formatBytes } from "./progress.ts";
-import { executePlan } from "./push.ts";
+import { executePlan } from "./run-plan.ts";
 import { RemoteCache } from "./remote-cache.ts";
 import type { CacheSettings } from "./settings.ts";
 import { queryClosure } from "./store.ts";

@@ -12,7 +12,7 @@
 // (multipart.ts). `prepareAndUploadNar` does both at once for a NAR that may be over the
 // limit: once the compressed file is over it, each part leaves as soon as compression has
 // written it into the temp file, so sending overlaps compressing; `narInfoFor` builds the narinfo with the core's formatter and signer;
-// the caller (push.ts) PUTs it only once the narinfos of all the path's references are in
+// the caller (run-plan.ts) PUTs it only once the narinfos of all the path's references are in
 // the cache.
 import { createHash, type Hash } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";

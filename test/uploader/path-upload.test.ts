@@ -13,7 +13,7 @@ import { generateKeyPair, publicKeyOf, verifyNarInfo } from "../../src/nix/signa
 import { HttpClient } from "../../uploader/http.ts";
 import { RemoteCache } from "../../uploader/remote-cache.ts";
 import { queryClosure, type StorePathInfo } from "../../uploader/store.ts";
-import { narInfoFor, prepareNar } from "../../uploader/upload.ts";
+import { narInfoFor, prepareNar } from "../../uploader/path-upload.ts";
 import { NixSandbox, runOk } from "./helpers.ts";
 
 let nix: NixSandbox;
