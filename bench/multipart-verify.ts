@@ -39,6 +39,7 @@ import { HttpClient } from "../uploader/http.ts";
 import { MULTIPART_CONCURRENCY } from "../uploader/multipart.ts";
 import { PROJECT_ROOT } from "../test/uploader/helpers.ts";
 import { startWorker } from "../test/uploader/worker.ts";
+import { median } from "./timing.ts";
 
 const DEFAULT_SIZE_MIB = 1024;
 const DEFAULT_ROUNDS = 3;
@@ -58,12 +59,6 @@ interface Round {
   parts: number;
   singlePutMs: number;
   singlePutCpuMs: number;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 }
 
 /** Writes `bytes` random bytes to `path`; returns their sha256. */

@@ -19,6 +19,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { dumpPath } from "../uploader/nar-writer.ts";
+import { median } from "./timing.ts";
 
 /** Default rounds per tool and data set: enough for a stable median on 2 cores. */
 const DEFAULT_ROUNDS = 5;
@@ -74,12 +75,6 @@ function dumpOnly(dir: string): Promise<number> {
       code === 0 ? resolve(Number(process.hrtime.bigint() - start) / 1e9) : reject(new Error(`nix-store --dump ${dir} failed`)),
     );
   });
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 }
 
 /** Writes a file of mixed content: runs of random bytes, text-like data and zeros. */

@@ -26,23 +26,12 @@ import { queryClosure } from "../uploader/store.ts";
 import { prepareNar } from "../uploader/path-upload.ts";
 import { RemoteCache } from "../uploader/remote-cache.ts";
 import { HttpClient } from "../uploader/http.ts";
+import { median, timed } from "./timing.ts";
 
 const DEFAULT_ROUNDS = 3;
 const DEFAULT_MIB = 1024;
 /** The goal: push time over the CPU-bound limit. */
 const GOAL = 1.25;
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-}
-
-async function timed(fn: () => Promise<unknown>): Promise<number> {
-  const start = process.hrtime.bigint();
-  await fn();
-  return Number(process.hrtime.bigint() - start) / 1e9;
-}
 
 /** `mib` MiB alternating 1 MiB blocks of random bytes and of repeated text. */
 async function generate(file: string, mib: number, salt: string): Promise<void> {

@@ -18,6 +18,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { LocalCache, NixClient, PROJECT_ROOT, runOk } from "../test/e2e/harness.ts";
 import { LatencyProxy } from "./latency-proxy.ts";
+import { median, timed } from "./timing.ts";
 
 const DEFAULT_ROUNDS = 3;
 /** A generated file with incompressible and compressible regions. */
@@ -27,12 +28,6 @@ const SOURCES = ["/usr/share/perl", "/usr/lib/python3", "/usr/lib/gcc"];
 const SMALL_PATHS = 60;
 const SMALL_SOURCE_ROOT = "/usr/share/doc";
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-}
-
 async function generated(path: string, salt: string): Promise<void> {
   const fh = await open(path, "w");
   const block = 1 << 20;
@@ -41,12 +36,6 @@ async function generated(path: string, salt: string): Promise<void> {
     await fh.write(buf);
   }
   await fh.close();
-}
-
-async function timed(fn: () => Promise<unknown>): Promise<number> {
-  const start = process.hrtime.bigint();
-  await fn();
-  return Number(process.hrtime.bigint() - start) / 1e9;
 }
 
 /**

@@ -35,6 +35,7 @@ import { parseArgs } from "node:util";
 import { parseNarInfo } from "../src/nix/narinfo.ts";
 import { freePort, LocalCache, NixClient, PROJECT_ROOT, run, runOk } from "../test/e2e/harness.ts";
 import { PublicBucket } from "../dev/public-bucket.ts";
+import { median, timed } from "./timing.ts";
 
 /** Programs the benchmark runs, and the Debian package of each. */
 const TOOLS: Record<string, string> = { nginx: "nginx", wrk: "wrk", curl: "curl", "nix-store": "nix-bin" };
@@ -69,18 +70,6 @@ interface Options {
 
 function log(message: string): void {
   process.stderr.write(`${message}\n`);
-}
-
-function median(xs: readonly number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-}
-
-async function timed(fn: () => Promise<unknown>): Promise<number> {
-  const start = process.hrtime.bigint();
-  await fn();
-  return Number(process.hrtime.bigint() - start) / 1e9;
 }
 
 function which(cmd: string): boolean {

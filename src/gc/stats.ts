@@ -44,15 +44,8 @@ export function indexCountLifetime(paths: number): number {
 }
 
 function parseIndexCounts(text: string): IndexCounts | null {
-  let doc: Record<string, unknown>;
-  try {
-    doc = JSON.parse(text) as Record<string, unknown>;
-  } catch {
-    return null;
-  }
-  if (typeof doc !== "object" || doc === null) return null;
-  const fields = ["countedAt", "paths", "fileBytes", "narBytes"] as const;
-  if (!fields.every((f) => count(doc[f]) !== null) || typeof doc.complete !== "boolean") return null;
+  const doc = countsDocument(text, ["countedAt", "paths", "fileBytes", "narBytes"]);
+  if (doc === null || typeof doc.complete !== "boolean") return null;
   return { countedAt: doc.countedAt as number, paths: doc.paths as number, fileBytes: doc.fileBytes as number, narBytes: doc.narBytes as number, complete: doc.complete };
 }
 
@@ -104,17 +97,23 @@ function count(value: unknown): number | null {
   return typeof value === "number" && Number.isSafeInteger(value) && value >= 0 ? value : null;
 }
 
-/** The statistics in `text`, or null when they are missing or damaged. */
-export function parseStats(text: string): CacheStats | null {
-  let doc: Record<string, unknown>;
+/** The JSON object in `text` when each of `fields` is a count; null when it does not parse or one is not. */
+function countsDocument(text: string, fields: readonly string[]): Record<string, unknown> | null {
+  let doc: unknown;
   try {
-    doc = JSON.parse(text) as Record<string, unknown>;
+    doc = JSON.parse(text);
   } catch {
     return null;
   }
   if (typeof doc !== "object" || doc === null) return null;
-  const fields = ["countedAt", "paths", "narFiles", "narBytes", "savedBytes", "pathsWithoutSizes"] as const;
-  if (!fields.every((f) => count(doc[f]) !== null)) return null;
+  const record = doc as Record<string, unknown>;
+  return fields.every((f) => count(record[f]) !== null) ? record : null;
+}
+
+/** The statistics in `text`, or null when they are missing or damaged. */
+export function parseStats(text: string): CacheStats | null {
+  const doc = countsDocument(text, ["countedAt", "paths", "narFiles", "narBytes", "savedBytes", "pathsWithoutSizes"]);
+  if (doc === null) return null;
   const last = doc.lastGc as GcResult | null | undefined;
   return {
     countedAt: doc.countedAt as number,

@@ -6,7 +6,7 @@
 
 import { brotliDecompressSync, zstdDecompressSync } from "node:zlib";
 import { concatBytes } from "../nix/encoding.ts";
-import { AppError, fail } from "../errors.ts";
+import { fail, type AppError } from "../errors.ts";
 
 const CONTENT_LENGTH = /^\d{1,16}$/;
 
@@ -71,28 +71,41 @@ export function contentEncoding<E extends string>(
 }
 
 /**
- * Every chunk of `stream`, joined; throws `tooLarge()` past `limit` bytes and `broken()`
- * when the stream fails (cancelling it either way). One loop for request bodies and
- * decoded ones.
+ * Every chunk of `stream`, joined, or null past `limit` bytes; rejects with the stream's
+ * error when it fails. The stream is cancelled when not read to its end. The one bounded
+ * read loop, for request bodies, decoded ones and upstream answers (upstream/client.ts).
  */
-async function readAllBounded(stream: ReadableStream<Uint8Array>, limit: number, tooLarge: () => AppError, broken: () => AppError): Promise<Uint8Array> {
+export async function readBounded(stream: ReadableStream<Uint8Array>, limit: number): Promise<Uint8Array | null> {
   const reader = stream.getReader();
   const chunks: Uint8Array[] = [];
   let total = 0;
   try {
     for (;;) {
       const { done, value } = await reader.read();
-      if (done) break;
+      if (done) return concatBytes(chunks);
       total += value.byteLength;
-      if (total > limit) throw tooLarge();
+      if (total > limit) {
+        await reader.cancel().catch(() => {});
+        return null;
+      }
       chunks.push(value);
     }
   } catch (err) {
     await reader.cancel().catch(() => {});
-    if (err instanceof AppError) throw err;
+    throw err;
+  }
+}
+
+/** Every chunk of `stream`, joined; throws `tooLarge()` past `limit` bytes and `broken()` when the stream fails. */
+async function readAllBounded(stream: ReadableStream<Uint8Array>, limit: number, tooLarge: () => AppError, broken: () => AppError): Promise<Uint8Array> {
+  let bytes: Uint8Array | null;
+  try {
+    bytes = await readBounded(stream, limit);
+  } catch {
     throw broken();
   }
-  return concatBytes(chunks);
+  if (bytes === null) throw tooLarge();
+  return bytes;
 }
 
 /** Reads a small body completely; 413 past `limit` bytes, 400 if it ends early. */

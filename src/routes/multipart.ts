@@ -149,6 +149,17 @@ function handleOfRequest(c: Ctx): UploadHandle {
   return handle;
 }
 
+/** A part upload's number (1 to MAX_PARTS), its upload's handle, and its body with the body's length. */
+function partRequest(c: Ctx): { partNumber: number; handle: UploadHandle; request: Request; length: number } {
+  const partText = c.req.param("part") ?? "";
+  const partNumber = /^[1-9][0-9]{0,4}$/.test(partText) ? Number(partText) : 0;
+  if (partNumber < 1 || partNumber > MAX_PARTS) throw fail("bad_request", `part numbers go from 1 to ${MAX_PARTS}`);
+  const handle = handleOfRequest(c);
+  const request = c.req.raw;
+  contentEncoding(request, [], "NAR part");
+  return { partNumber, handle, request, length: requireLength(request, settingsOf(c.env).maxNarUploadBytes, PART_TOO_LARGE_HINT) };
+}
+
 function storesOf(c: Ctx): MultipartStores {
   return { bucket: c.env.CACHE, db: c.env.DB };
 }
@@ -293,13 +304,7 @@ multipart.post(BASE, requireWrite, async (c) => {
 });
 
 multipart.put(`${BASE}/:part{[0-9]+}`, requireWrite, async (c) => {
-  const partText = c.req.param("part");
-  const partNumber = /^[1-9][0-9]{0,4}$/.test(partText) ? Number(partText) : 0;
-  if (partNumber < 1 || partNumber > MAX_PARTS) throw fail("bad_request", `part numbers go from 1 to ${MAX_PARTS}`);
-  const handle = handleOfRequest(c);
-  const request = c.req.raw;
-  contentEncoding(request, [], "NAR part");
-  const length = requireLength(request, settingsOf(c.env).maxNarUploadBytes, PART_TOO_LARGE_HINT);
+  const { partNumber, handle, request, length } = partRequest(c);
   const found = await unnamedUpload(await readUpload(c.env.DB, handle).then((u) => (u === null ? null : { upload: u })), handle);
   if (found === null) noUnnamedUpload();
   const { upload } = found;
@@ -389,13 +394,7 @@ multipart.post(`${BASE}/:file`, requireWrite, async (c) => {
 
 multipart.put(`${BASE}/:file/:part{[0-9]+}`, requireWrite, async (c) => {
   const nar = narOf(c);
-  const partText = c.req.param("part");
-  const partNumber = /^[1-9][0-9]{0,4}$/.test(partText) ? Number(partText) : 0;
-  if (partNumber < 1 || partNumber > MAX_PARTS) throw fail("bad_request", `part numbers go from 1 to ${MAX_PARTS}`);
-  const handle = handleOfRequest(c);
-  const request = c.req.raw;
-  contentEncoding(request, [], "NAR part");
-  const length = requireLength(request, settingsOf(c.env).maxNarUploadBytes, PART_TOO_LARGE_HINT);
+  const { partNumber, handle, request, length } = partRequest(c);
   const upload = (await trackedUpload(c, nar, handle)) ?? noUpload(nar.key);
   const layout = fixedLayout(upload);
   const expected = expectedPartSize(layout, partNumber);

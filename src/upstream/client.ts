@@ -13,7 +13,7 @@
 // (timeout, network error, too many redirects, budget exhausted), which the callers turn
 // into "try the next upstream" or a 404, never a 5xx.
 
-import { concatBytes } from "../nix/encoding.ts";
+import { readBounded } from "../http/body.ts";
 import { NAR_PREFIX } from "../storage/keys.ts";
 import type { SubrequestBudget } from "./budget.ts";
 import { ENCODED_SEPARATOR } from "./nar-url.ts";
@@ -127,25 +127,15 @@ export async function readSmallText(response: Response, limit: number): Promise<
     return tooLarge;
   }
   if (response.body === null) return { kind: "text", text: "" };
-  const reader = response.body.getReader();
-  const chunks: Uint8Array[] = [];
-  let total = 0;
+  let bytes: Uint8Array | null;
   try {
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      total += value.byteLength;
-      if (total > limit) {
-        await reader.cancel();
-        return tooLarge;
-      }
-      chunks.push(value);
-    }
+    bytes = await readBounded(response.body, limit);
   } catch (err) {
     return { kind: "failed", reason: `the body broke off (${err instanceof Error ? err.message : String(err)})` };
   }
+  if (bytes === null) return tooLarge;
   try {
-    return { kind: "text", text: new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(concatBytes(chunks)) };
+    return { kind: "text", text: new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(bytes) };
   } catch {
     return { kind: "garbage", reason: "body is not UTF-8" };
   }
