@@ -21,6 +21,7 @@
 // fixed-width keys (gc/packed-keys.ts), searched by bisection (no per-key parsing on the
 // upload path).
 
+import { parseJsonObject } from "../json-document.ts";
 import { HASH_PART_LENGTH } from "../nix/store-path.ts";
 import { packedContains } from "./packed-keys.ts";
 
@@ -43,14 +44,9 @@ export function formatFence(fence: Fence): string {
 
 /** The fence in `text`, or null when it is not one (a damaged fence fences nothing). */
 export function parseFence(text: string): Fence | null {
-  let doc: unknown;
-  try {
-    doc = JSON.parse(text);
-  } catch {
-    return null;
-  }
-  if (typeof doc !== "object" || doc === null) return null;
-  const { run, announcedAt, paths, nars } = doc as Record<string, unknown>;
+  const doc = parseJsonObject(text);
+  if (doc === null) return null;
+  const { run, announcedAt, paths, nars } = doc;
   if (typeof run !== "string" || typeof announcedAt !== "number" || typeof paths !== "string" || typeof nars !== "string") return null;
   if (paths.length % HASH_PART_LENGTH !== 0 || nars.length % NAR_FILE_HASH_LENGTH !== 0) return null;
   return { runId: run, announcedAt, paths, nars };

@@ -11,6 +11,7 @@
 // too, as an own property, and only own properties are read from the document.
 
 import { PIN_NAME, type Pin } from "../api/pins.ts";
+import { isRecord } from "../json-document.ts";
 import { parseStorePath } from "../nix/store-path.ts";
 
 /** Pins by name: what parsePins gives and the routes change. */
@@ -40,9 +41,6 @@ export function formatPins(pins: ReadonlyMap<string, Pin> | Pins): string {
   return JSON.stringify({ pins: pinsObject(pins) });
 }
 
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === "object" && value !== null && !Array.isArray(value);
-}
 
 /**
  * The pins in `text`. Entries that are not valid are dropped with a log line rather than

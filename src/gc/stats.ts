@@ -11,6 +11,7 @@
 // `GET /_api/v1/stats` and the landing page read both and the collection's state in one D1
 // query, and count the index now and then, instead of listing the whole bucket.
 
+import { parseJsonObject } from "../json-document.ts";
 import { readGcDocuments, writeGcDocument, type GcDocument } from "../storage/gc-documents.ts";
 import { indexComplete, indexStats } from "../storage/path-index.ts";
 import { parseState, type GcResult } from "./run-state.ts";
@@ -99,15 +100,8 @@ function count(value: unknown): number | null {
 
 /** The JSON object in `text` when each of `fields` is a count; null when it does not parse or one is not. */
 function countsDocument(text: string, fields: readonly string[]): Record<string, unknown> | null {
-  let doc: unknown;
-  try {
-    doc = JSON.parse(text);
-  } catch {
-    return null;
-  }
-  if (typeof doc !== "object" || doc === null) return null;
-  const record = doc as Record<string, unknown>;
-  return fields.every((f) => count(record[f]) !== null) ? record : null;
+  const doc = parseJsonObject(text);
+  return doc !== null && fields.every((f) => count(doc[f]) !== null) ? doc : null;
 }
 
 /** The statistics in `text`, or null when they are missing or damaged. */

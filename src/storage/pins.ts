@@ -11,6 +11,7 @@
 
 import type { Pin } from "../api/pins.ts";
 import { parsePins, type PinMap } from "../gc/pins.ts";
+import { isRecord } from "../json-document.ts";
 import { parseStorePath } from "../nix/store-path.ts";
 import { deleteKeys, getTextObject, PINS_KEY } from "./gc-store.ts";
 import { d1 } from "./path-index.ts";
@@ -84,9 +85,8 @@ function pinsDamage(text: string, kept: number): string | null {
   } catch {
     return "it is not JSON";
   }
-  const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
-  const pins = isObject(doc) && Object.hasOwn(doc, "pins") ? doc.pins : undefined;
-  if (!isObject(pins)) return 'it has no "pins" object';
+  const pins = isRecord(doc) && Object.hasOwn(doc, "pins") ? doc.pins : undefined;
+  if (!isRecord(pins)) return 'it has no "pins" object';
   const total = Object.keys(pins).length;
   return total === kept ? null : `${total - kept} of its ${total} pins are not valid`;
 }
