@@ -25,7 +25,6 @@
 //
 // Needs nginx, wrk, curl and nix-bin: installed with apt-get when missing (root or sudo).
 // Usage: node bench/serve.ts [--connections 1,64] [--duration 10] [--rounds 3] [--threads 2]
-import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { chmod, cp, lstat, mkdir, mkdtemp, open, readdir, readFile, rm, writeFile } from "node:fs/promises";
@@ -35,6 +34,7 @@ import { parseArgs } from "node:util";
 import { parseNarInfo } from "../src/nix/narinfo.ts";
 import { freePort, LocalCache, NixClient, PROJECT_ROOT, run, runOk } from "../test/e2e/harness.ts";
 import { PublicBucket } from "../dev/public-bucket.ts";
+import { Nginx } from "../test/e2e/import-servers.ts";
 import { median, timed } from "./timing.ts";
 
 /** Programs the benchmark runs, and the Debian package of each. */
@@ -158,72 +158,6 @@ async function buildClosure(nix: NixClient): Promise<Closure> {
 
 function hashPart(storePath: string): string {
   return storePath.slice("/nix/store/".length, "/nix/store/".length + 32);
-}
-
-/** nginx serving a directory on a free loopback port, with its own prefix and config. */
-class Nginx {
-  readonly url: string;
-  private readonly child: ChildProcess;
-  private constructor(url: string, child: ChildProcess) {
-    this.url = url;
-    this.child = child;
-  }
-
-  static async start(root: string, dir: string): Promise<Nginx> {
-    const port = await freePort();
-    for (const sub of ["tmp", "logs"]) await mkdir(join(dir, sub), { recursive: true });
-    // Worker processes run as an unprivileged user: the files must be readable by others.
-    await runOk("chmod", ["-R", "a+rX", root]);
-    const conf = `worker_processes auto;
-daemon off;
-pid ${dir}/nginx.pid;
-error_log ${dir}/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  keepalive_requests 1000000;
-  client_body_temp_path ${dir}/tmp/body;
-  proxy_temp_path ${dir}/tmp/proxy;
-  fastcgi_temp_path ${dir}/tmp/fastcgi;
-  uwsgi_temp_path ${dir}/tmp/uwsgi;
-  scgi_temp_path ${dir}/tmp/scgi;
-  types { text/x-nix-narinfo narinfo; }
-  default_type application/octet-stream;
-  server {
-    listen 127.0.0.1:${port};
-    root ${root};
-  }
-}
-`;
-    const confFile = join(dir, "nginx.conf");
-    await writeFile(confFile, conf);
-    const child = spawn("nginx", ["-c", confFile, "-p", dir], { stdio: ["ignore", "ignore", "pipe"], detached: true });
-    let stderr = "";
-    child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
-    const url = `http://127.0.0.1:${port}`;
-    const deadline = Date.now() + 10_000;
-    for (;;) {
-      if (child.exitCode !== null) throw new Error(`nginx exited: ${stderr}`);
-      try {
-        if ((await fetch(`${url}/nix-cache-info`)).status === 200) break;
-      } catch {
-        // not listening yet
-      }
-      if (Date.now() > deadline) throw new Error(`nginx did not come up: ${stderr}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    return new Nginx(url, child);
-  }
-
-  async stop(): Promise<void> {
-    if (this.child.pid && this.child.exitCode === null) {
-      const exited = new Promise((r) => this.child.once("exit", r));
-      process.kill(-this.child.pid, "SIGTERM");
-      await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
-    }
-  }
 }
 
 interface WrkResult {
@@ -391,7 +325,7 @@ async function main(): Promise<void> {
     ).trim();
     const files = join(work, "files");
     await runOk("nix", ["copy", "--to", `file://${files}?compression=zstd&secret-key=${join(keyDir, "sk")}`, closure.top], { env });
-    nginx = await Nginx.start(files, join(work, "nginx"));
+    nginx = await Nginx.start(files);
 
     const workerNar = await narUrlOf(worker.url, closure.big);
     const servers: Server[] = [

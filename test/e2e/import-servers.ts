@@ -12,7 +12,11 @@ import { AwsClient } from "aws4fetch";
 import { freePort } from "./harness.ts";
 import { runOk } from "../uploader/helpers.ts";
 
-/** nginx serving `root` on a free loopback port, with its own prefix, config and PID. */
+/**
+ * nginx serving `root` on a free loopback port, with its own prefix, config and PID, set
+ * up to serve files fast (sendfile, long keep-alive): the import tests' plain HTTP cache
+ * and bench/serve.ts's reference server.
+ */
 export class Nginx {
   readonly url: string;
   readonly #child: ChildProcess;
@@ -31,13 +35,16 @@ export class Nginx {
     // Worker processes run as an unprivileged user: the files must be readable by others.
     await runOk("chmod", ["-R", "a+rX", root]);
     await runOk("chmod", ["a+x", ...ancestors(root)]);
-    const conf = `worker_processes 1;
+    const conf = `worker_processes auto;
 daemon off;
 pid ${dir}/nginx.pid;
 error_log ${dir}/logs/error.log warn;
-events { worker_connections 256; }
+events { worker_connections 4096; }
 http {
   access_log off;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 1000000;
   client_body_temp_path ${dir}/tmp/body;
   proxy_temp_path ${dir}/tmp/proxy;
   fastcgi_temp_path ${dir}/tmp/fastcgi;
