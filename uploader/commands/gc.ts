@@ -9,6 +9,7 @@ import { EXIT_PATHS_FAILED, UploaderError, UsageError, markReportedAsJson } from
 import { HttpClient } from "../http.ts";
 import { formatBytes } from "../progress.ts";
 import { ENV, parseCommandLine, requireToken, resolveCache } from "../settings.ts";
+import { ADMIN_OPTIONS, REPORT_OPTIONS } from "./flags.ts";
 
 /** How long to wait before asking again when another batch (the cron trigger's) is running. */
 const BUSY_RETRY_MS = 2000;
@@ -110,15 +111,11 @@ function describe(answer: GcBatchAnswer): string {
 
 export async function run(args: string[]): Promise<void> {
   const { values, positionals } = parseCommandLine(args, {
-    cache: { type: "string" },
-    "admin-token": { type: "string" },
-    "dry-run": { type: "boolean" },
+    ...ADMIN_OPTIONS,
+    ...REPORT_OPTIONS,
     "older-than": { type: "string" },
     before: { type: "string" },
     restart: { type: "boolean" },
-    json: { type: "boolean" },
-    verbose: { type: "boolean", short: "v" },
-    help: { type: "boolean", short: "h" },
   });
   if (values.help) {
     process.stdout.write(HELP);

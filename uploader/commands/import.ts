@@ -5,26 +5,23 @@ import { mkdtemp, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parsePublicKey, type PublicKey } from "../../src/nix/signature.ts";
-import { DEFAULT_COMPRESSION, DEFAULT_LEVEL, parseCompressionMethod, resolveLevel } from "../compress.ts";
+import { DEFAULT_COMPRESSION } from "../compress.ts";
 import { UsageError, messageOf } from "../errors.ts";
 import { HttpClient, type RetryEvent } from "../http.ts";
 import { exportClosure, cacheTransfer, exportTransfer, parsePathArgument, planImport, readCacheClosure, type SourceClosure } from "../import.ts";
 import { readSecretKeyFile } from "../key-file.ts";
 import { MULTIPART_CONCURRENCY } from "../multipart.ts";
-import { DEFAULT_UPSTREAM_KEYS } from "../plan.ts";
 import { Progress } from "../progress.ts";
 import { DEFAULT_JOBS, type PathTransfer } from "../run-plan.ts";
 import { RemoteCache } from "../remote-cache.ts";
-import { ENV, integerFlag, parseCommandLine, resolveCache } from "../settings.ts";
+import { ENV, parseCommandLine, resolveCache } from "../settings.ts";
 import { SourceError, type CacheSource } from "../sources/cache-source.ts";
 import { readExportFile, scanExport, type ExportEntry } from "../sources/export-stream.ts";
 import { FileSource } from "../sources/file-source.ts";
 import { HttpSource } from "../sources/http-source.ts";
 import { S3Source } from "../sources/s3-source.ts";
+import { LEVEL_AND_UPSTREAM_HELP, PUSH_OPTIONS, REPORT_OPTIONS, pushChoices } from "./flags.ts";
 import { carryOut, printPlan } from "./push.ts";
-
-/** Upper bound for -j, as for push. */
-const MAX_JOBS = 64;
 
 export const HELP = `Usage: uploader import [options] <source> [path...]
 
@@ -60,9 +57,7 @@ Options:
   -j, --jobs <n>            paths copied in parallel (default ${DEFAULT_JOBS})
   --compression <method>    zstd, xz or none, for export streams and --recompress
                             (default ${DEFAULT_COMPRESSION})
-  --compression-level <n>   zstd 1-19 (default ${DEFAULT_LEVEL.zstd}), xz 0-9 (default ${DEFAULT_LEVEL.xz})
-  --upstream-key <name>     skip paths signed by this key name (repeatable;
-                            default ${DEFAULT_UPSTREAM_KEYS.join(", ")})
+${LEVEL_AND_UPSTREAM_HELP}
   --no-skip-upstream        copy paths signed by upstream keys too
   --dry-run                 show what would be copied, copy nothing
   --json                    print the result as JSON on stdout
@@ -76,21 +71,11 @@ export stream) or a local problem (key file); 4 cache unreachable or token refus
 
 export async function run(args: string[]): Promise<void> {
   const { values, positionals } = parseCommandLine(args, {
-    cache: { type: "string" },
-    token: { type: "string" },
-    "secret-key-file": { type: "string" },
+    ...PUSH_OPTIONS,
+    ...REPORT_OPTIONS,
     all: { type: "boolean" },
     "trusted-key": { type: "string", multiple: true },
     recompress: { type: "boolean" },
-    jobs: { type: "string", short: "j" },
-    compression: { type: "string" },
-    "compression-level": { type: "string" },
-    "upstream-key": { type: "string", multiple: true },
-    "no-skip-upstream": { type: "boolean" },
-    "dry-run": { type: "boolean" },
-    json: { type: "boolean" },
-    verbose: { type: "boolean", short: "v" },
-    help: { type: "boolean", short: "h" },
   });
   if (values.help) {
     process.stdout.write(HELP);
@@ -101,13 +86,7 @@ export async function run(args: string[]): Promise<void> {
   // The destination: flags, else environment, else what `uploader login` stored.
   const settings = resolveCache(values);
   const { url: cacheUrl, token } = settings;
-  const jobs = integerFlag("--jobs", values.jobs, 1, MAX_JOBS) ?? DEFAULT_JOBS;
-  const compression = parseCompressionMethod(values.compression ?? DEFAULT_COMPRESSION);
-  const level = resolveLevel(compression, integerFlag("--compression-level", values["compression-level"], -100, 100));
-  if (values["no-skip-upstream"] && values["upstream-key"]) {
-    throw new UsageError("--upstream-key and --no-skip-upstream contradict each other");
-  }
-  const upstreamKeys = values["no-skip-upstream"] ? [] : (values["upstream-key"] ?? DEFAULT_UPSTREAM_KEYS);
+  const { jobs, compression, level, upstreamKeys } = pushChoices(values);
   const trustedKeys = (values["trusted-key"] ?? []).map(parseTrustedKey);
   const roots = pathArgs.map((arg) => {
     const parsed = parsePathArgument(arg);

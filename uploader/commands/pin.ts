@@ -6,8 +6,9 @@ import { PIN_NAME } from "../../src/api/pins.ts";
 import { CacheAdmin } from "../cache-admin.ts";
 import { UsageError } from "../errors.ts";
 import { HttpClient } from "../http.ts";
-import { ENV, parseCommandLine, requireToken, resolveCache } from "../settings.ts";
+import { CACHE_OPTIONS, ENV, parseCommandLine, requireToken, resolveCache } from "../settings.ts";
 import { resolveStorePaths } from "../store.ts";
+import { ADMIN_OPTIONS, HELP_OPTION } from "./flags.ts";
 
 const COMMON = `  --cache <url|name>      the cache's URL, or a name given to login [env ${ENV.cacheUrl}]
   --admin-token <token>   the Worker's ADMIN_TOKEN                  [env ${ENV.adminToken}]`;
@@ -17,11 +18,20 @@ interface Command {
   run: (args: string[]) => Promise<void>;
 }
 
-function client(values: { cache?: string | undefined; "admin-token"?: string | undefined; token?: string | undefined }, tokenNeeded: "admin" | "any"): { http: HttpClient; admin: CacheAdmin } {
+/** Runs `work` with an admin client of the cache the flags name, closing it after. */
+async function withAdmin<T>(
+  values: { cache?: string | undefined; "admin-token"?: string | undefined; token?: string | undefined },
+  tokenNeeded: "admin" | "any",
+  work: (admin: CacheAdmin) => Promise<T>,
+): Promise<T> {
   const settings = resolveCache(values);
   const token = requireToken(settings, tokenNeeded);
   const http = new HttpClient({ baseUrl: settings.url, token });
-  return { http, admin: new CacheAdmin(http) };
+  try {
+    return await work(new CacheAdmin(http));
+  } finally {
+    http.close();
+  }
 }
 
 function checkName(name: string | undefined): string {
@@ -30,73 +40,66 @@ function checkName(name: string | undefined): string {
   return name;
 }
 
-export const pin: Command = {
-  HELP: `Usage: uploader pin [options] <name> <path>
+/** The options part of pin's and unpin's help. */
+const NAMED_PIN_OPTIONS = `Options:
+${COMMON}
+  -h, --help              show this help
+`;
+
+/**
+ * pin or unpin: --cache, --admin-token and -h, then `count` arguments of which the first
+ * is a pin name (checked) before `act` runs.
+ */
+function namedPinCommand(
+  HELP: string,
+  args: { count: number; problem: string; usage: string },
+  act: (values: { cache?: string | undefined; "admin-token"?: string | undefined }, name: string, positionals: string[]) => Promise<void>,
+): Command {
+  return {
+    HELP,
+    async run(argv) {
+      const { values, positionals } = parseCommandLine(argv, { ...ADMIN_OPTIONS, ...HELP_OPTION });
+      if (values.help) {
+        process.stdout.write(HELP);
+        return;
+      }
+      if (positionals.length !== args.count) throw new UsageError(args.problem, args.usage);
+      await act(values, checkName(positionals[0]), positionals);
+    },
+  };
+}
+
+export const pin = namedPinCommand(
+  `Usage: uploader pin [options] <name> <path>
 
 Keeps <path> (a store path, or a symlink to one such as ./result) and its whole closure in
 the cache until \`uploader unpin <name>\`, whatever the retention. The path must be in the
 cache already (push it first). Pinning an existing name moves the pin.
 
-Options:
-${COMMON}
-  -h, --help              show this help
-`,
-  async run(args) {
-    const { values, positionals } = parseCommandLine(args, {
-      cache: { type: "string" },
-      "admin-token": { type: "string" },
-      help: { type: "boolean", short: "h" },
-    });
-    if (values.help) {
-      process.stdout.write(pin.HELP);
-      return;
-    }
-    if (positionals.length !== 2) throw new UsageError("give a pin name and a store path", "usage: uploader pin <name> <path>");
-    const name = checkName(positionals[0]);
-    const [storePath] = await resolveStorePaths([positionals[1]!]);
-    const { http, admin } = client(values, "admin");
-    try {
-      const { previous } = await admin.setPin(name, storePath!);
-      process.stderr.write(
-        previous === null || previous === storePath ? `pinned ${storePath} as ${name}\n` : `moved pin ${name} from ${previous} to ${storePath}\n`,
-      );
-    } finally {
-      http.close();
-    }
+${NAMED_PIN_OPTIONS}`,
+  { count: 2, problem: "give a pin name and a store path", usage: "usage: uploader pin <name> <path>" },
+  async (values, name, [, path]) => {
+    const [storePath] = await resolveStorePaths([path!]);
+    const { previous } = await withAdmin(values, "admin", (admin) => admin.setPin(name, storePath!));
+    process.stderr.write(
+      previous === null || previous === storePath ? `pinned ${storePath} as ${name}\n` : `moved pin ${name} from ${previous} to ${storePath}\n`,
+    );
   },
-};
+);
 
-export const unpin: Command = {
-  HELP: `Usage: uploader unpin [options] <name>
+export const unpin = namedPinCommand(
+  `Usage: uploader unpin [options] <name>
 
 Removes the pin <name>; its closure is then kept only while young or used by a kept path.
 
-Options:
-${COMMON}
-  -h, --help              show this help
-`,
-  async run(args) {
-    const { values, positionals } = parseCommandLine(args, {
-      cache: { type: "string" },
-      "admin-token": { type: "string" },
-      help: { type: "boolean", short: "h" },
-    });
-    if (values.help) {
-      process.stdout.write(unpin.HELP);
-      return;
-    }
-    if (positionals.length !== 1) throw new UsageError("give the name of one pin", "usage: uploader unpin <name>");
-    const name = checkName(positionals[0]);
-    const { http, admin } = client(values, "admin");
-    try {
-      const removed = await admin.removePin(name);
-      if (removed === null) throw new UsageError(`there is no pin named ${name}`, "uploader pins lists them");
-      process.stderr.write(`removed pin ${name} (${removed.path})\n`);
-    } finally {
-      http.close();
-    }
+${NAMED_PIN_OPTIONS}`,
+  { count: 1, problem: "give the name of one pin", usage: "usage: uploader unpin <name>" },
+  async (values, name) => {
+    const removed = await withAdmin(values, "admin", (admin) => admin.removePin(name));
+    if (removed === null) throw new UsageError(`there is no pin named ${name}`, "uploader pins lists them");
+    process.stderr.write(`removed pin ${name} (${removed.path})\n`);
   },
-};
+);
 
 export const pins: Command = {
   HELP: `Usage: uploader pins [options]
@@ -111,32 +114,26 @@ ${COMMON}
 `,
   async run(args) {
     const { values, positionals } = parseCommandLine(args, {
-      cache: { type: "string" },
-      "admin-token": { type: "string" },
-      token: { type: "string" },
+      ...ADMIN_OPTIONS,
+      token: CACHE_OPTIONS.token,
       json: { type: "boolean" },
-      help: { type: "boolean", short: "h" },
+      ...HELP_OPTION,
     });
     if (values.help) {
       process.stdout.write(pins.HELP);
       return;
     }
     if (positionals.length > 0) throw new UsageError(`unexpected argument "${positionals[0]}"`);
-    const { http, admin } = client(values, "any");
-    try {
-      const all = await admin.listPins();
-      if (values.json) {
-        process.stdout.write(`${JSON.stringify(all, null, 2)}\n`);
-        return;
-      }
-      const names = Object.keys(all).sort();
-      if (names.length === 0) process.stdout.write("no pins\n");
-      for (const name of names) {
-        const p = all[name]!;
-        process.stdout.write(`${name}\t${p.path}\t${new Date(p.pinnedAt).toISOString()}\n`);
-      }
-    } finally {
-      http.close();
+    const all = await withAdmin(values, "any", (admin) => admin.listPins());
+    if (values.json) {
+      process.stdout.write(`${JSON.stringify(all, null, 2)}\n`);
+      return;
+    }
+    const names = Object.keys(all).sort();
+    if (names.length === 0) process.stdout.write("no pins\n");
+    for (const name of names) {
+      const p = all[name]!;
+      process.stdout.write(`${name}\t${p.path}\t${new Date(p.pinnedAt).toISOString()}\n`);
     }
   },
 };

@@ -7,7 +7,7 @@ import { parseCommandLine } from "../settings.ts";
 import { SPOOL_ENV, ensureSpool, isStorePath, newJobName, pingWatcher, removeJob, spoolDir, writeJob } from "../spool.ts";
 import { resolveStorePaths } from "../store.ts";
 import { Pusher, derivationOutputs } from "../queued-push.ts";
-import { PUSH_OPTIONS, pusherSettings } from "./watch-store.ts";
+import { SPOOL_OPTIONS, pusherSettings } from "./watch-store.ts";
 
 /** Environment variable for --if-no-watcher (Nix runs the hook without arguments). */
 export const IF_NO_WATCHER_ENV = "NIX_CACHE_IF_NO_WATCHER";
@@ -52,10 +52,8 @@ cannot be reached is a warning, not a failure: the paths stay queued.
 
 export async function run(args: string[]): Promise<void> {
   const { values, positionals } = parseCommandLine(args, {
-    ...PUSH_OPTIONS,
-    spool: { type: "string" },
+    ...SPOOL_OPTIONS,
     "if-no-watcher": { type: "string" },
-    help: { type: "boolean", short: "h" },
   });
   if (values.help) {
     process.stdout.write(HELP);

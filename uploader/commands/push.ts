@@ -4,21 +4,19 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { DEFAULT_COMPRESSION, DEFAULT_LEVEL, parseCompressionMethod, resolveLevel } from "../compress.ts";
+import { DEFAULT_COMPRESSION } from "../compress.ts";
 import { EXIT_INTERRUPTED, PushIncompleteError, UsageError, markReportedAsJson } from "../errors.ts";
 import { HttpClient } from "../http.ts";
 import { MULTIPART_CONCURRENCY } from "../multipart.ts";
 import { readSecretKeyFile } from "../key-file.ts";
-import { DEFAULT_UPSTREAM_KEYS, planPush, type PushPlan } from "../plan.ts";
+import { planPush, type PushPlan } from "../plan.ts";
 import { Progress, formatBytes } from "../progress.ts";
 import { DEFAULT_JOBS, SMALL_PER_JOB, executePlan, type PushSettings } from "../run-plan.ts";
 import { RemoteCache } from "../remote-cache.ts";
-import { CACHE_OPTIONS, ENV, integerFlag, parseCommandLine, resolveCache } from "../settings.ts";
+import { ENV, parseCommandLine, resolveCache } from "../settings.ts";
 import { expandDerivations, queryClosure, resolveStorePaths } from "../store.ts";
 import { preflight } from "../checks.ts";
-
-/** Upper bound for -j: beyond this, more connections only add contention. */
-const MAX_JOBS = 64;
+import { LEVEL_AND_UPSTREAM_HELP, PUSH_OPTIONS, REPORT_OPTIONS, pushChoices } from "./flags.ts";
 
 
 export const HELP = `Usage: uploader push [options] <path>...
@@ -38,9 +36,7 @@ Options:
   -j, --jobs <n>            large paths uploaded in parallel (default ${DEFAULT_JOBS});
                             small ones (under 1 MiB) go ${SMALL_PER_JOB} times as many
   --compression <method>    zstd, xz or none (default ${DEFAULT_COMPRESSION})
-  --compression-level <n>   zstd 1-19 (default ${DEFAULT_LEVEL.zstd}), xz 0-9 (default ${DEFAULT_LEVEL.xz})
-  --upstream-key <name>     skip paths signed by this key name (repeatable;
-                            default ${DEFAULT_UPSTREAM_KEYS.join(", ")})
+${LEVEL_AND_UPSTREAM_HELP}
   --no-skip-upstream        upload paths signed by upstream keys too
   --dry-run                 show what would be uploaded, upload nothing
   --json                    print the result as JSON on stdout
@@ -58,21 +54,7 @@ Exit status: 0 all uploaded or already there; 1 some paths failed; 2 bad usage;
 `;
 
 export async function run(args: string[]): Promise<void> {
-  const { values, positionals } = parseCommandLine(args, {
-    cache: CACHE_OPTIONS.cache,
-    token: CACHE_OPTIONS.token,
-    "secret-key-file": CACHE_OPTIONS["secret-key-file"],
-    jobs: { type: "string", short: "j" },
-    compression: { type: "string" },
-    "compression-level": { type: "string" },
-    "upstream-key": { type: "string", multiple: true },
-    "no-skip-upstream": { type: "boolean" },
-    "dry-run": { type: "boolean" },
-    json: { type: "boolean" },
-    stdin: { type: "boolean" },
-    verbose: { type: "boolean", short: "v" },
-    help: { type: "boolean", short: "h" },
-  });
+  const { values, positionals } = parseCommandLine(args, { ...PUSH_OPTIONS, ...REPORT_OPTIONS, stdin: { type: "boolean" } });
   if (values.help) {
     process.stdout.write(HELP);
     return;
@@ -85,13 +67,7 @@ export async function run(args: string[]): Promise<void> {
   }
   const settings = resolveCache(values);
   const { url: cacheUrl, token } = settings;
-  const jobs = integerFlag("--jobs", values.jobs, 1, MAX_JOBS) ?? DEFAULT_JOBS;
-  const compression = parseCompressionMethod(values.compression ?? DEFAULT_COMPRESSION);
-  const level = resolveLevel(compression, integerFlag("--compression-level", values["compression-level"], -100, 100));
-  if (values["no-skip-upstream"] && values["upstream-key"]) {
-    throw new UsageError("--upstream-key and --no-skip-upstream contradict each other");
-  }
-  const upstreamKeys = values["no-skip-upstream"] ? [] : (values["upstream-key"] ?? DEFAULT_UPSTREAM_KEYS);
+  const { jobs, compression, level, upstreamKeys } = pushChoices(values);
   const keyFile = settings.secretKeyFile;
   const secretKey = keyFile ? await readSecretKeyFile(keyFile) : undefined;
 

@@ -2,20 +2,18 @@
 // The first signal stops watching and pushes what is queued; a second one aborts, leaving
 // the queue in the spool for the next watcher.
 import { rmSync } from "node:fs";
-import { DEFAULT_COMPRESSION, DEFAULT_LEVEL, parseCompressionMethod, resolveLevel } from "../compress.ts";
+import { DEFAULT_COMPRESSION } from "../compress.ts";
 import { EXIT_INTERRUPTED, UsageError } from "../errors.ts";
 import { readSecretKeyFile } from "../key-file.ts";
-import { DEFAULT_UPSTREAM_KEYS } from "../plan.ts";
 import { Progress } from "../progress.ts";
 import { DEFAULT_JOBS } from "../run-plan.ts";
-import { CACHE_OPTIONS, ENV, integerFlag, parseCommandLine, requireToken, resolveCache, type CacheSettings } from "../settings.ts";
+import { ENV, integerFlag, parseCommandLine, requireToken, resolveCache, type CacheSettings } from "../settings.ts";
 import { SPOOL_ENV, socketPath, spoolDir } from "../spool.ts";
 import { defaultStoreDir } from "../store.ts";
 import { Pusher, checkCacheAtStart, type PusherSettings } from "../queued-push.ts";
 import { DEFAULT_BATCH_WAIT_MS, QueueLeftError, Watcher } from "../watcher.ts";
+import { HELP_OPTION, LEVEL_AND_UPSTREAM_HELP, PUSH_OPTIONS, pushChoices, type PushFlags } from "./flags.ts";
 
-/** Upper bound for -j (as for push): beyond this, more connections only add contention. */
-const MAX_JOBS = 64;
 /** Upper bound for --batch-wait, in seconds: longer only delays what was built. */
 const MAX_BATCH_WAIT_S = 3_600;
 
@@ -46,9 +44,7 @@ Options:
                                                                  [env ${ENV.secretKeyFile}]
   -j, --jobs <n>            paths uploaded in parallel (default ${DEFAULT_JOBS})
   --compression <method>    zstd, xz or none (default ${DEFAULT_COMPRESSION})
-  --compression-level <n>   zstd 1-19 (default ${DEFAULT_LEVEL.zstd}), xz 0-9 (default ${DEFAULT_LEVEL.xz})
-  --upstream-key <name>     skip paths signed by this key name (repeatable;
-                            default ${DEFAULT_UPSTREAM_KEYS.join(", ")})
+${LEVEL_AND_UPSTREAM_HELP}
   --no-skip-upstream        upload paths signed by upstream keys too
   -v, --verbose             also report each new path, cached paths and retries
   -h, --help                show this help
@@ -62,53 +58,23 @@ the spool cannot be written, another watcher uses the spool); 4 not the cache, o
 token it refuses, at start.
 `;
 
-/** parseArgs options shared by watch-store and post-build-hook (for its direct push). */
-export const PUSH_OPTIONS = {
-  cache: CACHE_OPTIONS.cache,
-  token: CACHE_OPTIONS.token,
-  "secret-key-file": CACHE_OPTIONS["secret-key-file"],
-  jobs: { type: "string", short: "j" },
-  compression: { type: "string" },
-  "compression-level": { type: "string" },
-  "upstream-key": { type: "string", multiple: true },
-  "no-skip-upstream": { type: "boolean" },
-  verbose: { type: "boolean", short: "v" },
-} as const;
-
-interface PushFlags {
-  cache?: string | undefined;
-  token?: string | undefined;
-  "secret-key-file"?: string | undefined;
-  jobs?: string | undefined;
-  compression?: string | undefined;
-  "compression-level"?: string | undefined;
-  "upstream-key"?: string[] | undefined;
-  "no-skip-upstream"?: boolean | undefined;
-  verbose?: boolean | undefined;
-}
+/** Options shared by watch-store and post-build-hook: a push's, the spool's, -h. */
+export const SPOOL_OPTIONS = { ...PUSH_OPTIONS, spool: { type: "string" }, ...HELP_OPTION } as const;
 
 /** The push settings from PUSH_OPTIONS' values, checked as push checks them. */
 export async function pusherSettings(values: PushFlags, settings: CacheSettings = resolveCache(values)): Promise<PusherSettings> {
   const token = requireToken(settings, "write");
-  const jobs = integerFlag("--jobs", values.jobs, 1, MAX_JOBS) ?? DEFAULT_JOBS;
-  const compression = parseCompressionMethod(values.compression ?? DEFAULT_COMPRESSION);
-  const level = resolveLevel(compression, integerFlag("--compression-level", values["compression-level"], -100, 100));
-  if (values["no-skip-upstream"] && values["upstream-key"]) {
-    throw new UsageError("--upstream-key and --no-skip-upstream contradict each other");
-  }
-  const upstreamKeys = values["no-skip-upstream"] ? [] : (values["upstream-key"] ?? DEFAULT_UPSTREAM_KEYS);
+  const { jobs, compression, level, upstreamKeys } = pushChoices(values);
   const secretKey = settings.secretKeyFile ? await readSecretKeyFile(settings.secretKeyFile) : undefined;
   return { cacheUrl: settings.url, token, secretKey, compression, level, jobs, upstreamKeys, verbose: values.verbose ?? false };
 }
 
 export async function run(args: string[]): Promise<void> {
   const { values, positionals } = parseCommandLine(args, {
-    ...PUSH_OPTIONS,
-    spool: { type: "string" },
+    ...SPOOL_OPTIONS,
     "spool-only": { type: "boolean" },
     exclude: { type: "string" },
     "batch-wait": { type: "string" },
-    help: { type: "boolean", short: "h" },
   });
   if (values.help) {
     process.stdout.write(HELP);
