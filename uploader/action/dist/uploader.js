@@ -4000,6 +4000,55 @@ var init_checks = __esm({
   }
 });
 
+// uploader/commands/flags.ts
+function pushChoices(values) {
+  const jobs = integerFlag("--jobs", values.jobs, 1, MAX_JOBS) ?? DEFAULT_JOBS;
+  const compression = parseCompressionMethod(values.compression ?? DEFAULT_COMPRESSION);
+  const level = resolveLevel(compression, integerFlag("--compression-level", values["compression-level"], -100, 100));
+  if (values["no-skip-upstream"] && values["upstream-key"]) {
+    throw new UsageError("--upstream-key and --no-skip-upstream contradict each other");
+  }
+  const upstreamKeys = values["no-skip-upstream"] ? [] : values["upstream-key"] ?? DEFAULT_UPSTREAM_KEYS;
+  return { jobs, compression, level, upstreamKeys };
+}
+var MAX_JOBS, LEVEL_AND_UPSTREAM_HELP, HELP_OPTION, REPORT_OPTIONS, ADMIN_OPTIONS, PUSH_OPTIONS;
+var init_flags = __esm({
+  "uploader/commands/flags.ts"() {
+    "use strict";
+    init_compress();
+    init_errors();
+    init_plan();
+    init_run_plan();
+    init_settings();
+    MAX_JOBS = 64;
+    LEVEL_AND_UPSTREAM_HELP = `  --compression-level <n>   zstd 1-19 (default ${DEFAULT_LEVEL.zstd}), xz 0-9 (default ${DEFAULT_LEVEL.xz})
+  --upstream-key <name>     skip paths signed by this key name (repeatable;
+                            default ${DEFAULT_UPSTREAM_KEYS.join(", ")})`;
+    HELP_OPTION = { help: { type: "boolean", short: "h" } };
+    REPORT_OPTIONS = {
+      "dry-run": { type: "boolean" },
+      json: { type: "boolean" },
+      verbose: { type: "boolean", short: "v" },
+      ...HELP_OPTION
+    };
+    ADMIN_OPTIONS = {
+      cache: CACHE_OPTIONS.cache,
+      "admin-token": CACHE_OPTIONS["admin-token"]
+    };
+    PUSH_OPTIONS = {
+      cache: CACHE_OPTIONS.cache,
+      token: CACHE_OPTIONS.token,
+      "secret-key-file": CACHE_OPTIONS["secret-key-file"],
+      jobs: { type: "string", short: "j" },
+      compression: { type: "string" },
+      "compression-level": { type: "string" },
+      "upstream-key": { type: "string", multiple: true },
+      "no-skip-upstream": { type: "boolean" },
+      verbose: { type: "boolean", short: "v" }
+    };
+  }
+});
+
 // uploader/commands/push.ts
 var push_exports = {};
 __export(push_exports, {
@@ -4014,21 +4063,7 @@ import { rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join as join3 } from "node:path";
 async function run2(args) {
-  const { values, positionals } = parseCommandLine(args, {
-    cache: CACHE_OPTIONS.cache,
-    token: CACHE_OPTIONS.token,
-    "secret-key-file": CACHE_OPTIONS["secret-key-file"],
-    jobs: { type: "string", short: "j" },
-    compression: { type: "string" },
-    "compression-level": { type: "string" },
-    "upstream-key": { type: "string", multiple: true },
-    "no-skip-upstream": { type: "boolean" },
-    "dry-run": { type: "boolean" },
-    json: { type: "boolean" },
-    stdin: { type: "boolean" },
-    verbose: { type: "boolean", short: "v" },
-    help: { type: "boolean", short: "h" }
-  });
+  const { values, positionals } = parseCommandLine(args, { ...PUSH_OPTIONS, ...REPORT_OPTIONS, stdin: { type: "boolean" } });
   if (values.help) {
     process.stdout.write(HELP);
     return;
@@ -4039,13 +4074,7 @@ async function run2(args) {
   }
   const settings = resolveCache(values);
   const { url: cacheUrl, token } = settings;
-  const jobs = integerFlag("--jobs", values.jobs, 1, MAX_JOBS) ?? DEFAULT_JOBS;
-  const compression = parseCompressionMethod(values.compression ?? DEFAULT_COMPRESSION);
-  const level = resolveLevel(compression, integerFlag("--compression-level", values["compression-level"], -100, 100));
-  if (values["no-skip-upstream"] && values["upstream-key"]) {
-    throw new UsageError("--upstream-key and --no-skip-upstream contradict each other");
-  }
-  const upstreamKeys = values["no-skip-upstream"] ? [] : values["upstream-key"] ?? DEFAULT_UPSTREAM_KEYS;
+  const { jobs, compression, level, upstreamKeys } = pushChoices(values);
   const keyFile = settings.secretKeyFile;
   const secretKey = keyFile ? await readSecretKeyFile(keyFile) : void 0;
   const progress = new Progress({ verbose: values.verbose ?? false });
@@ -4139,7 +4168,7 @@ function printPlan(plan, json2) {
   process.stderr.write(`${lines.join("\n")}
 `);
 }
-var MAX_JOBS, HELP;
+var HELP;
 var init_push = __esm({
   "uploader/commands/push.ts"() {
     "use strict";
@@ -4155,7 +4184,7 @@ var init_push = __esm({
     init_settings();
     init_store();
     init_checks();
-    MAX_JOBS = 64;
+    init_flags();
     HELP = `Usage: uploader push [options] <path>...
 
 Uploads store paths (or ./result-style symlinks to them) with their whole closures:
@@ -4173,9 +4202,7 @@ Options:
   -j, --jobs <n>            large paths uploaded in parallel (default ${DEFAULT_JOBS});
                             small ones (under 1 MiB) go ${SMALL_PER_JOB} times as many
   --compression <method>    zstd, xz or none (default ${DEFAULT_COMPRESSION})
-  --compression-level <n>   zstd 1-19 (default ${DEFAULT_LEVEL.zstd}), xz 0-9 (default ${DEFAULT_LEVEL.xz})
-  --upstream-key <name>     skip paths signed by this key name (repeatable;
-                            default ${DEFAULT_UPSTREAM_KEYS.join(", ")})
+${LEVEL_AND_UPSTREAM_HELP}
   --no-skip-upstream        upload paths signed by upstream keys too
   --dry-run                 show what would be uploaded, upload nothing
   --json                    print the result as JSON on stdout
@@ -5826,21 +5853,11 @@ import { tmpdir as tmpdir2 } from "node:os";
 import { join as join7, resolve as resolve2 } from "node:path";
 async function run3(args) {
   const { values, positionals } = parseCommandLine(args, {
-    cache: { type: "string" },
-    token: { type: "string" },
-    "secret-key-file": { type: "string" },
+    ...PUSH_OPTIONS,
+    ...REPORT_OPTIONS,
     all: { type: "boolean" },
     "trusted-key": { type: "string", multiple: true },
-    recompress: { type: "boolean" },
-    jobs: { type: "string", short: "j" },
-    compression: { type: "string" },
-    "compression-level": { type: "string" },
-    "upstream-key": { type: "string", multiple: true },
-    "no-skip-upstream": { type: "boolean" },
-    "dry-run": { type: "boolean" },
-    json: { type: "boolean" },
-    verbose: { type: "boolean", short: "v" },
-    help: { type: "boolean", short: "h" }
+    recompress: { type: "boolean" }
   });
   if (values.help) {
     process.stdout.write(HELP2);
@@ -5850,13 +5867,7 @@ async function run3(args) {
   if (sourceArg === void 0) throw new UsageError("no source given", "usage: uploader import [options] <source> [path...]");
   const settings = resolveCache(values);
   const { url: cacheUrl, token } = settings;
-  const jobs = integerFlag("--jobs", values.jobs, 1, MAX_JOBS2) ?? DEFAULT_JOBS;
-  const compression = parseCompressionMethod(values.compression ?? DEFAULT_COMPRESSION);
-  const level = resolveLevel(compression, integerFlag("--compression-level", values["compression-level"], -100, 100));
-  if (values["no-skip-upstream"] && values["upstream-key"]) {
-    throw new UsageError("--upstream-key and --no-skip-upstream contradict each other");
-  }
-  const upstreamKeys = values["no-skip-upstream"] ? [] : values["upstream-key"] ?? DEFAULT_UPSTREAM_KEYS;
+  const { jobs, compression, level, upstreamKeys } = pushChoices(values);
   const trustedKeys = (values["trusted-key"] ?? []).map(parseTrustedKey);
   const roots = pathArgs.map((arg) => {
     const parsed = parsePathArgument(arg);
@@ -6001,7 +6012,7 @@ function parseTrustedKey(text) {
     throw new UsageError(`--trusted-key ${JSON.stringify(text)} is not a Nix public key: ${messageOf(err)}`, "give it as name:base64, as in trusted-public-keys");
   }
 }
-var MAX_JOBS2, HELP2;
+var HELP2;
 var init_import2 = __esm({
   "uploader/commands/import.ts"() {
     "use strict";
@@ -6012,7 +6023,6 @@ var init_import2 = __esm({
     init_import();
     init_key_file();
     init_multipart2();
-    init_plan();
     init_progress();
     init_run_plan();
     init_remote_cache();
@@ -6022,8 +6032,8 @@ var init_import2 = __esm({
     init_file_source();
     init_http_source();
     init_s3_source();
+    init_flags();
     init_push();
-    MAX_JOBS2 = 64;
     HELP2 = `Usage: uploader import [options] <source> [path...]
 
 Copies store paths into the cache from another binary cache or from a
@@ -6058,9 +6068,7 @@ Options:
   -j, --jobs <n>            paths copied in parallel (default ${DEFAULT_JOBS})
   --compression <method>    zstd, xz or none, for export streams and --recompress
                             (default ${DEFAULT_COMPRESSION})
-  --compression-level <n>   zstd 1-19 (default ${DEFAULT_LEVEL.zstd}), xz 0-9 (default ${DEFAULT_LEVEL.xz})
-  --upstream-key <name>     skip paths signed by this key name (repeatable;
-                            default ${DEFAULT_UPSTREAM_KEYS.join(", ")})
+${LEVEL_AND_UPSTREAM_HELP}
   --no-skip-upstream        copy paths signed by upstream keys too
   --dry-run                 show what would be copied, copy nothing
   --json                    print the result as JSON on stdout
@@ -6293,15 +6301,11 @@ function describe(answer) {
 }
 async function run5(args) {
   const { values, positionals } = parseCommandLine(args, {
-    cache: { type: "string" },
-    "admin-token": { type: "string" },
-    "dry-run": { type: "boolean" },
+    ...ADMIN_OPTIONS,
+    ...REPORT_OPTIONS,
     "older-than": { type: "string" },
     before: { type: "string" },
-    restart: { type: "boolean" },
-    json: { type: "boolean" },
-    verbose: { type: "boolean", short: "v" },
-    help: { type: "boolean", short: "h" }
+    restart: { type: "boolean" }
   });
   if (values.help) {
     process.stdout.write(HELP4);
@@ -6401,6 +6405,7 @@ var init_gc2 = __esm({
     init_http();
     init_progress();
     init_settings();
+    init_flags();
     BUSY_RETRY_MS = 2e3;
     MAX_SLEEP_MS = 1e4;
     UNITS = { s: 1, m: 60, h: 3600, d: 86400, w: 604800 };
@@ -6448,18 +6453,36 @@ __export(pin_exports, {
   pins: () => pins,
   unpin: () => unpin
 });
-function client(values, tokenNeeded) {
+async function withAdmin(values, tokenNeeded, work) {
   const settings = resolveCache(values);
   const token = requireToken(settings, tokenNeeded);
   const http2 = new HttpClient({ baseUrl: settings.url, token });
-  return { http: http2, admin: new CacheAdmin(http2) };
+  try {
+    return await work(new CacheAdmin(http2));
+  } finally {
+    http2.close();
+  }
 }
 function checkName(name) {
   if (name === void 0) throw new UsageError("no pin name given");
   if (!PIN_NAME.test(name)) throw new UsageError(`pin name "${name}" may only contain letters, digits, ".", "_", "+" and "-" (at most 100)`);
   return name;
 }
-var COMMON, pin, unpin, pins;
+function namedPinCommand(HELP11, args, act) {
+  return {
+    HELP: HELP11,
+    async run(argv) {
+      const { values, positionals } = parseCommandLine(argv, { ...ADMIN_OPTIONS, ...HELP_OPTION });
+      if (values.help) {
+        process.stdout.write(HELP11);
+        return;
+      }
+      if (positionals.length !== args.count) throw new UsageError(args.problem, args.usage);
+      await act(values, checkName(positionals[0]), positionals);
+    }
+  };
+}
+var COMMON, NAMED_PIN_OPTIONS, pin, unpin, pins;
 var init_pin = __esm({
   "uploader/commands/pin.ts"() {
     "use strict";
@@ -6469,77 +6492,46 @@ var init_pin = __esm({
     init_http();
     init_settings();
     init_store();
+    init_flags();
     COMMON = `  --cache <url|name>      the cache's URL, or a name given to login [env ${ENV.cacheUrl}]
   --admin-token <token>   the Worker's ADMIN_TOKEN                  [env ${ENV.adminToken}]`;
-    pin = {
-      HELP: `Usage: uploader pin [options] <name> <path>
+    NAMED_PIN_OPTIONS = `Options:
+${COMMON}
+  -h, --help              show this help
+`;
+    pin = namedPinCommand(
+      `Usage: uploader pin [options] <name> <path>
 
 Keeps <path> (a store path, or a symlink to one such as ./result) and its whole closure in
 the cache until \`uploader unpin <name>\`, whatever the retention. The path must be in the
 cache already (push it first). Pinning an existing name moves the pin.
 
-Options:
-${COMMON}
-  -h, --help              show this help
-`,
-      async run(args) {
-        const { values, positionals } = parseCommandLine(args, {
-          cache: { type: "string" },
-          "admin-token": { type: "string" },
-          help: { type: "boolean", short: "h" }
-        });
-        if (values.help) {
-          process.stdout.write(pin.HELP);
-          return;
-        }
-        if (positionals.length !== 2) throw new UsageError("give a pin name and a store path", "usage: uploader pin <name> <path>");
-        const name = checkName(positionals[0]);
-        const [storePath] = await resolveStorePaths([positionals[1]]);
-        const { http: http2, admin } = client(values, "admin");
-        try {
-          const { previous } = await admin.setPin(name, storePath);
-          process.stderr.write(
-            previous === null || previous === storePath ? `pinned ${storePath} as ${name}
+${NAMED_PIN_OPTIONS}`,
+      { count: 2, problem: "give a pin name and a store path", usage: "usage: uploader pin <name> <path>" },
+      async (values, name, [, path]) => {
+        const [storePath] = await resolveStorePaths([path]);
+        const { previous } = await withAdmin(values, "admin", (admin) => admin.setPin(name, storePath));
+        process.stderr.write(
+          previous === null || previous === storePath ? `pinned ${storePath} as ${name}
 ` : `moved pin ${name} from ${previous} to ${storePath}
 `
-          );
-        } finally {
-          http2.close();
-        }
+        );
       }
-    };
-    unpin = {
-      HELP: `Usage: uploader unpin [options] <name>
+    );
+    unpin = namedPinCommand(
+      `Usage: uploader unpin [options] <name>
 
 Removes the pin <name>; its closure is then kept only while young or used by a kept path.
 
-Options:
-${COMMON}
-  -h, --help              show this help
-`,
-      async run(args) {
-        const { values, positionals } = parseCommandLine(args, {
-          cache: { type: "string" },
-          "admin-token": { type: "string" },
-          help: { type: "boolean", short: "h" }
-        });
-        if (values.help) {
-          process.stdout.write(unpin.HELP);
-          return;
-        }
-        if (positionals.length !== 1) throw new UsageError("give the name of one pin", "usage: uploader unpin <name>");
-        const name = checkName(positionals[0]);
-        const { http: http2, admin } = client(values, "admin");
-        try {
-          const removed = await admin.removePin(name);
-          if (removed === null) throw new UsageError(`there is no pin named ${name}`, "uploader pins lists them");
-          process.stderr.write(`removed pin ${name} (${removed.path})
+${NAMED_PIN_OPTIONS}`,
+      { count: 1, problem: "give the name of one pin", usage: "usage: uploader unpin <name>" },
+      async (values, name) => {
+        const removed = await withAdmin(values, "admin", (admin) => admin.removePin(name));
+        if (removed === null) throw new UsageError(`there is no pin named ${name}`, "uploader pins lists them");
+        process.stderr.write(`removed pin ${name} (${removed.path})
 `);
-        } finally {
-          http2.close();
-        }
       }
-    };
+    );
     pins = {
       HELP: `Usage: uploader pins [options]
 
@@ -6553,34 +6545,28 @@ ${COMMON}
 `,
       async run(args) {
         const { values, positionals } = parseCommandLine(args, {
-          cache: { type: "string" },
-          "admin-token": { type: "string" },
-          token: { type: "string" },
+          ...ADMIN_OPTIONS,
+          token: CACHE_OPTIONS.token,
           json: { type: "boolean" },
-          help: { type: "boolean", short: "h" }
+          ...HELP_OPTION
         });
         if (values.help) {
           process.stdout.write(pins.HELP);
           return;
         }
         if (positionals.length > 0) throw new UsageError(`unexpected argument "${positionals[0]}"`);
-        const { http: http2, admin } = client(values, "any");
-        try {
-          const all = await admin.listPins();
-          if (values.json) {
-            process.stdout.write(`${JSON.stringify(all, null, 2)}
+        const all = await withAdmin(values, "any", (admin) => admin.listPins());
+        if (values.json) {
+          process.stdout.write(`${JSON.stringify(all, null, 2)}
 `);
-            return;
-          }
-          const names = Object.keys(all).sort();
-          if (names.length === 0) process.stdout.write("no pins\n");
-          for (const name of names) {
-            const p = all[name];
-            process.stdout.write(`${name}	${p.path}	${new Date(p.pinnedAt).toISOString()}
+          return;
+        }
+        const names = Object.keys(all).sort();
+        if (names.length === 0) process.stdout.write("no pins\n");
+        for (const name of names) {
+          const p = all[name];
+          process.stdout.write(`${name}	${p.path}	${new Date(p.pinnedAt).toISOString()}
 `);
-          }
-        } finally {
-          http2.close();
         }
       }
     };
@@ -7740,31 +7726,23 @@ var init_watcher = __esm({
 var watch_store_exports = {};
 __export(watch_store_exports, {
   HELP: () => HELP8,
-  PUSH_OPTIONS: () => PUSH_OPTIONS,
+  SPOOL_OPTIONS: () => SPOOL_OPTIONS,
   pusherSettings: () => pusherSettings,
   run: () => run9
 });
 import { rmSync as rmSync2 } from "node:fs";
 async function pusherSettings(values, settings = resolveCache(values)) {
   const token = requireToken(settings, "write");
-  const jobs = integerFlag("--jobs", values.jobs, 1, MAX_JOBS3) ?? DEFAULT_JOBS;
-  const compression = parseCompressionMethod(values.compression ?? DEFAULT_COMPRESSION);
-  const level = resolveLevel(compression, integerFlag("--compression-level", values["compression-level"], -100, 100));
-  if (values["no-skip-upstream"] && values["upstream-key"]) {
-    throw new UsageError("--upstream-key and --no-skip-upstream contradict each other");
-  }
-  const upstreamKeys = values["no-skip-upstream"] ? [] : values["upstream-key"] ?? DEFAULT_UPSTREAM_KEYS;
+  const { jobs, compression, level, upstreamKeys } = pushChoices(values);
   const secretKey = settings.secretKeyFile ? await readSecretKeyFile(settings.secretKeyFile) : void 0;
   return { cacheUrl: settings.url, token, secretKey, compression, level, jobs, upstreamKeys, verbose: values.verbose ?? false };
 }
 async function run9(args) {
   const { values, positionals } = parseCommandLine(args, {
-    ...PUSH_OPTIONS,
-    spool: { type: "string" },
+    ...SPOOL_OPTIONS,
     "spool-only": { type: "boolean" },
     exclude: { type: "string" },
-    "batch-wait": { type: "string" },
-    help: { type: "boolean", short: "h" }
+    "batch-wait": { type: "string" }
   });
   if (values.help) {
     process.stdout.write(HELP8);
@@ -7823,14 +7801,13 @@ ${signal} again: aborted; ${watcher.queued} queued path(s) stay in ${spool} for 
     process.off("SIGTERM", onSignal);
   }
 }
-var MAX_JOBS3, MAX_BATCH_WAIT_S, HELP8, PUSH_OPTIONS;
+var MAX_BATCH_WAIT_S, HELP8, SPOOL_OPTIONS;
 var init_watch_store = __esm({
   "uploader/commands/watch-store.ts"() {
     "use strict";
     init_compress();
     init_errors();
     init_key_file();
-    init_plan();
     init_progress();
     init_run_plan();
     init_settings();
@@ -7838,7 +7815,7 @@ var init_watch_store = __esm({
     init_store();
     init_queued_push();
     init_watcher();
-    MAX_JOBS3 = 64;
+    init_flags();
     MAX_BATCH_WAIT_S = 3600;
     HELP8 = `Usage: uploader watch-store [options]
 
@@ -7867,9 +7844,7 @@ Options:
                                                                  [env ${ENV.secretKeyFile}]
   -j, --jobs <n>            paths uploaded in parallel (default ${DEFAULT_JOBS})
   --compression <method>    zstd, xz or none (default ${DEFAULT_COMPRESSION})
-  --compression-level <n>   zstd 1-19 (default ${DEFAULT_LEVEL.zstd}), xz 0-9 (default ${DEFAULT_LEVEL.xz})
-  --upstream-key <name>     skip paths signed by this key name (repeatable;
-                            default ${DEFAULT_UPSTREAM_KEYS.join(", ")})
+${LEVEL_AND_UPSTREAM_HELP}
   --no-skip-upstream        upload paths signed by upstream keys too
   -v, --verbose             also report each new path, cached paths and retries
   -h, --help                show this help
@@ -7882,17 +7857,7 @@ Exit status: 0 stopped with nothing left queued; 1 stopped with paths still queu
 the spool cannot be written, another watcher uses the spool); 4 not the cache, or a
 token it refuses, at start.
 `;
-    PUSH_OPTIONS = {
-      cache: CACHE_OPTIONS.cache,
-      token: CACHE_OPTIONS.token,
-      "secret-key-file": CACHE_OPTIONS["secret-key-file"],
-      jobs: { type: "string", short: "j" },
-      compression: { type: "string" },
-      "compression-level": { type: "string" },
-      "upstream-key": { type: "string", multiple: true },
-      "no-skip-upstream": { type: "boolean" },
-      verbose: { type: "boolean", short: "v" }
-    };
+    SPOOL_OPTIONS = { ...PUSH_OPTIONS, spool: { type: "string" }, ...HELP_OPTION };
   }
 });
 
@@ -7905,10 +7870,8 @@ __export(post_build_hook_exports, {
 });
 async function run10(args) {
   const { values, positionals } = parseCommandLine(args, {
-    ...PUSH_OPTIONS,
-    spool: { type: "string" },
-    "if-no-watcher": { type: "string" },
-    help: { type: "boolean", short: "h" }
+    ...SPOOL_OPTIONS,
+    "if-no-watcher": { type: "string" }
   });
   if (values.help) {
     process.stdout.write(HELP9);
