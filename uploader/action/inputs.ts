@@ -3,7 +3,7 @@
 // naming the input, rather than at the end of the job.
 import { booleanInput, input, InputError, type Env } from "./runner.ts";
 
-/** The uploader's own bounds (uploader/commands/push.ts): checked here to fail early. */
+/** The uploader's own bounds (MAX_JOBS in uploader/commands/flags.ts): checked here to fail early. */
 const MAX_JOBS = 64;
 const COMPRESSIONS = ["zstd", "xz", "none"] as const;
 /** How the job's paths reach the cache (see steps.ts). */
