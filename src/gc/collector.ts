@@ -165,13 +165,14 @@ export const STATE_QUERIES = 4;
  * plan gives an invocation 10 ms of CPU. bench/gc-cpu.mjs measures the collector's own work
  * (R2 and D1 excluded) on 20,000 narinfos at a median of 2.3 ms per batch of 1000 entries,
  * 7 ms at worst (the first batches: JIT warm-up, mark set growth), on a shared 2-core VM.
- * Inside workerd (bench/worker-cpu.ts) the runtime's side of the listing and the D1 rows
- * adds as much again: batches of 1000 took 8.8–13.7 ms on average, above the 5 ms the
- * Worker aims at, those of 500 about half. If a batch is stopped anyway, the run halves
- * its batches (shrink). A cron tick runs one batch: a collection of 20,000 narinfos (two
- * looks over the bucket) takes some 100 ticks.
+ * Inside workerd (bench/worker-cpu.ts, a quiet machine) a mark batch costs 5-10 ms either
+ * way: batches of 500 entries measured barely cheaper than batches of 1000 (7.8 against 8.3 ms
+ * on average), since a batch's fixed work (its state row, the mark sets read and written,
+ * a round of index queries) outweighs its entries; so batches stay at 1000, half as many.
+ * If a batch is stopped anyway, the run halves its batches (shrink). A cron tick runs one
+ * batch: a collection of 20,000 narinfos (two looks over the bucket) takes some 50 ticks.
  */
-export const BATCH_ENTRIES = 500;
+export const BATCH_ENTRIES = 1000;
 /**
  * What reading one queued narinfo costs, in entries: an R2 call of its own (a promise, an
  * object with its metadata decoded) instead of a share of a listing. bench/worker-cpu.ts
