@@ -11,9 +11,9 @@
 // larger than the cache takes in one request, uploads it in parts from the temp file
 // (multipart.ts). `prepareAndUploadNar` does both at once for a NAR that may be over the
 // limit: once the compressed file is over it, each part leaves as soon as compression has
-// written it into the temp file, so sending overlaps compressing; `narInfoFor` builds the narinfo with the core's formatter and signer;
-// the caller (run-plan.ts) PUTs it only once the narinfos of all the path's references are in
-// the cache.
+// written it into the temp file, so sending overlaps compressing. `narInfoFor` builds the
+// narinfo with the core's formatter and signer; the caller (run-plan.ts) PUTs it only once
+// the narinfos of all the path's references are in the cache.
 import { createHash, type Hash } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
 import { open, rm } from "node:fs/promises";

@@ -7,9 +7,6 @@
 import { CONTENT_TYPE } from "../api/media-types.ts";
 import type { ObjectKind } from "../storage/keys.ts";
 
-/** The content types are the shared contract (src/api/media-types.ts), re-exported for storage/multipart.ts. */
-export { CONTENT_TYPE };
-
 /** Content-Type served for each kind of object. */
 export function contentTypeOf(kind: ObjectKind): string {
   switch (kind) {

@@ -75,11 +75,6 @@ export async function recordCollection(db: D1Database, statsText: string, dropIn
   await d1(() => db.batch(dropIndexCounts ? [write, db.prepare("DELETE FROM gc_documents WHERE name = 'index-stats'")] : [write]));
 }
 
-/** Deletes a document (absent is fine). */
-export async function deleteGcDocument(db: D1Database, name: GcDocumentName): Promise<void> {
-  await d1(() => db.prepare("DELETE FROM gc_documents WHERE name = ?1").bind(name).run());
-}
-
 /**
  * Moves the R2 documents of a cache from before the table into it: `_gc/state.json` (or
  * `emptyState` when there is none) and `_gc/stats.json`, then deletes the old objects. Rows

@@ -74,7 +74,7 @@
 //   put with onlyIf etagDoesNotMatch "*" on a stored key       returns null, stores nothing
 
 import { fail } from "../errors.ts";
-import { CONTENT_TYPE } from "../http/representation.ts";
+import { CONTENT_TYPE } from "../api/media-types.ts";
 import { checkComplete, expectedPartSize, MAX_PARTS, type PartLayout } from "../ingest/part-layout.ts";
 import { headObject, httpMetadataFor, ONLY_IF_ABSENT, storageUnavailable } from "./bucket.ts";
 import {

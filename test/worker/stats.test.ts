@@ -7,7 +7,6 @@ import { reset } from "cloudflare:test";
 import { afterEach, describe, expect, it } from "vitest";
 import { adoptObjects } from "../../src/path-index/adoption.ts";
 import { indexCountLifetime, loadStatsView, STATS_ROWS_PER_DAY } from "../../src/gc/stats.ts";
-import { deleteGcDocument } from "../../src/storage/gc-documents.ts";
 import { call, push, testPath } from "../helpers/worker.ts";
 import { collect, CountingDb, DAY_MS, gcSettings, storePath, TestClock } from "../helpers/gc.ts";
 
@@ -44,7 +43,7 @@ describe("statistics from the index", () => {
     await push(await testPath("stats-complete"));
     expect((await loadStatsView(env.DB)).index?.complete).toBe(false);
     expect((await adoptObjects(env.CACHE, env.DB)).complete).toBe(true);
-    await deleteGcDocument(env.DB, "index-stats");
+    await env.DB.prepare("DELETE FROM gc_documents WHERE name = 'index-stats'").run();
     expect((await loadStatsView(env.DB)).index?.complete).toBe(true);
   });
 
