@@ -158,16 +158,33 @@ export function fingerprint(
     if (e instanceof NixFormatError) throw new NarInfoError("NarHash", e.message);
     throw e;
   }
+  return `1;${info.storePath};${narHash};${info.narSize};${sortedPaths(info.references, storeDir).join(",")}`;
+}
+
+/** A UTF-16 surrogate: the only code units whose order is not their UTF-8 bytes' order. */
+const SURROGATE = /[\uD800-\uDFFF]/;
+
+/** The references as full store paths, sorted bytewise (their UTF-8 bytes, as Nix sorts). */
+function sortedPaths(references: readonly string[], storeDir: string): string[] {
+  // Without surrogates, JavaScript's string order (by UTF-16 code unit) is code point order,
+  // which is UTF-8 byte order; the common `<storeDir>/` prefix changes no comparison. Store
+  // path names are ASCII, so this is every narinfo that parsed.
+  if (!SURROGATE.test(references.join(""))) {
+    const sorted = [...references];
+    let inOrder = true;
+    for (let i = 1; i < sorted.length && inOrder; i++) inOrder = sorted[i - 1]! <= sorted[i]!;
+    if (!inOrder) sorted.sort();
+    return sorted.map((r) => `${storeDir}/${r}`);
+  }
   // Encoded once each, then sorted by bytes: encoding inside the comparator cost
   // milliseconds for the hundreds of references big paths have.
-  const refs = info.references
+  return references
     .map((r) => {
       const text = `${storeDir}/${r}`;
       return { text, bytes: utf8(text) };
     })
     .sort((a, b) => compareBytes(a.bytes, b.bytes))
     .map((r) => r.text);
-  return `1;${info.storePath};${narHash};${info.narSize};${refs.join(",")}`;
 }
 
 /** PKCS#8 wrapping of a 32-byte Ed25519 seed (RFC 8410): this prefix, then the seed. */

@@ -27,6 +27,11 @@ const HASH_PART = new RegExp(`^[${NIX32_ALPHABET}]{${HASH_PART_LENGTH}}$`);
 // The negative lookahead is Nix's own regex (path-regex.hh): the name may not be `.` or
 // `..`, nor start with `.-` or `..-`, since 2.21.
 const NAME = new RegExp(`^(?!\\.\\.?(-|$))[0-9a-zA-Z+\\-._?=]{1,${MAX_NAME_LENGTH}}$`);
+// A list of base names separated by single spaces (a narinfo's References), checked in one
+// native regex run instead of one per name: the same hash and name rules, where the end of
+// a name is a space or the end of the list.
+const BASE_NAME_IN_LIST = `[${NIX32_ALPHABET}]{${HASH_PART_LENGTH}}-(?!\\.\\.?(-| |$))[0-9a-zA-Z+\\-._?=]{1,${MAX_NAME_LENGTH}}`;
+const BASE_NAME_LIST = new RegExp(`^${BASE_NAME_IN_LIST}(?: ${BASE_NAME_IN_LIST})*$`);
 
 /** True for 32 characters of the nix32 alphabet. */
 export function isHashPart(s: string): boolean {
@@ -45,6 +50,14 @@ export function parseStorePathBaseName(base: string): StorePath | null {
   const name = base.slice(HASH_PART_LENGTH + 1);
   if (!isHashPart(hash) || !isStorePathName(name)) return null;
   return { hash, name };
+}
+
+/**
+ * True when `list` is one or more valid base names (`<hash>-<name>`) separated by single
+ * spaces: what parseStorePathBaseName accepts for each, without splitting first.
+ */
+export function isBaseNameList(list: string): boolean {
+  return BASE_NAME_LIST.test(list);
 }
 
 /** Parses `<storeDir>/<hash>-<name>`; null if invalid or in another store directory. */

@@ -349,6 +349,20 @@ describe("referenceHashes", () => {
     expect(referenceHashes({ storePath: `/nix/store/${self}`, references: [] })).toEqual([]);
   });
 
+  it("gives the same hash parts for sorted references (as Nix writes them) as for any order", () => {
+    const hash = fc.constantFrom(...["0", "1", "2"].map((c) => `${c}ij5rn2kk8w4b8hqqr7s8ljmv6dw7h0c`));
+    const ref = fc.tuple(hash, fc.constantFrom("a", "b", "self", "a-1")).map(([h, n]) => `${h}-${n}`);
+    fc.assert(
+      fc.property(fc.uniqueArray(ref, { maxLength: 8 }), (references) => {
+        const sorted = [...references].sort();
+        const fromSorted = referenceHashes({ storePath: `/nix/store/${self}`, references: sorted });
+        const expected = [...new Set(sorted.map((r) => r.slice(0, 32)))].filter((h) => h !== self.slice(0, 32));
+        expect(fromSorted).toEqual(expected);
+        expect(new Set(referenceHashes({ storePath: `/nix/store/${self}`, references: [...references] }))).toEqual(new Set(expected));
+      }),
+    );
+  });
+
   it("answers for the narinfo asked about, even when another shares its references array", () => {
     const references = [a, b];
     expect(referenceHashes({ storePath: `/nix/store/${self}`, references })).toEqual([a.slice(0, 32), b.slice(0, 32)]);

@@ -150,6 +150,22 @@ describe("fingerprints and signatures (vectors.json signatures, PROTOCOL §8.4)"
       expect(fingerprint({ ...v, narHash, references: [...v.references].reverse() })).toBe(v.fingerprint);
     }
   });
+  it("sorts references by their UTF-8 bytes, as Nix does, whatever the characters", () => {
+    // Names outside Nix's rules, to pin the order where JavaScript's (UTF-16) differs:
+    // U+FF21 sorts before U+1F600 by bytes (EF BC A1 < F0 9F 98 80) but after it in UTF-16.
+    const v = vectors.signatures[0]!;
+    const refs = fc.array(fc.oneof(fc.constantFrom("a", "b", "\u{ff21}", "\u{1f600}", "\u00e9", "~"), fc.string({ unit: "grapheme", maxLength: 3 })), { maxLength: 6 });
+    fc.assert(
+      fc.property(refs, (references) => {
+        const expected = references
+          .map((r) => `/nix/store/${r}`)
+          .sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)))
+          .join(",");
+        expect(fingerprint({ ...v, references }).endsWith(`;${v.narSize};${expected}`)).toBe(true);
+      }),
+    );
+    expect(fingerprint({ ...v, references: ["\u{1f600}", "\u{ff21}"] }).endsWith(";/nix/store/\u{ff21},/nix/store/\u{1f600}")).toBe(true);
+  });
   it("uses the given store directory for references", () => {
     const v = vectors.signatures[3]!;
     expect(fingerprint(v, "/gnu/store")).toBe(v.fingerprint.replace(";/nix/store/8ahf", ";/gnu/store/8ahf"));

@@ -1,7 +1,9 @@
 // Store path parsing with the strict 2.21+ rules of PROTOCOL §7 and the cases of §8.6.
+import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import {
   formatStorePath,
+  isBaseNameList,
   isHashPart,
   parseStorePath,
   parseStorePathBaseName,
@@ -98,5 +100,40 @@ describe("isHashPart", () => {
     expect(isHashPart(HASH.replace("v", "e"))).toBe(false);
     expect(isHashPart(HASH.toUpperCase())).toBe(false);
     expect(isHashPart(`${HASH.slice(0, 31)}\n`)).toBe(false);
+  });
+});
+
+describe("isBaseNameList (a narinfo's References in one check)", () => {
+  const name = (n: string) => `${HASH}-${n}`;
+
+  it("accepts valid names separated by single spaces and nothing else", () => {
+    expect(isBaseNameList(name("a"))).toBe(true);
+    expect(isBaseNameList(`${name("a")} ${name("b-1.0")} ${name("..a")}`)).toBe(true);
+    for (const bad of ["", name("a") + " ", " " + name("a"), `${name("a")}  ${name("b")}`, `${name("a")} ${name(".")}`, `${name(".")} ${name("a")}`, `${name("..")} ${name("a")}`, `${name("a")} ${name("..-x")}`, `${name("a")} /nix/store/${name("b")}`, name("x".repeat(212))]) {
+      expect(isBaseNameList(bad), JSON.stringify(bad)).toBe(false);
+    }
+    expect(isBaseNameList(name("x".repeat(211)))).toBe(true);
+  });
+
+  it("agrees with parseStorePathBaseName name by name, on any list", () => {
+    // Names drawn from near-misses: the rule's edge characters, dots, dashes, spaces,
+    // lengths around the limit, hash parts with letters outside nix32.
+    // Mostly valid pieces, so that lists with one bad name among valid ones are common.
+    const piece = fc.oneof(
+      { weight: 12, arbitrary: fc.constantFrom(".", "..", "-", "a", "Z", "9", "+", "=", "?", "_", "x".repeat(100)) },
+      { weight: 1, arbitrary: fc.constantFrom(" ", "é", "/") },
+    );
+    const namePart = fc.array(piece, { minLength: 0, maxLength: 3 }).map((p) => p.join(""));
+    const hash = fc.oneof({ weight: 12, arbitrary: fc.constant(HASH) }, { weight: 1, arbitrary: fc.constantFrom(HASH.slice(1), HASH.replace("v", "e"), HASH + "a") });
+    const dash = fc.oneof({ weight: 12, arbitrary: fc.constant("-") }, { weight: 1, arbitrary: fc.constantFrom("", "_") });
+    const base = fc.tuple(hash, dash, namePart).map(([h, d, n]) => `${h}${d}${n}`);
+    fc.assert(
+      fc.property(fc.array(base, { minLength: 1, maxLength: 5 }), (names) => {
+        const list = names.join(" ");
+        const expected = list.split(" ").every((n) => parseStorePathBaseName(n) !== null);
+        expect(isBaseNameList(list)).toBe(expected);
+      }),
+      { numRuns: 2000 },
+    );
   });
 });

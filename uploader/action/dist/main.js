@@ -20,6 +20,8 @@ var HASH_PART_LENGTH = 32;
 var MAX_NAME_LENGTH = 211;
 var HASH_PART = new RegExp(`^[${NIX32_ALPHABET}]{${HASH_PART_LENGTH}}$`);
 var NAME = new RegExp(`^(?!\\.\\.?(-|$))[0-9a-zA-Z+\\-._?=]{1,${MAX_NAME_LENGTH}}$`);
+var BASE_NAME_IN_LIST = `[${NIX32_ALPHABET}]{${HASH_PART_LENGTH}}-(?!\\.\\.?(-| |$))[0-9a-zA-Z+\\-._?=]{1,${MAX_NAME_LENGTH}}`;
+var BASE_NAME_LIST = new RegExp(`^${BASE_NAME_IN_LIST}(?: ${BASE_NAME_IN_LIST})*$`);
 
 // uploader/errors.ts
 var EXIT_USAGE = 2;

@@ -80,6 +80,8 @@ var HASH_PART_LENGTH = 32;
 var MAX_NAME_LENGTH = 211;
 var HASH_PART = new RegExp(`^[${NIX32_ALPHABET}]{${HASH_PART_LENGTH}}$`);
 var NAME = new RegExp(`^(?!\\.\\.?(-|$))[0-9a-zA-Z+\\-._?=]{1,${MAX_NAME_LENGTH}}$`);
+var BASE_NAME_IN_LIST = `[${NIX32_ALPHABET}]{${HASH_PART_LENGTH}}-(?!\\.\\.?(-| |$))[0-9a-zA-Z+\\-._?=]{1,${MAX_NAME_LENGTH}}`;
+var BASE_NAME_LIST = new RegExp(`^${BASE_NAME_IN_LIST}(?: ${BASE_NAME_IN_LIST})*$`);
 function isHashPart(s) {
   return HASH_PART.test(s);
 }
@@ -92,6 +94,9 @@ function parseStorePathBaseName(base) {
   const name = base.slice(HASH_PART_LENGTH + 1);
   if (!isHashPart(hash) || !isStorePathName(name)) return null;
   return { hash, name };
+}
+function isBaseNameList(list) {
+  return BASE_NAME_LIST.test(list);
 }
 function parseStorePath(full, storeDir = STORE_DIR) {
   const prefix = storeDir + "/";
@@ -732,6 +737,21 @@ function checkHash(field, value) {
   }
   return value;
 }
+function strictlyAscending(names) {
+  for (let i = 1; i < names.length; i++) if (!(names[i - 1] < names[i])) return false;
+  return true;
+}
+function checkReferences(field, value) {
+  const references = value.split(" ");
+  if (isBaseNameList(value) && strictlyAscending(references)) return references;
+  const unique = /* @__PURE__ */ new Set();
+  for (const ref of references) {
+    if (parseStorePathBaseName(ref) === null) throw new NarInfoError(field, `${JSON.stringify(ref)} is not a valid store path base name`);
+    if (unique.has(ref)) throw new NarInfoError(field, `${ref} is listed twice`);
+    unique.add(ref);
+  }
+  return references;
+}
 function parseNarInfo(text) {
   if (text.length > MAX_NARINFO_LENGTH) {
     throw new NarInfoError("(document)", `larger than ${MAX_NARINFO_LENGTH} characters`);
@@ -804,16 +824,9 @@ function parseNarInfo(text) {
         narSize = parseSize(key, value);
         if (narSize === 0) throw new NarInfoError(key, "NarSize must be greater than 0");
         break;
-      case "References": {
-        references = value === "" ? [] : value.split(" ");
-        const unique = /* @__PURE__ */ new Set();
-        for (const ref of references) {
-          if (parseStorePathBaseName(ref) === null) throw new NarInfoError(key, `${JSON.stringify(ref)} is not a valid store path base name`);
-          if (unique.has(ref)) throw new NarInfoError(key, `${ref} is listed twice`);
-          unique.add(ref);
-        }
+      case "References":
+        references = value === "" ? [] : checkReferences(key, value);
         break;
-      }
       case "Deriver":
         if (value === UNKNOWN_DERIVER) break;
         if (parseStorePathBaseName(value) === null) throw new NarInfoError(key, `${JSON.stringify(value)} is not a valid store path base name`);

@@ -1958,12 +1958,15 @@ function parseStorePathBaseName(base) {
   if (!isHashPart(hash2) || !isStorePathName(name)) return null;
   return { hash: hash2, name };
 }
+function isBaseNameList(list) {
+  return BASE_NAME_LIST.test(list);
+}
 function parseStorePath(full, storeDir = STORE_DIR) {
   const prefix = storeDir + "/";
   if (!full.startsWith(prefix)) return null;
   return parseStorePathBaseName(full.slice(prefix.length));
 }
-var STORE_DIR, HASH_PART_LENGTH, MAX_NAME_LENGTH, HASH_PART, NAME;
+var STORE_DIR, HASH_PART_LENGTH, MAX_NAME_LENGTH, HASH_PART, NAME, BASE_NAME_IN_LIST, BASE_NAME_LIST;
 var init_store_path = __esm({
   "src/nix/store-path.ts"() {
     "use strict";
@@ -1973,6 +1976,8 @@ var init_store_path = __esm({
     MAX_NAME_LENGTH = 211;
     HASH_PART = new RegExp(`^[${NIX32_ALPHABET}]{${HASH_PART_LENGTH}}$`);
     NAME = new RegExp(`^(?!\\.\\.?(-|$))[0-9a-zA-Z+\\-._?=]{1,${MAX_NAME_LENGTH}}$`);
+    BASE_NAME_IN_LIST = `[${NIX32_ALPHABET}]{${HASH_PART_LENGTH}}-(?!\\.\\.?(-| |$))[0-9a-zA-Z+\\-._?=]{1,${MAX_NAME_LENGTH}}`;
+    BASE_NAME_LIST = new RegExp(`^${BASE_NAME_IN_LIST}(?: ${BASE_NAME_IN_LIST})*$`);
   }
 });
 
@@ -2050,11 +2055,20 @@ function fingerprint(info, storeDir = STORE_DIR) {
     if (e instanceof NixFormatError) throw new NarInfoError("NarHash", e.message);
     throw e;
   }
-  const refs = info.references.map((r) => {
+  return `1;${info.storePath};${narHash};${info.narSize};${sortedPaths(info.references, storeDir).join(",")}`;
+}
+function sortedPaths(references, storeDir) {
+  if (!SURROGATE.test(references.join(""))) {
+    const sorted = [...references];
+    let inOrder = true;
+    for (let i = 1; i < sorted.length && inOrder; i++) inOrder = sorted[i - 1] <= sorted[i];
+    if (!inOrder) sorted.sort();
+    return sorted.map((r) => `${storeDir}/${r}`);
+  }
+  return references.map((r) => {
     const text = `${storeDir}/${r}`;
     return { text, bytes: utf8(text) };
   }).sort((a, b) => compareBytes(a.bytes, b.bytes)).map((r) => r.text);
-  return `1;${info.storePath};${narHash};${info.narSize};${refs.join(",")}`;
 }
 function base64UrlToBytes(s) {
   const b64 = s.replace(/-/g, "+").replace(/_/g, "/");
@@ -2147,7 +2161,7 @@ function withSignature(info, sig) {
   const sigs = [...info.sigs, sig].sort((a, b) => compareBytes(utf8(a), utf8(b)));
   return { ...info, sigs };
 }
-var PUBLIC_KEY_BYTES, SEED_BYTES, SIGNATURE_BYTES, NEW_KEY_NAME, NAME2, PKCS8_ED25519_PREFIX, nativeSigners, nativeVerifiers;
+var PUBLIC_KEY_BYTES, SEED_BYTES, SIGNATURE_BYTES, NEW_KEY_NAME, NAME2, SURROGATE, PKCS8_ED25519_PREFIX, nativeSigners, nativeVerifiers;
 var init_signature = __esm({
   "src/nix/signature.ts"() {
     "use strict";
@@ -2162,6 +2176,7 @@ var init_signature = __esm({
     SIGNATURE_BYTES = 64;
     NEW_KEY_NAME = /^[A-Za-z0-9.-]+$/;
     NAME2 = /^[^\s\x00-\x1f\x7f]+$/;
+    SURROGATE = /[\uD800-\uDFFF]/;
     PKCS8_ED25519_PREFIX = new Uint8Array([48, 46, 2, 1, 0, 48, 5, 6, 3, 43, 101, 112, 4, 34, 4, 32]);
     nativeSigners = /* @__PURE__ */ new WeakMap();
     nativeVerifiers = /* @__PURE__ */ new WeakMap();
@@ -2516,6 +2531,21 @@ function checkHash(field, value) {
   }
   return value;
 }
+function strictlyAscending(names) {
+  for (let i = 1; i < names.length; i++) if (!(names[i - 1] < names[i])) return false;
+  return true;
+}
+function checkReferences(field, value) {
+  const references = value.split(" ");
+  if (isBaseNameList(value) && strictlyAscending(references)) return references;
+  const unique = /* @__PURE__ */ new Set();
+  for (const ref of references) {
+    if (parseStorePathBaseName(ref) === null) throw new NarInfoError(field, `${JSON.stringify(ref)} is not a valid store path base name`);
+    if (unique.has(ref)) throw new NarInfoError(field, `${ref} is listed twice`);
+    unique.add(ref);
+  }
+  return references;
+}
 function parseNarInfo(text) {
   if (text.length > MAX_NARINFO_LENGTH) {
     throw new NarInfoError("(document)", `larger than ${MAX_NARINFO_LENGTH} characters`);
@@ -2588,16 +2618,9 @@ function parseNarInfo(text) {
         narSize = parseSize(key, value);
         if (narSize === 0) throw new NarInfoError(key, "NarSize must be greater than 0");
         break;
-      case "References": {
-        references = value === "" ? [] : value.split(" ");
-        const unique = /* @__PURE__ */ new Set();
-        for (const ref of references) {
-          if (parseStorePathBaseName(ref) === null) throw new NarInfoError(key, `${JSON.stringify(ref)} is not a valid store path base name`);
-          if (unique.has(ref)) throw new NarInfoError(key, `${ref} is listed twice`);
-          unique.add(ref);
-        }
+      case "References":
+        references = value === "" ? [] : checkReferences(key, value);
         break;
-      }
       case "Deriver":
         if (value === UNKNOWN_DERIVER) break;
         if (parseStorePathBaseName(value) === null) throw new NarInfoError(key, `${JSON.stringify(value)} is not a valid store path base name`);
