@@ -6,7 +6,7 @@ import type { Readable } from "node:stream";
 import { HttpError, UploaderError, EXIT_CACHE } from "./errors.ts";
 import { mapConcurrent } from "../src/concurrency.ts";
 import type { HttpClient } from "./http.ts";
-import { MAX_MISSING_BATCH, MISSING_PATH, parseMissingAnswer, type MissingRequest } from "../src/api/missing.ts";
+import { MAX_MISSING_BATCH, MISSING_PATH, parseMissingAnswer, type MissingAnswer, type MissingRequest } from "../src/api/missing.ts";
 import { CONTENT_TYPE } from "../src/api/media-types.ts";
 
 /** Missing queries in flight at once: enough to hide latency, few enough to be polite. */
@@ -76,7 +76,28 @@ export class RemoteCache {
     return res.status === 404 ? null : res.body.toString("utf8");
   }
 
+  /**
+   * The missing ones among `hashes` (one batch). While the cache's index is being adopted,
+   * an answer may leave some "unchecked" (src/api/missing.ts): those are asked again until
+   * every hash is settled; each request looks some up and moves the adoption on. Should a
+   * cache make no progress, the unsettled ones count as missing (uploading a path the cache
+   * has is harmless).
+   */
   async #missingBatch(hashes: string[]): Promise<string[]> {
+    const missing: string[] = [];
+    let ask = hashes;
+    for (;;) {
+      const answer = await this.#askMissing(ask);
+      const asked = new Set(ask);
+      const unchecked = new Set(answer.unchecked.filter((h) => asked.has(h)));
+      const settled = answer.missing.filter((h) => asked.has(h) && !unchecked.has(h));
+      if (unchecked.size === 0 || unchecked.size === ask.length) return [...missing, ...settled, ...unchecked];
+      missing.push(...settled);
+      ask = ask.filter((h) => unchecked.has(h));
+    }
+  }
+
+  async #askMissing(hashes: string[]): Promise<MissingAnswer> {
     const body = Buffer.from(JSON.stringify({ hashes } satisfies MissingRequest), "utf8");
     const res = await this.http.request({
       method: "POST",
@@ -90,16 +111,15 @@ export class RemoteCache {
     } catch {
       parsed = undefined;
     }
-    const missing = parseMissingAnswer(parsed);
-    if (missing === null) {
+    const answer = parseMissingAnswer(parsed);
+    if (answer === null) {
       throw new UploaderError(
         `${this.http.url(MISSING_PATH)}: unexpected answer (expected {"missing": [...]})`,
         EXIT_CACHE,
         "is --cache pointing at a nix-edge-cache Worker?",
       );
     }
-    const asked = new Set(hashes);
-    return missing.filter((h) => asked.has(h));
+    return answer;
   }
 
   async #missingByHead(hashParts: readonly string[]): Promise<Set<string>> {

@@ -8,14 +8,15 @@
 //
 // One query of the D1 index answers it, whatever the number of hashes. While the index is
 // not complete yet (a bucket from before the index, still being adopted), hashes it lacks
-// are also looked up in R2 (one HEAD each), so nothing stored is reported missing. Each such
-// request first adopts one page of the bucket (path-index/adoption.ts); when that ends the
-// pass (always, for a new or small bucket), it asks the index again instead. Upstream caches
+// may still be stored: each such request first adopts one page of the bucket
+// (path-index/adoption.ts); when that ends the pass (always, for a new or small bucket), it
+// asks the index again. Otherwise it looks up the first UNINDEXED_LOOKUPS of them in R2 (a
+// HEAD each) and answers the rest as "unchecked", for the client to ask again. Upstream caches
 // are not consulted: skipping paths they serve is the pusher's call. Paths found present count
 // as pushed again for retention: the stale roots among them are refreshed (gc/refresh.ts).
 
 import { Hono } from "hono";
-import { MAX_MISSING_BATCH, MAX_MISSING_BODY_BYTES, MISSING_PATH, type MissingAnswer } from "../api/missing.ts";
+import { MAX_MISSING_BATCH, MAX_MISSING_BODY_BYTES, MISSING_PATH, UNINDEXED_LOOKUPS, type MissingAnswer } from "../api/missing.ts";
 import { isHashPart } from "../nix/store-path.ts";
 import { settingsOf, type WorkerEnv } from "../env.ts";
 import { fail } from "../errors.ts";
@@ -67,6 +68,7 @@ missing.post(`/${MISSING_PATH}`, requireWrite, async (c) => {
   const present = await indexedPaths(c.env.DB, hashes);
   const indexed = new Set(present.map((p) => p.hash));
   let absent = hashes.filter((h) => !indexed.has(h));
+  let unchecked: string[] = [];
   if (absent.length > 0 && !(await isIndexComplete(c.env.DB))) {
     // Moves the adoption on by a page first (the cron does too, but `wrangler dev` has no
     // cron): a new or small bucket is then complete, and the index alone answers.
@@ -74,8 +76,11 @@ missing.post(`/${MISSING_PATH}`, requireWrite, async (c) => {
       const adopted = new Set((await indexedPaths(c.env.DB, absent)).map((p) => p.hash));
       absent = absent.filter((h) => !adopted.has(h));
     } else {
-      const objects = await headObjects(c.env.CACHE, absent.map(narInfoKey));
-      absent = absent.filter((_, i) => objects[i] === null);
+      const looked = absent.slice(0, UNINDEXED_LOOKUPS);
+      const objects = await headObjects(c.env.CACHE, looked.map(narInfoKey));
+      const stored = new Set(looked.filter((_, i) => objects[i] !== null));
+      unchecked = absent.slice(UNINDEXED_LOOKUPS);
+      absent = absent.filter((h) => !stored.has(h));
     }
   }
   const age = refreshAge(settingsOf(c.env).gc);
@@ -83,5 +88,5 @@ missing.post(`/${MISSING_PATH}`, requireWrite, async (c) => {
     const now = Date.now();
     await refreshPaths(c.env.DB, pathsToRefresh(present, now - age), now, now - age);
   }
-  return c.json({ missing: absent } satisfies MissingAnswer);
+  return c.json({ missing: absent, unchecked } satisfies MissingAnswer);
 });

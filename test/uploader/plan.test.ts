@@ -8,7 +8,8 @@ import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join, normalize } from "node:path";
 import fc from "fast-check";
-import { afterAll, beforeAll, describe, expect, test } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, test } from "vitest";
+import type { MissingRequest } from "../../src/api/missing.ts";
 import { HttpClient } from "../../uploader/http.ts";
 import { isSignedBy, planPush, referencesFirst } from "../../uploader/plan.ts";
 import { RemoteCache } from "../../uploader/remote-cache.ts";
@@ -125,5 +126,65 @@ describe("planPush against a plain binary cache (nix copy --to file://, served o
     expect(skipping.skippedUpstream.map((p) => p.path)).toEqual([closure.tree]);
     expect(skipping.toUpload.map((p) => p.path)).toEqual([closure.top]);
     expect(all.toUpload.map((p) => p.path)).toEqual([closure.tree, closure.top]);
+  });
+});
+
+describe("the missing query while the cache's index is being adopted (answers with unchecked hashes)", () => {
+  let server: Server | undefined;
+  afterEach(async () => {
+    await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()));
+    server = undefined;
+  });
+
+  /**
+   * A loopback server answering `POST /_api/v1/missing` as src/api/missing.ts describes: of
+   * the asked hashes, it looks up `lookups` per request in its store and leaves the rest
+   * unchecked (listed in `missing` too); `unchecked: false` answers as a Worker from before
+   * the field did. Returns the client and the bodies asked.
+   */
+  async function cacheServer(stored: ReadonlySet<string>, lookups: number, withUnchecked = true): Promise<{ cache: RemoteCache; http: HttpClient; asked: string[][] }> {
+    const asked: string[][] = [];
+    server = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on("data", (c: Buffer) => chunks.push(c));
+      req.on("end", () => {
+        const { hashes } = JSON.parse(Buffer.concat(chunks).toString("utf8")) as MissingRequest;
+        asked.push(hashes);
+        const unchecked = hashes.slice(lookups);
+        const missing = hashes.filter((h, i) => i >= lookups || !stored.has(h));
+        res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(withUnchecked ? { missing, unchecked } : { missing }));
+      });
+    });
+    await new Promise<void>((resolve) => server!.listen(0, "127.0.0.1", resolve));
+    const http = new HttpClient({ baseUrl: `http://127.0.0.1:${(server.address() as AddressInfo).port}/`, token: "tok", retryBaseMs: 5 });
+    return { cache: new RemoteCache(http), http, asked };
+  }
+
+  const hashes = Array.from({ length: 10 }, (_, i) => `${"0".repeat(31)}${"0123456789"[i]}`);
+  const stored = new Set(hashes.filter((_, i) => i % 3 === 0));
+  const absent = hashes.filter((h) => !stored.has(h));
+
+  test("unchecked hashes are asked again until every one is settled", async () => {
+    const { cache, http, asked } = await cacheServer(stored, 4);
+    const missing = await cache.missing(hashes);
+    http.close();
+    expect([...missing].sort()).toEqual(absent);
+    expect(asked).toEqual([hashes, hashes.slice(4), hashes.slice(8)]);
+  });
+
+  test("an answer without unchecked (an older Worker) is taken as it is", async () => {
+    const { cache, http, asked } = await cacheServer(stored, 4, false);
+    const missing = await cache.missing(hashes);
+    http.close();
+    expect([...missing].sort()).toEqual([...absent, ...hashes.slice(4).filter((h) => stored.has(h))].sort());
+    expect(asked).toHaveLength(1);
+  });
+
+  test("a cache that settles nothing: its unchecked hashes count as missing, no endless asking", async () => {
+    const { cache, http, asked } = await cacheServer(stored, 0);
+    const missing = await cache.missing(hashes);
+    http.close();
+    expect([...missing].sort()).toEqual(hashes);
+    expect(asked).toHaveLength(1);
   });
 });

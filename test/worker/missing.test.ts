@@ -32,13 +32,13 @@ describe("POST /_api/v1/missing", () => {
     const res = await ask({ hashes: [x, a.hash, y, b.hash, x] });
     expect(res.status).toBe(200);
     expect(res.headers.get("Content-Type")).toMatch(/^application\/json/);
-    expect(await res.json()).toEqual({ missing: [x, y] });
+    expect(await res.json()).toEqual({ missing: [x, y], unchecked: [] });
   });
 
   it("counts a path whose NAR is stored but whose narinfo is not as missing", async () => {
     const p = await testPath("nar-only");
     await call(`/nar/${p.fileName}`, { method: "PUT", body: p.file, headers: bearer() });
-    expect(await (await ask({ hashes: [p.hash] })).json()).toEqual({ missing: [p.hash] });
+    expect(await (await ask({ hashes: [p.hash] })).json()).toEqual({ missing: [p.hash], unchecked: [] });
   });
 
   it(`answers a full batch of ${MAX_MISSING_BATCH}`, async () => {
@@ -49,7 +49,7 @@ describe("POST /_api/v1/missing", () => {
   });
 
   it("accepts an empty batch", async () => {
-    expect(await (await ask({ hashes: [] })).json()).toEqual({ missing: [] });
+    expect(await (await ask({ hashes: [] })).json()).toEqual({ missing: [], unchecked: [] });
   });
 
   it(`refuses more than ${MAX_MISSING_BATCH} hashes (413)`, async () => {

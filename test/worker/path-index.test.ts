@@ -5,7 +5,9 @@
 import { env } from "cloudflare:workers";
 import { reset } from "cloudflare:test";
 import { afterEach, describe, expect, it } from "vitest";
+import { UNINDEXED_LOOKUPS, type MissingAnswer } from "../../src/api/missing.ts";
 import { formatNarInfo } from "../../src/nix/narinfo.ts";
+import { NIX32_ALPHABET } from "../../src/nix/nix32.ts";
 import { adoptObjects, ADOPTION_PAGE, isIndexComplete } from "../../src/path-index/adoption.ts";
 import { encodeNarInfoMeta } from "../../src/storage/narinfo-meta.ts";
 import { indexedPaths, indexStats, recordPath, rowOf, unindexedHashes, unindexedPaths } from "../../src/storage/path-index.ts";
@@ -21,10 +23,16 @@ async function audit(): Promise<Array<{ actor: string; action: string; subject: 
   return (await env.DB.prepare("SELECT actor, action, subject FROM audit ORDER BY id").all<{ actor: string; action: string; subject: string }>()).results;
 }
 
-async function missing(hashes: string[]): Promise<string[]> {
+async function missingAnswer(hashes: string[]): Promise<MissingAnswer> {
   const res = await call("/_api/v1/missing", { method: "POST", body: JSON.stringify({ hashes }), headers: bearer() });
   expect(res.status).toBe(200);
-  return ((await res.json()) as { missing: string[] }).missing;
+  return (await res.json()) as MissingAnswer;
+}
+
+async function missing(hashes: string[]): Promise<string[]> {
+  const answer = await missingAnswer(hashes);
+  expect(answer.unchecked).toEqual([]);
+  return answer.missing;
 }
 
 /** Stores a narinfo object straight into R2, as an older version or a crash left it. */
@@ -113,6 +121,35 @@ describe("questions about many paths, one query each", () => {
     // The next request's page ends the pass: from then on the index answers alone.
     expect(await missing([last, absent])).toEqual([absent]);
     expect(await isIndexComplete(env.DB)).toBe(true);
+  });
+
+  it(`while the index is incomplete, a request looks up at most ${UNINDEXED_LOOKUPS} hashes it lacks in R2 and leaves the rest unchecked`, async () => {
+    // Two and a half pages of objects from before the index; the asked ones lie beyond the
+    // first page, so the first request's page of adoption does not index them.
+    const legacy = await Promise.all(Array.from({ length: ADOPTION_PAGE * 2 + ADOPTION_PAGE / 2 }, (_, i) => testPath(`idx-lookups-${i}`)));
+    await Promise.all(legacy.map((p) => env.CACHE.put(`${p.hash}.narinfo`, formatNarInfo(p.info), { customMetadata: encodeNarInfoMeta(p.info, Date.now()) })));
+    const sorted = legacy.map((p) => p.hash).sort();
+    const stored = sorted.slice(ADOPTION_PAGE + 10, ADOPTION_PAGE + 50);
+    const absent = Array.from({ length: 20 }, (_, i) => `${"0".repeat(31)}${NIX32_ALPHABET[i]}`);
+    const asked = stored.flatMap((h, i) => (i % 2 === 0 && absent[i / 2] !== undefined ? [absent[i / 2]!, h] : [h]));
+    const isAbsent = (h: string) => absent.includes(h);
+
+    const first = await missingAnswer(asked);
+    expect(first.unchecked).toEqual(asked.slice(UNINDEXED_LOOKUPS));
+    expect(first.missing).toEqual([...asked.slice(0, UNINDEXED_LOOKUPS).filter(isAbsent), ...first.unchecked]);
+    // Asking again for the unchecked ones (as the uploader does) settles them exactly, each
+    // request some more (and the adoption moves on).
+    const settled = first.missing.filter((h) => !first.unchecked.includes(h));
+    let ask = first.unchecked;
+    for (let round = 0; round < 5 && ask.length > 0; round++) {
+      const answer = await missingAnswer(ask);
+      expect(answer.unchecked.length).toBeLessThanOrEqual(Math.max(0, ask.length - UNINDEXED_LOOKUPS));
+      expect(answer.missing).toEqual(expect.arrayContaining(answer.unchecked));
+      settled.push(...answer.missing.filter((h) => !answer.unchecked.includes(h)));
+      ask = answer.unchecked;
+    }
+    expect(ask).toEqual([]);
+    expect(settled.sort()).toEqual([...absent].sort());
   });
 
   it("a reference that the index lacks but R2 holds as that exact path is accepted", async () => {

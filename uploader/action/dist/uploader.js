@@ -3030,11 +3030,15 @@ var init_run_plan = __esm({
 });
 
 // src/api/missing.ts
+function isStringArray(value) {
+  return Array.isArray(value) && value.every((h) => typeof h === "string");
+}
 function parseMissingAnswer(doc) {
   if (typeof doc !== "object" || doc === null || !("missing" in doc)) return null;
-  const missing = doc.missing;
-  if (!Array.isArray(missing) || !missing.every((h) => typeof h === "string")) return null;
-  return missing;
+  const { missing } = doc;
+  const unchecked = "unchecked" in doc ? doc.unchecked : [];
+  if (!isStringArray(missing) || !isStringArray(unchecked)) return null;
+  return { missing, unchecked };
 }
 var MISSING_PATH, MAX_MISSING_BATCH, MAX_MISSING_BODY_BYTES;
 var init_missing = __esm({
@@ -3125,7 +3129,27 @@ var init_remote_cache = __esm({
         const res = await this.http.request({ method: "GET", path: `${hashPart}.narinfo`, accept: [404] });
         return res.status === 404 ? null : res.body.toString("utf8");
       }
+      /**
+       * The missing ones among `hashes` (one batch). While the cache's index is being adopted,
+       * an answer may leave some "unchecked" (src/api/missing.ts): those are asked again until
+       * every hash is settled; each request looks some up and moves the adoption on. Should a
+       * cache make no progress, the unsettled ones count as missing (uploading a path the cache
+       * has is harmless).
+       */
       async #missingBatch(hashes2) {
+        const missing = [];
+        let ask = hashes2;
+        for (; ; ) {
+          const answer = await this.#askMissing(ask);
+          const asked = new Set(ask);
+          const unchecked = new Set(answer.unchecked.filter((h) => asked.has(h)));
+          const settled = answer.missing.filter((h) => asked.has(h) && !unchecked.has(h));
+          if (unchecked.size === 0 || unchecked.size === ask.length) return [...missing, ...settled, ...unchecked];
+          missing.push(...settled);
+          ask = ask.filter((h) => unchecked.has(h));
+        }
+      }
+      async #askMissing(hashes2) {
         const body = Buffer.from(JSON.stringify({ hashes: hashes2 }), "utf8");
         const res = await this.http.request({
           method: "POST",
@@ -3139,16 +3163,15 @@ var init_remote_cache = __esm({
         } catch {
           parsed = void 0;
         }
-        const missing = parseMissingAnswer(parsed);
-        if (missing === null) {
+        const answer = parseMissingAnswer(parsed);
+        if (answer === null) {
           throw new UploaderError(
             `${this.http.url(MISSING_PATH)}: unexpected answer (expected {"missing": [...]})`,
             EXIT_CACHE,
             "is --cache pointing at a nix-edge-cache Worker?"
           );
         }
-        const asked = new Set(hashes2);
-        return missing.filter((h) => asked.has(h));
+        return answer;
       }
       async #missingByHead(hashParts) {
         const missing = /* @__PURE__ */ new Set();
