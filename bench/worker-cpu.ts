@@ -43,7 +43,7 @@
 // narinfos.
 //
 // Usage: node bench/worker-cpu.ts [--reps 30] [--big-reps 5] [--fresh 3] [--interval-us 50]
-//                                 [--top 10] [--keep] [--profiles <dir>]
+//                                 [--top 10] [--keep] [--profiles <dir>] [--only <regex>]
 //   --reps N           requests per kind (and paths per narinfo kind); default 30
 //   --big-reps N       32 MiB NAR uploads and multipart uploads (16 MiB each); default 5
 //   --fresh N          fresh isolates (Worker restarts) per first-request kind; default 3
@@ -52,6 +52,8 @@
 //   --keep             keep the temporary directory (R2 state) and say where it is
 //   --profiles <dir>   write each phase's profile (open it in Chrome DevTools' Performance
 //                      panel) with the client's and the isolate's request logs
+//   --only <regex>     measure only the phases whose label matches (case-insensitive), e.g.
+//                      "fresh" or "garbage"; the setup (paths pushed) is the same
 import { execFileSync, spawnSync } from "node:child_process";
 import { randomBytes, randomFillSync } from "node:crypto";
 import { readdirSync, readFileSync, readlinkSync } from "node:fs";
@@ -124,6 +126,8 @@ interface Options {
   keep: boolean;
   /** Where to write each phase's profile (Chrome DevTools .cpuprofile), or null. */
   profilesDir: string | null;
+  /** Only the phases whose label this matches are measured (null: all). */
+  only: RegExp | null;
 }
 
 const STARTED = Date.now();
@@ -608,8 +612,11 @@ class Bench {
   worker: BenchWorker;
   readonly secrets: Secrets;
   readonly profilesDir: string | null;
+  /** Only phases whose label matches are measured (null: all). */
+  readonly only: RegExp | null;
 
-  constructor(worker: BenchWorker, secrets: Secrets, profilesDir: string | null) {
+  constructor(worker: BenchWorker, secrets: Secrets, profilesDir: string | null, only: RegExp | null) {
+    this.only = only;
     this.worker = worker;
     this.secrets = secrets;
     this.profilesDir = profilesDir;
@@ -650,6 +657,7 @@ class Bench {
     fn: (send: (kind: string, method: string, path: string, opts?: RequestOptions) => Promise<Sent>) => Promise<void>,
     freshIsolate = false,
   ): Promise<Measured[]> {
+    if (this.only !== null && !this.only.test(label)) return [];
     log(`measuring: ${label}`);
     const pending: Sent[] = [];
     await fn((kind, method, path, opts) => this.send(pending, kind, method, path, opts));
@@ -767,7 +775,7 @@ async function run(opts: Options): Promise<void> {
   const locator = new Locator();
   let worker = await BenchWorker.start(stateDir, secrets, opts, locator);
   if (opts.profilesDir !== null) await mkdir(opts.profilesDir, { recursive: true });
-  const bench = new Bench(worker, secrets, opts.profilesDir);
+  const bench = new Bench(worker, secrets, opts.profilesDir, opts.only);
   try {
     // Fill the cache (not measured): 900 reference paths, the NARs of the paths whose
     // narinfos are measured later, and those of the fresh-isolate uploads.
@@ -848,7 +856,7 @@ async function run(opts: Options): Promise<void> {
       for (const p of small) await send("GET NAR 1 MiB", "GET", `/nar/${p.narFile}`, { expect: [200] });
     });
     await bench.phase("GET NAR 32 MiB", async (send) => {
-      for (let i = 0; i < opts.reps; i++) await send("GET NAR 32 MiB", "GET", `/nar/${big[i % big.length]!.narFile}`, { expect: [200] });
+      for (let i = 0; i < opts.reps && big.length > 0; i++) await send("GET NAR 32 MiB", "GET", `/nar/${big[i % big.length]!.narFile}`, { expect: [200] });
     });
     for (const n of [100, 500]) {
       await bench.phase(`POST missing, ${n} hashes`, async (send) => {
@@ -1115,6 +1123,7 @@ async function main(): Promise<void> {
       top: { type: "string", default: "10" },
       keep: { type: "boolean", default: false },
       profiles: { type: "string" },
+      only: { type: "string" },
     },
   });
   const opts: Options = {
@@ -1125,6 +1134,7 @@ async function main(): Promise<void> {
     top: Number(values.top),
     keep: values.keep,
     profilesDir: values.profiles === undefined ? null : resolve(values.profiles),
+    only: values.only === undefined ? null : new RegExp(values.only, "i"),
   };
   for (const [k, v] of Object.entries(opts)) if (typeof v === "number" && !(Number.isInteger(v) && v > 0)) throw new Error(`--${k} must be a positive whole number`);
   await run(opts);
