@@ -3,7 +3,7 @@
 // upload paid ~14 ms of CPU for compiling its way through the routing, the settings and
 // the narinfo checks (bench/worker-cpu.ts), past the free plan's 10 ms. Module evaluation
 // is startup, with its own budget, not a request's CPU; so the Worker runs the pure parts of
-// its hot paths once there, on a built-in narinfo, and parses its settings.
+// its hot paths once there, on a built-in narinfo, parses its settings and imports its keys.
 //
 // Nothing here does I/O (workerd forbids it outside a request) or can fail startup: a
 // setting that does not parse fails every request, as before, with its message.
@@ -13,7 +13,7 @@ import { settingsOf, type WorkerEnv } from "./env.ts";
 import { checkDocument } from "./ingest/narinfo-acceptance.ts";
 import { decide } from "./ingest/narinfo-store.ts";
 import { formatNarInfo, parseNarInfo, referenceHashes } from "./nix/narinfo.ts";
-import { fingerprint } from "./nix/signature.ts";
+import { fingerprint, prepareKeys } from "./nix/signature.ts";
 import { keyFromUrl } from "./storage/keys.ts";
 import { encodeNarInfoMeta } from "./storage/narinfo-meta.ts";
 import { rowOf } from "./storage/path-index.ts";
@@ -40,7 +40,12 @@ const UNROUTED_URL = "https://warm-up.invalid/_warm-up";
  */
 export function warmUp(app: App, env: WorkerEnv | undefined): void {
   try {
-    if (env !== undefined) settingsOf(env);
+    if (env !== undefined) {
+      const settings = settingsOf(env);
+      // WebCrypto's import of the signing and trusted keys (a few hundred µs each): a
+      // mismatched key is reported by the uploads that need it.
+      prepareKeys(settings.signingKey, settings.trustedKeys).catch(() => {});
+    }
   } catch {
     // Reported by every request (app.ts) until the setting is fixed.
   }

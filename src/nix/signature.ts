@@ -198,8 +198,22 @@ function base64UrlToBytes(s: string): Uint8Array {
 /** A key of the runtime's WebCrypto (its type name differs between workerd's and Node's typings). */
 type NativeKey = Awaited<ReturnType<typeof crypto.subtle.importKey>>;
 
-/** Native signing keys per parsed secret key; null: the runtime has no native Ed25519. */
-const nativeSigners = new WeakMap<SecretKey, Promise<NativeKey | null>>();
+/**
+ * Native signing keys by the key's bytes (not by the parsed object, so that a key parsed
+ * again, e.g. the Worker's settings for another Env object, finds its import done); null:
+ * the runtime has no native Ed25519.
+ */
+const nativeSigners = new Map<string, Promise<NativeKey | null>>();
+
+function signerOf(key: SecretKey): Promise<NativeKey | null> {
+  const id = `${toBase64(key.seed)} ${toBase64(key.publicKey)}`;
+  let signer = nativeSigners.get(id);
+  if (signer === undefined) {
+    signer = importSigner(key);
+    nativeSigners.set(id, signer);
+  }
+  return signer;
+}
 
 async function importSigner(key: SecretKey): Promise<NativeKey | null> {
   const pkcs8 = new Uint8Array(PKCS8_ED25519_PREFIX.length + SEED_BYTES);
@@ -220,8 +234,27 @@ async function importSigner(key: SecretKey): Promise<NativeKey | null> {
   return signer;
 }
 
-/** Native public keys per parsed public key; null: the runtime has no native Ed25519. */
-const nativeVerifiers = new WeakMap<PublicKey, Promise<NativeKey | null>>();
+/** Native public keys by the key's bytes (as nativeSigners); null: no native Ed25519. */
+const nativeVerifiers = new Map<string, Promise<NativeKey | null>>();
+
+function verifierOf(key: PublicKey): Promise<NativeKey | null> {
+  const id = toBase64(key.key);
+  let verifier = nativeVerifiers.get(id);
+  if (verifier === undefined) {
+    verifier = importVerifier(key);
+    nativeVerifiers.set(id, verifier);
+  }
+  return verifier;
+}
+
+/**
+ * Starts importing the keys into the runtime's WebCrypto ahead of their first use (the
+ * Worker does this at startup, src/warm-up.ts). The promise rejects when a secret key's
+ * halves do not belong together, as signing with it would.
+ */
+export async function prepareKeys(secret: SecretKey | null, trusted: readonly PublicKey[]): Promise<void> {
+  await Promise.all([...(secret === null ? [] : [signerOf(secret)]), ...trusted.map(verifierOf)]);
+}
 
 async function importVerifier(key: PublicKey): Promise<NativeKey | null> {
   try {
@@ -232,12 +265,7 @@ async function importVerifier(key: PublicKey): Promise<NativeKey | null> {
 }
 
 async function ed25519Sign(message: Uint8Array, key: SecretKey): Promise<Uint8Array> {
-  let signer = nativeSigners.get(key);
-  if (signer === undefined) {
-    signer = importSigner(key);
-    nativeSigners.set(key, signer);
-  }
-  const native = await signer;
+  const native = await signerOf(key);
   if (native !== null) return new Uint8Array(await crypto.subtle.sign("Ed25519", native, message));
   // No native Ed25519: the JavaScript one, after the check parseSecretKey may have skipped.
   if (compareBytes(derivePublicKey(key.seed), key.publicKey) !== 0) {
@@ -247,12 +275,7 @@ async function ed25519Sign(message: Uint8Array, key: SecretKey): Promise<Uint8Ar
 }
 
 async function ed25519Verify(sig: Uint8Array, message: Uint8Array, key: PublicKey): Promise<boolean> {
-  let verifier = nativeVerifiers.get(key);
-  if (verifier === undefined) {
-    verifier = importVerifier(key);
-    nativeVerifiers.set(key, verifier);
-  }
-  const native = await verifier;
+  const native = await verifierOf(key);
   if (native !== null) return crypto.subtle.verify("Ed25519", native, sig, message);
   return verifyAsync(sig, message, key.key, { zip215: false });
 }

@@ -2074,6 +2074,15 @@ function base64UrlToBytes(s) {
   const b64 = s.replace(/-/g, "+").replace(/_/g, "/");
   return fromBase64(b64 + "=".repeat((4 - b64.length % 4) % 4));
 }
+function signerOf(key) {
+  const id = `${toBase64(key.seed)} ${toBase64(key.publicKey)}`;
+  let signer = nativeSigners.get(id);
+  if (signer === void 0) {
+    signer = importSigner(key);
+    nativeSigners.set(id, signer);
+  }
+  return signer;
+}
 async function importSigner(key) {
   const pkcs8 = new Uint8Array(PKCS8_ED25519_PREFIX.length + SEED_BYTES);
   pkcs8.set(PKCS8_ED25519_PREFIX);
@@ -2092,6 +2101,15 @@ async function importSigner(key) {
   }
   return signer;
 }
+function verifierOf(key) {
+  const id = toBase64(key.key);
+  let verifier = nativeVerifiers.get(id);
+  if (verifier === void 0) {
+    verifier = importVerifier(key);
+    nativeVerifiers.set(id, verifier);
+  }
+  return verifier;
+}
 async function importVerifier(key) {
   try {
     return await crypto.subtle.importKey("raw", key.key, { name: "Ed25519" }, false, ["verify"]);
@@ -2100,12 +2118,7 @@ async function importVerifier(key) {
   }
 }
 async function ed25519Sign(message, key) {
-  let signer = nativeSigners.get(key);
-  if (signer === void 0) {
-    signer = importSigner(key);
-    nativeSigners.set(key, signer);
-  }
-  const native = await signer;
+  const native = await signerOf(key);
   if (native !== null) return new Uint8Array(await crypto.subtle.sign("Ed25519", native, message));
   if (compareBytes(derivePublicKey(key.seed), key.publicKey) !== 0) {
     throw new KeyError(`secret key ${JSON.stringify(key.name)}: the public half does not belong to the seed`);
@@ -2113,12 +2126,7 @@ async function ed25519Sign(message, key) {
   return signAsync(message, key.seed);
 }
 async function ed25519Verify(sig, message, key) {
-  let verifier = nativeVerifiers.get(key);
-  if (verifier === void 0) {
-    verifier = importVerifier(key);
-    nativeVerifiers.set(key, verifier);
-  }
-  const native = await verifier;
+  const native = await verifierOf(key);
   if (native !== null) return crypto.subtle.verify("Ed25519", native, sig, message);
   return verifyAsync(sig, message, key.key, { zip215: false });
 }
@@ -2178,8 +2186,8 @@ var init_signature = __esm({
     NAME2 = /^[^\s\x00-\x1f\x7f]+$/;
     SURROGATE = /[\uD800-\uDFFF]/;
     PKCS8_ED25519_PREFIX = new Uint8Array([48, 46, 2, 1, 0, 48, 5, 6, 3, 43, 101, 112, 4, 34, 4, 32]);
-    nativeSigners = /* @__PURE__ */ new WeakMap();
-    nativeVerifiers = /* @__PURE__ */ new WeakMap();
+    nativeSigners = /* @__PURE__ */ new Map();
+    nativeVerifiers = /* @__PURE__ */ new Map();
   }
 });
 
