@@ -8,7 +8,7 @@
 //
 // A path line is `<hash32>\t<name>\t<fileSize>\t<narSize>`, unknowns empty; a file line is
 // `<key>\t<size>`, the key a NAR's (`nar/<file>`) or a listing's (`<hash32>.ls`).
-// The mark sets (`live-<gen>`, `nars-<gen>`) are binary KeySets (gc/key-set.ts), not chunks.
+// The mark sets (`marks-<slot>`) are binary KeySets (gc/key-set.ts, gc/mark-sets.ts), not chunks.
 
 import { HASH_PART_LENGTH } from "../nix/store-path.ts";
 import { NAR_PREFIX } from "../storage/keys.ts";

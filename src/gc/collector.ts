@@ -105,7 +105,7 @@ import {
   runPrefix,
   type ListedObject,
 } from "../storage/gc-store.ts";
-import { ADOPTION_OPERATIONS, adoptLegacyDocuments, readGcDocument, recordCollection, writeGcDocument, type GcDocumentName } from "../storage/gc-documents.ts";
+import { ADOPTION_OPERATIONS, adoptLegacyDocuments, readClaiming, recordCollection, writeGcDocument, type GcDocumentName } from "../storage/gc-documents.ts";
 import { NARINFO_MAX_AGE_SECONDS } from "../http/representation.ts";
 import { listingKey, listingKeyHashPart, NAR_PREFIX, narInfoKey, narInfoKeyHashPart, parseNarFileName } from "../storage/keys.ts";
 import { decodeNarInfoMeta, encodeNarInfoMeta, metaLinks, metaName, metaNumber, metaPushTime, type NarInfoLinks } from "../storage/narinfo-meta.ts";
@@ -126,11 +126,13 @@ import {
 } from "./chunk-lines.ts";
 import { formatFence, NAR_FILE_HASH_LENGTH } from "./fence.ts";
 import { KEY_ABSENT, KEY_MEMBER, KeySet } from "./key-set.ts";
+import { formatMarkSets, parseMarkSets } from "./mark-sets.ts";
 import { dropPacked, firstPacked, packedCount, sortedPacked } from "./packed-keys.ts";
 import { runInfo, type Found, type GcContext, type GcProgress, type GcRequest } from "./progress.ts";
 import {
   emptyTotals,
   formatState,
+  LEASE_FIELDS,
   parseState,
   type GcResult,
   type GcState,
@@ -148,7 +150,7 @@ export type { GcContext, GcProgress, GcRequest } from "./progress.ts";
  * and for a margin.
  */
 export const BATCH_OPERATIONS = 800;
-/** Operations kept back for the end of a batch: mark sets (2), commit (1), cleanup (1), slack. */
+/** Operations kept back for the end of a batch: mark sets (1), commit (1), slack. */
 const RESERVED_OPERATIONS = 12;
 /**
  * D1 queries one batch may make: the free plan allows 50 per invocation (1000 on Paid).
@@ -235,7 +237,7 @@ export const LEASE_MS = 30_000;
 // What each step may cost, in operations (R2 calls and D1 queries, counted as they are made):
 // a step starts only when its cost fits in what is left of the batch (#fits).
 
-/** The mark sets a batch starts from (#loadSets): a get for the live set, one for the NAR set. */
+/** The mark sets a batch starts from (#loadSets): one get (two for a run an earlier version started). */
 const LOAD_SETS_OPERATIONS = 2;
 /** A listed page of the mark: the listing of its keys, and the index query about its narinfos. */
 const LISTED_PAGE_OPERATIONS = 2;
@@ -375,7 +377,10 @@ class Batch {
   }
 
   async run(): Promise<GcProgress> {
-    let loaded = await this.#op(() => readGcDocument(this.#db, this.#stateName));
+    const now = this.#clock();
+    // A batch that continues a run takes the lease as it reads the state (one D1 round trip).
+    const claimed = await this.#op(() => readClaiming(this.#db, this.#stateName, LEASE_FIELDS, now, this.#start + LEASE_MS));
+    let loaded = claimed.document;
     if (loaded === null && !this.#req.dryRun) {
       // A cache from before the D1 state: its R2 documents move once.
       this.#ops += ADOPTION_OPERATIONS;
@@ -383,8 +388,7 @@ class Batch {
     }
     this.#state = parseState(loaded?.text ?? null);
     this.#version = loaded?.version ?? null;
-    const now = this.#clock();
-    if (this.#state.leaseUntil !== null && this.#state.leaseUntil > now) return this.#progress("busy");
+    if (claimed.leased === null && this.#state.leaseUntil !== null && this.#state.leaseUntil > now) return this.#progress("busy");
     const run0 = this.#state.run;
     if (this.#state.leaseUntil !== null && run0 !== null) {
       // The last batch took the lease and never committed: it failed, or the platform
@@ -397,15 +401,23 @@ class Batch {
       this.#maxEntries = Math.max(MIN_BATCH_ENTRIES, Math.floor(this.#maxEntries / 2 ** run0.shrink));
     }
 
-    const ended = this.#lastRunEnded();
-    if (ended !== null) return ended;
-    if (this.#state.run === null) {
-      const why = this.#whyNotStart(now);
-      if (why !== null) return why;
-    } else {
-      this.#checkJoin(this.#state.run);
+    let refusal: GcProgress | null;
+    try {
+      refusal = this.#lastRunEnded() ?? (this.#state.run === null ? this.#whyNotStart(now) : (this.#checkJoin(this.#state.run), null));
+    } catch (err) {
+      if (claimed.leased !== null) await this.#release(loaded!.text, claimed.leased);
+      throw err;
     }
-    if (!(await this.#takeLease())) return this.#progress("busy");
+    if (refusal !== null) {
+      if (claimed.leased !== null) await this.#release(loaded!.text, claimed.leased);
+      return refusal;
+    }
+    if (claimed.leased !== null) {
+      this.#state.leaseUntil = this.#start + LEASE_MS;
+      this.#version = claimed.leased;
+    } else if (!(await this.#takeLease())) {
+      return this.#progress("busy");
+    }
 
     if (this.#state.run === null || this.#req.restart === true) await this.#startRun(now);
     const run = this.#state.run!;
@@ -478,6 +490,14 @@ class Batch {
     return version !== null;
   }
 
+  /**
+   * Gives back a lease taken with the state's read for a request that is refused: the
+   * state as it was read, unless another batch has written it since.
+   */
+  async #release(text: string, version: number): Promise<void> {
+    await this.#op(() => writeGcDocument(this.#db, this.#stateName, text, { ifVersion: version }));
+  }
+
   /** Whether this batch may still issue R2 calls that change anything. */
   #leaseValid(): boolean {
     return this.#clock() < this.#start + LEASE_MS / 2;
@@ -507,6 +527,7 @@ class Batch {
       unlisted: "",
       pendingListing: null,
       sets: null,
+      marks: null,
       candidates: [],
       garbage: [],
       narCandidates: [],
@@ -526,25 +547,22 @@ class Batch {
 
   /** Writes this batch's objects and the state; false when the lease was lost meanwhile. */
   async #commit(run: RunState): Promise<boolean> {
-    const gen = run.gen + 1;
-    const previousSets = run.sets;
     if (this.#state.run !== null) {
       if (this.#setsDirty) {
-        await this.#op(() => putGcObject(this.#bucket, workKey(run, `live-${gen}`), this.#live!.buffer));
-        await this.#op(() => putGcObject(this.#bucket, workKey(run, `nars-${gen}`), this.#nars!.buffer));
-        run.sets = gen;
+        // The slot the state does not name: should this commit be lost, the next batch
+        // reads the sets the state names, untouched.
+        const slot = run.marks === 0 ? 1 : 0;
+        await this.#op(() => putGcObject(this.#bucket, workKey(run, `marks-${slot}`), formatMarkSets({ live: this.#live!, nars: this.#nars! })));
+        run.marks = slot;
+        run.sets = null;
       }
       await this.#flushChunks(run);
-      run.gen = gen;
+      run.gen++;
     }
     this.#state.leaseUntil = null;
     if (!this.#leaseValid()) return false;
     const version = await this.#op(() => writeGcDocument(this.#db, this.#stateName, formatState(this.#state), { ifVersion: this.#version! }));
-    if (version === null) return false;
-    if (this.#state.run !== null && this.#setsDirty && previousSets !== null) {
-      await this.#op(() => deleteKeys(this.#bucket, [workKey(run, `live-${previousSets}`), workKey(run, `nars-${previousSets}`)]));
-    }
-    return true;
+    return version !== null;
   }
 
   // ---- budget -------------------------------------------------------------------------------
@@ -598,20 +616,28 @@ class Batch {
 
   async #loadSets(run: RunState): Promise<void> {
     if (this.#live !== null) return;
-    if (run.sets === null) {
+    if (run.marks !== null) {
+      const slot = run.marks;
+      const stored = await this.#op(() => getBinaryObject(this.#bucket, workKey(run, `marks-${slot}`)));
+      const sets = stored === null ? null : parseMarkSets(stored);
+      this.#live = sets?.live ?? null;
+      this.#nars = sets?.nars ?? null;
+    } else if (run.sets !== null) {
+      // A run an earlier version started keeps its sets as two objects of its generation.
+      const gen = run.sets;
+      const [live, nars] = await Promise.all([
+        this.#op(() => getBinaryObject(this.#bucket, workKey(run, `live-${gen}`))),
+        this.#op(() => getBinaryObject(this.#bucket, workKey(run, `nars-${gen}`))),
+      ]);
+      this.#live = live === null ? null : KeySet.fromBuffer(live, HASH_PART_LENGTH);
+      this.#nars = nars === null ? null : KeySet.fromBuffer(nars, NAR_FILE_HASH_LENGTH);
+    } else {
       const expected = this.#state.lastPaths + SET_HEADROOM;
       this.#live = KeySet.create(HASH_PART_LENGTH, expected);
       this.#nars = KeySet.create(NAR_FILE_HASH_LENGTH, expected);
       this.#setsDirty = true;
       return;
     }
-    const gen = run.sets;
-    const [live, nars] = await Promise.all([
-      this.#op(() => getBinaryObject(this.#bucket, workKey(run, `live-${gen}`))),
-      this.#op(() => getBinaryObject(this.#bucket, workKey(run, `nars-${gen}`))),
-    ]);
-    this.#live = live === null ? null : KeySet.fromBuffer(live, HASH_PART_LENGTH);
-    this.#nars = nars === null ? null : KeySet.fromBuffer(nars, NAR_FILE_HASH_LENGTH);
     if (this.#live === null || this.#nars === null) {
       // Only a bug or a manual change of the bucket gets here: the run cannot go on safely.
       throw new Error(`the mark sets of collection ${run.id} are missing or damaged`);
@@ -773,15 +799,14 @@ class Batch {
     if (count <= 0 || !this.#fits(INDEX_ROUND_OPERATIONS, 0, 1)) return false;
     const hashes = firstPacked(run.queue, HASH_PART_LENGTH, count);
     // The index answers references for as many of them as the batch can still afford.
-    const rows = await this.#query(() => linksOf(this.#db, hashes, Math.max(1, left) * REFS_PER_ENTRY));
-    const indexed = new Map(rows.map((row) => [row.hash, row]));
+    const { links, answered } = await this.#query(() => linksOf(this.#db, hashes, Math.max(1, left) * REFS_PER_ENTRY));
     let taken = 0;
     for (const hash of hashes) {
-      const row = indexed.get(hash);
       // Past the references the answer could carry, or the batch's entries: this one and
       // the rest stay queued.
-      if ((row !== undefined && row.refs === null) || (taken > 0 && this.#entries >= this.#maxEntries)) break;
-      this.#entries += INDEXED_LOOKUP_COST + Math.ceil((row?.refCount ?? 0) / REFS_PER_ENTRY);
+      if (taken >= answered || (taken > 0 && this.#entries >= this.#maxEntries)) break;
+      const row = links.get(hash);
+      this.#entries += INDEXED_LOOKUP_COST + Math.ceil((row?.refs.length ?? 0) / REFS_PER_ENTRY);
       taken++;
       run.totals.indexLookups++;
       if (row === undefined) {
@@ -794,7 +819,7 @@ class Batch {
         this.#noteUnreadable(run, { key: narInfoKey(hash), path: null, reason: `its NAR file ${JSON.stringify(row.narFile.slice(0, MAX_QUOTED_LENGTH))} is not <file hash>.nar[.ext], so which NAR it needs is unknown` });
         continue;
       }
-      this.#expand(run, hash, row.refs!, fileHash);
+      this.#expand(run, hash, row.refs, fileHash);
     }
     run.queue = dropPacked(run.queue, HASH_PART_LENGTH, taken);
     this.#setsDirty = true;

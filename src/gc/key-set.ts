@@ -78,18 +78,28 @@ export class KeySet {
 
   /** The set stored in `buffer` (as `buffer` returned it); null when it is not one. */
   static fromBuffer(buffer: ArrayBuffer, keyChars: number): KeySet | null {
-    if (buffer.byteLength < HEADER_WORDS * 4 || buffer.byteLength % 4 !== 0) return null;
-    const words = new Uint32Array(buffer);
+    if (buffer.byteLength % 4 !== 0) return null;
+    return KeySet.fromWords(new Uint32Array(buffer), keyChars);
+  }
+
+  /** The set stored in `words` (as `words` returned it, possibly within a larger buffer); null when it is not one. */
+  static fromWords(words: Uint32Array, keyChars: number): KeySet | null {
+    if (words.length < HEADER_WORDS) return null;
     const capacity = words[2]!;
     if (words[0] !== MAGIC || words[1] !== keyChars || (capacity & (capacity - 1)) !== 0 || capacity < MIN_CAPACITY) return null;
     if (words.length !== HEADER_WORDS + capacity * (wordsFor(keyChars) + 1)) return null;
     return new KeySet(words);
   }
 
-  /** The bytes to store; valid until the next insertion. */
+  /** A copy of the set's bytes, to store on its own. */
   get buffer(): ArrayBuffer {
+    return this.words.slice().buffer as ArrayBuffer;
+  }
+
+  /** The set's words (a view, valid until the next insertion), to store or to copy into a larger buffer. */
+  get words(): Uint32Array {
     this.#words[3] = this.#count;
-    return this.#words.buffer as ArrayBuffer;
+    return this.#words;
   }
 
   get size(): number {

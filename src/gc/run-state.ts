@@ -95,7 +95,15 @@ export interface RunState {
   unlisted: string;
   /** A listing seen whose narinfo may follow in the next page. */
   pendingListing: PendingListing | null;
-  /** Generation of the mark sets (`live-<gen>`, `nars-<gen>`), null before any. */
+  /**
+   * Slot of the mark sets' object (`marks-<slot>`, gc/mark-sets.ts), 0 or 1, null before
+   * any: a batch writes the other slot, so the one the state names is never overwritten.
+   */
+  marks: 0 | 1 | null;
+  /**
+   * Generation of the mark sets of a run an earlier version started (`live-<gen>`,
+   * `nars-<gen>`); null once `marks` names them.
+   */
   sets: number | null;
   /** Names of the chunk objects: candidates (first look), garbage, NARs and listings. */
   candidates: string[];
@@ -130,6 +138,12 @@ export interface GcState {
   /** What the last finished run did. */
   last: GcResult | null;
 }
+
+/**
+ * Where the state's lease and run are in its JSON text: a batch that continues a run takes
+ * the lease in the query that reads the state (storage/gc-documents.ts readClaiming).
+ */
+export const LEASE_FIELDS = { until: "$.leaseUntil", work: "$.run" } as const;
 
 export function emptyTotals(): RunTotals {
   return {
@@ -178,6 +192,7 @@ export function parseState(text: string | null): GcState {
       doc.run.unreadable ??= [];
       doc.run.unindexed ??= "";
       doc.run.unlisted ??= "";
+      doc.run.marks ??= null;
       doc.run.totals = { ...emptyTotals(), ...doc.run.totals };
     }
     return { ...emptyState(), ...doc };

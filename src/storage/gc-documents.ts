@@ -47,6 +47,42 @@ export async function readGcDocument(db: D1Database, name: GcDocumentName): Prom
   return (await readGcDocuments(db, [name])).get(name) ?? null;
 }
 
+/** Where a claim (readClaiming) finds and sets a document's lease: JSON paths into its body. */
+export interface LeaseFields {
+  /** The lease's end (ms since the epoch, or null): the claim sets it when it is past. */
+  until: string;
+  /** A field that must hold an object for the claim to be made (the work in progress). */
+  work: string;
+}
+
+/** What readClaiming found, and the version it wrote when it took the lease (else null). */
+export interface Claimed {
+  document: GcDocument | null;
+  leased: number | null;
+}
+
+/**
+ * Reads a document and, in the same round trip (one D1 batch, one transaction), takes its
+ * lease when it has work in progress and its lease has ended by `now`: the lease's field
+ * becomes `until` and the version moves on, as a conditional write on the version read
+ * would. `document` is the document as it was before.
+ */
+export async function readClaiming(db: D1Database, name: GcDocumentName, fields: LeaseFields, now: number, until: number): Promise<Claimed> {
+  const [read, claim] = await d1(() =>
+    db.batch<{ body: string; version: number }>([
+      db.prepare("SELECT body, version FROM gc_documents WHERE name = ?1").bind(name),
+      db
+        .prepare(
+          `UPDATE gc_documents SET body = json_set(body, ?2, ?5), version = version + 1
+             WHERE name = ?1 AND json_type(body, ?3) = 'object' AND coalesce(body ->> ?2, 0) <= ?4 RETURNING version`,
+        )
+        .bind(name, fields.until, fields.work, now, until),
+    ]),
+  );
+  const row = read?.results[0];
+  return { document: row === undefined ? null : { text: row.body, version: row.version }, leased: claim?.results[0]?.version ?? null };
+}
+
 /**
  * Writes a document and returns its new version; null when the condition failed (another
  * write came first), in which case nothing changed.

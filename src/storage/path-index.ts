@@ -148,37 +148,48 @@ export interface PathLinks {
   hash: string;
   /** The NAR's file name under nar/. */
   narFile: string;
-  /** How many references it has. */
-  refCount: number;
+  /** Hash parts of the references, the path's own excluded. */
+  refs: string[];
+}
+
+/** linksOf's answer. */
+export interface LinksAnswer {
+  /** The indexed paths among the first `answered` hashes asked, by hash part (absent ones are not indexed). */
+  links: Map<string, PathLinks>;
   /**
-   * Hash parts of the references, the path's own excluded; null when answering them would
-   * have passed the query's reference budget (this path and those after it are asked again).
+   * How many of the hashes asked (from the first) were answered; the rest would have passed
+   * the reference budget and must be asked again.
    */
-  refs: string[] | null;
+  answered: number;
 }
 
 /**
- * The references and NAR file of the indexed paths among `hashes`, in their order (absent
- * ones are left out), in one query: the collector follows a live path's references with
- * this instead of one R2 call per path. What the answer costs to decode grows with the
- * references in it, so they are answered for the first paths only, as long as the total
- * stays within `refBudget` (always for the first path).
+ * The references and NAR file of the indexed paths among `hashes`, in one query: the
+ * collector follows a live path's references with this instead of one R2 call per path.
+ * What the answer costs to decode grows with the references in it, so paths are answered
+ * from the first as long as the references before them stay within `refBudget` (the first
+ * always). The answer is one JSON document (one row): the runtime decodes D1 rows one
+ * object at a time, which cost more than the collector's own work (bench/worker-cpu.ts).
  */
-export async function linksOf(db: D1Database, hashes: readonly string[], refBudget: number): Promise<PathLinks[]> {
-  if (hashes.length === 0) return [];
-  const result = await d1(() =>
+export async function linksOf(db: D1Database, hashes: readonly string[], refBudget: number): Promise<LinksAnswer> {
+  if (hashes.length === 0) return { links: new Map(), answered: 0 };
+  const row = await d1(() =>
     db
       .prepare(
         `WITH found AS (
            SELECT j.key AS k, p.hash AS hash, p.nar_file AS nar_file, p.refs AS refs, json_array_length(p.refs) AS n
              FROM json_each(?1) j JOIN paths p ON p.hash = j.value
-         ), running AS (SELECT *, sum(n) OVER (ORDER BY k) AS upto FROM found)
-         SELECT hash, nar_file, n AS ref_count, CASE WHEN upto - n < ?2 THEN refs END AS refs FROM running ORDER BY k`,
+         ), running AS (SELECT *, sum(n) OVER (ORDER BY k) - n AS before FROM found)
+         SELECT json_group_array(json_array(hash, nar_file, json(refs))) FILTER (WHERE before < ?2) AS links,
+                min(k) FILTER (WHERE before >= ?2) AS stop
+           FROM running`,
       )
       .bind(JSON.stringify(hashes), refBudget)
-      .all<{ hash: string; nar_file: string; ref_count: number; refs: string | null }>(),
+      .first<{ links: string; stop: number | null }>(),
   );
-  return result.results.map((r) => ({ hash: r.hash, narFile: r.nar_file, refCount: r.ref_count, refs: r.refs === null ? null : (JSON.parse(r.refs) as string[]) }));
+  const links = new Map<string, PathLinks>();
+  for (const [hash, narFile, refs] of JSON.parse(row?.links ?? "[]") as [string, string, string[]][]) links.set(hash, { hash, narFile, refs });
+  return { links, answered: row?.stop ?? hashes.length };
 }
 
 /** What garbage collection reads of each listed narinfo's path. */
@@ -193,17 +204,22 @@ export interface ListedPath {
 /**
  * The indexed paths among `hashes` (a page of the bucket's listing), by hash part: one
  * query per page, so garbage collection lists keys only and takes push times, names and
- * sizes from here instead of decoding each narinfo's metadata.
+ * sizes from here instead of decoding each narinfo's metadata. One JSON document answers
+ * (as for linksOf).
  */
 export async function listedPaths(db: D1Database, hashes: readonly string[]): Promise<Map<string, ListedPath>> {
   if (hashes.length === 0) return new Map();
-  const result = await d1(() =>
+  const row = await d1(() =>
     db
-      .prepare("SELECT p.hash AS h, p.name AS n, p.file_size AS f, p.nar_size AS s, p.pushed_at AS t FROM json_each(?1) j JOIN paths p ON p.hash = j.value")
+      .prepare("SELECT json_group_array(json_array(p.hash, p.name, p.file_size, p.nar_size, p.pushed_at)) AS paths FROM json_each(?1) j JOIN paths p ON p.hash = j.value")
       .bind(JSON.stringify(hashes))
-      .all<{ h: string; n: string; f: number; s: number; t: number }>(),
+      .first<{ paths: string }>(),
   );
-  return new Map(result.results.map((r) => [r.h, { name: r.n, fileSize: r.f, narSize: r.s, pushedAt: r.t }]));
+  const paths = new Map<string, ListedPath>();
+  for (const [h, name, fileSize, narSize, pushedAt] of JSON.parse(row?.paths ?? "[]") as [string, string, number, number, number][]) {
+    paths.set(h, { name, fileSize, narSize, pushedAt });
+  }
+  return paths;
 }
 
 /** Removes the rows of `hashes` (before their objects are deleted) with an audit row each. */

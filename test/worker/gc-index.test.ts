@@ -157,7 +157,7 @@ describe("push times from the index", () => {
     );
     expect(last.result?.deletedPaths).toBe(15);
     expect(withMetadata).toBe(0);
-    const lookups = db.count(/p\.pushed_at AS t FROM json_each/);
+    const lookups = db.count(/p\.pushed_at\)\) AS paths FROM json_each/);
     // Two looks over 30 narinfos in pages of at most 5: at least 12 pages, one query each
     // (a page holding no narinfo, such as the last, asks nothing).
     expect(lookups).toBeGreaterThanOrEqual(12);
