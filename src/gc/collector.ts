@@ -419,10 +419,16 @@ class Batch {
       return this.#progress("busy");
     }
 
-    if (this.#state.run === null || this.#req.restart === true) await this.#startRun(now);
-    const run = this.#state.run!;
-    while (await this.#step(run)) {
-      // each step does a bounded piece of work and says whether the batch can go on
+    const run = this.#state.run === null || this.#req.restart === true ? await this.#startRun(now) : this.#state.run;
+    if (run.gen === 0 && !run.rootsLoaded) {
+      // A run's first batch only starts it (the fence of a run that never finished, the
+      // pins, the legacy documents): the first look begins with the next batch, so no
+      // batch pays for both.
+      await this.#loadRoots(run);
+    } else {
+      while (await this.#step(run)) {
+        // each step does a bounded piece of work and says whether the batch can go on
+      }
     }
     if (!(await this.#commit(run))) return this.#progress("busy");
     if (this.#result !== undefined) return this.#progress("done");
@@ -503,7 +509,7 @@ class Batch {
     return this.#clock() < this.#start + LEASE_MS / 2;
   }
 
-  async #startRun(now: number): Promise<void> {
+  async #startRun(now: number): Promise<RunState> {
     const old = this.#state.run;
     if (old !== null) await this.#removeWorkObjects(old);
     const cutoff = Math.min(this.#req.cutoff ?? now - (this.#settings.retentionMs ?? 0), now);
@@ -543,6 +549,7 @@ class Batch {
       // A fence left behind by a run that never finished (its state was lost) fences nothing now.
       await this.#op(() => deleteKeys(this.#bucket, [FENCE_KEY]));
     }
+    return this.#state.run;
   }
 
   /** Writes this batch's objects and the state; false when the lease was lost meanwhile. */
@@ -647,17 +654,7 @@ class Batch {
   async #markStep(run: RunState): Promise<boolean> {
     if (!this.#fits(MARK_OPERATIONS)) return false;
     await this.#loadSets(run);
-    if (!run.rootsLoaded) {
-      // One D1 query; a get of the pins document of a cache from before the pins table,
-      // and its delete once moved into the table.
-      if (!this.#fits(ROOTS_OPERATIONS, 0, 1)) return false;
-      this.#ops += PINS_DOCUMENT_OPERATIONS;
-      const roots = await this.#query(() => pinRoots(this.#bucket, this.#db, { dryRun: run.dryRun }));
-      for (const hash of roots.hashes) this.#live!.add(hash);
-      if (roots.document.state === "damaged") this.#noteUnreadable(run, { key: PINS_KEY, path: null, reason: roots.document.reason });
-      run.rootsLoaded = true;
-      this.#setsDirty = true;
-    }
+    if (!run.rootsLoaded && !(await this.#loadRoots(run))) return false;
     // Queued paths are followed as the listing goes, so the queues (kept in the state
     // document) stay short.
     if (run.queue.length + run.unindexed.length + run.unlisted.length >= QUEUE_FLUSH * HASH_PART_LENGTH) return this.#queueStep(run);
@@ -689,6 +686,21 @@ class Batch {
       run.phase = "delete";
       run.index = 0;
     }
+    return true;
+  }
+
+  /** Marks the pinned paths live (once per look); false when that does not fit in the batch. */
+  async #loadRoots(run: RunState): Promise<boolean> {
+    // One D1 query; a get of the pins document of a cache from before the pins table,
+    // and its delete once moved into the table.
+    if (!this.#fits(ROOTS_OPERATIONS, 0, 1)) return false;
+    await this.#loadSets(run);
+    this.#ops += PINS_DOCUMENT_OPERATIONS;
+    const roots = await this.#query(() => pinRoots(this.#bucket, this.#db, { dryRun: run.dryRun }));
+    for (const hash of roots.hashes) this.#live!.add(hash);
+    if (roots.document.state === "damaged") this.#noteUnreadable(run, { key: PINS_KEY, path: null, reason: roots.document.reason });
+    run.rootsLoaded = true;
+    this.#setsDirty = true;
     return true;
   }
 
@@ -772,6 +784,20 @@ class Batch {
     run.totals.expanded++;
   }
 
+  /** #expand for references given packed (concatenated hash parts, from the index). */
+  #expandPacked(run: RunState, hash: string, refs: string, narFileHash: string): void {
+    const live = this.#live!;
+    for (let at = 0; at < refs.length; at += HASH_PART_LENGTH) {
+      if (refs.startsWith(hash, at)) continue;
+      // Already live (most references, in a closure): no string is made for it.
+      if (!live.addAt(refs, at)) continue;
+      const ref = refs.slice(at, at + HASH_PART_LENGTH);
+      if (run.listed || ref < run.position) run.queue += ref;
+    }
+    this.#nars!.add(narFileHash);
+    run.totals.expanded++;
+  }
+
   /**
    * Records a document the run needed and could not read. From now on the run deletes no
    * narinfo and no NAR; it finishes and reports the document.
@@ -806,7 +832,7 @@ class Batch {
       // the rest stay queued.
       if (taken >= answered || (taken > 0 && this.#entries >= this.#maxEntries)) break;
       const row = links.get(hash);
-      this.#entries += INDEXED_LOOKUP_COST + Math.ceil((row?.refs.length ?? 0) / REFS_PER_ENTRY);
+      this.#entries += INDEXED_LOOKUP_COST + Math.ceil((row?.refs?.length ?? 0) / HASH_PART_LENGTH / REFS_PER_ENTRY);
       taken++;
       run.totals.indexLookups++;
       if (row === undefined) {
@@ -819,7 +845,11 @@ class Batch {
         this.#noteUnreadable(run, { key: narInfoKey(hash), path: null, reason: `its NAR file ${JSON.stringify(row.narFile.slice(0, MAX_QUOTED_LENGTH))} is not <file hash>.nar[.ext], so which NAR it needs is unknown` });
         continue;
       }
-      this.#expand(run, hash, row.refs, fileHash);
+      if (row.refs === null) {
+        this.#noteUnreadable(run, { key: narInfoKey(hash), path: null, reason: "its references in the index are not all hash parts, so what it needs is unknown" });
+        continue;
+      }
+      this.#expandPacked(run, hash, row.refs, fileHash);
     }
     run.queue = dropPacked(run.queue, HASH_PART_LENGTH, taken);
     this.#setsDirty = true;

@@ -121,6 +121,15 @@ export class KeySet {
     return this.#insertEncoded() !== null;
   }
 
+  /**
+   * Adds the key at `at` in `packed` (keys concatenated), as add does; true when it was not
+   * there before. Throws when `packed` has no key there.
+   */
+  addAt(packed: string, at: number): boolean {
+    if (!this.#encode(packed, at)) throw new RangeError(`not a ${this.#keyChars}-character nix32 key: ${JSON.stringify(packed.slice(at, at + this.#keyChars))}`);
+    return this.#insertEncoded() !== null;
+  }
+
   /** Whether `key` is a member, and whether it is flagged expanded (KEY_EXPANDED). */
   state(key: string): KeyState {
     if (!this.#encode(key)) return KEY_ABSENT;
@@ -156,14 +165,18 @@ export class KeySet {
     return HEADER_WORDS + slot * this.#slotWords + this.#keyWords;
   }
 
-  /** Packs `key` into the scratch words; false for a wrong length or a non-nix32 character. */
-  #encode(key: string): boolean {
+  /**
+   * Packs `key` into the scratch words; false for a wrong length or a non-nix32 character.
+   * With `at`, the key is the one at `at` in `key` (which must hold all of it).
+   */
+  #encode(key: string, at = -1): boolean {
     const chars = this.#keyChars;
-    if (key.length !== chars) return false;
+    if (at < 0 ? key.length !== chars : at + chars > key.length) return false;
+    const start = Math.max(at, 0);
     const out = this.#scratch;
-    for (let i = 0, j = 0; i < out.length; i++) {
+    for (let i = 0, j = start; i < out.length; i++) {
       let word = 0;
-      const end = Math.min(chars, j + DIGITS_PER_WORD);
+      const end = Math.min(start + chars, j + DIGITS_PER_WORD);
       for (let shift = 0; j < end; j++, shift += 5) {
         const code = key.charCodeAt(j);
         const digit = code < 128 ? DIGIT[code]! : -1;

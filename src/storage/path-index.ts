@@ -148,8 +148,11 @@ export interface PathLinks {
   hash: string;
   /** The NAR's file name under nar/. */
   narFile: string;
-  /** Hash parts of the references, the path's own excluded. */
-  refs: string[];
+  /**
+   * Hash parts of the references (the path's own excluded), concatenated: 32 characters
+   * each; null when the row's references are not all hash parts (a row no Worker wrote).
+   */
+  refs: string | null;
 }
 
 /** linksOf's answer. */
@@ -168,8 +171,9 @@ export interface LinksAnswer {
  * collector follows a live path's references with this instead of one R2 call per path.
  * What the answer costs to decode grows with the references in it, so paths are answered
  * from the first as long as the references before them stay within `refBudget` (the first
- * always). The answer is one JSON document (one row): the runtime decodes D1 rows one
- * object at a time, which cost more than the collector's own work (bench/worker-cpu.ts).
+ * always). The answer is one row holding one JSON document, each path's references packed
+ * into one string: the runtime builds an object per row of a D1 answer and a string per
+ * JSON string, which cost more than the collector's own work (bench/worker-cpu.ts).
  */
 export async function linksOf(db: D1Database, hashes: readonly string[], refBudget: number): Promise<LinksAnswer> {
   if (hashes.length === 0) return { links: new Map(), answered: 0 };
@@ -180,7 +184,9 @@ export async function linksOf(db: D1Database, hashes: readonly string[], refBudg
            SELECT j.key AS k, p.hash AS hash, p.nar_file AS nar_file, p.refs AS refs, json_array_length(p.refs) AS n
              FROM json_each(?1) j JOIN paths p ON p.hash = j.value
          ), running AS (SELECT *, sum(n) OVER (ORDER BY k) - n AS before FROM found)
-         SELECT json_group_array(json_array(hash, nar_file, json(refs))) FILTER (WHERE before < ?2) AS links,
+         SELECT json_group_array(json_array(hash, nar_file,
+                  CASE WHEN (SELECT count(*) FROM json_each(refs) r WHERE r.type = 'text' AND length(r.value) = ${HASH_PART_LENGTH}) = n
+                    THEN coalesce((SELECT group_concat(r.value, '') FROM json_each(refs) r), '') END)) FILTER (WHERE before < ?2) AS links,
                 min(k) FILTER (WHERE before >= ?2) AS stop
            FROM running`,
       )
@@ -188,7 +194,7 @@ export async function linksOf(db: D1Database, hashes: readonly string[], refBudg
       .first<{ links: string; stop: number | null }>(),
   );
   const links = new Map<string, PathLinks>();
-  for (const [hash, narFile, refs] of JSON.parse(row?.links ?? "[]") as [string, string, string[]][]) links.set(hash, { hash, narFile, refs });
+  for (const [hash, narFile, refs] of JSON.parse(row?.links ?? "[]") as [string, string, string | null][]) links.set(hash, { hash, narFile, refs });
   return { links, answered: row?.stop ?? hashes.length };
 }
 

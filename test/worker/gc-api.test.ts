@@ -103,7 +103,10 @@ describe("POST /_api/v1/gc", () => {
   it("will not silently continue a collection with another age, nor abandon one that announced its deletions", async () => {
     const old = await testPath("gc-announced");
     await storePath(env.CACHE, old, Date.now() - 40 * DAY_MS);
-    // The default one-minute window: the first batch announces and then waits.
+    // The default one-minute window: the first batch starts the run, the second announces
+    // and then waits.
+    const started = (await (await gc({})).json()) as { status: string; run: { phase: string } };
+    expect(started.status).toBe("running");
     const first = (await (await gc({})).json()) as { status: string; run: { phase: string } };
     expect(first.status).toBe("waiting");
     expect(first.run.phase).toBe("wait");
@@ -373,6 +376,13 @@ describe("the cron trigger", () => {
     const state = parseState((await readGcDocument(env.DB, "state"))!.text);
     expect(state.lastStartedAt).not.toBeNull();
     expect(state.run?.trigger).toBe("cron");
-    expect(state.run?.phase).toBe("wait");
+    // The tick started the run; the next one goes on with it (to the fence wait here).
+    expect(state.run?.phase).toBe("mark");
+    const ctx2 = createExecutionContext();
+    await worker.scheduled!({ scheduledTime: tick.getTime() + 60_000, cron: "* * * * *", noRetry() {} } as ScheduledController, { ...env, GC_UPLOAD_WINDOW_SECONDS: "1" }, ctx2);
+    await waitOnExecutionContext(ctx2);
+    const next = parseState((await readGcDocument(env.DB, "state"))!.text);
+    expect(next.run?.id).toBe(state.run?.id);
+    expect(next.run?.phase).toBe("wait");
   });
 });
