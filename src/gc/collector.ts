@@ -559,7 +559,8 @@ class Batch {
         // The slot the state does not name: should this commit be lost, the next batch
         // reads the sets the state names, untouched.
         const slot = run.marks === 0 ? 1 : 0;
-        await this.#op(() => putGcObject(this.#bucket, workKey(run, `marks-${slot}`), formatMarkSets({ live: this.#live!, nars: this.#nars! })));
+        const queues = { queue: run.queue, unindexed: run.unindexed, unlisted: run.unlisted };
+        await this.#op(() => putGcObject(this.#bucket, workKey(run, `marks-${slot}`), formatMarkSets({ live: this.#live!, nars: this.#nars!, queues })));
         run.marks = slot;
         run.sets = null;
       }
@@ -568,8 +569,23 @@ class Batch {
     }
     this.#state.leaseUntil = null;
     if (!this.#leaseValid()) return false;
-    const version = await this.#op(() => writeGcDocument(this.#db, this.#stateName, formatState(this.#state), { ifVersion: this.#version! }));
+    const version = await this.#op(() => writeGcDocument(this.#db, this.#stateName, this.#stateText(), { ifVersion: this.#version! }));
     return version !== null;
+  }
+
+  /** The state document to write: a run's queues are in its mark sets' object once it has one. */
+  #stateText(): string {
+    const run = this.#state.run;
+    if (run === null || run.marks === null) return formatState(this.#state);
+    const { queue, unindexed, unlisted } = run;
+    run.queue = run.unindexed = run.unlisted = "";
+    try {
+      return formatState(this.#state);
+    } finally {
+      run.queue = queue;
+      run.unindexed = unindexed;
+      run.unlisted = unlisted;
+    }
   }
 
   // ---- budget -------------------------------------------------------------------------------
@@ -629,6 +645,7 @@ class Batch {
       const sets = stored === null ? null : parseMarkSets(stored);
       this.#live = sets?.live ?? null;
       this.#nars = sets?.nars ?? null;
+      if (sets !== null) ({ queue: run.queue, unindexed: run.unindexed, unlisted: run.unlisted } = sets.queues);
     } else if (run.sets !== null) {
       // A run an earlier version started keeps its sets as two objects of its generation.
       const gen = run.sets;

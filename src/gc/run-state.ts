@@ -84,7 +84,11 @@ export interface RunState {
   listed: boolean;
   /** Pins have been read for the current look. */
   rootsLoaded: boolean;
-  /** Concatenated hash parts of live paths whose references still have to be read. */
+  /**
+   * Concatenated hash parts of live paths whose references still have to be read. This
+   * and the two queues below are kept in the mark sets' object (gc/mark-sets.ts) once the
+   * run has one (`marks`), and written here empty: they can grow with the bucket.
+   */
   queue: string;
   /**
    * Of those, the ones the index has no row for (a narinfo stored without FileSize, or not

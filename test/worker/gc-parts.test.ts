@@ -84,14 +84,17 @@ describe("KeySet", () => {
       }),
       { numRuns: 40 },
     );
-    // A set of two sets in one object reads back as both (gc/mark-sets.ts).
+    // Both sets and the queues in one object read back as they were (gc/mark-sets.ts).
     const live = KeySet.create(32);
     const nars = KeySet.create(52);
     live.addAt(`${"0".repeat(32)}${"1".repeat(32)}`, 32);
     nars.add("2".repeat(52));
-    const both = parseMarkSets(formatMarkSets({ live, nars }))!;
+    const queues = { queue: "3".repeat(64), unindexed: "", unlisted: "4".repeat(32) };
+    const both = parseMarkSets(formatMarkSets({ live, nars, queues }))!;
     expect([both.live.has("1".repeat(32)), both.live.has("0".repeat(32)), both.nars.has("2".repeat(52))]).toEqual([true, false, true]);
+    expect(both.queues).toEqual(queues);
     expect(parseMarkSets(live.buffer)).toBeNull();
+    expect(parseMarkSets(formatMarkSets({ live, nars, queues }).slice(0, -4))).toBeNull();
     const set = KeySet.create(32);
     expect(() => set.addAt("0".repeat(40), 32)).toThrow(RangeError);
     expect(() => set.addAt(`${"0".repeat(31)}E`, 0)).toThrow(RangeError);
