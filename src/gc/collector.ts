@@ -103,7 +103,7 @@ import {
   PINS_KEY,
   putGcObject,
   runPrefix,
-  type ListedObject,
+  type KeyPage,
 } from "../storage/gc-store.ts";
 import { ADOPTION_OPERATIONS, adoptLegacyDocuments, readClaiming, recordCollection, writeGcDocument, type GcDocumentName } from "../storage/gc-documents.ts";
 import { NARINFO_MAX_AGE_SECONDS } from "../http/representation.ts";
@@ -174,7 +174,7 @@ export const STATE_QUERIES = 4;
  * If a batch is stopped anyway, the run halves its batches (shrink). A cron tick runs one
  * batch: a collection of 20,000 narinfos (two looks over the bucket) takes some 50 ticks.
  */
-export const BATCH_ENTRIES = 1000;
+export const BATCH_ENTRIES = 500;
 /**
  * What reading one queued narinfo costs, in entries: an R2 call of its own (a promise, an
  * object with its metadata decoded) instead of a share of a listing. bench/worker-cpu.ts
@@ -680,11 +680,11 @@ class Batch {
       // The listing (keys only) and the index query about its narinfos.
       if (!this.#fits(LISTED_PAGE_OPERATIONS, 1, 1)) return false;
       const page = await this.#op(() => listTopLevelKeys(this.#bucket, run.cursor, room));
-      const hashes = page.objects.map((o) => narInfoKeyHashPart(o.key));
+      const hashes = page.keys.map(narInfoKeyHashPart);
       const narinfos = hashes.filter((h): h is string => h !== null);
       const rows = narinfos.length === 0 ? new Map<string, ListedPath>() : await this.#query(() => listedPaths(this.#db, narinfos));
-      page.objects.forEach((object, i) => this.#listed(run, object, hashes[i] ?? null, rows));
-      this.#entries += page.objects.length;
+      for (let i = 0; i < hashes.length; i++) this.#listed(run, page, i, hashes[i]!, rows);
+      this.#entries += page.keys.length;
       this.#setsDirty = true;
       run.cursor = page.cursor;
       if (page.cursor === null) {
@@ -722,18 +722,17 @@ class Batch {
   }
 
   /**
-   * One listed object of the top level (a narinfo, a listing, or anything else); `hash` is
+   * The `i`th object of a listed page (a narinfo, a listing, or anything else); `hash` is
    * its hash part when it is a narinfo, and `rows` what the index holds of the page's
    * narinfos. This runs for every narinfo of the bucket twice per collection: a live path
    * is queued (its references come from the index), an old one not (yet) live becomes a
    * candidate, and a narinfo the index does not know is looked at in R2 later (#unlistedStep).
    */
-  #listed(run: RunState, object: ListedObject, hash: string | null, rows: ReadonlyMap<string, ListedPath>): void {
-    const key = object.key;
+  #listed(run: RunState, page: KeyPage, i: number, hash: string | null, rows: ReadonlyMap<string, ListedPath>): void {
     if (hash === null) {
-      if (run.pass === 1 && listingKeyHashPart(key) !== null) {
+      if (run.pass === 1 && listingKeyHashPart(page.keys[i]!) !== null) {
         this.#flushListing(run, null);
-        run.pendingListing = { key, size: object.size, uploaded: object.uploaded };
+        run.pendingListing = page.object(i);
       }
       return;
     }

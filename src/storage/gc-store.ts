@@ -55,29 +55,37 @@ function page(result: R2Objects): ListPage {
   };
 }
 
+/** A page of the bucket's top level: keys, and the object of each key when asked for. */
+export interface KeyPage {
+  keys: string[];
+  /** The listed object of keys[i], with its size and upload time. */
+  object(i: number): ListedObject;
+  /** Where the next page starts; null after the last page. */
+  cursor: string | null;
+}
+
 /**
  * One page of the bucket's top level (narinfos and listings), up to 1000 keys. The
  * collector reads only the key of most objects (the index knows the rest), so size and
  * upload time are read from R2's object when asked for: materialising them for a page of
- * 1000 narinfos was most of a batch's CPU (bench/worker-cpu.ts).
+ * 1000 narinfos was most of a batch's CPU, and so was an object per key (bench/worker-cpu.ts).
  */
-export async function listTopLevelKeys(bucket: R2Bucket, cursor: string | null, limit = 1000): Promise<ListPage> {
+export async function listTopLevelKeys(bucket: R2Bucket, cursor: string | null, limit = 1000): Promise<KeyPage> {
   let result: R2Objects;
   try {
     result = await bucket.list({ delimiter: "/", limit, ...(cursor === null ? {} : { cursor }) });
   } catch (err) {
     return storageUnavailable(err);
   }
+  const objects = result.objects;
+  const keys: string[] = new Array(objects.length);
+  for (let i = 0; i < objects.length; i++) keys[i] = objects[i]!.key;
   return {
-    objects: result.objects.map((o) => ({
-      key: o.key,
-      get size() {
-        return o.size;
-      },
-      get uploaded() {
-        return o.uploaded.getTime();
-      },
-    })),
+    keys,
+    object(i) {
+      const o = objects[i]!;
+      return { key: o.key, size: o.size, uploaded: o.uploaded.getTime() };
+    },
     cursor: result.truncated ? result.cursor : null,
   };
 }

@@ -166,6 +166,9 @@ export interface LinksAnswer {
   answered: number;
 }
 
+/** The nix32 alphabet as a GLOB class: a string matching `*[^…]*` has a character outside it. */
+const NOT_NIX32 = "[^0-9a-df-np-sv-z]";
+
 /**
  * The references and NAR file of the indexed paths among `hashes`, in one query: the
  * collector follows a live path's references with this instead of one R2 call per path.
@@ -174,6 +177,12 @@ export interface LinksAnswer {
  * always). The answer is one row holding one JSON document, each path's references packed
  * into one string: the runtime builds an object per row of a D1 answer and a string per
  * JSON string, which cost more than the collector's own work (bench/worker-cpu.ts).
+ *
+ * The references are packed by taking the JSON text apart with replace (json_each would
+ * cost D1 a row read per reference). The column holds what recordPath and adoptRows wrote,
+ * JSON.stringify of hash parts; a value of another shape is answered as null, as far as its
+ * length and alphabet can tell (anything the Worker did not write: 32 nix32 characters per
+ * element of the array).
  */
 export async function linksOf(db: D1Database, hashes: readonly string[], refBudget: number): Promise<LinksAnswer> {
   if (hashes.length === 0) return { links: new Map(), answered: 0 };
@@ -183,12 +192,14 @@ export async function linksOf(db: D1Database, hashes: readonly string[], refBudg
         `WITH found AS (
            SELECT j.key AS k, p.hash AS hash, p.nar_file AS nar_file, p.refs AS refs, json_array_length(p.refs) AS n
              FROM json_each(?1) j JOIN paths p ON p.hash = j.value
-         ), running AS (SELECT *, sum(n) OVER (ORDER BY k) - n AS before FROM found)
+         ), running AS (SELECT *, sum(n) OVER (ORDER BY k) - n AS before FROM found),
+         packed AS (
+           SELECT *, CASE WHEN n = 0 THEN '' ELSE replace(replace(replace(refs, '","', ''), '["', ''), '"]', '') END AS p FROM running
+         )
          SELECT json_group_array(json_array(hash, nar_file,
-                  CASE WHEN (SELECT count(*) FROM json_each(refs) r WHERE r.type = 'text' AND length(r.value) = ${HASH_PART_LENGTH}) = n
-                    THEN coalesce((SELECT group_concat(r.value, '') FROM json_each(refs) r), '') END)) FILTER (WHERE before < ?2) AS links,
+                  CASE WHEN length(p) = n * ${HASH_PART_LENGTH} AND NOT p GLOB '*${NOT_NIX32}*' THEN p END)) FILTER (WHERE before < ?2) AS links,
                 min(k) FILTER (WHERE before >= ?2) AS stop
-           FROM running`,
+           FROM packed`,
       )
       .bind(JSON.stringify(hashes), refBudget)
       .first<{ links: string; stop: number | null }>(),

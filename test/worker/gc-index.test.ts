@@ -13,7 +13,7 @@ import { decodeNarInfoMeta, encodeNarInfoMeta } from "../../src/storage/narinfo-
 import { putNarInfoObject } from "../../src/storage/narinfo-object.ts";
 import { indexedPaths } from "../../src/storage/path-index.ts";
 import { bearer, call, push, putNarInfo, testPath, type TestPath } from "../helpers/worker.ts";
-import { cacheKeys, collect, CountingDb, DAY_MS, gcSettings, indexedPushTime, indexProblems, storePath, TestClock } from "../helpers/gc.ts";
+import { cacheKeys, clearIndex, collect, CountingDb, DAY_MS, gcSettings, indexedPushTime, indexProblems, storePath, TestClock } from "../helpers/gc.ts";
 
 afterEach(() => reset());
 
@@ -339,4 +339,27 @@ describe("references through the index", () => {
     expect(last.result?.unreadableCount).toBeGreaterThan(0);
     expect(await cacheKeys(env.CACHE)).toEqual(expect.arrayContaining(keysOf(garbage)));
   }, 60_000);
+
+  it("so does a row whose references are not all hash parts, whatever their total length", async () => {
+    for (const [i, refs] of [
+      (h: string) => JSON.stringify([h, `${h.slice(0, 31)}e`]), // an e: not nix32
+      (h: string) => JSON.stringify([`${h.slice(0, 16)} ${h.slice(17)}`]), // a space
+      (h: string) => `[${JSON.stringify(h)}, 1]`, // a number
+      (h: string) => JSON.stringify([h, h.slice(1)]), // one character short
+    ].entries()) {
+      const clock = new TestClock();
+      const paths = await chain(`bad-refs-${i}`, 20, clock);
+      const garbage = await testPath(`bad-refs-garbage-${i}`);
+      await storePath(env.CACHE, garbage, clock.now - OLD);
+      for (const p of paths.slice(1)) await env.DB.prepare("UPDATE paths SET refs = ?2 WHERE hash = ?1").bind(p.hash, refs(paths[0]!.hash)).run();
+      const last = done(await collect(env.CACHE, gcSettings(), clock));
+      expect(last.totals.indexLookups).toBeGreaterThan(0);
+      expect(last.result?.deletedPaths).toBe(0);
+      expect(last.result?.unreadableCount).toBeGreaterThan(0);
+      expect(last.result?.unreadable?.[0]?.reason).toMatch(/references in the index are not all hash parts/);
+      expect(await cacheKeys(env.CACHE)).toEqual(expect.arrayContaining(keysOf(garbage)));
+      await env.CACHE.delete((await cacheKeys(env.CACHE)).filter((k) => !k.startsWith("_gc/")));
+      await clearIndex();
+    }
+  }, 120_000);
 });
