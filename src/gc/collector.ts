@@ -20,7 +20,7 @@
 //             the index once per listed page for those paths' push times, names and sizes
 //             (one D1 query per page, not per path); young and pinned paths are roots. A
 //             live path is queued and followed through the index (references and NAR of up
-//             to 200 paths per D1 query, ~4,000 references a batch): its references join the
+//             to 200 paths per D1 query, ~2,000 references a batch): its references join the
 //             live set, and those the listing has passed are queued too. A listed narinfo
 //             the index does not know is looked at in R2 (HEAD: its metadata's push time and
 //             sizes) and, if live, read (its metadata's references, else its body). So one
@@ -81,10 +81,13 @@
 // (storage_unavailable) before deleting anything, and the next batch redoes the step.
 //
 // Batches exclude each other with a lease in the state document (a D1 row, taken and
-// released with writes conditional on its version); a batch works only while it holds its
-// lease, so a batch that stalls cannot act on an outdated state once another has taken
-// over. Working objects are named by the generation that wrote them, so a batch that loses
-// its commit leaves nothing the next batch reads. Dry runs keep their own state and never write outside their working objects.
+// released with writes conditional on its version; a batch that continues a run takes it in
+// the query that reads the state); a batch works only while it holds its lease, so a batch
+// that stalls cannot act on an outdated state once another has taken over. Working objects
+// are named by the generation that wrote them, and the mark sets (with the queues: the
+// marks object, gc/mark-sets.ts) are written to the one of two slots the state does not
+// name, so a batch that loses its commit leaves nothing the next batch reads. A run's first
+// batch only starts it (pins, the fence of a run that never finished, legacy documents). Dry runs keep their own state and never write outside their working objects.
 
 import { mapConcurrent } from "../concurrency.ts";
 import { fail } from "../errors.ts";
@@ -160,19 +163,25 @@ const RESERVED_OPERATIONS = 12;
  * are kept back for whatever else the invocation does.
  */
 export const BATCH_QUERIES = 36;
-/** D1 queries of a batch's state document: read, lease, commit, and the finished run's statistics. */
+/**
+ * D1 queries of a batch's state document: read (which takes the lease of a run in
+ * progress), lease (a run's start) or the lease given back (a refused request), commit, and
+ * the finished run's statistics.
+ */
 export const STATE_QUERIES = 4;
 /**
  * CPU budget of one batch, in listing entries (a listed narinfo, a chunk line). The free
  * plan gives an invocation 10 ms of CPU. bench/gc-cpu.mjs measures the collector's own work
  * (R2 and D1 excluded) on 20,000 narinfos at a median of 2.3 ms per batch of 1000 entries,
  * 7 ms at worst (the first batches: JIT warm-up, mark set growth), on a shared 2-core VM.
- * Inside workerd (bench/worker-cpu.ts, a quiet machine) a mark batch costs 5-10 ms either
- * way: batches of 500 entries measured barely cheaper than batches of 1000 (7.8 against 8.3 ms
- * on average), since a batch's fixed work (its state row, the mark sets read and written,
- * a round of index queries) outweighs its entries; so batches stay at 1000, half as many.
- * If a batch is stopped anyway, the run halves its batches (shrink). A cron tick runs one
- * batch: a collection of 20,000 narinfos (two looks over the bucket) takes some 50 ticks.
+ * Inside workerd (bench/worker-cpu.ts) a batch's fixed work is now two D1 round trips (the
+ * state read with the lease, the commit) and two R2 calls (the marks object read and
+ * written), about 2-3 ms; what grows with the entries is the listed page (R2's objects,
+ * the index's answer, the garbage they leave: a page of 1000 keys cost 15-30 ms in the
+ * first listing batch), so batches take 500, and a mark batch averages under 5 ms on a
+ * quiet machine (BENCHMARKS.md, 2026-12-02 "GC batches"). If a batch is stopped anyway,
+ * the run halves its batches (shrink). A cron tick runs one batch: a collection of 20,000
+ * narinfos (two looks over the bucket) takes some 100 ticks.
  */
 export const BATCH_ENTRIES = 500;
 /**
@@ -189,15 +198,15 @@ const LOOKUP_COST = 30;
  */
 const INDEXED_LOOKUP_COST = 2;
 /**
- * References followed from index rows that count as one entry: each is ~35 bytes of the
+ * References followed from index rows that count as one entry: each is 32 characters of the
  * query's answer for the runtime to decode, then a set insert. bench/worker-cpu.ts saw a
  * batch that followed 27,000 references in one answer spend ~30 ms, so a batch of
- * BATCH_ENTRIES takes at most ~4,000.
+ * BATCH_ENTRIES takes at most ~2,000.
  */
 const REFS_PER_ENTRY = 4;
 /**
  * Queued paths (all queues together) past which the mark follows them before it lists
- * on: each is 32 characters of the state document every batch reads and writes.
+ * on: each is 32 bytes of the marks object every mark batch reads and writes.
  */
 const QUEUE_FLUSH = 1000;
 /** Queued paths asked of the index in one query (the list is one JSON parameter). */
