@@ -159,7 +159,8 @@ class SqliteD1 {
     return this.#timed(() => {
       this.sqlite.exec("BEGIN");
       try {
-        const results = statements.map((s) => (/^\s*select/i.test(s.sql) ? this.#all(s.sql, s.params) : this.#run(s.sql, s.params)));
+        // A statement that answers rows (a SELECT, or a write with RETURNING) answers them.
+        const results = statements.map((s) => (/^\s*select|\breturning\b/i.test(s.sql) ? this.#all(s.sql, s.params) : this.#run(s.sql, s.params)));
         this.sqlite.exec("COMMIT");
         return results;
       } catch (err) {
