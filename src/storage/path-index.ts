@@ -12,6 +12,7 @@
 // complete and callers that must not miss a stored path also ask R2.
 
 import { referenceHashes, type NarInfo } from "../nix/narinfo.ts";
+import { NIX32_ALPHABET } from "../nix/nix32.ts";
 import { HASH_PART_LENGTH, parseStorePath } from "../nix/store-path.ts";
 import { storageUnavailable } from "./bucket.ts";
 import { NAR_PREFIX } from "./keys.ts";
@@ -166,8 +167,8 @@ export interface LinksAnswer {
   answered: number;
 }
 
-/** The nix32 alphabet as a GLOB class: a string matching `*[^…]*` has a character outside it. */
-const NOT_NIX32 = "[^0-9a-df-np-sv-z]";
+/** A path's references as linksOf's query answers them: hash parts separated by single spaces. */
+const SPACED_REFS = new RegExp(`^(?:[${NIX32_ALPHABET}]{${HASH_PART_LENGTH}}(?: (?!$)|$))*$`);
 
 /**
  * The references and NAR file of the indexed paths among `hashes`, in one query: the
@@ -178,11 +179,10 @@ const NOT_NIX32 = "[^0-9a-df-np-sv-z]";
  * into one string: the runtime builds an object per row of a D1 answer and a string per
  * JSON string, which cost more than the collector's own work (bench/worker-cpu.ts).
  *
- * The references are packed by taking the JSON text apart with replace (json_each would
- * cost D1 a row read per reference). The column holds what recordPath and adoptRows wrote,
- * JSON.stringify of hash parts; a value of another shape is answered as null, as far as its
- * length and alphabet can tell (anything the Worker did not write: 32 nix32 characters per
- * element of the array).
+ * The references are taken out of the JSON text with replace (json_each would cost D1 a
+ * row read per reference), separated by spaces, and checked here with one regex run per
+ * path: the column holds what recordPath and adoptRows wrote, JSON.stringify of hash parts,
+ * and a value of any other shape is answered as null (the collector then keeps everything).
  */
 export async function linksOf(db: D1Database, hashes: readonly string[], refBudget: number): Promise<LinksAnswer> {
   if (hashes.length === 0) return { links: new Map(), answered: 0 };
@@ -194,10 +194,9 @@ export async function linksOf(db: D1Database, hashes: readonly string[], refBudg
              FROM json_each(?1) j JOIN paths p ON p.hash = j.value
          ), running AS (SELECT *, sum(n) OVER (ORDER BY k) - n AS before FROM found),
          packed AS (
-           SELECT *, CASE WHEN n = 0 THEN '' ELSE replace(replace(replace(refs, '","', ''), '["', ''), '"]', '') END AS p FROM running
+           SELECT *, CASE WHEN n = 0 THEN '' ELSE replace(replace(replace(refs, '","', ' '), '["', ''), '"]', '') END AS p FROM running
          )
-         SELECT json_group_array(json_array(hash, nar_file,
-                  CASE WHEN length(p) = n * ${HASH_PART_LENGTH} AND NOT p GLOB '*${NOT_NIX32}*' THEN p END)) FILTER (WHERE before < ?2) AS links,
+         SELECT json_group_array(json_array(hash, nar_file, p)) FILTER (WHERE before < ?2) AS links,
                 min(k) FILTER (WHERE before >= ?2) AS stop
            FROM packed`,
       )
@@ -205,7 +204,10 @@ export async function linksOf(db: D1Database, hashes: readonly string[], refBudg
       .first<{ links: string; stop: number | null }>(),
   );
   const links = new Map<string, PathLinks>();
-  for (const [hash, narFile, refs] of JSON.parse(row?.links ?? "[]") as [string, string, string | null][]) links.set(hash, { hash, narFile, refs });
+  for (const [hash, narFile, spaced] of JSON.parse(row?.links ?? "[]") as [string, string, string | null][]) {
+    const refs = spaced !== null && SPACED_REFS.test(spaced) ? spaced.replaceAll(" ", "") : null;
+    links.set(hash, { hash, narFile, refs });
+  }
   return { links, answered: row?.stop ?? hashes.length };
 }
 

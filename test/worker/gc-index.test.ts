@@ -346,6 +346,7 @@ describe("references through the index", () => {
       (h: string) => JSON.stringify([`${h.slice(0, 16)} ${h.slice(17)}`]), // a space
       (h: string) => `[${JSON.stringify(h)}, 1]`, // a number
       (h: string) => JSON.stringify([h, h.slice(1)]), // one character short
+      (h: string) => JSON.stringify([h.slice(0, 31), `${h}0`]), // 31 and 33 characters: the total of two
     ].entries()) {
       const clock = new TestClock();
       const paths = await chain(`bad-refs-${i}`, 20, clock);
