@@ -16,10 +16,9 @@ import type { CompressionMethod } from "./compress.ts";
 import { AuthError, HttpError, NetworkError, NixError, UploaderError, messageOf } from "./errors.ts";
 import { HttpClient, permanentFailureHint } from "./http.ts";
 import { preflight } from "./checks.ts";
-import { MULTIPART_CONCURRENCY } from "./multipart.ts";
 import { planPush } from "./plan.ts";
 import { Progress, formatBytes } from "./progress.ts";
-import { executePlan } from "./run-plan.ts";
+import { executePlan, socketsFor } from "./run-plan.ts";
 import { RemoteCache } from "./remote-cache.ts";
 import type { CacheSettings } from "./settings.ts";
 import { queryClosure } from "./store.ts";
@@ -66,7 +65,7 @@ export class Pusher {
     this.#http = new HttpClient({
       baseUrl: settings.cacheUrl,
       token: settings.token,
-      maxSockets: settings.jobs + MULTIPART_CONCURRENCY,
+      maxSockets: socketsFor(settings.jobs),
       onRetry: (e) => progress.retry(e),
     });
     // One attempt: the watcher has its own, longer, backoff between probes.

@@ -1,9 +1,10 @@
 // Carrying out a push plan: upload paths with bounded parallelism, narinfos in reference
 // order, and account for every path of the closure in one summary.
 //
-// Up to `jobs` large paths are in progress at once, and more small ones (scheduleUploads):
-// a small path costs two round trips and little CPU, so a real network's latency, not the
-// cores, bounds how fast they go. NARs (the expensive part: reading, hashing, compressing,
+// Up to `jobs` large paths are in progress at once, and besides them more small ones
+// (scheduleUploads): a small path costs two round trips and little CPU, so a real
+// network's latency, not the cores, bounds how fast they go, and it should not wait for a
+// large NAR's compression, nor a large NAR for a queue of small paths. NARs (the expensive part: reading, hashing, compressing,
 // sending) proceed in parallel; each narinfo waits until the narinfos of its references
 // are in the cache. A path starts only after the paths it references have started, so it
 // only ever waits for paths in flight, and the pool cannot deadlock.
@@ -17,11 +18,12 @@ import { AuthError, messageOf } from "./errors.ts";
 import type { PushPlan } from "./plan.ts";
 import { summarise, type PathReport, type Progress, type PushSummary } from "./progress.ts";
 import type { StorePathInfo } from "./store.ts";
+import { MULTIPART_CONCURRENCY } from "./multipart.ts";
 import { narInfoFor, prepareAndUploadNar, prepareNar, uploadNar, type PreparedNar, type UploadSettings } from "./path-upload.ts";
 
 /**
  * Large paths in progress at once by default: enough to keep 2-4 cores and the network
- * busy (small ones go SMALL_PER_JOB times as many, see scheduleUploads).
+ * busy (besides them, SMALL_PER_JOB times as many small ones: see scheduleUploads).
  */
 export const DEFAULT_JOBS = 4;
 
@@ -117,38 +119,49 @@ export const SMALL_PATH_BYTES = 1024 * 1024;
 export const SMALL_PER_JOB = 4;
 
 /**
- * Runs `fn` over `paths` (references first) with at most `jobs` large paths and
- * `jobs × SMALL_PER_JOB` paths in all in flight. A path starts only once every path it
- * references has started (paths already in the cache are not in the list), so a path only
- * ever waits for paths in flight and the pool cannot deadlock; a path whose turn has come
- * but whose class is full lets the next ones of the other class go first.
+ * Connections a push keeps open for `jobs`: one per path in flight (large and small), the
+ * parts of a large NAR, and one for planning. More requests than this wait for a socket.
+ */
+export function socketsFor(jobs: number): number {
+  return jobs * (1 + SMALL_PER_JOB) + MULTIPART_CONCURRENCY + 1;
+}
+
+/**
+ * Runs `fn` over `paths` (references first) with at most `jobs` large paths and, besides
+ * them, `jobs × SMALL_PER_JOB` small ones in flight: the two kinds have their own slots,
+ * so large NARs are compressed and sent while small paths make their round trips,
+ * instead of one kind queuing behind the other (a large path listed after many small ones
+ * starts at once, not when the small ones are done). A path starts only once every path
+ * it references has started (paths already in the cache are not in the list), so a path
+ * only ever waits for paths in flight and the pool cannot deadlock; a path whose turn has
+ * come but whose kind is full lets the next ones of the other kind go first.
  */
 export function scheduleUploads(paths: readonly StorePathInfo[], jobs: number, fn: (info: StorePathInfo) => Promise<void>): Promise<void> {
   const listed = new Set(paths.map((p) => p.path));
   const started = new Set<string>();
   const pending = [...paths];
-  const maxAll = jobs * SMALL_PER_JOB;
+  const maxSmall = jobs * SMALL_PER_JOB;
   let large = 0;
-  let all = 0;
+  let small = 0;
   return new Promise((resolve, reject) => {
     const pump = (): void => {
-      for (let i = 0; i < pending.length && all < maxAll; ) {
+      for (let i = 0; i < pending.length && (large < jobs || small < maxSmall); ) {
         const info = pending[i]!;
         const isLarge = info.narSize >= SMALL_PATH_BYTES;
         const ready = info.references.every((r) => r === info.path || !listed.has(r) || started.has(r));
-        if (!ready || (isLarge && large >= jobs)) {
+        if (!ready || (isLarge ? large >= jobs : small >= maxSmall)) {
           i++;
           continue;
         }
         pending.splice(i, 1);
         started.add(info.path);
-        all++;
         if (isLarge) large++;
+        else small++;
         fn(info).then(
           () => {
-            all--;
             if (isLarge) large--;
-            if (pending.length === 0 && all === 0) resolve();
+            else small--;
+            if (pending.length === 0 && large + small === 0) resolve();
             else pump();
           },
           reject,

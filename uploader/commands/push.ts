@@ -7,11 +7,10 @@ import { join } from "node:path";
 import { DEFAULT_COMPRESSION } from "../compress.ts";
 import { EXIT_INTERRUPTED, PushIncompleteError, UsageError, markReportedAsJson } from "../errors.ts";
 import { HttpClient } from "../http.ts";
-import { MULTIPART_CONCURRENCY } from "../multipart.ts";
 import { readSecretKeyFile } from "../key-file.ts";
 import { planPush, type PushPlan } from "../plan.ts";
 import { Progress, formatBytes } from "../progress.ts";
-import { DEFAULT_JOBS, SMALL_PER_JOB, executePlan, type PushSettings } from "../run-plan.ts";
+import { DEFAULT_JOBS, SMALL_PER_JOB, executePlan, socketsFor, type PushSettings } from "../run-plan.ts";
 import { RemoteCache } from "../remote-cache.ts";
 import { ENV, parseCommandLine, resolveCache } from "../settings.ts";
 import { expandDerivations, queryClosure, resolveStorePaths } from "../store.ts";
@@ -34,7 +33,7 @@ Options:
   --secret-key-file <file>  sign narinfos with this Nix secret key
                                                                  [env ${ENV.secretKeyFile}]
   -j, --jobs <n>            large paths uploaded in parallel (default ${DEFAULT_JOBS});
-                            small ones (under 1 MiB) go ${SMALL_PER_JOB} times as many
+                            besides them, ${SMALL_PER_JOB} times as many small ones (under 1 MiB)
   --compression <method>    zstd, xz or none (default ${DEFAULT_COMPRESSION})
 ${LEVEL_AND_UPSTREAM_HELP}
   --no-skip-upstream        upload paths signed by upstream keys too
@@ -74,7 +73,7 @@ export async function run(args: string[]): Promise<void> {
   const progress = new Progress({ verbose: values.verbose ?? false });
   // Sockets for the paths in flight (small ones too), the parts of a large NAR, planning;
   // kept alive and reused from path to path.
-  const http = new HttpClient({ baseUrl: cacheUrl, token, maxSockets: jobs * SMALL_PER_JOB + MULTIPART_CONCURRENCY, onRetry: (e) => progress.retry(e) });
+  const http = new HttpClient({ baseUrl: cacheUrl, token, maxSockets: socketsFor(jobs), onRetry: (e) => progress.retry(e) });
   const cache = new RemoteCache(http);
   try {
     const { paths, derivations } = await expandDerivations(await resolveStorePaths(positionals));

@@ -505,802 +505,8 @@ var init_http = __esm({
   }
 });
 
-// src/api/multipart.ts
-function isObject(v) {
-  return typeof v === "object" && v !== null && !Array.isArray(v);
-}
-function isCount(x) {
-  return typeof x === "number" && Number.isSafeInteger(x) && x > 0;
-}
-function parseLimitsAnswer(doc) {
-  return isObject(doc) && isCount(doc.maxRequestBytes) ? { maxRequestBytes: doc.maxRequestBytes } : null;
-}
-function parseParts(v) {
-  if (!Array.isArray(v)) return null;
-  const parts = [];
-  for (const p of v) {
-    if (!isObject(p) || !isCount(p.partNumber) || !isCount(p.size)) return null;
-    parts.push({ partNumber: p.partNumber, size: p.size });
-  }
-  return parts;
-}
-function parseStartAnswer(doc, size) {
-  if (!isObject(doc) || typeof doc.key !== "string") return null;
-  if (doc.stored === true) return isCount(doc.size) ? { key: doc.key, stored: true, size: doc.size } : null;
-  if (doc.stored !== false || typeof doc.uploadId !== "string" || doc.uploadId === "" || doc.size !== size) return null;
-  if (!isCount(doc.partSize) || !isCount(doc.partCount) || doc.partCount !== Math.ceil(size / doc.partSize) || !isCount(doc.maxRequestBytes)) return null;
-  const parts = parseParts(doc.parts);
-  if (parts === null) return null;
-  return {
-    key: doc.key,
-    stored: false,
-    uploadId: doc.uploadId,
-    size,
-    partSize: doc.partSize,
-    partCount: doc.partCount,
-    parts,
-    maxRequestBytes: doc.maxRequestBytes,
-    verify: "sha256"
-  };
-}
-function parseUnnamedStartAnswer(doc) {
-  if (!isObject(doc) || doc.stored !== false || typeof doc.name !== "string" || typeof doc.uploadId !== "string" || doc.uploadId === "") return null;
-  if (!isCount(doc.partSize) || !isCount(doc.maxParts) || !isCount(doc.maxRequestBytes)) return null;
-  const parts = parseParts(doc.parts);
-  if (parts === null) return null;
-  return {
-    stored: false,
-    name: doc.name,
-    uploadId: doc.uploadId,
-    partSize: doc.partSize,
-    maxParts: doc.maxParts,
-    parts,
-    maxRequestBytes: doc.maxRequestBytes,
-    verify: "sha256"
-  };
-}
-var LIMITS_PATH, MULTIPART_NAR_PATH;
-var init_multipart = __esm({
-  "src/api/multipart.ts"() {
-    "use strict";
-    LIMITS_PATH = "_api/v1/limits";
-    MULTIPART_NAR_PATH = "_api/v1/multipart/nar";
-  }
-});
-
-// src/concurrency.ts
-async function mapConcurrent(items, limit, fn) {
-  const results = new Array(items.length);
-  let next = 0;
-  let failed = false;
-  async function worker() {
-    while (!failed && next < items.length) {
-      const i = next++;
-      try {
-        results[i] = await fn(items[i], i);
-      } catch (err) {
-        failed = true;
-        throw err;
-      }
-    }
-  }
-  const workers = Array.from({ length: Math.min(limit, items.length) }, () => worker());
-  await Promise.all(workers);
-  return results;
-}
-var init_concurrency = __esm({
-  "src/concurrency.ts"() {
-    "use strict";
-  }
-});
-
-// src/nix/errors.ts
-var NixFormatError, NarInfoError, NarError, KeyError;
-var init_errors2 = __esm({
-  "src/nix/errors.ts"() {
-    "use strict";
-    NixFormatError = class extends Error {
-      name = "NixFormatError";
-    };
-    NarInfoError = class extends NixFormatError {
-      name = "NarInfoError";
-      field;
-      constructor(field, message) {
-        super(`narinfo field ${field}: ${message}`);
-        this.field = field;
-      }
-    };
-    NarError = class extends NixFormatError {
-      name = "NarError";
-      offset;
-      constructor(offset, message) {
-        super(`NAR at byte ${offset}: ${message}`);
-        this.offset = offset;
-      }
-    };
-    KeyError = class extends NixFormatError {
-      name = "KeyError";
-    };
-  }
-});
-
-// src/nix/encoding.ts
-function hexValue(code) {
-  if (code >= 48 && code <= 57) return code - 48;
-  if (code >= 97 && code <= 102) return code - 87;
-  if (code >= 65 && code <= 70) return code - 55;
-  return -1;
-}
-function fromHex(s) {
-  if (s.length % 2 !== 0) throw new NixFormatError(`hex string has odd length ${s.length}`);
-  const out = new Uint8Array(s.length / 2);
-  for (let i = 0; i < out.length; i++) {
-    const hi = hexValue(s.charCodeAt(2 * i));
-    const lo = hexValue(s.charCodeAt(2 * i + 1));
-    if (hi < 0 || lo < 0) throw new NixFormatError(`invalid hex digit near position ${2 * i}`);
-    out[i] = hi << 4 | lo;
-  }
-  return out;
-}
-function toBase64(bytes) {
-  let out = "";
-  let i = 0;
-  for (; i + 3 <= bytes.length; i += 3) {
-    const n = bytes[i] << 16 | bytes[i + 1] << 8 | bytes[i + 2];
-    out += BASE64_ALPHABET[n >> 18] + BASE64_ALPHABET[n >> 12 & 63] + BASE64_ALPHABET[n >> 6 & 63] + BASE64_ALPHABET[n & 63];
-  }
-  const rest = bytes.length - i;
-  if (rest === 1) {
-    const n = bytes[i] << 16;
-    out += BASE64_ALPHABET[n >> 18] + BASE64_ALPHABET[n >> 12 & 63] + "==";
-  } else if (rest === 2) {
-    const n = bytes[i] << 16 | bytes[i + 1] << 8;
-    out += BASE64_ALPHABET[n >> 18] + BASE64_ALPHABET[n >> 12 & 63] + BASE64_ALPHABET[n >> 6 & 63] + "=";
-  }
-  return out;
-}
-function base64Value(s, i) {
-  const code = s.charCodeAt(i);
-  const v = code < 128 ? BASE64_VALUE[code] : -1;
-  if (v < 0) throw new NixFormatError(`invalid base64 character at position ${i}`);
-  return v;
-}
-function fromBase64(s) {
-  if (s.length % 4 !== 0) throw new NixFormatError(`base64 length ${s.length} is not a multiple of 4`);
-  let pad = 0;
-  if (s.endsWith("==")) pad = 2;
-  else if (s.endsWith("=")) pad = 1;
-  const out = new Uint8Array(s.length / 4 * 3 - pad);
-  const full = pad === 0 ? s.length : s.length - 4;
-  let o = 0;
-  for (let i = 0; i < full; i += 4) {
-    const n = base64Value(s, i) << 18 | base64Value(s, i + 1) << 12 | base64Value(s, i + 2) << 6 | base64Value(s, i + 3);
-    out[o++] = n >> 16;
-    out[o++] = n >> 8 & 255;
-    out[o++] = n & 255;
-  }
-  if (pad === 2) {
-    const a = base64Value(s, full);
-    const b = base64Value(s, full + 1);
-    if ((b & 15) !== 0) throw new NixFormatError("non-canonical base64 (unused bits set)");
-    out[o] = a << 2 | b >> 4;
-  } else if (pad === 1) {
-    const a = base64Value(s, full);
-    const b = base64Value(s, full + 1);
-    const c = base64Value(s, full + 2);
-    if ((c & 3) !== 0) throw new NixFormatError("non-canonical base64 (unused bits set)");
-    out[o] = a << 2 | b >> 4;
-    out[o + 1] = (b & 15) << 4 | c >> 2;
-  }
-  return out;
-}
-function utf8(s) {
-  return ENCODER.encode(s);
-}
-function compareBytes(a, b) {
-  const n = Math.min(a.length, b.length);
-  for (let i = 0; i < n; i++) {
-    const d = a[i] - b[i];
-    if (d !== 0) return d;
-  }
-  return a.length - b.length;
-}
-function concatBytes(parts) {
-  let total = 0;
-  for (const p of parts) total += p.length;
-  const out = new Uint8Array(total);
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
-}
-var HEX_DIGITS, BYTE_TO_HEX, BASE64_ALPHABET, BASE64_VALUE, ENCODER;
-var init_encoding = __esm({
-  "src/nix/encoding.ts"() {
-    "use strict";
-    init_errors2();
-    HEX_DIGITS = "0123456789abcdef";
-    BYTE_TO_HEX = Array.from({ length: 256 }, (_, i) => HEX_DIGITS[i >> 4] + HEX_DIGITS[i & 15]);
-    BASE64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    BASE64_VALUE = new Int8Array(128).fill(-1);
-    for (let i = 0; i < BASE64_ALPHABET.length; i++) BASE64_VALUE[BASE64_ALPHABET.charCodeAt(i)] = i;
-    ENCODER = new TextEncoder();
-  }
-});
-
-// src/nix/nar-wire.ts
-function narPadding(length) {
-  return (8 - length % 8) % 8;
-}
-function writeU64(buf, at, n) {
-  const lo = n % 4294967296;
-  const hi = (n - lo) / 4294967296;
-  buf[at] = lo & 255;
-  buf[at + 1] = lo >>> 8 & 255;
-  buf[at + 2] = lo >>> 16 & 255;
-  buf[at + 3] = lo >>> 24;
-  buf[at + 4] = hi & 255;
-  buf[at + 5] = hi >>> 8 & 255;
-  buf[at + 6] = hi >>> 16 & 255;
-  buf[at + 7] = hi >>> 24;
-}
-function encodeNarString(s) {
-  const bytes = typeof s === "string" ? utf8(s) : s;
-  const out = new Uint8Array(8 + bytes.length + narPadding(bytes.length));
-  writeU64(out, 0, bytes.length);
-  out.set(bytes, 8);
-  return out;
-}
-function narEntryNameProblem(name) {
-  if (name.length === 0) return "empty entry name";
-  if (name.length > NAR_MAX_NAME_LENGTH) return `entry name longer than ${NAR_MAX_NAME_LENGTH} bytes`;
-  if (name[0] === DOT && (name.length === 1 || name.length === 2 && name[1] === DOT)) return `entry name "${name.length === 1 ? "." : ".."}"`;
-  if (name.includes(SLASH)) return 'entry name contains "/"';
-  if (name.includes(0)) return "entry name contains NUL";
-  return null;
-}
-function narSymlinkTargetProblem(target) {
-  if (target.length === 0) return "empty symlink target";
-  if (target.length > NAR_MAX_TARGET_LENGTH) return `symlink target longer than ${NAR_MAX_TARGET_LENGTH} bytes`;
-  if (target.includes(0)) return "symlink target contains NUL";
-  return null;
-}
-var NAR_MAGIC, NAR_MAX_DEPTH, NAR_MAX_NAME_LENGTH, NAR_MAX_TARGET_LENGTH, NAR_MAX_TAG_LENGTH, DOT, SLASH;
-var init_nar_wire = __esm({
-  "src/nix/nar-wire.ts"() {
-    "use strict";
-    init_encoding();
-    NAR_MAGIC = "nix-archive-1";
-    NAR_MAX_DEPTH = 64;
-    NAR_MAX_NAME_LENGTH = 255;
-    NAR_MAX_TARGET_LENGTH = 4095;
-    NAR_MAX_TAG_LENGTH = 32;
-    DOT = 46;
-    SLASH = 47;
-  }
-});
-
-// src/nix/nar-writer.ts
-function isPromise(v) {
-  return typeof v?.then === "function";
-}
-async function* writeNar(root) {
-  const out = new ChunkBuffer();
-  const stack = [];
-  const where = () => {
-    if (stack.length === 0) return "the root";
-    return JSON.stringify(stack.map((f) => "/" + NAME_DECODER.decode(f.entries[f.next - 1].name)).join(""));
-  };
-  const fail = (message) => new NarError(out.offset, `${where()}: ${message}`);
-  let full = out.put(T_MAGIC);
-  let node = root;
-  for (; ; ) {
-    if (node !== null) {
-      if (stack.length >= NAR_MAX_DEPTH) throw fail(`nested ${stack.length} levels deep; Nix refuses ${NAR_MAX_DEPTH} or more`);
-      switch (node.type) {
-        case "regular": {
-          const { size } = node;
-          if (!Number.isSafeInteger(size) || size < 0) throw fail(`invalid file size ${size}`);
-          if (full = out.put(T_REGULAR)) yield full;
-          if (full = out.put(node.executable ? T_EXECUTABLE_CONTENTS : T_CONTENTS)) yield full;
-          if (full = out.putU64(size)) yield full;
-          const source = node.contents();
-          const it = Symbol.iterator in source ? source[Symbol.iterator]() : source[Symbol.asyncIterator]();
-          let done = false;
-          try {
-            let written = 0;
-            for (; ; ) {
-              const step = it.next();
-              const r = isPromise(step) ? await step : step;
-              if (r.done) break;
-              const chunk = r.value;
-              written += chunk.length;
-              if (written > size) throw fail(`contents yielded more than the ${size} bytes announced`);
-              if (chunk.length >= NAR_PASS_THROUGH_BYTES) {
-                if (out.buffered > 0) yield out.take();
-                out.skip(chunk.length);
-                yield chunk;
-              } else if (chunk.length > 0) {
-                if (full = out.put(chunk)) yield full;
-              }
-            }
-            done = true;
-            if (written !== size) throw fail(`contents yielded ${written} bytes, ${size} announced`);
-          } finally {
-            if (!done) await it.return?.();
-          }
-          if (full = out.put(ZEROS.subarray(0, narPadding(size)))) yield full;
-          if (full = out.put(T_CLOSE)) yield full;
-          break;
-        }
-        case "symlink": {
-          const problem2 = narSymlinkTargetProblem(node.target);
-          if (problem2 !== null) throw fail(problem2);
-          if (full = out.put(T_SYMLINK)) yield full;
-          if (full = out.putString(node.target)) yield full;
-          if (full = out.put(T_CLOSE)) yield full;
-          break;
-        }
-        case "directory": {
-          const listed = node.entries();
-          const entries = [...isPromise(listed) ? await listed : listed].sort((a, b) => compareBytes(a.name, b.name));
-          if (full = out.put(T_DIRECTORY)) yield full;
-          stack.push({ entries, next: 0 });
-          break;
-        }
-        default:
-          throw fail(`unknown node type ${JSON.stringify(node.type)}`);
-      }
-      node = null;
-    }
-    const frame = stack[stack.length - 1];
-    if (frame === void 0) break;
-    if (frame.next > 0 && (full = out.put(T_CLOSE))) yield full;
-    if (frame.next === frame.entries.length) {
-      if (full = out.put(T_CLOSE)) yield full;
-      stack.pop();
-      continue;
-    }
-    const entry = frame.entries[frame.next++];
-    const problem = narEntryNameProblem(entry.name);
-    if (problem !== null) throw fail(problem);
-    if (frame.next > 1 && compareBytes(frame.entries[frame.next - 2].name, entry.name) === 0) throw fail("duplicate entry name");
-    if (full = out.put(T_ENTRY_NAME)) yield full;
-    if (full = out.putString(entry.name)) yield full;
-    if (full = out.put(T_NODE)) yield full;
-    node = entry.node;
-  }
-  if (out.buffered > 0) yield out.take();
-}
-var NAR_WRITER_CHUNK_BYTES, NAR_PASS_THROUGH_BYTES, seq, T_MAGIC, T_REGULAR, T_EXECUTABLE_CONTENTS, T_CONTENTS, T_SYMLINK, T_DIRECTORY, T_ENTRY_NAME, T_NODE, T_CLOSE, ZEROS, NAME_DECODER, ChunkBuffer;
-var init_nar_writer = __esm({
-  "src/nix/nar-writer.ts"() {
-    "use strict";
-    init_encoding();
-    init_errors2();
-    init_nar_wire();
-    NAR_WRITER_CHUNK_BYTES = 64 * 1024;
-    NAR_PASS_THROUGH_BYTES = 16 * 1024;
-    seq = (...tokens) => concatBytes(tokens.map((t) => encodeNarString(t)));
-    T_MAGIC = seq(NAR_MAGIC);
-    T_REGULAR = seq("(", "type", "regular");
-    T_EXECUTABLE_CONTENTS = seq("executable", "", "contents");
-    T_CONTENTS = seq("contents");
-    T_SYMLINK = seq("(", "type", "symlink", "target");
-    T_DIRECTORY = seq("(", "type", "directory");
-    T_ENTRY_NAME = seq("entry", "(", "name");
-    T_NODE = seq("node");
-    T_CLOSE = seq(")");
-    ZEROS = new Uint8Array(8);
-    NAME_DECODER = new TextDecoder("utf-8", { fatal: false, ignoreBOM: true });
-    ChunkBuffer = class {
-      buf = new Uint8Array(NAR_WRITER_CHUNK_BYTES);
-      pos = 0;
-      /** NAR bytes produced so far, buffered ones included. */
-      offset = 0;
-      /** Makes room for n bytes (n ≤ one chunk); returns the previous chunk if it was full. */
-      room(n) {
-        return this.pos + n > this.buf.length ? this.take() : null;
-      }
-      /** Appends raw bytes (at most one chunk long). */
-      put(bytes) {
-        const full = this.room(bytes.length);
-        this.buf.set(bytes, this.pos);
-        this.pos += bytes.length;
-        this.offset += bytes.length;
-        return full;
-      }
-      /** Appends a u64 (file sizes). */
-      putU64(n) {
-        const full = this.room(8);
-        writeU64(this.buf, this.pos, n);
-        this.pos += 8;
-        this.offset += 8;
-        return full;
-      }
-      /** Appends str(bytes) (names, targets: at most 4095 bytes), without a temporary copy. */
-      putString(bytes) {
-        const padded = bytes.length + narPadding(bytes.length);
-        const full = this.room(8 + padded);
-        writeU64(this.buf, this.pos, bytes.length);
-        this.buf.set(bytes, this.pos + 8);
-        this.buf.fill(0, this.pos + 8 + bytes.length, this.pos + 8 + padded);
-        this.pos += 8 + padded;
-        this.offset += 8 + padded;
-        return full;
-      }
-      /** Counts bytes emitted around the buffer (passed-through file data). */
-      skip(n) {
-        this.offset += n;
-      }
-      get buffered() {
-        return this.pos;
-      }
-      /** Hands out the buffered bytes and starts a fresh buffer. */
-      take() {
-        const out = this.buf.subarray(0, this.pos);
-        this.buf = new Uint8Array(NAR_WRITER_CHUNK_BYTES);
-        this.pos = 0;
-        return out;
-      }
-    };
-  }
-});
-
-// uploader/nar-writer.ts
-import { closeSync, lstatSync, openSync, readSync, readdirSync, readlinkSync } from "node:fs";
-import { open } from "node:fs/promises";
-async function* dumpPath(path, options = {}) {
-  yield* writeNar(await narSourceFromPath(path, options));
-}
-async function narSourceFromPath(path, options = {}) {
-  const caseHack = options.caseHack ?? process.platform === "darwin";
-  const p = typeof path === "string" ? Buffer.from(path) : path;
-  return sourceFor(p, lstatSync(p), caseHack);
-}
-function sourceFor(path, st, caseHack) {
-  if (st.isFile()) {
-    const size = st.size;
-    const executable = (st.mode & S_IXUSR) !== 0;
-    if (size <= SMALL_FILE_BYTES) return { type: "regular", executable, size, contents: () => [readSmallFile(path, size)] };
-    return { type: "regular", executable, size, contents: () => readLargeFile(path, size) };
-  }
-  if (st.isSymbolicLink()) {
-    return { type: "symlink", target: readlinkSync(path, { encoding: "buffer" }) };
-  }
-  if (st.isDirectory()) {
-    return { type: "directory", entries: () => listDirectory(path, caseHack) };
-  }
-  throw new UnsupportedFileError(path.toString(), fileKind(st));
-}
-function listDirectory(dir, caseHack) {
-  const slash = Buffer.from("/");
-  return readdirSync(dir, { encoding: "buffer" }).map((name) => {
-    const child = Buffer.concat([dir, slash, name]);
-    return { name: caseHack ? stripCaseHack(name) : name, node: sourceFor(child, lstatSync(child), caseHack) };
-  });
-}
-function readSmallFile(path, size) {
-  if (size === 0) return new Uint8Array(0);
-  const fd = openSync(path, "r");
-  try {
-    const buf = Buffer.allocUnsafe(size);
-    let filled = 0;
-    while (filled < size) {
-      const bytesRead = readSync(fd, buf, filled, size - filled, filled);
-      if (bytesRead === 0) return buf.subarray(0, filled);
-      filled += bytesRead;
-    }
-    return buf;
-  } finally {
-    closeSync(fd);
-  }
-}
-async function* readLargeFile(path, size) {
-  const fh = await open(path, "r");
-  const readAt = async (position) => {
-    const want = Math.min(size - position, READ_CHUNK_BYTES);
-    const buf = Buffer.allocUnsafe(want);
-    const { bytesRead } = await fh.read(buf, 0, want, position);
-    return bytesRead === want ? buf : buf.subarray(0, bytesRead);
-  };
-  let next;
-  try {
-    let position = 0;
-    next = readAt(0);
-    while (next) {
-      const chunk = await next;
-      next = void 0;
-      if (chunk.length === 0) return;
-      position += chunk.length;
-      if (position < size) next = readAt(position);
-      yield chunk;
-    }
-  } finally {
-    await next?.catch(() => {
-    });
-    await fh.close();
-  }
-}
-function stripCaseHack(name) {
-  const at = name.indexOf(CASE_HACK_SUFFIX);
-  return at === -1 ? name : name.subarray(0, at);
-}
-function fileKind(st) {
-  if (st.isSocket()) return "socket";
-  if (st.isFIFO()) return "FIFO";
-  if (st.isCharacterDevice()) return "character device";
-  if (st.isBlockDevice()) return "block device";
-  return "file of unknown type";
-}
-var READ_CHUNK_BYTES, SMALL_FILE_BYTES, S_IXUSR, CASE_HACK_SUFFIX;
-var init_nar_writer2 = __esm({
-  "uploader/nar-writer.ts"() {
-    "use strict";
-    init_nar_writer();
-    init_errors();
-    READ_CHUNK_BYTES = 1 << 20;
-    SMALL_FILE_BYTES = 128 * 1024;
-    S_IXUSR = 64;
-    CASE_HACK_SUFFIX = Buffer.from("~nix~case~hack~");
-  }
-});
-
-// uploader/multipart.ts
-import { createReadStream } from "node:fs";
-import { Transform, pipeline as pipeline3 } from "node:stream";
-function uploadLimits(http2) {
-  let limits = limitsOf.get(http2);
-  if (limits === void 0) {
-    limits = fetchLimits(http2);
-    limitsOf.set(http2, limits);
-    limits.catch(() => limitsOf.delete(http2));
-  }
-  return limits;
-}
-async function fetchLimits(http2) {
-  const res = await http2.request({ method: "GET", path: LIMITS_PATH, accept: [404, 405] });
-  if (res.status !== 200) return null;
-  return parseLimitsAnswer(parseJson(res.body));
-}
-function needsParts(size, limits) {
-  return limits !== null && size > limits.maxRequestBytes && size > MIN_PART_BYTES;
-}
-async function uploadInParts(http2, key, file, size, observe = {}) {
-  const base = `_api/v1/multipart/${key}`;
-  const start = await startUpload(http2, base, size);
-  if (start.stored) {
-    observe.detail?.(`${key}: already in the cache`);
-    return 0;
-  }
-  const have = new Set(start.parts.map((p) => p.partNumber));
-  const todo = Array.from({ length: start.partCount }, (_, i) => i + 1).filter((n) => !have.has(n));
-  if (have.size > 0) (observe.log ?? observe.detail)?.(`${key}: resuming an earlier upload, ${have.size} of ${start.partCount} parts already in the cache`);
-  const id = encodeURIComponent(start.uploadId);
-  let sent = 0;
-  let done = have.size;
-  try {
-    await mapConcurrent(todo, MULTIPART_CONCURRENCY, async (n) => {
-      const offset = (n - 1) * start.partSize;
-      const length = Math.min(start.partSize, start.size - offset);
-      await http2.request({
-        method: "PUT",
-        path: `${base}/${n}?uploadId=${id}`,
-        headers: { "content-type": "application/octet-stream" },
-        body: {
-          length,
-          open: () => {
-            const part = createReadStream(file, { start: offset, end: offset + length - 1, highWaterMark: READ_CHUNK_BYTES });
-            const counted = counting(part, (bytes) => sent += bytes);
-            return observe.sent ? pipeline3(counted, observe.sent(), () => {
-            }) : counted;
-          }
-        }
-      });
-      done++;
-      observe.detail?.(`${key}: sent part ${n} (${done}/${start.partCount})`);
-    });
-    await http2.request({ method: "POST", path: `${base}/complete?uploadId=${id}` });
-  } catch (err) {
-    if (refusedForGood(err)) {
-      await http2.request({ method: "DELETE", path: `${base}?uploadId=${id}`, accept: [404, 409] }).catch(() => {
-      });
-      throw err;
-    }
-    if (err instanceof UploaderError && !(err instanceof AuthError)) {
-      throw new UploaderError(
-        `${err.message} (${done} of ${start.partCount} parts are in the cache; a re-run of the push sends only the others)`,
-        err.exitCode,
-        err.hint,
-        { cause: err }
-      );
-    }
-    throw err;
-  }
-  return sent;
-}
-async function startUpload(http2, base, size) {
-  const body = Buffer.from(JSON.stringify({ size }), "utf8");
-  const res = await http2.request({
-    method: "POST",
-    path: base,
-    headers: { "content-type": "application/json" },
-    body: { length: body.length, open: () => body }
-  });
-  const answer = parseStartAnswer(parseJson(res.body), size);
-  if (answer === null) {
-    throw new UploaderError(`${http2.url(base)}: unexpected answer to the start of a multipart upload`, EXIT_CACHE, "is --cache pointing at a nix-edge-cache Worker?");
-  }
-  if (answer.stored) return { stored: true, uploadId: "", size, partSize: size, partCount: 0, parts: [] };
-  return answer;
-}
-function refusedForGood(err) {
-  if (!(err instanceof HttpError) || err instanceof AuthError) return false;
-  return err.status >= 400 && err.status < 500 && err.status !== 408 && err.status !== 429;
-}
-function parseJson(bytes) {
-  try {
-    const v = JSON.parse(bytes.toString("utf8"));
-    return typeof v === "object" && v !== null && !Array.isArray(v) ? v : null;
-  } catch {
-    return null;
-  }
-}
-function counting(source, count2) {
-  return pipeline3(
-    source,
-    new Transform({
-      transform(chunk, _encoding, callback) {
-        count2(chunk.length);
-        callback(null, chunk);
-      }
-    }),
-    () => {
-    }
-  );
-}
-var MULTIPART_CONCURRENCY, MIN_PART_BYTES, limitsOf, PartsWhileWriting;
-var init_multipart2 = __esm({
-  "uploader/multipart.ts"() {
-    "use strict";
-    init_multipart();
-    init_concurrency();
-    init_errors();
-    init_nar_writer2();
-    MULTIPART_CONCURRENCY = 4;
-    MIN_PART_BYTES = 5 * 1024 * 1024;
-    limitsOf = /* @__PURE__ */ new WeakMap();
-    PartsWhileWriting = class _PartsWhileWriting {
-      #http;
-      #file;
-      #observe;
-      #id;
-      #partSize;
-      #maxParts;
-      /** Parts the cache already holds (a resumed upload), by number: their sizes. */
-      #held;
-      #inFlight = /* @__PURE__ */ new Set();
-      #nextPart = 1;
-      #failure = void 0;
-      #sent = 0;
-      #sentParts = 0;
-      constructor(http2, file, observe, id, partSize, maxParts, held) {
-        this.#http = http2;
-        this.#file = file;
-        this.#observe = observe;
-        this.#id = id;
-        this.#partSize = partSize;
-        this.#maxParts = maxParts;
-        this.#held = held;
-      }
-      /**
-       * Starts (or resumes) the upload called `name`; null when the cache has no uploads named
-       * at completion (an older Worker: 404/405, or an answer of another shape), so the caller
-       * uploads the finished file the other way.
-       */
-      static async start(http2, name, file, observe = {}) {
-        const request3 = { name };
-        const body = Buffer.from(JSON.stringify(request3), "utf8");
-        const res = await http2.request({
-          method: "POST",
-          path: MULTIPART_NAR_PATH,
-          headers: { "content-type": "application/json" },
-          body: { length: body.length, open: () => body },
-          accept: [404, 405]
-        });
-        if (res.status === 404 || res.status === 405) return null;
-        const answer = parseUnnamedStartAnswer(parseJson(res.body));
-        if (answer === null) return null;
-        const held = new Map(answer.parts.map((p) => [p.partNumber, p.size]));
-        observe.detail?.(`${name}: sending parts of ${answer.partSize} bytes while compressing (upload ${name}, named at completion)`);
-        if (held.size > 0) (observe.log ?? observe.detail)?.(`${name}: resuming an earlier upload, ${held.size} parts already in the cache`);
-        return new _PartsWhileWriting(http2, file, observe, encodeURIComponent(answer.uploadId), answer.partSize, answer.maxParts, held);
-      }
-      /** Request body bytes sent so far, retries included. */
-      get sent() {
-        return this.#sent;
-      }
-      /**
-       * The file now holds `size` bytes: sends every whole part among them not sent yet, and
-       * returns once fewer than MULTIPART_CONCURRENCY parts are in flight. Throws a part's
-       * failure.
-       */
-      async written(size) {
-        while (this.#nextPart * this.#partSize <= size) this.#send(this.#nextPart++, this.#partSize);
-        while (this.#inFlight.size >= MULTIPART_CONCURRENCY) await Promise.race(this.#inFlight);
-        if (this.#failure !== void 0) throw this.#failure;
-      }
-      /**
-       * The file is complete (`size` bytes, named `nar/<nar>`): sends the rest, then completes
-       * the upload under that name (the Worker stores it only if the bytes hash to it). Returns
-       * the request body bytes sent in all.
-       */
-      async finish(size, nar) {
-        await this.written(size);
-        const parts = Math.max(1, Math.ceil(size / this.#partSize));
-        if (this.#nextPart <= parts) this.#send(this.#nextPart++, size - (parts - 1) * this.#partSize);
-        await this.#settle();
-        if (this.#failure !== void 0) throw this.#failure;
-        const request3 = { nar, size, parts };
-        const body = Buffer.from(JSON.stringify(request3), "utf8");
-        await this.#http.request({
-          method: "POST",
-          path: `${MULTIPART_NAR_PATH}/complete?uploadId=${this.#id}`,
-          headers: { "content-type": "application/json" },
-          body: { length: body.length, open: () => body }
-        });
-        return this.#sent;
-      }
-      /** Waits for the parts in flight, then aborts the upload (its parts are dropped). */
-      async abort() {
-        await this.#settle();
-        await this.#http.request({ method: "DELETE", path: `${MULTIPART_NAR_PATH}?uploadId=${this.#id}`, accept: [404, 409] }).catch(() => {
-        });
-      }
-      /** Waits for the parts in flight (their failures are kept for finish/written). */
-      async #settle() {
-        while (this.#inFlight.size > 0) await Promise.race(this.#inFlight);
-      }
-      #send(n, length) {
-        if (this.#failure !== void 0) return;
-        if (n > this.#maxParts) {
-          this.#failure = new UploaderError(`this NAR needs more than the ${this.#maxParts} parts of ${this.#partSize} bytes the cache takes in one upload`, EXIT_CACHE);
-          return;
-        }
-        if (this.#held.get(n) === length) return;
-        const offset = (n - 1) * this.#partSize;
-        const sending = this.#http.request({
-          method: "PUT",
-          path: `${MULTIPART_NAR_PATH}/${n}?uploadId=${this.#id}`,
-          headers: { "content-type": "application/octet-stream" },
-          body: {
-            length,
-            open: () => {
-              const part = createReadStream(this.#file, { start: offset, end: offset + length - 1, highWaterMark: READ_CHUNK_BYTES });
-              const counted = counting(part, (bytes) => this.#sent += bytes);
-              return this.#observe.sent ? pipeline3(counted, this.#observe.sent(), () => {
-              }) : counted;
-            }
-          }
-        }).then(
-          () => {
-            this.#sentParts++;
-            this.#observe.detail?.(`sent part ${n} (${this.#sentParts} sent)`);
-          },
-          (err) => {
-            this.#failure ??= err;
-          }
-        ).finally(() => this.#inFlight.delete(sending));
-        this.#inFlight.add(sending);
-      }
-    };
-  }
-});
-
 // node_modules/@noble/ed25519/index.js
-var freeze, P, N, _d, Gx, Gy, _a, ed25519_CURVE, LEN, isBytes, abytes, snapshotBytes, padh, bytesToHex, hexToBytes, concatBytes2, arange, mod, P_MASK, modP, modN, invert, _hash, callHashAsync, apoint, B256, Point, G, I, numTo32bLE, bytesToNumberLE, pow2, pow_2_252_3, RM1, uvRatio, modL_LE, hashedToExtK, getExtendedPublicKeyAsync, getPublicKeyAsync, hashFinishAsync, _sign, signAsync, getZip215, _verify, verifyAsync, hashes, precompute, Gpows, ctneg, wNAF;
+var freeze, P, N, _d, Gx, Gy, _a, ed25519_CURVE, LEN, isBytes, abytes, snapshotBytes, padh, bytesToHex, hexToBytes, concatBytes, arange, mod, P_MASK, modP, modN, invert, _hash, callHashAsync, apoint, B256, Point, G, I, numTo32bLE, bytesToNumberLE, pow2, pow_2_252_3, RM1, uvRatio, modL_LE, hashedToExtK, getExtendedPublicKeyAsync, getPublicKeyAsync, hashFinishAsync, _sign, signAsync, getZip215, _verify, verifyAsync, hashes, precompute, Gpows, ctneg, wNAF;
 var init_ed25519 = __esm({
   "node_modules/@noble/ed25519/index.js"() {
     /*! noble-ed25519 - MIT License (c) 2019 Paul Miller (paulmillr.com) */
@@ -1357,7 +563,7 @@ var init_ed25519 = __esm({
       }
       return array;
     };
-    concatBytes2 = (...arrays) => {
+    concatBytes = (...arrays) => {
       let sum = 0;
       for (const a of arrays)
         sum += abytes(a).length;
@@ -1411,7 +617,7 @@ var init_ed25519 = __esm({
         throw new Error("hashes." + name + " not set");
       return fn;
     };
-    callHashAsync = async (name, ...m) => abytes(await _hash(name)(concatBytes2(...m)), 64, "digest");
+    callHashAsync = async (name, ...m) => abytes(await _hash(name)(concatBytes(...m)), 64, "digest");
     apoint = (p) => {
       if (p instanceof Point)
         return p;
@@ -1679,10 +885,10 @@ var init_ed25519 = __esm({
       const { pointBytes: A, scalar: s } = e;
       const r = modL_LE(rBytes);
       const R = G.multiply(r).toBytes();
-      const hashable = concatBytes2(R, A, msg);
+      const hashable = concatBytes(R, A, msg);
       const finish = (hashed) => {
         const S = modN(r + modL_LE(hashed) * s);
-        return abytes(concatBytes2(R, numTo32bLE(S)), 64);
+        return abytes(concatBytes(R, numTo32bLE(S)), 64);
       };
       return [hashable, finish];
     };
@@ -1710,7 +916,7 @@ var init_ed25519 = __esm({
         A = Point.fromBytes(publicKey, zip215);
         R = Point.fromBytes(r, zip215);
         SB = G.multiply(s, false);
-        hashable = concatBytes2(r, publicKey, msg);
+        hashable = concatBytes(r, publicKey, msg);
         finished = true;
       } catch (error) {
       }
@@ -1731,7 +937,7 @@ var init_ed25519 = __esm({
         const s = globalThis?.crypto?.subtle;
         if (!s)
           throw new Error("crypto.subtle must be defined, consider polyfill");
-        return new Uint8Array(await s.digest("SHA-512", concatBytes2(message)));
+        return new Uint8Array(await s.digest("SHA-512", concatBytes(message)));
       },
       sha512: void 0
     };
@@ -1780,6 +986,142 @@ var init_ed25519 = __esm({
         throw new Error("invalid wnaf");
       return { p, f };
     };
+  }
+});
+
+// src/nix/errors.ts
+var NixFormatError, NarInfoError, NarError, KeyError;
+var init_errors2 = __esm({
+  "src/nix/errors.ts"() {
+    "use strict";
+    NixFormatError = class extends Error {
+      name = "NixFormatError";
+    };
+    NarInfoError = class extends NixFormatError {
+      name = "NarInfoError";
+      field;
+      constructor(field, message) {
+        super(`narinfo field ${field}: ${message}`);
+        this.field = field;
+      }
+    };
+    NarError = class extends NixFormatError {
+      name = "NarError";
+      offset;
+      constructor(offset, message) {
+        super(`NAR at byte ${offset}: ${message}`);
+        this.offset = offset;
+      }
+    };
+    KeyError = class extends NixFormatError {
+      name = "KeyError";
+    };
+  }
+});
+
+// src/nix/encoding.ts
+function hexValue(code) {
+  if (code >= 48 && code <= 57) return code - 48;
+  if (code >= 97 && code <= 102) return code - 87;
+  if (code >= 65 && code <= 70) return code - 55;
+  return -1;
+}
+function fromHex(s) {
+  if (s.length % 2 !== 0) throw new NixFormatError(`hex string has odd length ${s.length}`);
+  const out = new Uint8Array(s.length / 2);
+  for (let i = 0; i < out.length; i++) {
+    const hi = hexValue(s.charCodeAt(2 * i));
+    const lo = hexValue(s.charCodeAt(2 * i + 1));
+    if (hi < 0 || lo < 0) throw new NixFormatError(`invalid hex digit near position ${2 * i}`);
+    out[i] = hi << 4 | lo;
+  }
+  return out;
+}
+function toBase64(bytes) {
+  let out = "";
+  let i = 0;
+  for (; i + 3 <= bytes.length; i += 3) {
+    const n = bytes[i] << 16 | bytes[i + 1] << 8 | bytes[i + 2];
+    out += BASE64_ALPHABET[n >> 18] + BASE64_ALPHABET[n >> 12 & 63] + BASE64_ALPHABET[n >> 6 & 63] + BASE64_ALPHABET[n & 63];
+  }
+  const rest = bytes.length - i;
+  if (rest === 1) {
+    const n = bytes[i] << 16;
+    out += BASE64_ALPHABET[n >> 18] + BASE64_ALPHABET[n >> 12 & 63] + "==";
+  } else if (rest === 2) {
+    const n = bytes[i] << 16 | bytes[i + 1] << 8;
+    out += BASE64_ALPHABET[n >> 18] + BASE64_ALPHABET[n >> 12 & 63] + BASE64_ALPHABET[n >> 6 & 63] + "=";
+  }
+  return out;
+}
+function base64Value(s, i) {
+  const code = s.charCodeAt(i);
+  const v = code < 128 ? BASE64_VALUE[code] : -1;
+  if (v < 0) throw new NixFormatError(`invalid base64 character at position ${i}`);
+  return v;
+}
+function fromBase64(s) {
+  if (s.length % 4 !== 0) throw new NixFormatError(`base64 length ${s.length} is not a multiple of 4`);
+  let pad = 0;
+  if (s.endsWith("==")) pad = 2;
+  else if (s.endsWith("=")) pad = 1;
+  const out = new Uint8Array(s.length / 4 * 3 - pad);
+  const full = pad === 0 ? s.length : s.length - 4;
+  let o = 0;
+  for (let i = 0; i < full; i += 4) {
+    const n = base64Value(s, i) << 18 | base64Value(s, i + 1) << 12 | base64Value(s, i + 2) << 6 | base64Value(s, i + 3);
+    out[o++] = n >> 16;
+    out[o++] = n >> 8 & 255;
+    out[o++] = n & 255;
+  }
+  if (pad === 2) {
+    const a = base64Value(s, full);
+    const b = base64Value(s, full + 1);
+    if ((b & 15) !== 0) throw new NixFormatError("non-canonical base64 (unused bits set)");
+    out[o] = a << 2 | b >> 4;
+  } else if (pad === 1) {
+    const a = base64Value(s, full);
+    const b = base64Value(s, full + 1);
+    const c = base64Value(s, full + 2);
+    if ((c & 3) !== 0) throw new NixFormatError("non-canonical base64 (unused bits set)");
+    out[o] = a << 2 | b >> 4;
+    out[o + 1] = (b & 15) << 4 | c >> 2;
+  }
+  return out;
+}
+function utf8(s) {
+  return ENCODER.encode(s);
+}
+function compareBytes(a, b) {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) {
+    const d = a[i] - b[i];
+    if (d !== 0) return d;
+  }
+  return a.length - b.length;
+}
+function concatBytes2(parts) {
+  let total = 0;
+  for (const p of parts) total += p.length;
+  const out = new Uint8Array(total);
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+var HEX_DIGITS, BYTE_TO_HEX, BASE64_ALPHABET, BASE64_VALUE, ENCODER;
+var init_encoding = __esm({
+  "src/nix/encoding.ts"() {
+    "use strict";
+    init_errors2();
+    HEX_DIGITS = "0123456789abcdef";
+    BYTE_TO_HEX = Array.from({ length: 256 }, (_, i) => HEX_DIGITS[i >> 4] + HEX_DIGITS[i & 15]);
+    BASE64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    BASE64_VALUE = new Int8Array(128).fill(-1);
+    for (let i = 0; i < BASE64_ALPHABET.length; i++) BASE64_VALUE[BASE64_ALPHABET.charCodeAt(i)] = i;
+    ENCODER = new TextEncoder();
   }
 });
 
@@ -2192,7 +1534,7 @@ var init_signature = __esm({
 });
 
 // uploader/key-file.ts
-import { open as open2, readFile } from "node:fs/promises";
+import { open, readFile } from "node:fs/promises";
 async function readSecretKeyFile(path) {
   let text;
   try {
@@ -2216,7 +1558,7 @@ async function readSecretKeyFile(path) {
 async function writeNewSecretKeyFile(path, key) {
   let handle;
   try {
-    handle = await open2(path, "wx", SECRET_FILE_MODE);
+    handle = await open(path, "wx", SECRET_FILE_MODE);
   } catch (err) {
     const code = err.code;
     if (code === "EEXIST") {
@@ -2305,7 +1647,7 @@ var init_plan = __esm({
 });
 
 // uploader/progress.ts
-import { Transform as Transform2 } from "node:stream";
+import { Transform } from "node:stream";
 function formatDuration(seconds) {
   if (!Number.isFinite(seconds) || seconds < 0) return "-";
   const s = Math.round(seconds);
@@ -2422,7 +1764,7 @@ var init_progress = __esm({
       }
       /** Counts bytes flowing through: "nar" for NAR bytes read, "sent" for bytes uploaded. */
       counter(kind) {
-        return new Transform2({
+        return new Transform({
           transform: (chunk, _encoding, callback) => {
             if (kind === "nar") this.#narBytes += chunk.length;
             else this.#sentBytes += chunk.length;
@@ -2514,6 +1856,664 @@ var init_progress = __esm({
       /** Without a live line: the status, when nothing was printed for a heartbeat. */
       #heartbeat() {
         if (Date.now() - this.#lastWrite >= this.#heartbeatMs) this.log(this.status());
+      }
+    };
+  }
+});
+
+// src/api/multipart.ts
+function isObject(v) {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+function isCount(x) {
+  return typeof x === "number" && Number.isSafeInteger(x) && x > 0;
+}
+function parseLimitsAnswer(doc) {
+  return isObject(doc) && isCount(doc.maxRequestBytes) ? { maxRequestBytes: doc.maxRequestBytes } : null;
+}
+function parseParts(v) {
+  if (!Array.isArray(v)) return null;
+  const parts = [];
+  for (const p of v) {
+    if (!isObject(p) || !isCount(p.partNumber) || !isCount(p.size)) return null;
+    parts.push({ partNumber: p.partNumber, size: p.size });
+  }
+  return parts;
+}
+function parseStartAnswer(doc, size) {
+  if (!isObject(doc) || typeof doc.key !== "string") return null;
+  if (doc.stored === true) return isCount(doc.size) ? { key: doc.key, stored: true, size: doc.size } : null;
+  if (doc.stored !== false || typeof doc.uploadId !== "string" || doc.uploadId === "" || doc.size !== size) return null;
+  if (!isCount(doc.partSize) || !isCount(doc.partCount) || doc.partCount !== Math.ceil(size / doc.partSize) || !isCount(doc.maxRequestBytes)) return null;
+  const parts = parseParts(doc.parts);
+  if (parts === null) return null;
+  return {
+    key: doc.key,
+    stored: false,
+    uploadId: doc.uploadId,
+    size,
+    partSize: doc.partSize,
+    partCount: doc.partCount,
+    parts,
+    maxRequestBytes: doc.maxRequestBytes,
+    verify: "sha256"
+  };
+}
+function parseUnnamedStartAnswer(doc) {
+  if (!isObject(doc) || doc.stored !== false || typeof doc.name !== "string" || typeof doc.uploadId !== "string" || doc.uploadId === "") return null;
+  if (!isCount(doc.partSize) || !isCount(doc.maxParts) || !isCount(doc.maxRequestBytes)) return null;
+  const parts = parseParts(doc.parts);
+  if (parts === null) return null;
+  return {
+    stored: false,
+    name: doc.name,
+    uploadId: doc.uploadId,
+    partSize: doc.partSize,
+    maxParts: doc.maxParts,
+    parts,
+    maxRequestBytes: doc.maxRequestBytes,
+    verify: "sha256"
+  };
+}
+var LIMITS_PATH, MULTIPART_NAR_PATH;
+var init_multipart = __esm({
+  "src/api/multipart.ts"() {
+    "use strict";
+    LIMITS_PATH = "_api/v1/limits";
+    MULTIPART_NAR_PATH = "_api/v1/multipart/nar";
+  }
+});
+
+// src/concurrency.ts
+async function mapConcurrent(items, limit, fn) {
+  const results = new Array(items.length);
+  let next = 0;
+  let failed = false;
+  async function worker() {
+    while (!failed && next < items.length) {
+      const i = next++;
+      try {
+        results[i] = await fn(items[i], i);
+      } catch (err) {
+        failed = true;
+        throw err;
+      }
+    }
+  }
+  const workers = Array.from({ length: Math.min(limit, items.length) }, () => worker());
+  await Promise.all(workers);
+  return results;
+}
+var init_concurrency = __esm({
+  "src/concurrency.ts"() {
+    "use strict";
+  }
+});
+
+// src/nix/nar-wire.ts
+function narPadding(length) {
+  return (8 - length % 8) % 8;
+}
+function writeU64(buf, at, n) {
+  const lo = n % 4294967296;
+  const hi = (n - lo) / 4294967296;
+  buf[at] = lo & 255;
+  buf[at + 1] = lo >>> 8 & 255;
+  buf[at + 2] = lo >>> 16 & 255;
+  buf[at + 3] = lo >>> 24;
+  buf[at + 4] = hi & 255;
+  buf[at + 5] = hi >>> 8 & 255;
+  buf[at + 6] = hi >>> 16 & 255;
+  buf[at + 7] = hi >>> 24;
+}
+function encodeNarString(s) {
+  const bytes = typeof s === "string" ? utf8(s) : s;
+  const out = new Uint8Array(8 + bytes.length + narPadding(bytes.length));
+  writeU64(out, 0, bytes.length);
+  out.set(bytes, 8);
+  return out;
+}
+function narEntryNameProblem(name) {
+  if (name.length === 0) return "empty entry name";
+  if (name.length > NAR_MAX_NAME_LENGTH) return `entry name longer than ${NAR_MAX_NAME_LENGTH} bytes`;
+  if (name[0] === DOT && (name.length === 1 || name.length === 2 && name[1] === DOT)) return `entry name "${name.length === 1 ? "." : ".."}"`;
+  if (name.includes(SLASH)) return 'entry name contains "/"';
+  if (name.includes(0)) return "entry name contains NUL";
+  return null;
+}
+function narSymlinkTargetProblem(target) {
+  if (target.length === 0) return "empty symlink target";
+  if (target.length > NAR_MAX_TARGET_LENGTH) return `symlink target longer than ${NAR_MAX_TARGET_LENGTH} bytes`;
+  if (target.includes(0)) return "symlink target contains NUL";
+  return null;
+}
+var NAR_MAGIC, NAR_MAX_DEPTH, NAR_MAX_NAME_LENGTH, NAR_MAX_TARGET_LENGTH, NAR_MAX_TAG_LENGTH, DOT, SLASH;
+var init_nar_wire = __esm({
+  "src/nix/nar-wire.ts"() {
+    "use strict";
+    init_encoding();
+    NAR_MAGIC = "nix-archive-1";
+    NAR_MAX_DEPTH = 64;
+    NAR_MAX_NAME_LENGTH = 255;
+    NAR_MAX_TARGET_LENGTH = 4095;
+    NAR_MAX_TAG_LENGTH = 32;
+    DOT = 46;
+    SLASH = 47;
+  }
+});
+
+// src/nix/nar-writer.ts
+function isPromise(v) {
+  return typeof v?.then === "function";
+}
+async function* writeNar(root) {
+  const out = new ChunkBuffer();
+  const stack = [];
+  const where = () => {
+    if (stack.length === 0) return "the root";
+    return JSON.stringify(stack.map((f) => "/" + NAME_DECODER.decode(f.entries[f.next - 1].name)).join(""));
+  };
+  const fail = (message) => new NarError(out.offset, `${where()}: ${message}`);
+  let full = out.put(T_MAGIC);
+  let node = root;
+  for (; ; ) {
+    if (node !== null) {
+      if (stack.length >= NAR_MAX_DEPTH) throw fail(`nested ${stack.length} levels deep; Nix refuses ${NAR_MAX_DEPTH} or more`);
+      switch (node.type) {
+        case "regular": {
+          const { size } = node;
+          if (!Number.isSafeInteger(size) || size < 0) throw fail(`invalid file size ${size}`);
+          if (full = out.put(T_REGULAR)) yield full;
+          if (full = out.put(node.executable ? T_EXECUTABLE_CONTENTS : T_CONTENTS)) yield full;
+          if (full = out.putU64(size)) yield full;
+          const source = node.contents();
+          const it = Symbol.iterator in source ? source[Symbol.iterator]() : source[Symbol.asyncIterator]();
+          let done = false;
+          try {
+            let written = 0;
+            for (; ; ) {
+              const step = it.next();
+              const r = isPromise(step) ? await step : step;
+              if (r.done) break;
+              const chunk = r.value;
+              written += chunk.length;
+              if (written > size) throw fail(`contents yielded more than the ${size} bytes announced`);
+              if (chunk.length >= NAR_PASS_THROUGH_BYTES) {
+                if (out.buffered > 0) yield out.take();
+                out.skip(chunk.length);
+                yield chunk;
+              } else if (chunk.length > 0) {
+                if (full = out.put(chunk)) yield full;
+              }
+            }
+            done = true;
+            if (written !== size) throw fail(`contents yielded ${written} bytes, ${size} announced`);
+          } finally {
+            if (!done) await it.return?.();
+          }
+          if (full = out.put(ZEROS.subarray(0, narPadding(size)))) yield full;
+          if (full = out.put(T_CLOSE)) yield full;
+          break;
+        }
+        case "symlink": {
+          const problem2 = narSymlinkTargetProblem(node.target);
+          if (problem2 !== null) throw fail(problem2);
+          if (full = out.put(T_SYMLINK)) yield full;
+          if (full = out.putString(node.target)) yield full;
+          if (full = out.put(T_CLOSE)) yield full;
+          break;
+        }
+        case "directory": {
+          const listed = node.entries();
+          const entries = [...isPromise(listed) ? await listed : listed].sort((a, b) => compareBytes(a.name, b.name));
+          if (full = out.put(T_DIRECTORY)) yield full;
+          stack.push({ entries, next: 0 });
+          break;
+        }
+        default:
+          throw fail(`unknown node type ${JSON.stringify(node.type)}`);
+      }
+      node = null;
+    }
+    const frame = stack[stack.length - 1];
+    if (frame === void 0) break;
+    if (frame.next > 0 && (full = out.put(T_CLOSE))) yield full;
+    if (frame.next === frame.entries.length) {
+      if (full = out.put(T_CLOSE)) yield full;
+      stack.pop();
+      continue;
+    }
+    const entry = frame.entries[frame.next++];
+    const problem = narEntryNameProblem(entry.name);
+    if (problem !== null) throw fail(problem);
+    if (frame.next > 1 && compareBytes(frame.entries[frame.next - 2].name, entry.name) === 0) throw fail("duplicate entry name");
+    if (full = out.put(T_ENTRY_NAME)) yield full;
+    if (full = out.putString(entry.name)) yield full;
+    if (full = out.put(T_NODE)) yield full;
+    node = entry.node;
+  }
+  if (out.buffered > 0) yield out.take();
+}
+var NAR_WRITER_CHUNK_BYTES, NAR_PASS_THROUGH_BYTES, seq, T_MAGIC, T_REGULAR, T_EXECUTABLE_CONTENTS, T_CONTENTS, T_SYMLINK, T_DIRECTORY, T_ENTRY_NAME, T_NODE, T_CLOSE, ZEROS, NAME_DECODER, ChunkBuffer;
+var init_nar_writer = __esm({
+  "src/nix/nar-writer.ts"() {
+    "use strict";
+    init_encoding();
+    init_errors2();
+    init_nar_wire();
+    NAR_WRITER_CHUNK_BYTES = 64 * 1024;
+    NAR_PASS_THROUGH_BYTES = 16 * 1024;
+    seq = (...tokens) => concatBytes2(tokens.map((t) => encodeNarString(t)));
+    T_MAGIC = seq(NAR_MAGIC);
+    T_REGULAR = seq("(", "type", "regular");
+    T_EXECUTABLE_CONTENTS = seq("executable", "", "contents");
+    T_CONTENTS = seq("contents");
+    T_SYMLINK = seq("(", "type", "symlink", "target");
+    T_DIRECTORY = seq("(", "type", "directory");
+    T_ENTRY_NAME = seq("entry", "(", "name");
+    T_NODE = seq("node");
+    T_CLOSE = seq(")");
+    ZEROS = new Uint8Array(8);
+    NAME_DECODER = new TextDecoder("utf-8", { fatal: false, ignoreBOM: true });
+    ChunkBuffer = class {
+      buf = new Uint8Array(NAR_WRITER_CHUNK_BYTES);
+      pos = 0;
+      /** NAR bytes produced so far, buffered ones included. */
+      offset = 0;
+      /** Makes room for n bytes (n ≤ one chunk); returns the previous chunk if it was full. */
+      room(n) {
+        return this.pos + n > this.buf.length ? this.take() : null;
+      }
+      /** Appends raw bytes (at most one chunk long). */
+      put(bytes) {
+        const full = this.room(bytes.length);
+        this.buf.set(bytes, this.pos);
+        this.pos += bytes.length;
+        this.offset += bytes.length;
+        return full;
+      }
+      /** Appends a u64 (file sizes). */
+      putU64(n) {
+        const full = this.room(8);
+        writeU64(this.buf, this.pos, n);
+        this.pos += 8;
+        this.offset += 8;
+        return full;
+      }
+      /** Appends str(bytes) (names, targets: at most 4095 bytes), without a temporary copy. */
+      putString(bytes) {
+        const padded = bytes.length + narPadding(bytes.length);
+        const full = this.room(8 + padded);
+        writeU64(this.buf, this.pos, bytes.length);
+        this.buf.set(bytes, this.pos + 8);
+        this.buf.fill(0, this.pos + 8 + bytes.length, this.pos + 8 + padded);
+        this.pos += 8 + padded;
+        this.offset += 8 + padded;
+        return full;
+      }
+      /** Counts bytes emitted around the buffer (passed-through file data). */
+      skip(n) {
+        this.offset += n;
+      }
+      get buffered() {
+        return this.pos;
+      }
+      /** Hands out the buffered bytes and starts a fresh buffer. */
+      take() {
+        const out = this.buf.subarray(0, this.pos);
+        this.buf = new Uint8Array(NAR_WRITER_CHUNK_BYTES);
+        this.pos = 0;
+        return out;
+      }
+    };
+  }
+});
+
+// uploader/nar-writer.ts
+import { closeSync, lstatSync, openSync, readSync, readdirSync, readlinkSync } from "node:fs";
+import { open as open2 } from "node:fs/promises";
+async function* dumpPath(path, options = {}) {
+  yield* writeNar(await narSourceFromPath(path, options));
+}
+async function narSourceFromPath(path, options = {}) {
+  const caseHack = options.caseHack ?? process.platform === "darwin";
+  const p = typeof path === "string" ? Buffer.from(path) : path;
+  return sourceFor(p, lstatSync(p), caseHack);
+}
+function sourceFor(path, st, caseHack) {
+  if (st.isFile()) {
+    const size = st.size;
+    const executable = (st.mode & S_IXUSR) !== 0;
+    if (size <= SMALL_FILE_BYTES) return { type: "regular", executable, size, contents: () => [readSmallFile(path, size)] };
+    return { type: "regular", executable, size, contents: () => readLargeFile(path, size) };
+  }
+  if (st.isSymbolicLink()) {
+    return { type: "symlink", target: readlinkSync(path, { encoding: "buffer" }) };
+  }
+  if (st.isDirectory()) {
+    return { type: "directory", entries: () => listDirectory(path, caseHack) };
+  }
+  throw new UnsupportedFileError(path.toString(), fileKind(st));
+}
+function listDirectory(dir, caseHack) {
+  const slash = Buffer.from("/");
+  return readdirSync(dir, { encoding: "buffer" }).map((name) => {
+    const child = Buffer.concat([dir, slash, name]);
+    return { name: caseHack ? stripCaseHack(name) : name, node: sourceFor(child, lstatSync(child), caseHack) };
+  });
+}
+function readSmallFile(path, size) {
+  if (size === 0) return new Uint8Array(0);
+  const fd = openSync(path, "r");
+  try {
+    const buf = Buffer.allocUnsafe(size);
+    let filled = 0;
+    while (filled < size) {
+      const bytesRead = readSync(fd, buf, filled, size - filled, filled);
+      if (bytesRead === 0) return buf.subarray(0, filled);
+      filled += bytesRead;
+    }
+    return buf;
+  } finally {
+    closeSync(fd);
+  }
+}
+async function* readLargeFile(path, size) {
+  const fh = await open2(path, "r");
+  const readAt = async (position) => {
+    const want = Math.min(size - position, READ_CHUNK_BYTES);
+    const buf = Buffer.allocUnsafe(want);
+    const { bytesRead } = await fh.read(buf, 0, want, position);
+    return bytesRead === want ? buf : buf.subarray(0, bytesRead);
+  };
+  let next;
+  try {
+    let position = 0;
+    next = readAt(0);
+    while (next) {
+      const chunk = await next;
+      next = void 0;
+      if (chunk.length === 0) return;
+      position += chunk.length;
+      if (position < size) next = readAt(position);
+      yield chunk;
+    }
+  } finally {
+    await next?.catch(() => {
+    });
+    await fh.close();
+  }
+}
+function stripCaseHack(name) {
+  const at = name.indexOf(CASE_HACK_SUFFIX);
+  return at === -1 ? name : name.subarray(0, at);
+}
+function fileKind(st) {
+  if (st.isSocket()) return "socket";
+  if (st.isFIFO()) return "FIFO";
+  if (st.isCharacterDevice()) return "character device";
+  if (st.isBlockDevice()) return "block device";
+  return "file of unknown type";
+}
+var READ_CHUNK_BYTES, SMALL_FILE_BYTES, S_IXUSR, CASE_HACK_SUFFIX;
+var init_nar_writer2 = __esm({
+  "uploader/nar-writer.ts"() {
+    "use strict";
+    init_nar_writer();
+    init_errors();
+    READ_CHUNK_BYTES = 1 << 20;
+    SMALL_FILE_BYTES = 128 * 1024;
+    S_IXUSR = 64;
+    CASE_HACK_SUFFIX = Buffer.from("~nix~case~hack~");
+  }
+});
+
+// uploader/multipart.ts
+import { createReadStream } from "node:fs";
+import { Transform as Transform2, pipeline as pipeline3 } from "node:stream";
+function uploadLimits(http2) {
+  let limits = limitsOf.get(http2);
+  if (limits === void 0) {
+    limits = fetchLimits(http2);
+    limitsOf.set(http2, limits);
+    limits.catch(() => limitsOf.delete(http2));
+  }
+  return limits;
+}
+async function fetchLimits(http2) {
+  const res = await http2.request({ method: "GET", path: LIMITS_PATH, accept: [404, 405] });
+  if (res.status !== 200) return null;
+  return parseLimitsAnswer(parseJson(res.body));
+}
+function needsParts(size, limits) {
+  return limits !== null && size > limits.maxRequestBytes && size > MIN_PART_BYTES;
+}
+async function uploadInParts(http2, key, file, size, observe = {}) {
+  const base = `_api/v1/multipart/${key}`;
+  const start = await startUpload(http2, base, size);
+  if (start.stored) {
+    observe.detail?.(`${key}: already in the cache`);
+    return 0;
+  }
+  const have = new Set(start.parts.map((p) => p.partNumber));
+  const todo = Array.from({ length: start.partCount }, (_, i) => i + 1).filter((n) => !have.has(n));
+  if (have.size > 0) (observe.log ?? observe.detail)?.(`${key}: resuming an earlier upload, ${have.size} of ${start.partCount} parts already in the cache`);
+  const id = encodeURIComponent(start.uploadId);
+  let sent = 0;
+  let done = have.size;
+  try {
+    await mapConcurrent(todo, MULTIPART_CONCURRENCY, async (n) => {
+      const offset = (n - 1) * start.partSize;
+      const length = Math.min(start.partSize, start.size - offset);
+      await http2.request({
+        method: "PUT",
+        path: `${base}/${n}?uploadId=${id}`,
+        headers: { "content-type": "application/octet-stream" },
+        body: {
+          length,
+          open: () => {
+            const part = createReadStream(file, { start: offset, end: offset + length - 1, highWaterMark: READ_CHUNK_BYTES });
+            const counted = counting(part, (bytes) => sent += bytes);
+            return observe.sent ? pipeline3(counted, observe.sent(), () => {
+            }) : counted;
+          }
+        }
+      });
+      done++;
+      observe.detail?.(`${key}: sent part ${n} (${done}/${start.partCount})`);
+    });
+    await http2.request({ method: "POST", path: `${base}/complete?uploadId=${id}` });
+  } catch (err) {
+    if (refusedForGood(err)) {
+      await http2.request({ method: "DELETE", path: `${base}?uploadId=${id}`, accept: [404, 409] }).catch(() => {
+      });
+      throw err;
+    }
+    if (err instanceof UploaderError && !(err instanceof AuthError)) {
+      throw new UploaderError(
+        `${err.message} (${done} of ${start.partCount} parts are in the cache; a re-run of the push sends only the others)`,
+        err.exitCode,
+        err.hint,
+        { cause: err }
+      );
+    }
+    throw err;
+  }
+  return sent;
+}
+async function startUpload(http2, base, size) {
+  const body = Buffer.from(JSON.stringify({ size }), "utf8");
+  const res = await http2.request({
+    method: "POST",
+    path: base,
+    headers: { "content-type": "application/json" },
+    body: { length: body.length, open: () => body }
+  });
+  const answer = parseStartAnswer(parseJson(res.body), size);
+  if (answer === null) {
+    throw new UploaderError(`${http2.url(base)}: unexpected answer to the start of a multipart upload`, EXIT_CACHE, "is --cache pointing at a nix-edge-cache Worker?");
+  }
+  if (answer.stored) return { stored: true, uploadId: "", size, partSize: size, partCount: 0, parts: [] };
+  return answer;
+}
+function refusedForGood(err) {
+  if (!(err instanceof HttpError) || err instanceof AuthError) return false;
+  return err.status >= 400 && err.status < 500 && err.status !== 408 && err.status !== 429;
+}
+function parseJson(bytes) {
+  try {
+    const v = JSON.parse(bytes.toString("utf8"));
+    return typeof v === "object" && v !== null && !Array.isArray(v) ? v : null;
+  } catch {
+    return null;
+  }
+}
+function counting(source, count2) {
+  return pipeline3(
+    source,
+    new Transform2({
+      transform(chunk, _encoding, callback) {
+        count2(chunk.length);
+        callback(null, chunk);
+      }
+    }),
+    () => {
+    }
+  );
+}
+var MULTIPART_CONCURRENCY, MIN_PART_BYTES, limitsOf, PartsWhileWriting;
+var init_multipart2 = __esm({
+  "uploader/multipart.ts"() {
+    "use strict";
+    init_multipart();
+    init_concurrency();
+    init_errors();
+    init_nar_writer2();
+    MULTIPART_CONCURRENCY = 4;
+    MIN_PART_BYTES = 5 * 1024 * 1024;
+    limitsOf = /* @__PURE__ */ new WeakMap();
+    PartsWhileWriting = class _PartsWhileWriting {
+      #http;
+      #file;
+      #observe;
+      #id;
+      #partSize;
+      #maxParts;
+      /** Parts the cache already holds (a resumed upload), by number: their sizes. */
+      #held;
+      #inFlight = /* @__PURE__ */ new Set();
+      #nextPart = 1;
+      #failure = void 0;
+      #sent = 0;
+      #sentParts = 0;
+      constructor(http2, file, observe, id, partSize, maxParts, held) {
+        this.#http = http2;
+        this.#file = file;
+        this.#observe = observe;
+        this.#id = id;
+        this.#partSize = partSize;
+        this.#maxParts = maxParts;
+        this.#held = held;
+      }
+      /**
+       * Starts (or resumes) the upload called `name`; null when the cache has no uploads named
+       * at completion (an older Worker: 404/405, or an answer of another shape), so the caller
+       * uploads the finished file the other way.
+       */
+      static async start(http2, name, file, observe = {}) {
+        const request3 = { name };
+        const body = Buffer.from(JSON.stringify(request3), "utf8");
+        const res = await http2.request({
+          method: "POST",
+          path: MULTIPART_NAR_PATH,
+          headers: { "content-type": "application/json" },
+          body: { length: body.length, open: () => body },
+          accept: [404, 405]
+        });
+        if (res.status === 404 || res.status === 405) return null;
+        const answer = parseUnnamedStartAnswer(parseJson(res.body));
+        if (answer === null) return null;
+        const held = new Map(answer.parts.map((p) => [p.partNumber, p.size]));
+        observe.detail?.(`${name}: sending parts of ${answer.partSize} bytes while compressing (upload ${name}, named at completion)`);
+        if (held.size > 0) (observe.log ?? observe.detail)?.(`${name}: resuming an earlier upload, ${held.size} parts already in the cache`);
+        return new _PartsWhileWriting(http2, file, observe, encodeURIComponent(answer.uploadId), answer.partSize, answer.maxParts, held);
+      }
+      /** Request body bytes sent so far, retries included. */
+      get sent() {
+        return this.#sent;
+      }
+      /**
+       * The file now holds `size` bytes: sends every whole part among them not sent yet, and
+       * returns once fewer than MULTIPART_CONCURRENCY parts are in flight. Throws a part's
+       * failure.
+       */
+      async written(size) {
+        while (this.#nextPart * this.#partSize <= size) this.#send(this.#nextPart++, this.#partSize);
+        while (this.#inFlight.size >= MULTIPART_CONCURRENCY) await Promise.race(this.#inFlight);
+        if (this.#failure !== void 0) throw this.#failure;
+      }
+      /**
+       * The file is complete (`size` bytes, named `nar/<nar>`): sends the rest, then completes
+       * the upload under that name (the Worker stores it only if the bytes hash to it). Returns
+       * the request body bytes sent in all.
+       */
+      async finish(size, nar) {
+        await this.written(size);
+        const parts = Math.max(1, Math.ceil(size / this.#partSize));
+        if (this.#nextPart <= parts) this.#send(this.#nextPart++, size - (parts - 1) * this.#partSize);
+        await this.#settle();
+        if (this.#failure !== void 0) throw this.#failure;
+        const request3 = { nar, size, parts };
+        const body = Buffer.from(JSON.stringify(request3), "utf8");
+        await this.#http.request({
+          method: "POST",
+          path: `${MULTIPART_NAR_PATH}/complete?uploadId=${this.#id}`,
+          headers: { "content-type": "application/json" },
+          body: { length: body.length, open: () => body }
+        });
+        return this.#sent;
+      }
+      /** Waits for the parts in flight, then aborts the upload (its parts are dropped). */
+      async abort() {
+        await this.#settle();
+        await this.#http.request({ method: "DELETE", path: `${MULTIPART_NAR_PATH}?uploadId=${this.#id}`, accept: [404, 409] }).catch(() => {
+        });
+      }
+      /** Waits for the parts in flight (their failures are kept for finish/written). */
+      async #settle() {
+        while (this.#inFlight.size > 0) await Promise.race(this.#inFlight);
+      }
+      #send(n, length) {
+        if (this.#failure !== void 0) return;
+        if (n > this.#maxParts) {
+          this.#failure = new UploaderError(`this NAR needs more than the ${this.#maxParts} parts of ${this.#partSize} bytes the cache takes in one upload`, EXIT_CACHE);
+          return;
+        }
+        if (this.#held.get(n) === length) return;
+        const offset = (n - 1) * this.#partSize;
+        const sending = this.#http.request({
+          method: "PUT",
+          path: `${MULTIPART_NAR_PATH}/${n}?uploadId=${this.#id}`,
+          headers: { "content-type": "application/octet-stream" },
+          body: {
+            length,
+            open: () => {
+              const part = createReadStream(this.#file, { start: offset, end: offset + length - 1, highWaterMark: READ_CHUNK_BYTES });
+              const counted = counting(part, (bytes) => this.#sent += bytes);
+              return this.#observe.sent ? pipeline3(counted, this.#observe.sent(), () => {
+              }) : counted;
+            }
+          }
+        }).then(
+          () => {
+            this.#sentParts++;
+            this.#observe.detail?.(`sent part ${n} (${this.#sentParts} sent)`);
+          },
+          (err) => {
+            this.#failure ??= err;
+          }
+        ).finally(() => this.#inFlight.delete(sending));
+        this.#inFlight.add(sending);
       }
     };
   }
@@ -2980,32 +2980,35 @@ async function executePlan(plan, settings) {
   progress.end(summary);
   return fatal ? { summary, fatal } : { summary };
 }
+function socketsFor(jobs) {
+  return jobs * (1 + SMALL_PER_JOB) + MULTIPART_CONCURRENCY + 1;
+}
 function scheduleUploads(paths, jobs, fn) {
   const listed = new Set(paths.map((p) => p.path));
   const started = /* @__PURE__ */ new Set();
   const pending = [...paths];
-  const maxAll = jobs * SMALL_PER_JOB;
+  const maxSmall = jobs * SMALL_PER_JOB;
   let large = 0;
-  let all = 0;
+  let small = 0;
   return new Promise((resolve4, reject) => {
     const pump = () => {
-      for (let i = 0; i < pending.length && all < maxAll; ) {
+      for (let i = 0; i < pending.length && (large < jobs || small < maxSmall); ) {
         const info = pending[i];
         const isLarge = info.narSize >= SMALL_PATH_BYTES;
         const ready = info.references.every((r) => r === info.path || !listed.has(r) || started.has(r));
-        if (!ready || isLarge && large >= jobs) {
+        if (!ready || (isLarge ? large >= jobs : small >= maxSmall)) {
           i++;
           continue;
         }
         pending.splice(i, 1);
         started.add(info.path);
-        all++;
         if (isLarge) large++;
+        else small++;
         fn(info).then(
           () => {
-            all--;
             if (isLarge) large--;
-            if (pending.length === 0 && all === 0) resolve4();
+            else small--;
+            if (pending.length === 0 && large + small === 0) resolve4();
             else pump();
           },
           reject
@@ -3030,6 +3033,7 @@ var init_run_plan = __esm({
     "use strict";
     init_errors();
     init_progress();
+    init_multipart2();
     init_path_upload();
     DEFAULT_JOBS = 4;
     SMALL_PATH_BYTES = 1024 * 1024;
@@ -4132,7 +4136,7 @@ async function run2(args) {
   const keyFile = settings.secretKeyFile;
   const secretKey = keyFile ? await readSecretKeyFile(keyFile) : void 0;
   const progress = new Progress({ verbose: values.verbose ?? false });
-  const http2 = new HttpClient({ baseUrl: cacheUrl, token, maxSockets: jobs * SMALL_PER_JOB + MULTIPART_CONCURRENCY, onRetry: (e) => progress.retry(e) });
+  const http2 = new HttpClient({ baseUrl: cacheUrl, token, maxSockets: socketsFor(jobs), onRetry: (e) => progress.retry(e) });
   const cache = new RemoteCache(http2);
   try {
     const { paths, derivations } = await expandDerivations(await resolveStorePaths(positionals));
@@ -4229,7 +4233,6 @@ var init_push = __esm({
     init_compress();
     init_errors();
     init_http();
-    init_multipart2();
     init_key_file();
     init_plan();
     init_progress();
@@ -4254,7 +4257,7 @@ Options:
   --secret-key-file <file>  sign narinfos with this Nix secret key
                                                                  [env ${ENV.secretKeyFile}]
   -j, --jobs <n>            large paths uploaded in parallel (default ${DEFAULT_JOBS});
-                            small ones (under 1 MiB) go ${SMALL_PER_JOB} times as many
+                            besides them, ${SMALL_PER_JOB} times as many small ones (under 1 MiB)
   --compression <method>    zstd, xz or none (default ${DEFAULT_COMPRESSION})
 ${LEVEL_AND_UPSTREAM_HELP}
   --no-skip-upstream        upload paths signed by upstream keys too
@@ -7300,7 +7303,6 @@ var init_queued_push = __esm({
     init_errors();
     init_http();
     init_checks();
-    init_multipart2();
     init_plan();
     init_progress();
     init_run_plan();
@@ -7319,7 +7321,7 @@ var init_queued_push = __esm({
         this.#http = new HttpClient({
           baseUrl: settings.cacheUrl,
           token: settings.token,
-          maxSockets: settings.jobs + MULTIPART_CONCURRENCY,
+          maxSockets: socketsFor(settings.jobs),
           onRetry: (e) => progress.retry(e)
         });
         this.#probe = new HttpClient({ baseUrl: settings.cacheUrl, token: settings.token, maxAttempts: 1 });
