@@ -15,18 +15,22 @@
 //
 // Rounds alternate; medians. Cache start-up is not timed; each push goes to an empty cache.
 //
-// Usage: node bench/push-large.ts [--rounds N] [--mib N]
+// The push runs the compiled uploader, as installed (push-compiled.ts); --from-source runs
+// the TypeScript sources.
+//
+// Usage: node bench/push-large.ts [--rounds N] [--mib N] [--from-source]
 import { randomBytes } from "node:crypto";
 import { mkdir, mkdtemp, open, rm } from "node:fs/promises";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { LocalCache, NixClient, PROJECT_ROOT, runOk } from "../test/e2e/harness.ts";
+import { LocalCache, NixClient, runOk } from "../test/e2e/harness.ts";
 import { queryClosure } from "../uploader/store.ts";
 import { prepareNar } from "../uploader/path-upload.ts";
 import { RemoteCache } from "../uploader/remote-cache.ts";
 import { HttpClient } from "../uploader/http.ts";
 import { median, timed } from "./timing.ts";
+import { uploaderScript } from "./push-compiled.ts";
 
 const DEFAULT_ROUNDS = 3;
 const DEFAULT_MIB = 1024;
@@ -43,7 +47,8 @@ async function generate(file: string, mib: number, salt: string): Promise<void> 
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { rounds: { type: "string" }, mib: { type: "string" } } });
+  const { values } = parseArgs({ options: { rounds: { type: "string" }, mib: { type: "string" }, "from-source": { type: "boolean" } } });
+  const script = await uploaderScript(values["from-source"] ?? false);
   const rounds = values.rounds ? Number(values.rounds) : DEFAULT_ROUNDS;
   const mib = values.mib ? Number(values.mib) : DEFAULT_MIB;
   const nix = await NixClient.create();
@@ -73,7 +78,7 @@ async function main(): Promise<void> {
       }
       const cache = await LocalCache.start();
       try {
-        const args = [join(PROJECT_ROOT, "uploader", "cli.ts"), "push", "--cache", cache.url, path];
+        const args = [script, "push", "--cache", cache.url, path];
         push.push(await timed(() => runOk(process.execPath, args, { env: { ...env, NIX_CACHE_TOKEN: cache.token } })));
       } finally {
         await cache.stop();

@@ -10,15 +10,19 @@
 // every byte by N/2 ms each way: the round trips of a real network (e.g. 30 ms from a CI
 // runner to the nearest Cloudflare data centre), which loopback does not have.
 //
-// Usage: node bench/push.ts [--rounds N] [--jobs N] [--rtt-ms N]
+// The uploader run is the compiled JavaScript an installed uploader runs (push-compiled.ts);
+// --from-source runs the TypeScript sources instead, as `npm run uploader` does in a clone.
+//
+// Usage: node bench/push.ts [--rounds N] [--jobs N] [--rtt-ms N] [--from-source]
 import { randomBytes } from "node:crypto";
 import { cp, lstat, mkdir, open, readdir, writeFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
-import { join } from "node:path";
+import { join, relative } from "node:path";
 import { parseArgs } from "node:util";
 import { LocalCache, NixClient, PROJECT_ROOT, runOk } from "../test/e2e/harness.ts";
 import { LatencyProxy } from "./latency-proxy.ts";
 import { median, timed } from "./timing.ts";
+import { uploaderScript } from "./push-compiled.ts";
 
 const DEFAULT_ROUNDS = 3;
 /** A generated file with incompressible and compressible regions. */
@@ -54,9 +58,9 @@ async function withCache<T>(rttMs: number, use: (url: string, cache: LocalCache)
 }
 
 /** Seconds for `uploader push` of `paths` to a fresh local cache (start-up not timed). */
-function pushWithUploader(paths: readonly string[], env: NodeJS.ProcessEnv, jobs: string | undefined, rttMs: number): Promise<number> {
+function pushWithUploader(script: string, paths: readonly string[], env: NodeJS.ProcessEnv, jobs: string | undefined, rttMs: number): Promise<number> {
   return withCache(rttMs, (url, cache) => {
-    const args = [join(PROJECT_ROOT, "uploader", "cli.ts"), "push", "--cache", url, ...(jobs ? ["--jobs", jobs] : []), ...paths];
+    const args = [script, "push", "--cache", url, ...(jobs ? ["--jobs", jobs] : []), ...paths];
     return timed(() => runOk(process.execPath, args, { env: { ...env, NIX_CACHE_TOKEN: cache.token } }));
   });
 }
@@ -72,7 +76,8 @@ function pushWithNixCopy(paths: readonly string[], nix: NixClient, rttMs: number
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { rounds: { type: "string" }, jobs: { type: "string" }, "rtt-ms": { type: "string" } } });
+  const { values } = parseArgs({ options: { rounds: { type: "string" }, jobs: { type: "string" }, "rtt-ms": { type: "string" }, "from-source": { type: "boolean" } } });
+  const script = await uploaderScript(values["from-source"] ?? false);
   const rttMs = values["rtt-ms"] ? Number(values["rtt-ms"]) : 0;
   const rounds = values.rounds ? Number(values.rounds) : DEFAULT_ROUNDS;
   const nix = await NixClient.create();
@@ -100,7 +105,7 @@ async function main(): Promise<void> {
     await generated(join(gen, "data.bin"), salt);
     large.push((await runOk("nix-store", ["--add", gen], { env })).trim());
 
-    console.log(`uploader push (-j ${values.jobs ?? "default"}) vs nix copy --to 'http://…?compression=zstd', each to a`);
+    console.log(`uploader push (-j ${values.jobs ?? "default"}, ${relative(PROJECT_ROOT, script)}) vs nix copy --to 'http://…?compression=zstd', each to a`);
     console.log(`fresh local Worker (npm start)${rttMs > 0 ? `, through a proxy adding ${rttMs} ms of round-trip time` : ""}; ${rounds} alternating rounds per scenario, medians\n`);
     const summary: string[] = [];
     for (const [label, paths] of [
@@ -116,7 +121,7 @@ async function main(): Promise<void> {
       const ours: number[] = [];
       const theirs: number[] = [];
       for (let round = 0; round < rounds; round++) {
-        ours.push(await pushWithUploader(paths, env, values.jobs, rttMs));
+        ours.push(await pushWithUploader(script, paths, env, values.jobs, rttMs));
         theirs.push(await pushWithNixCopy(paths, nix, rttMs));
         console.log(`  round ${round + 1}: uploader ${ours.at(-1)!.toFixed(2)} s, nix copy ${theirs.at(-1)!.toFixed(2)} s`);
       }
