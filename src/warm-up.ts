@@ -31,12 +31,9 @@ const SAMPLE_NARINFO = [
   "",
 ].join("\n");
 
-/** A URL no route answers: the app's 404, which reads no storage. */
-const UNROUTED_URL = "https://warm-up.invalid/_warm-up";
-
 /**
- * Runs the pure parts of a narinfo upload once, and the app on a request no route answers
- * (its middleware, dispatch and error answer); never throws.
+ * Runs the pure parts of a narinfo upload and the router once; never throws. (Not a
+ * request through the app: even its 404 does what workerd refuses outside a request.)
  */
 export function warmUp(app: App, env: WorkerEnv | undefined): void {
   try {
@@ -48,13 +45,6 @@ export function warmUp(app: App, env: WorkerEnv | undefined): void {
     }
   } catch {
     // Reported by every request (app.ts) until the setting is fixed.
-  }
-  if (env !== undefined) {
-    try {
-      void Promise.resolve(app.fetch(new Request(UNROUTED_URL), env)).catch(() => {});
-    } catch {
-      // As above: the app's own answer is what matters, and it comes with each request.
-    }
   }
   try {
     const info = parseNarInfo(SAMPLE_NARINFO);

@@ -78,6 +78,13 @@ afterAll(async () => {
   if (profile) await rm(profile, { recursive: true, force: true });
 });
 
+describe("npm start's Worker", () => {
+  it("starts without an error in its log (its warm-up runs at global scope, where workerd refuses I/O)", () => {
+    expect(cache.logs).toContain("Ready on");
+    expect(cache.logs).not.toMatch(/ERROR|unexpected error|Disallowed operation|warm-up:/);
+  });
+});
+
 describe("the landing page in headless Chromium", () => {
   it("renders the cache's URL, keys, configuration snippets, statistics and upstreams", async () => {
     const dom = await chromium(["--dump-dom", `${cache.url}/`]);
