@@ -4,10 +4,11 @@
 // Up to `jobs` large paths are in progress at once, and besides them more small ones
 // (scheduleUploads): a small path costs two round trips and little CPU, so a real
 // network's latency, not the cores, bounds how fast they go, and it should not wait for a
-// large NAR's compression, nor a large NAR for a queue of small paths. NARs (the expensive part: reading, hashing, compressing,
-// sending) proceed in parallel; each narinfo waits until the narinfos of its references
-// are in the cache. A path starts only after the paths it references have started, so it
-// only ever waits for paths in flight, and the pool cannot deadlock.
+// large NAR's compression, nor a large NAR for a queue of small paths. NARs (the expensive
+// part: reading, hashing, compressing, sending) proceed in parallel; each narinfo waits
+// until the narinfos of its references are in the cache. A path starts only after the
+// paths it references have started, so it only ever waits for paths in flight, and the
+// pool cannot deadlock.
 //
 // A path that fails is reported and the rest continue; paths that depend on it get no
 // narinfo (they are "blocked"), which keeps the cache's invariant that a narinfo's

@@ -87,7 +87,8 @@
 // are named by the generation that wrote them, and the mark sets (with the queues: the
 // marks object, gc/mark-sets.ts) are written to the one of two slots the state does not
 // name, so a batch that loses its commit leaves nothing the next batch reads. A run's first
-// batch only starts it (pins, the fence of a run that never finished, legacy documents). Dry runs keep their own state and never write outside their working objects.
+// batch only starts it (pins, the fence of a run that never finished, legacy documents).
+// Dry runs keep their own state and never write outside their working objects.
 
 import { mapConcurrent } from "../concurrency.ts";
 import { fail } from "../errors.ts";
@@ -692,7 +693,7 @@ class Batch {
       const hashes = page.keys.map(narInfoKeyHashPart);
       const narinfos = hashes.filter((h): h is string => h !== null);
       const rows = narinfos.length === 0 ? new Map<string, ListedPath>() : await this.#query(() => listedPaths(this.#db, narinfos));
-      for (let i = 0; i < hashes.length; i++) this.#listed(run, page, i, hashes[i]!, rows);
+      for (let i = 0; i < hashes.length; i++) this.#listed(run, page, i, hashes[i] ?? null, rows);
       this.#entries += page.keys.length;
       this.#setsDirty = true;
       run.cursor = page.cursor;
@@ -794,23 +795,13 @@ class Batch {
   }
 
   /**
-   * Follows the references of `hash` (already flagged expanded in the live set): they become
-   * live; those the listing has passed are queued. Its NAR is in use. Callers pass only
-   * validated hash parts (metaLinks, the narinfo parser); anything else makes the set throw
+   * Follows the references of `hash` (already flagged expanded in the live set), given
+   * packed (concatenated hash parts): they become live; those the listing has passed are
+   * queued. Its NAR is in use. Callers pass only validated hash parts (the index's rows as
+   * linksOf checks them, metaLinks, the narinfo parser); anything else makes the set throw
    * and the batch fail, rather than a reference be skipped.
    */
-  #expand(run: RunState, hash: string, refs: readonly string[], narFileHash: string): void {
-    const live = this.#live!;
-    for (const ref of refs) {
-      if (ref === hash) continue;
-      if (live.add(ref) && (run.listed || ref < run.position)) run.queue += ref;
-    }
-    this.#nars!.add(narFileHash);
-    run.totals.expanded++;
-  }
-
-  /** #expand for references given packed (concatenated hash parts, from the index). */
-  #expandPacked(run: RunState, hash: string, refs: string, narFileHash: string): void {
+  #expand(run: RunState, hash: string, refs: string, narFileHash: string): void {
     const live = this.#live!;
     for (let at = 0; at < refs.length; at += HASH_PART_LENGTH) {
       if (refs.startsWith(hash, at)) continue;
@@ -874,7 +865,7 @@ class Batch {
         this.#noteUnreadable(run, { key: narInfoKey(hash), path: null, reason: "its references in the index are not all hash parts, so what it needs is unknown" });
         continue;
       }
-      this.#expandPacked(run, hash, row.refs, fileHash);
+      this.#expand(run, hash, row.refs, fileHash);
     }
     run.queue = dropPacked(run.queue, HASH_PART_LENGTH, taken);
     this.#setsDirty = true;
@@ -934,7 +925,7 @@ class Batch {
         this.#noteUnreadable(run, result.document);
         return;
       }
-      this.#expand(run, hash, result.links.refs, result.links.narFileHash);
+      this.#expand(run, hash, result.links.refs.join(""), result.links.narFileHash);
       bodyBytes += result.bodyBytes;
     });
     // Charged afterwards: a round overruns the entry budget by at most its own bodies.

@@ -91,11 +91,6 @@ export class KeySet {
     return new KeySet(words);
   }
 
-  /** A copy of the set's bytes, to store on its own. */
-  get buffer(): ArrayBuffer {
-    return this.words.slice().buffer as ArrayBuffer;
-  }
-
   /** The set's words (a view, valid until the next insertion), to store or to copy into a larger buffer. */
   get words(): Uint32Array {
     this.#words[3] = this.#count;

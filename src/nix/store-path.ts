@@ -32,6 +32,8 @@ const NAME = new RegExp(`^(?!\\.\\.?(-|$))[0-9a-zA-Z+\\-._?=]{1,${MAX_NAME_LENGT
 // a name is a space or the end of the list.
 const BASE_NAME_IN_LIST = `[${NIX32_ALPHABET}]{${HASH_PART_LENGTH}}-(?!\\.\\.?(-| |$))[0-9a-zA-Z+\\-._?=]{1,${MAX_NAME_LENGTH}}`;
 const BASE_NAME_LIST = new RegExp(`^${BASE_NAME_IN_LIST}(?: ${BASE_NAME_IN_LIST})*$`);
+// Zero or more hash parts separated by single spaces.
+const HASH_PART_LIST = new RegExp(`^(?:[${NIX32_ALPHABET}]{${HASH_PART_LENGTH}}(?: (?!$)|$))*$`);
 
 /** True for 32 characters of the nix32 alphabet. */
 export function isHashPart(s: string): boolean {
@@ -58,6 +60,11 @@ export function parseStorePathBaseName(base: string): StorePath | null {
  */
 export function isBaseNameList(list: string): boolean {
   return BASE_NAME_LIST.test(list);
+}
+
+/** True when `list` is zero or more hash parts separated by single spaces (one regex run). */
+export function isHashPartList(list: string): boolean {
+  return HASH_PART_LIST.test(list);
 }
 
 /** Parses `<storeDir>/<hash>-<name>`; null if invalid or in another store directory. */

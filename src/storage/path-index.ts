@@ -12,8 +12,7 @@
 // complete and callers that must not miss a stored path also ask R2.
 
 import { referenceHashes, type NarInfo } from "../nix/narinfo.ts";
-import { NIX32_ALPHABET } from "../nix/nix32.ts";
-import { HASH_PART_LENGTH, parseStorePath } from "../nix/store-path.ts";
+import { HASH_PART_LENGTH, isHashPartList, parseStorePath } from "../nix/store-path.ts";
 import { storageUnavailable } from "./bucket.ts";
 import { NAR_PREFIX } from "./keys.ts";
 
@@ -167,8 +166,6 @@ export interface LinksAnswer {
   answered: number;
 }
 
-/** A path's references as linksOf's query answers them: hash parts separated by single spaces. */
-const SPACED_REFS = new RegExp(`^(?:[${NIX32_ALPHABET}]{${HASH_PART_LENGTH}}(?: (?!$)|$))*$`);
 
 /**
  * The references and NAR file of the indexed paths among `hashes`, in one query: the
@@ -205,7 +202,7 @@ export async function linksOf(db: D1Database, hashes: readonly string[], refBudg
   );
   const links = new Map<string, PathLinks>();
   for (const [hash, narFile, spaced] of JSON.parse(row?.links ?? "[]") as [string, string, string | null][]) {
-    const refs = spaced !== null && SPACED_REFS.test(spaced) ? spaced.replaceAll(" ", "") : null;
+    const refs = spaced !== null && isHashPartList(spaced) ? spaced.replaceAll(" ", "") : null;
     links.set(hash, { hash, narFile, refs });
   }
   return { links, answered: row?.stop ?? hashes.length };

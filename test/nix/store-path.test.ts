@@ -5,6 +5,7 @@ import {
   formatStorePath,
   isBaseNameList,
   isHashPart,
+  isHashPartList,
   parseStorePath,
   parseStorePathBaseName,
   STORE_DIR,
@@ -135,5 +136,16 @@ describe("isBaseNameList (a narinfo's References in one check)", () => {
       }),
       { numRuns: 2000 },
     );
+  });
+});
+
+describe("isHashPartList (references as the index answers them)", () => {
+  it("accepts hash parts separated by single spaces, or nothing, and no other shape", () => {
+    expect(isHashPartList("")).toBe(true);
+    expect(isHashPartList(HASH)).toBe(true);
+    expect(isHashPartList(`${HASH} ${HASH}`)).toBe(true);
+    for (const bad of [` ${HASH}`, `${HASH} `, `${HASH}  ${HASH}`, `${HASH.slice(1)} ${HASH}0`, HASH.replace("v", "e"), `${HASH}${HASH}`]) {
+      expect(isHashPartList(bad), JSON.stringify(bad)).toBe(false);
+    }
   });
 });
