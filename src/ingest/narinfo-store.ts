@@ -12,8 +12,9 @@
 //                                                 cannot compare, so it never replaces it
 // Every document written stays within MAX_NARINFO_LENGTH, the limit the Worker's own parser
 // (and garbage collection) reads: an upload that would pass it is refused with 413.
-// Writes are conditional on what was read (R2 onlyIf), so two racing uploads cannot both
-// win; the loser re-reads once and is judged against the winner.
+// Writes are conditional (R2 onlyIf): the first on nothing being stored yet, later ones on
+// the stored narinfo read, so two racing uploads cannot both win; the loser reads and is
+// judged against the winner.
 // Every write carries the narinfo's GC metadata (storage/narinfo-meta.ts: push time,
 // references, NAR) and happens through an upload gate (gc/upload-gate.ts), so it cannot
 // race a garbage collection deleting what the narinfo depends on. After the object, the
@@ -33,7 +34,7 @@ import { checkSignatures, mergeSignatures } from "./signatures.ts";
 
 export type StoreOutcome = "created" | "unchanged" | "merged";
 
-/** Tries after the first lost race before giving up with a 409. */
+/** Tries after the first lost race (the stored narinfo read and judged) before a 409. */
 const RACE_RETRIES = 1;
 
 function normalisedHash(s: string | undefined): string | undefined {
@@ -126,8 +127,11 @@ export async function storeNarInfo(bucket: R2Bucket, key: string, incoming: NarI
   const clock = options.clock ?? Date.now;
   const gate = options.gate ?? (await openGateAndRecheck(bucket, incoming, clock));
   const row = rowOf(incoming, options.token, clock());
-  for (let attempt = 0; attempt <= RACE_RETRIES; attempt++) {
-    const stored = await getNarInfoObject(bucket, key);
+  // The first attempt assumes nothing is stored, the common case of an upload (the uploader
+  // and Nix ask before they push): its write is conditional on that, so it saves a read
+  // and decides the same. When something is there, the stored narinfo is read and judged.
+  for (let attempt = 0; attempt <= RACE_RETRIES + 1; attempt++) {
+    const stored = attempt === 0 ? null : await getNarInfoObject(bucket, key);
     const decision = decide(stored?.text ?? null, incoming);
     if (!decision.write) {
       // The same path again: it is in use. Its row is written again (a crash may have left

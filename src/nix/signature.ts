@@ -158,31 +158,32 @@ export function fingerprint(
     if (e instanceof NixFormatError) throw new NarInfoError("NarHash", e.message);
     throw e;
   }
-  return `1;${info.storePath};${narHash};${info.narSize};${sortedPaths(info.references, storeDir).join(",")}`;
+  const sorted = sortedReferences(info.references);
+  // Each as a full store path: the prefix goes in with the separators, one join for all.
+  const paths = sorted.length === 0 ? "" : `${storeDir}/${sorted.join(`,${storeDir}/`)}`;
+  return `1;${info.storePath};${narHash};${info.narSize};${paths}`;
 }
 
 /** A UTF-16 surrogate: the only code units whose order is not their UTF-8 bytes' order. */
 const SURROGATE = /[\uD800-\uDFFF]/;
 
-/** The references as full store paths, sorted bytewise (their UTF-8 bytes, as Nix sorts). */
-function sortedPaths(references: readonly string[], storeDir: string): string[] {
+/**
+ * The references (base names) sorted bytewise (their UTF-8 bytes, as Nix sorts the full
+ * paths: the common `<storeDir>/` prefix changes no comparison). Already sorted, as Nix
+ * writes them, they are returned as they are.
+ */
+function sortedReferences(references: readonly string[]): readonly string[] {
   // Without surrogates, JavaScript's string order (by UTF-16 code unit) is code point order,
-  // which is UTF-8 byte order; the common `<storeDir>/` prefix changes no comparison. Store
-  // path names are ASCII, so this is every narinfo that parsed.
+  // which is UTF-8 byte order. Store path names are ASCII, so this is every narinfo that
+  // parsed.
   if (!SURROGATE.test(references.join(""))) {
-    const sorted = [...references];
-    let inOrder = true;
-    for (let i = 1; i < sorted.length && inOrder; i++) inOrder = sorted[i - 1]! <= sorted[i]!;
-    if (!inOrder) sorted.sort();
-    return sorted.map((r) => `${storeDir}/${r}`);
+    for (let i = 1; i < references.length; i++) if (references[i - 1]! > references[i]!) return [...references].sort();
+    return references;
   }
   // Encoded once each, then sorted by bytes: encoding inside the comparator cost
   // milliseconds for the hundreds of references big paths have.
   return references
-    .map((r) => {
-      const text = `${storeDir}/${r}`;
-      return { text, bytes: utf8(text) };
-    })
+    .map((text) => ({ text, bytes: utf8(text) }))
     .sort((a, b) => compareBytes(a.bytes, b.bytes))
     .map((r) => r.text);
 }

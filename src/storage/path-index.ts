@@ -67,8 +67,19 @@ export function rowOf(info: NarInfo, token: string | null, pushedAt: number): In
   };
 }
 
+/**
+ * SQL for the JSON array of the words of the space-separated parameter `?n` ('' is []).
+ * A list of hundreds of store paths travels to D1 as one plain string: no JSON escaping on
+ * either side of the call, which is what D1's client spends its CPU on for big parameters.
+ * Only for words that need no JSON escaping: hash parts and store path base names
+ * (nix/store-path.ts), whose characters are [0-9a-zA-Z+\-._?=].
+ */
+function spacedList(n: number): string {
+  return `(CASE WHEN ?${n} = '' THEN '[]' ELSE '["' || replace(?${n}, ' ', '","') || '"]' END)`;
+}
+
 const UPSERT = `INSERT INTO paths (hash, name, nar_file, file_size, nar_size, refs, token, created_at, pushed_at)
-  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+  VALUES (?1, ?2, ?3, ?4, ?5, ${spacedList(6)}, ?7, ?8, ?8)
   ON CONFLICT (hash) DO UPDATE SET pushed_at = excluded.pushed_at WHERE excluded.pushed_at > pushed_at`;
 
 /**
@@ -77,7 +88,7 @@ const UPSERT = `INSERT INTO paths (hash, name, nar_file, file_size, nar_size, re
  */
 export async function recordPath(db: D1Database, row: IndexedPath, action: "publish" | "sign" | null, actor: string | null): Promise<void> {
   const statements = [
-    db.prepare(UPSERT).bind(row.hash, row.name, row.narFile, row.fileSize, row.narSize, JSON.stringify(row.refs), row.token, row.pushedAt),
+    db.prepare(UPSERT).bind(row.hash, row.name, row.narFile, row.fileSize, row.narSize, row.refs.join(" "), row.token, row.pushedAt),
   ];
   if (action !== null) {
     statements.push(db.prepare("INSERT INTO audit (at, actor, action, subject) VALUES (?1, ?2, ?3, ?4)").bind(row.pushedAt, actor ?? row.token ?? ACTOR_UPSTREAM, action, `/nix/store/${row.hash}-${row.name}`));
@@ -112,11 +123,11 @@ export async function unindexedPaths(db: D1Database, baseNames: readonly string[
   const result = await d1(() =>
     db
       .prepare(
-        `SELECT j.value AS base FROM json_each(?1) j
+        `SELECT j.value AS base FROM json_each(${spacedList(1)}) j
            LEFT JOIN paths p ON p.hash = substr(j.value, 1, ${HASH_PART_LENGTH}) AND p.name = substr(j.value, ${HASH_PART_LENGTH + 2})
          WHERE p.hash IS NULL ORDER BY j.key`,
       )
-      .bind(JSON.stringify(baseNames))
+      .bind(baseNames.join(" "))
       .all<{ base: string }>(),
   );
   return result.results.map((r) => r.base);

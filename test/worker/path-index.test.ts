@@ -88,6 +88,20 @@ describe("questions about many paths, one query each", () => {
     expect(found.map((p) => [p.hash, p.name, p.narFile, p.fileSize])).toEqual([[b.hash, "idx-b", b.fileName, b.file.length]]);
   });
 
+  it("a row's references go in as one spaced string and come out as the same list: none, one, many; names with every allowed character", async () => {
+    const hash = (i: number): string => Array.from({ length: 32 }, (_, k) => NIX32_ALPHABET[(i * 7 + k) % 32]).join("");
+    const row = (i: number, refs: string[]) => ({ hash: hash(i), name: `p${i}`, narFile: `${"1".repeat(52)}.nar`, fileSize: 1, narSize: 1, refs, token: null, pushedAt: 1 });
+    const lists = [[], [hash(90)], Array.from({ length: 900 }, (_, i) => hash(100 + i))];
+    for (const [i, refs] of lists.entries()) await recordPath(env.DB, row(i, refs), null, null);
+    const found = await indexedPaths(env.DB, lists.map((_, i) => hash(i)));
+    expect(new Map(found.map((p) => [p.hash, p.refs]))).toEqual(new Map(lists.map((refs, i) => [hash(i), refs])));
+    // The column holds JSON, as garbage collection reads it.
+    for (const r of await rows()) expect(JSON.parse(r.refs)).toEqual(lists[Number(r.name.slice(1))]);
+    // Base names with each character a name may have, asked about as one spaced string.
+    const names = [`${hash(0)}-p0`, `${hash(1)}-a+b-c._?=Z9`, `${hash(2)}-p2`, `${hash(2)}-p2.x`];
+    expect(await unindexedPaths(env.DB, names)).toEqual([names[1], names[3]]);
+  });
+
   it("the missing query answers from the index once it is complete, and from R2 too before", async () => {
     const indexed = await testPath("idx-indexed");
     await push(indexed);
