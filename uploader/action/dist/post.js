@@ -80,8 +80,9 @@ var HASH_PART_LENGTH = 32;
 var MAX_NAME_LENGTH = 211;
 var HASH_PART = new RegExp(`^[${NIX32_ALPHABET}]{${HASH_PART_LENGTH}}$`);
 var NAME = new RegExp(`^(?!\\.\\.?(-|$))[0-9a-zA-Z+\\-._?=]{1,${MAX_NAME_LENGTH}}$`);
-var BASE_NAME_IN_LIST = `[${NIX32_ALPHABET}]{${HASH_PART_LENGTH}}-(?!\\.\\.?(-| |$))[0-9a-zA-Z+\\-._?=]{1,${MAX_NAME_LENGTH}}`;
-var BASE_NAME_LIST = new RegExp(`^${BASE_NAME_IN_LIST}(?: ${BASE_NAME_IN_LIST})*$`);
+var BASE_NAME_IN_LIST = `[${NIX32_ALPHABET}]{${HASH_PART_LENGTH}}-(?!\\.\\.?(?:-| |$))[0-9a-zA-Z+\\-._?=]+`;
+var BASE_NAME_LIST = new RegExp(`^(?:${BASE_NAME_IN_LIST}(?: (?!$)|$))+$`);
+var MAX_BASE_NAME_LENGTH = HASH_PART_LENGTH + 1 + MAX_NAME_LENGTH;
 var HASH_PART_LIST = new RegExp(`^(?:[${NIX32_ALPHABET}]{${HASH_PART_LENGTH}}(?: (?!$)|$))*$`);
 function isHashPart(s) {
   return HASH_PART.test(s);
@@ -97,7 +98,14 @@ function parseStorePathBaseName(base) {
   return { hash, name };
 }
 function isBaseNameList(list) {
-  return BASE_NAME_LIST.test(list);
+  if (!BASE_NAME_LIST.test(list)) return false;
+  for (let start = 0; ; ) {
+    const space = list.indexOf(" ", start);
+    const end = space < 0 ? list.length : space;
+    if (end - start > MAX_BASE_NAME_LENGTH) return false;
+    if (space < 0) return true;
+    start = space + 1;
+  }
 }
 function parseStorePath(full, storeDir = STORE_DIR) {
   const prefix = storeDir + "/";

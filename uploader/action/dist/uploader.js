@@ -1301,14 +1301,21 @@ function parseStorePathBaseName(base) {
   return { hash: hash2, name };
 }
 function isBaseNameList(list) {
-  return BASE_NAME_LIST.test(list);
+  if (!BASE_NAME_LIST.test(list)) return false;
+  for (let start = 0; ; ) {
+    const space = list.indexOf(" ", start);
+    const end = space < 0 ? list.length : space;
+    if (end - start > MAX_BASE_NAME_LENGTH) return false;
+    if (space < 0) return true;
+    start = space + 1;
+  }
 }
 function parseStorePath(full, storeDir = STORE_DIR) {
   const prefix = storeDir + "/";
   if (!full.startsWith(prefix)) return null;
   return parseStorePathBaseName(full.slice(prefix.length));
 }
-var STORE_DIR, HASH_PART_LENGTH, MAX_NAME_LENGTH, HASH_PART, NAME, BASE_NAME_IN_LIST, BASE_NAME_LIST, HASH_PART_LIST;
+var STORE_DIR, HASH_PART_LENGTH, MAX_NAME_LENGTH, HASH_PART, NAME, BASE_NAME_IN_LIST, BASE_NAME_LIST, MAX_BASE_NAME_LENGTH, HASH_PART_LIST;
 var init_store_path = __esm({
   "src/nix/store-path.ts"() {
     "use strict";
@@ -1318,8 +1325,9 @@ var init_store_path = __esm({
     MAX_NAME_LENGTH = 211;
     HASH_PART = new RegExp(`^[${NIX32_ALPHABET}]{${HASH_PART_LENGTH}}$`);
     NAME = new RegExp(`^(?!\\.\\.?(-|$))[0-9a-zA-Z+\\-._?=]{1,${MAX_NAME_LENGTH}}$`);
-    BASE_NAME_IN_LIST = `[${NIX32_ALPHABET}]{${HASH_PART_LENGTH}}-(?!\\.\\.?(-| |$))[0-9a-zA-Z+\\-._?=]{1,${MAX_NAME_LENGTH}}`;
-    BASE_NAME_LIST = new RegExp(`^${BASE_NAME_IN_LIST}(?: ${BASE_NAME_IN_LIST})*$`);
+    BASE_NAME_IN_LIST = `[${NIX32_ALPHABET}]{${HASH_PART_LENGTH}}-(?!\\.\\.?(?:-| |$))[0-9a-zA-Z+\\-._?=]+`;
+    BASE_NAME_LIST = new RegExp(`^(?:${BASE_NAME_IN_LIST}(?: (?!$)|$))+$`);
+    MAX_BASE_NAME_LENGTH = HASH_PART_LENGTH + 1 + MAX_NAME_LENGTH;
     HASH_PART_LIST = new RegExp(`^(?:[${NIX32_ALPHABET}]{${HASH_PART_LENGTH}}(?: (?!$)|$))*$`);
   }
 });
@@ -1398,20 +1406,16 @@ function fingerprint(info, storeDir = STORE_DIR) {
     if (e instanceof NixFormatError) throw new NarInfoError("NarHash", e.message);
     throw e;
   }
-  return `1;${info.storePath};${narHash};${info.narSize};${sortedPaths(info.references, storeDir).join(",")}`;
+  const sorted = sortedReferences(info.references);
+  const paths = sorted.length === 0 ? "" : `${storeDir}/${sorted.join(`,${storeDir}/`)}`;
+  return `1;${info.storePath};${narHash};${info.narSize};${paths}`;
 }
-function sortedPaths(references, storeDir) {
+function sortedReferences(references) {
   if (!SURROGATE.test(references.join(""))) {
-    const sorted = [...references];
-    let inOrder = true;
-    for (let i = 1; i < sorted.length && inOrder; i++) inOrder = sorted[i - 1] <= sorted[i];
-    if (!inOrder) sorted.sort();
-    return sorted.map((r) => `${storeDir}/${r}`);
+    for (let i = 1; i < references.length; i++) if (references[i - 1] > references[i]) return [...references].sort();
+    return references;
   }
-  return references.map((r) => {
-    const text = `${storeDir}/${r}`;
-    return { text, bytes: utf8(text) };
-  }).sort((a, b) => compareBytes(a.bytes, b.bytes)).map((r) => r.text);
+  return references.map((text) => ({ text, bytes: utf8(text) })).sort((a, b) => compareBytes(a.bytes, b.bytes)).map((r) => r.text);
 }
 function base64UrlToBytes(s) {
   const b64 = s.replace(/-/g, "+").replace(/_/g, "/");
