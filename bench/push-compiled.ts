@@ -4,6 +4,7 @@
 // sources through Node's type stripping, which costs about a second of CPU at every start
 // (stripping and loading the stripper; measured with --cpu-prof on 2 loaded cores): a cost
 // users never pay, and one that would count against every push timed here.
+import { copyFile } from "node:fs/promises";
 import { join } from "node:path";
 import { PROJECT_ROOT, runOk } from "../test/e2e/harness.ts";
 
@@ -17,5 +18,7 @@ const OUT_DIR = join(PROJECT_ROOT, "bench", "out", "uploader-js");
 export async function uploaderScript(fromSource: boolean): Promise<string> {
   if (fromSource) return join(PROJECT_ROOT, "uploader", "cli.ts");
   await runOk(process.execPath, [join(PROJECT_ROOT, "node_modules", "typescript", "bin", "tsc"), "-p", join(PROJECT_ROOT, "uploader", "tsconfig.build.json"), "--outDir", OUT_DIR]);
+  // Where the compiled cli.js looks for its version, as in the package (dist/ beside it).
+  await copyFile(join(PROJECT_ROOT, "package.json"), join(OUT_DIR, "package.json"));
   return join(OUT_DIR, "uploader", "cli.js");
 }
