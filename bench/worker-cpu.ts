@@ -53,7 +53,8 @@
 //   --profiles <dir>   write each phase's profile (open it in Chrome DevTools' Performance
 //                      panel) with the client's and the isolate's request logs
 //   --only <regex>     measure only the phases whose label matches (case-insensitive), e.g.
-//                      "fresh" or "garbage"; the setup (paths pushed) is the same
+//                      "fresh" or "garbage"; the narinfo uploads (and their 1 MiB NARs)
+//                      run anyway, unmeasured, so the collection sees the same graph
 import { execFileSync, spawnSync } from "node:child_process";
 import { randomBytes, randomFillSync } from "node:crypto";
 import { readdirSync, readFileSync, readlinkSync } from "node:fs";
@@ -655,9 +656,17 @@ class Bench {
   async phase(
     label: string,
     fn: (send: (kind: string, method: string, path: string, opts?: RequestOptions) => Promise<Sent>) => Promise<void>,
-    freshIsolate = false,
+    how: { freshIsolate?: boolean; fillsBucket?: boolean } = {},
   ): Promise<Measured[]> {
-    if (this.only !== null && !this.only.test(label)) return [];
+    if (this.only !== null && !this.only.test(label)) {
+      // A phase whose uploads later phases depend on (the collection's graph: young paths
+      // keeping the reference paths alive) still runs, unmeasured: its samples are dropped.
+      if (how.fillsBucket === true) {
+        await fn((kind, method, path, opts) => this.send([], kind, method, path, opts));
+        await this.worker.takeProfile();
+      }
+      return [];
+    }
     log(`measuring: ${label}`);
     const pending: Sent[] = [];
     await fn((kind, method, path, opts) => this.send(pending, kind, method, path, opts));
@@ -692,7 +701,7 @@ class Bench {
       const before = this.charge(reply.profile, pending, measured, reply.window[0]);
       // In a fresh isolate the profile began with the modules: what precedes the first request
       // is their evaluation. (Elsewhere it is the end of the previous profile request.)
-      if (freshIsolate) this.startupSamples.push(before);
+      if (how.freshIsolate === true) this.startupSamples.push(before);
     }
     this.results.push(...measured);
     return measured;
@@ -819,7 +828,7 @@ async function run(opts: Options): Promise<void> {
         await send("PUT NAR 1 MiB", "PUT", `/nar/${path.narFile}`, { body: nar, auth: "write", expect: [201] });
         small.push(path);
       }
-    });
+    }, { fillsBucket: true });
     const big: BenchPath[] = [];
     await bench.phase("PUT NAR 32 MiB", async (send) => {
       for (let i = 0; i < opts.bigReps; i++) {
@@ -830,7 +839,7 @@ async function run(opts: Options): Promise<void> {
     });
     await bench.phase("PUT narinfo, 0 references", async (send) => {
       for (const p of small) await send("PUT narinfo, 0 references", "PUT", `/${p.hash}.narinfo`, { body: narInfoOf(p, []), auth: "write", expect: [201] });
-    });
+    }, { fillsBucket: true });
     // Everything pushed so far is old for the collection at the end; the paths that follow
     // are young and keep the reference paths alive.
     await sleep(20);
@@ -840,12 +849,12 @@ async function run(opts: Options): Promise<void> {
       for (const p of with100) {
         await send(`PUT narinfo, ${FEW_REFS} references`, "PUT", `/${p.hash}.narinfo`, { body: narInfoOf(p, refs.slice(0, FEW_REFS)), auth: "write", expect: [201] });
       }
-    });
+    }, { fillsBucket: true });
     await bench.phase(`PUT narinfo, ${MAX_REFS} references`, async (send) => {
       for (const p of with900) {
         await send(`PUT narinfo, ${MAX_REFS} references`, "PUT", `/${p.hash}.narinfo`, { body: narInfoOf(p, refs), auth: "write", expect: [201] });
       }
-    });
+    }, { fillsBucket: true });
     await bench.phase("GET narinfo", async (send) => {
       for (const p of small) await send("GET narinfo", "GET", `/${p.hash}.narinfo`, { expect: [200] });
     });
@@ -892,17 +901,19 @@ async function run(opts: Options): Promise<void> {
       worker = await BenchWorker.start(stateDir, secrets, opts, locator);
       bench.worker = worker;
     };
+    let freshPushed = 0;
     for (const p of freshPaths) {
       await restart();
       await bench.phase("fresh isolate, GET /nix-cache-info", async (send) => {
         await send("first request of a fresh isolate: GET /nix-cache-info", "GET", "/nix-cache-info");
-      }, true);
+      }, { freshIsolate: true });
       await restart();
       await bench.phase("fresh isolate, PUT narinfo", async (send) => {
         await send("first request of a fresh isolate: PUT narinfo, 0 references", "PUT", `/${p.hash}.narinfo`, { body: narInfoOf(p, []), auth: "write", expect: [201] });
-      }, true);
+        freshPushed++;
+      }, { freshIsolate: true });
     }
-    const narinfoCount = MAX_REFS + small.length + with100.length + with900.length + freshPaths.length;
+    const narinfoCount = MAX_REFS + small.length + with100.length + with900.length + freshPushed;
     const gcBatches = await bench.phase("garbage collection", async (send) => {
       let runId: string | undefined;
       for (let batch = 1; ; batch++) {
