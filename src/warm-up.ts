@@ -6,15 +6,21 @@
 // its hot paths once there, on a built-in narinfo, parses its settings and imports its keys.
 //
 // Nothing here does I/O (workerd forbids it outside a request) or can fail startup: a
-// setting that does not parse fails every request, as before, with its message.
+// setting that does not parse fails every request, as before, with its message. The
+// collector's per-entry code runs once too: cron ticks often get fresh isolates.
 
 import type { App } from "./app.ts";
+import { chunkLines, fileLineNarHash, formatChunk, formatFileLine, formatPathLine, parseFileLine, parsePathLine } from "./gc/chunk-lines.ts";
+import { NAR_FILE_HASH_LENGTH } from "./gc/fence.ts";
+import { KeySet } from "./gc/key-set.ts";
+import { formatMarkSets, parseMarkSets } from "./gc/mark-sets.ts";
 import { settingsOf, type WorkerEnv } from "./env.ts";
 import { checkDocument } from "./ingest/narinfo-acceptance.ts";
 import { decide } from "./ingest/narinfo-store.ts";
 import { formatNarInfo, parseNarInfo, referenceHashes } from "./nix/narinfo.ts";
 import { fingerprint, prepareKeys } from "./nix/signature.ts";
-import { keyFromUrl } from "./storage/keys.ts";
+import { HASH_PART_LENGTH, isHashPartList } from "./nix/store-path.ts";
+import { keyFromUrl, listingKeyHashPart, narInfoKeyHashPart, parseNarFileName } from "./storage/keys.ts";
 import { encodeNarInfoMeta } from "./storage/narinfo-meta.ts";
 import { rowOf } from "./storage/path-index.ts";
 
@@ -59,4 +65,35 @@ export function warmUp(app: App, env: WorkerEnv | undefined): void {
   } catch (err) {
     console.warn("warm-up: the built-in narinfo no longer passes the checks", err);
   }
+  try {
+    warmUpCollector();
+  } catch (err) {
+    console.warn("warm-up: the collector's code failed on its built-in inputs", err);
+  }
+}
+
+/**
+ * The collector's per-entry code (gc/collector.ts): its mark sets, chunk lines and key
+ * checks, once each. A cron tick often gets a fresh isolate, and its batch should not pay
+ * for compiling them.
+ */
+function warmUpCollector(): void {
+  const other = "1".repeat(HASH_PART_LENGTH);
+  const narFile = `${"0".repeat(NAR_FILE_HASH_LENGTH)}.nar.zst`;
+  const live = KeySet.create(HASH_PART_LENGTH);
+  const nars = KeySet.create(NAR_FILE_HASH_LENGTH);
+  live.add(HASH);
+  live.setExpanded(HASH);
+  if (isHashPartList(`${HASH} ${other}`)) live.addAt(HASH + other, HASH_PART_LENGTH);
+  live.state(other);
+  live.has(other);
+  nars.add(parseNarFileName(narFile)!.fileHash);
+  const sets = parseMarkSets(formatMarkSets({ live, nars, queues: { queue: other, unindexed: "", unlisted: "" } }));
+  if (sets === null || !sets.live.has(HASH)) throw new Error("the mark sets did not read back");
+  narInfoKeyHashPart(`${HASH}.narinfo`);
+  listingKeyHashPart(`${HASH}.ls`);
+  const lines = chunkLines(formatChunk([formatPathLine({ hash: HASH, name: "warm-up", fileSize: 1, narSize: 1 }), formatFileLine({ key: `nar/${narFile}`, size: 1 })]));
+  parsePathLine(lines[0]!);
+  parseFileLine(lines[1]!);
+  fileLineNarHash(lines[1]!);
 }

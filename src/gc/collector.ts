@@ -20,7 +20,7 @@
 //             the index once per listed page for those paths' push times, names and sizes
 //             (one D1 query per page, not per path); young and pinned paths are roots. A
 //             live path is queued and followed through the index (references and NAR of up
-//             to 200 paths per D1 query, ~2,000 references a batch): its references join the
+//             to 200 paths per D1 query, ~1,000 references a batch): its references join the
 //             live set, and those the listing has passed are queued too. A listed narinfo
 //             the index does not know is looked at in R2 (HEAD: its metadata's push time and
 //             sizes) and, if live, read (its metadata's references, else its body). So one
@@ -102,6 +102,7 @@ import {
   getTextObject,
   headKey,
   listPrefix,
+  listPrefixKeys,
   listTopLevelKeys,
   MAX_DELETE_KEYS,
   PINS_KEY,
@@ -175,24 +176,43 @@ export const STATE_QUERIES = 4;
  * plan gives an invocation 10 ms of CPU. bench/gc-cpu.mjs measures the collector's own work
  * (R2 and D1 excluded) on 20,000 narinfos at a median of 2.3 ms per batch of 1000 entries,
  * 7 ms at worst (the first batches: JIT warm-up, mark set growth), on a shared 2-core VM.
- * Inside workerd (bench/worker-cpu.ts) a batch's fixed work is now two D1 round trips (the
+ * Inside workerd (bench/worker-cpu.ts) a batch's fixed work is two D1 round trips (the
  * state read with the lease, the commit) and two R2 calls (the marks object read and
  * written), about 2-3 ms; what grows with the entries is the listed page (R2's objects,
- * the index's answer, the garbage they leave: a page of 1000 keys cost 15-30 ms in the
- * first listing batch), so batches take 500, and a mark batch averages under 5 ms on a
- * quiet machine (BENCHMARKS.md, 2026-12-02 "GC batches"). If a batch is stopped anyway,
+ * the index's answer, the garbage they leave) or the references followed. At 500 entries
+ * the listing batches cost 8-27 ms and the following 2-15 (mean 7-9 ms a batch, loads 1-4);
+ * at 250 the listing batches cost 4-11 ms and most others 2-6 (mean under 6 at load 2.4),
+ * for about 1.7 times the batches and the same D1 rows read. If a batch is stopped anyway,
  * the run halves its batches (shrink). A cron tick runs one batch: a collection of 20,000
- * narinfos (two looks over the bucket) takes some 100 ticks.
+ * narinfos (two looks over the bucket) takes some 200 ticks.
  */
-export const BATCH_ENTRIES = 500;
+export const BATCH_ENTRIES = 250;
+/**
+ * Entries a kind of step may take the first time it runs in an isolate. V8 compiles a
+ * function on its first call and runs it unoptimised for a while: in a fresh isolate (a cron
+ * tick often gets one) the first listing batch of 500 keys cost 19-27 ms where later ones
+ * cost 2-7 (bench/worker-cpu.ts), so a batch that does a kind of step new to its isolate
+ * stops at a quarter of a batch's entries; the batches after it, warm, do the rest.
+ */
+const COLD_STEP_ENTRIES = BATCH_ENTRIES / 4;
+/** The kinds of step this isolate has run (module state: it lives as long as the isolate). */
+const warmSteps = new Set<string>();
+
 /**
  * What reading one queued narinfo costs, in entries: an R2 call of its own (a promise, an
  * object with its metadata decoded) instead of a share of a listing. bench/worker-cpu.ts
  * (V8's profiler inside workerd) found the runtime's side of each R2 call at about 0.1 ms,
  * the cost of some 30 listed entries: at 6, mark batches made ~166 HEADs and spent 20+ ms.
- * At 30 a batch makes at most ~33 lookups, about 4 ms of calls.
+ * At 30 a batch makes at most BATCH_ENTRIES / 30 lookups (8), about 1 ms of calls.
  */
 const LOOKUP_COST = 30;
+/**
+ * What a chunk costs beyond its lines, in entries: its R2 calls (a get, and a put or a
+ * delete), as for LOOKUP_COST. Every batch of the first look leaves a chunk, often of a few
+ * lines; without this a batch that compacts, announces or deletes read a dozen of them,
+ * two dozen binding calls (bench/worker-cpu.ts), however few lines they held.
+ */
+const CHUNK_COST = 2 * LOOKUP_COST;
 /**
  * What following one queued path through the index costs, in entries: its share of a D1
  * query and its row decoded (the references it adds are charged apart, REFS_PER_ENTRY).
@@ -202,7 +222,7 @@ const INDEXED_LOOKUP_COST = 2;
  * References followed from index rows that count as one entry: each is 32 characters of the
  * query's answer for the runtime to decode, then a set insert. bench/worker-cpu.ts saw a
  * batch that followed 27,000 references in one answer spend ~30 ms, so a batch of
- * BATCH_ENTRIES takes at most ~2,000.
+ * BATCH_ENTRIES takes at most ~1,000.
  */
 const REFS_PER_ENTRY = 4;
 /**
@@ -625,6 +645,16 @@ class Batch {
     );
   }
 
+  /**
+   * The first time this isolate runs a kind of step, the batch's entries stop at
+   * COLD_STEP_ENTRIES more (code run for the first time costs several times its warm CPU).
+   */
+  #warmUp(kind: string): void {
+    if (warmSteps.has(kind)) return;
+    warmSteps.add(kind);
+    this.#maxEntries = Math.min(this.#maxEntries, this.#entries + COLD_STEP_ENTRIES);
+  }
+
   // ---- the phases ---------------------------------------------------------------------------
 
   /** One bounded piece of work; false when the batch should stop. */
@@ -686,6 +716,7 @@ class Batch {
     // document) stay short.
     if (run.queue.length + run.unindexed.length + run.unlisted.length >= QUEUE_FLUSH * HASH_PART_LENGTH) return this.#queueStep(run);
     if (!run.listed) {
+      this.#warmUp("list");
       const room = Math.max(1, Math.min(MAX_PAGE, this.#maxEntries - this.#entries));
       // The listing (keys only) and the index query about its narinfos.
       if (!this.#fits(LISTED_PAGE_OPERATIONS, 1, 1)) return false;
@@ -833,6 +864,7 @@ class Batch {
    */
   async #queueStep(run: RunState): Promise<boolean> {
     if (run.queue === "") return run.unindexed !== "" ? this.#lookUpStep(run) : this.#unlistedStep(run);
+    this.#warmUp("queue");
     // A batch that has done nothing else follows at least one, however small its budget.
     const first = this.#entries === 0;
     const left = this.#maxEntries - this.#entries;
@@ -983,23 +1015,28 @@ class Batch {
   }
 
   async #narsStep(run: RunState): Promise<boolean> {
+    this.#warmUp("nars");
     if (!this.#fits(NARS_OPERATIONS, 1)) return false;
     await this.#loadSets(run);
     const room = Math.min(MAX_PAGE, this.#maxEntries - this.#entries);
-    const page = await this.#op(() => listPrefix(this.#bucket, NAR_PREFIX, run.cursor, room));
+    const page = await this.#op(() => listPrefixKeys(this.#bucket, NAR_PREFIX, run.cursor, room));
     const totals = run.totals;
-    for (const object of page.objects) {
-      const fileHash = narFileHash(object.key.slice(NAR_PREFIX.length));
+    for (let i = 0; i < page.keys.length; i++) {
+      const fileHash = narFileHash(page.keys[i]!.slice(NAR_PREFIX.length));
       if (fileHash === null) continue; // not a NAR of ours
+      const size = page.size(i);
       totals.narFiles++;
-      totals.narBytes += object.size;
-      if (blocked(run) || this.#nars!.has(fileHash) || object.uploaded >= run.narCutoff) continue;
+      totals.narBytes += size;
+      // The upload time only of a NAR no live narinfo names (most are named).
+      if (blocked(run) || this.#nars!.has(fileHash)) continue;
+      const object = page.object(i);
+      if (object.uploaded >= run.narCutoff) continue;
       this.#narLines.push(formatFileLine(object));
       totals.garbageNars++;
-      totals.garbageNarBytes += object.size;
-      if (run.dryRun) this.#found.files.push({ key: object.key, size: object.size });
+      totals.garbageNarBytes += size;
+      if (run.dryRun) this.#found.files.push({ key: object.key, size });
     }
-    this.#entries += page.objects.length;
+    this.#entries += page.keys.length;
     run.cursor = page.cursor;
     if (page.cursor === null) {
       await this.#flushChunks(run);
@@ -1043,12 +1080,13 @@ class Batch {
     }
     // A chunk holds about one batch's entries; one more chunk may overrun the entry budget
     // by that much, which keeps a batch within twice its CPU allowance.
+    this.#warmUp("compact");
     if (!this.#fits(COMPACT_OPERATIONS, 1)) return false;
     await this.#loadSets(run);
     const name = run.candidates[run.index]!;
     const chunk = await this.#op(() => getTextObject(this.#bucket, workKey(run, name)));
     const candidates = chunkLines(chunk?.text ?? "");
-    this.#entries += candidates.length;
+    this.#entries += CHUNK_COST + candidates.length;
     const garbage: string[] = [];
     for (const line of candidates) {
       const path = parsePathLine(line);
@@ -1073,7 +1111,11 @@ class Batch {
    */
   async #announceStep(run: RunState): Promise<boolean> {
     const chunks = [...run.garbage, ...run.narCandidates];
-    if (!this.#fits(ANNOUNCE_OPERATIONS)) return false;
+    // A chunk's lines count as entries, so however many chunks a large bucket leaves, a batch
+    // reads a bounded number of them (one at least).
+    const chunkFits = () => this.#fits(ANNOUNCE_OPERATIONS, this.#entries === 0 ? 0 : 1);
+    this.#warmUp("announce");
+    if (!chunkFits()) return false;
     let paths = "";
     let nars = "";
     if (run.draft !== null) {
@@ -1083,11 +1125,13 @@ class Batch {
       if (draft === undefined) throw new Error(`the fence draft of collection ${run.id} is missing`);
       ({ paths, nars } = parseDraft(draft));
     }
-    while (run.index < chunks.length && this.#fits(ANNOUNCE_OPERATIONS)) {
+    while (run.index < chunks.length && chunkFits()) {
       const name = chunks[run.index]!;
       const text = (await this.#op(() => getTextObject(this.#bucket, workKey(run, name))))?.text ?? "";
       const isPaths = run.index < run.garbage.length;
-      for (const line of chunkLines(text)) {
+      const lines = chunkLines(text);
+      this.#entries += CHUNK_COST + lines.length;
+      for (const line of lines) {
         if (isPaths) paths += pathLineHash(line);
         else nars += fileLineNarHash(line) ?? ""; // an orphaned listing's line: not fenced
       }
@@ -1160,7 +1204,7 @@ class Batch {
     const name = isPaths ? run.garbage[run.index]! : run.narCandidates[run.index - run.garbage.length]!;
     const chunk = await this.#op(() => getTextObject(this.#bucket, workKey(run, name)));
     const entries = chunkLines(chunk?.text ?? "");
-    this.#entries += entries.length;
+    this.#entries += CHUNK_COST + entries.length;
     const keys: string[] = [];
     const forgotten: string[] = [];
     const totals = run.totals;

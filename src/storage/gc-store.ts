@@ -55,13 +55,34 @@ function page(result: R2Objects): ListPage {
   };
 }
 
-/** A page of the bucket's top level: keys, and the object of each key when asked for. */
+/** A page of a listing: keys, and the size or the object of each key when asked for. */
 export interface KeyPage {
   keys: string[];
+  /** The size of keys[i]. */
+  size(i: number): number;
   /** The listed object of keys[i], with its size and upload time. */
   object(i: number): ListedObject;
   /** Where the next page starts; null after the last page. */
   cursor: string | null;
+}
+
+/**
+ * A listing's page as keys, reading the rest of R2's object only when asked: each of its
+ * properties is a call into the runtime, and the upload time a Date besides.
+ */
+function keyPage(result: R2Objects): KeyPage {
+  const objects = result.objects;
+  const keys: string[] = new Array(objects.length);
+  for (let i = 0; i < objects.length; i++) keys[i] = objects[i]!.key;
+  return {
+    keys,
+    size: (i) => objects[i]!.size,
+    object(i) {
+      const o = objects[i]!;
+      return { key: o.key, size: o.size, uploaded: o.uploaded.getTime() };
+    },
+    cursor: result.truncated ? result.cursor : null,
+  };
 }
 
 /**
@@ -77,17 +98,16 @@ export async function listTopLevelKeys(bucket: R2Bucket, cursor: string | null, 
   } catch (err) {
     return storageUnavailable(err);
   }
-  const objects = result.objects;
-  const keys: string[] = new Array(objects.length);
-  for (let i = 0; i < objects.length; i++) keys[i] = objects[i]!.key;
-  return {
-    keys,
-    object(i) {
-      const o = objects[i]!;
-      return { key: o.key, size: o.size, uploaded: o.uploaded.getTime() };
-    },
-    cursor: result.truncated ? result.cursor : null,
-  };
+  return keyPage(result);
+}
+
+/** One page of keys under `prefix`, read as listTopLevelKeys reads its page (up to 1000). */
+export async function listPrefixKeys(bucket: R2Bucket, prefix: string, cursor: string | null, limit = 1000): Promise<KeyPage> {
+  try {
+    return keyPage(await bucket.list({ prefix, limit, ...(cursor === null ? {} : { cursor }) }));
+  } catch (err) {
+    return storageUnavailable(err);
+  }
 }
 
 /** One page of keys under `prefix` (sizes and upload times, no metadata: up to 1000). */

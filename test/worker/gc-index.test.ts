@@ -200,7 +200,7 @@ describe("push times from the index", () => {
 });
 
 describe("rows before objects", () => {
-  it("removes a chunk's rows in one query before any of its narinfos, and deletes 1000 keys per call", async () => {
+  it("removes a chunk's rows in one query before any of its narinfos, and deletes its keys in one call", async () => {
     const clock = new TestClock();
     const kept = await testPath("bulk-kept");
     await storePath(env.CACHE, kept, clock.now - DAY_MS);
@@ -230,10 +230,14 @@ describe("rows before objects", () => {
     const last = done(await collect(bucket, gcSettings(), clock, { db: db.db }));
     expect(last.result?.deletedPaths).toBe(600);
     expect(violations).toEqual([]);
-    // 600 narinfos and their listings: 1200 keys in two calls.
-    expect(deletes.map((d) => d.length)).toEqual([MAX_DELETE_KEYS, 200]);
-    // One query per chunk of garbage (a chunk holds at most a batch's BATCH_ENTRIES lines).
-    expect(db.count(/DELETE FROM paths/)).toBe(Math.ceil(garbage.length / BATCH_ENTRIES));
+    // 600 narinfos and their listings: 1200 keys, a chunk's in one call (a chunk holds at
+    // most a batch's BATCH_ENTRIES lines, two keys each, within R2's 1000 per call), and one
+    // query per chunk for its rows. The first listing of an isolate takes fewer entries
+    // (COLD_STEP_ENTRIES), so there may be one chunk more than the entries need.
+    expect(deletes.flat().length).toBe(2 * garbage.length);
+    expect(Math.max(...deletes.map((d) => d.length))).toBeLessThanOrEqual(Math.min(MAX_DELETE_KEYS, 2 * BATCH_ENTRIES));
+    expect(deletes.length).toBeLessThanOrEqual(Math.ceil(garbage.length / BATCH_ENTRIES) + 1);
+    expect(db.count(/DELETE FROM paths/)).toBe(deletes.length);
     expect(await rowHashes()).toEqual([kept.hash]);
     const audit = await env.DB.prepare("SELECT count(*) AS n FROM audit WHERE actor = 'gc' AND action = 'delete'").first<{ n: number }>();
     expect(audit?.n).toBe(600);
