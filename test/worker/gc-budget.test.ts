@@ -27,9 +27,9 @@ const FREE_PLAN_QUERIES = 50;
 /**
  * R2 calls a batch makes at most here, however large the bucket: a few reads and writes of
  * working objects and a listing page, as the collector charges each call a share of the
- * batch's entries (LOOKUP_COST, CHUNK_COST in gc/collector.ts). A step that read every
- * chunk the collection left made about 160 in one batch of this bucket. (No narinfo here
- * lacks a row, so no batch looks narinfos up one by one.)
+ * batch's entries (LOOKUP_COST, CHUNK_COST in gc/collector.ts). When the announce step read
+ * every chunk the collection left, one batch of this bucket made 95. (No narinfo here lacks
+ * a row, so no batch looks narinfos up one by one.)
  */
 const MAX_R2_CALLS_PER_BATCH = 16;
 /** Rows written to the index per query while filling it. */
