@@ -148,4 +148,20 @@ describe("isHashPartList (references as the index answers them)", () => {
       expect(isHashPartList(bad), JSON.stringify(bad)).toBe(false);
     }
   });
+
+  it("agrees with isHashPart word by word, on any list", () => {
+    // Words near a hash part: its length give or take one, letters outside nix32, spaces.
+    const word = fc.oneof(
+      { weight: 12, arbitrary: fc.constant(HASH) },
+      { weight: 1, arbitrary: fc.constantFrom(HASH.slice(1), HASH + "a", HASH.replace("v", "e"), HASH.replace("v", " "), "", " ", HASH + " " + HASH.slice(1)) },
+    );
+    fc.assert(
+      fc.property(fc.array(word, { minLength: 0, maxLength: 6 }), (words) => {
+        const list = words.join(" ");
+        const expected = list === "" || list.split(" ").every(isHashPart);
+        expect(isHashPartList(list)).toBe(expected);
+      }),
+      { numRuns: 2000 },
+    );
+  });
 });

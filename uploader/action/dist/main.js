@@ -23,7 +23,7 @@ var NAME = new RegExp(`^(?!\\.\\.?(-|$))[0-9a-zA-Z+\\-._?=]{1,${MAX_NAME_LENGTH}
 var BASE_NAME_IN_LIST = `[${NIX32_ALPHABET}]{${HASH_PART_LENGTH}}-(?!\\.\\.?(?:-| |$))[0-9a-zA-Z+\\-._?=]+`;
 var BASE_NAME_LIST = new RegExp(`^(?:${BASE_NAME_IN_LIST}(?: (?!$)|$))+$`);
 var MAX_BASE_NAME_LENGTH = HASH_PART_LENGTH + 1 + MAX_NAME_LENGTH;
-var HASH_PART_LIST = new RegExp(`^(?:[${NIX32_ALPHABET}]{${HASH_PART_LENGTH}}(?: (?!$)|$))*$`);
+var HASH_PART_LIST_CHARS = new RegExp(`^[${NIX32_ALPHABET} ]*$`);
 
 // uploader/errors.ts
 var EXIT_USAGE = 2;

@@ -1315,7 +1315,7 @@ function parseStorePath(full, storeDir = STORE_DIR) {
   if (!full.startsWith(prefix)) return null;
   return parseStorePathBaseName(full.slice(prefix.length));
 }
-var STORE_DIR, HASH_PART_LENGTH, MAX_NAME_LENGTH, HASH_PART, NAME, BASE_NAME_IN_LIST, BASE_NAME_LIST, MAX_BASE_NAME_LENGTH, HASH_PART_LIST;
+var STORE_DIR, HASH_PART_LENGTH, MAX_NAME_LENGTH, HASH_PART, NAME, BASE_NAME_IN_LIST, BASE_NAME_LIST, MAX_BASE_NAME_LENGTH, HASH_PART_LIST_CHARS;
 var init_store_path = __esm({
   "src/nix/store-path.ts"() {
     "use strict";
@@ -1328,7 +1328,7 @@ var init_store_path = __esm({
     BASE_NAME_IN_LIST = `[${NIX32_ALPHABET}]{${HASH_PART_LENGTH}}-(?!\\.\\.?(?:-| |$))[0-9a-zA-Z+\\-._?=]+`;
     BASE_NAME_LIST = new RegExp(`^(?:${BASE_NAME_IN_LIST}(?: (?!$)|$))+$`);
     MAX_BASE_NAME_LENGTH = HASH_PART_LENGTH + 1 + MAX_NAME_LENGTH;
-    HASH_PART_LIST = new RegExp(`^(?:[${NIX32_ALPHABET}]{${HASH_PART_LENGTH}}(?: (?!$)|$))*$`);
+    HASH_PART_LIST_CHARS = new RegExp(`^[${NIX32_ALPHABET} ]*$`);
   }
 });
 
