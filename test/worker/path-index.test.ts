@@ -100,6 +100,9 @@ describe("questions about many paths, one query each", () => {
     // Base names with each character a name may have, asked about as one spaced string.
     const names = [`${hash(0)}-p0`, `${hash(1)}-a+b-c._?=Z9`, `${hash(2)}-p2`, `${hash(2)}-p2.x`];
     expect(await unindexedPaths(env.DB, names)).toEqual([names[1], names[3]]);
+    // A word the parsers would never let through is refused, not stored as some other list.
+    await expect(recordPath(env.DB, row(9, [`${hash(91)}"x`]), null, null)).rejects.toThrow();
+    expect(await indexedPaths(env.DB, [hash(9)])).toEqual([]);
   });
 
   it("the missing query answers from the index once it is complete, and from R2 too before", async () => {
