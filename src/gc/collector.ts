@@ -649,7 +649,7 @@ class Batch {
    * The first time this isolate runs a kind of step, the batch's entries stop at
    * COLD_STEP_ENTRIES more (code run for the first time costs several times its warm CPU).
    */
-  #warmUp(kind: string): void {
+  #capIfCold(kind: string): void {
     if (warmSteps.has(kind)) return;
     warmSteps.add(kind);
     this.#maxEntries = Math.min(this.#maxEntries, this.#entries + COLD_STEP_ENTRIES);
@@ -716,7 +716,7 @@ class Batch {
     // document) stay short.
     if (run.queue.length + run.unindexed.length + run.unlisted.length >= QUEUE_FLUSH * HASH_PART_LENGTH) return this.#queueStep(run);
     if (!run.listed) {
-      this.#warmUp("list");
+      this.#capIfCold("list");
       const room = Math.max(1, Math.min(MAX_PAGE, this.#maxEntries - this.#entries));
       // The listing (keys only) and the index query about its narinfos.
       if (!this.#fits(LISTED_PAGE_OPERATIONS, 1, 1)) return false;
@@ -864,7 +864,7 @@ class Batch {
    */
   async #queueStep(run: RunState): Promise<boolean> {
     if (run.queue === "") return run.unindexed !== "" ? this.#lookUpStep(run) : this.#unlistedStep(run);
-    this.#warmUp("queue");
+    this.#capIfCold("queue");
     // A batch that has done nothing else follows at least one, however small its budget.
     const first = this.#entries === 0;
     const left = this.#maxEntries - this.#entries;
@@ -1015,7 +1015,7 @@ class Batch {
   }
 
   async #narsStep(run: RunState): Promise<boolean> {
-    this.#warmUp("nars");
+    this.#capIfCold("nars");
     if (!this.#fits(NARS_OPERATIONS, 1)) return false;
     await this.#loadSets(run);
     const room = Math.min(MAX_PAGE, this.#maxEntries - this.#entries);
@@ -1080,7 +1080,7 @@ class Batch {
     }
     // A chunk holds about one batch's entries; one more chunk may overrun the entry budget
     // by that much, which keeps a batch within twice its CPU allowance.
-    this.#warmUp("compact");
+    this.#capIfCold("compact");
     if (!this.#fits(COMPACT_OPERATIONS, 1)) return false;
     await this.#loadSets(run);
     const name = run.candidates[run.index]!;
@@ -1114,7 +1114,7 @@ class Batch {
     // A chunk's lines count as entries, so however many chunks a large bucket leaves, a batch
     // reads a bounded number of them (one at least).
     const chunkFits = () => this.#fits(ANNOUNCE_OPERATIONS, this.#entries === 0 ? 0 : 1);
-    this.#warmUp("announce");
+    this.#capIfCold("announce");
     if (!chunkFits()) return false;
     let paths = "";
     let nars = "";

@@ -92,19 +92,17 @@ function keyPage(result: R2Objects): KeyPage {
  * 1000 narinfos was most of a batch's CPU, and so was an object per key (bench/worker-cpu.ts).
  */
 export async function listTopLevelKeys(bucket: R2Bucket, cursor: string | null, limit = 1000): Promise<KeyPage> {
-  let result: R2Objects;
-  try {
-    result = await bucket.list({ delimiter: "/", limit, ...(cursor === null ? {} : { cursor }) });
-  } catch (err) {
-    return storageUnavailable(err);
-  }
-  return keyPage(result);
+  return listKeys(bucket, { delimiter: "/" }, cursor, limit);
 }
 
 /** One page of keys under `prefix`, read as listTopLevelKeys reads its page (up to 1000). */
 export async function listPrefixKeys(bucket: R2Bucket, prefix: string, cursor: string | null, limit = 1000): Promise<KeyPage> {
+  return listKeys(bucket, { prefix }, cursor, limit);
+}
+
+async function listKeys(bucket: R2Bucket, options: R2ListOptions, cursor: string | null, limit: number): Promise<KeyPage> {
   try {
-    return keyPage(await bucket.list({ prefix, limit, ...(cursor === null ? {} : { cursor }) }));
+    return keyPage(await bucket.list({ ...options, limit, ...(cursor === null ? {} : { cursor }) }));
   } catch (err) {
     return storageUnavailable(err);
   }
