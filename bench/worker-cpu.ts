@@ -40,13 +40,14 @@
 // POST /_api/v1/missing with 100 and 500 hashes, half present; a multipart upload's start,
 // 8 MiB parts and completion; the first request of a fresh isolate (the Worker restarted),
 // GET /nix-cache-info and a narinfo PUT; and every batch of a garbage collection over ~1000
-// narinfos.
+// narinfos, the first batch of each of its steps in a fresh isolate.
 //
 // Usage: node bench/worker-cpu.ts [--reps 30] [--big-reps 5] [--fresh 3] [--interval-us 50]
 //                                 [--top 10] [--keep] [--profiles <dir>] [--only <regex>]
 //   --reps N           requests per kind (and paths per narinfo kind); default 30
 //   --big-reps N       32 MiB NAR uploads and multipart uploads (16 MiB each); default 5
-//   --fresh N          fresh isolates (Worker restarts) per first-request kind; default 3
+//   --fresh N          fresh isolates (Worker restarts) per first-request kind; default 3;
+//                      0 also runs the whole collection in one isolate
 //   --interval-us N    the profiler's sampling interval asked for; default 50
 //   --top N            functions listed per heavy request kind; default 10
 //   --keep             keep the temporary directory (R2 state) and say where it is
@@ -394,6 +395,9 @@ interface IsolateRecord {
   calls: Record<string, number>;
 }
 
+/** Sends one measured request of `kind` (Bench.phase). */
+type Send = (kind: string, method: string, path: string, opts?: RequestOptions) => Promise<Sent>;
+
 interface ProfileReply {
   profile: CpuProfile | null;
   requests: IsolateRecord[];
@@ -652,15 +656,20 @@ class Bench {
     return sent;
   }
 
-  /** Runs `fn`'s requests, then takes the profile and charges its samples to them. */
+  /**
+   * Runs `fn`'s requests, then takes the profile and charges its samples to them. A phase
+   * `--only` leaves out returns nothing, and runs unmeasured if later phases depend on it
+   * (`fillsBucket`: its uploads, or the collection's progress).
+   */
   async phase(
     label: string,
-    fn: (send: (kind: string, method: string, path: string, opts?: RequestOptions) => Promise<Sent>) => Promise<void>,
+    fn: (send: Send) => Promise<void>,
     how: { freshIsolate?: boolean; fillsBucket?: boolean } = {},
   ): Promise<Measured[]> {
     if (this.only !== null && !this.only.test(label)) {
-      // A phase whose uploads later phases depend on (the collection's graph: young paths
-      // keeping the reference paths alive) still runs, unmeasured: its samples are dropped.
+      // A phase later phases depend on (uploads making the collection's graph: young paths
+      // keeping the reference paths alive; the collection's batches) still runs, unmeasured:
+      // its samples are dropped.
       if (how.fillsBucket === true) {
         await fn((kind, method, path, opts) => this.send([], kind, method, path, opts));
         await this.worker.takeProfile();
@@ -695,7 +704,9 @@ class Bench {
     if (reply.profile !== null) {
       if (this.profilesDir !== null) {
         const file = join(this.profilesDir, `${String(++this.phases).padStart(2, "0")}-${label.replace(/[^A-Za-z0-9]+/g, "-").replace(/^-|-$/g, "")}.cpuprofile`);
-        await writeFile(file, JSON.stringify(reply.profile));
+        // Frames carry their source ("name  src/file.ts:line") for reading the file without the bundle's map.
+        const located = { ...reply.profile, nodes: reply.profile.nodes.map((n) => ({ ...n, callFrame: { ...n.callFrame, functionName: this.worker.locator.frame(n.callFrame).label } })) };
+        await writeFile(file, JSON.stringify(located));
         await writeFile(file.replace(/\.cpuprofile$/, ".requests.json"), JSON.stringify({ client: pending.map(({ body: _, ...s }) => s), isolate: reply.requests }, null, 1));
       }
       const before = this.charge(reply.profile, pending, measured, reply.window[0]);
@@ -914,20 +925,45 @@ async function run(opts: Options): Promise<void> {
       }, { freshIsolate: true });
     }
     const narinfoCount = MAX_REFS + small.length + with100.length + with900.length + freshPushed;
-    const gcBatches = await bench.phase("garbage collection", async (send) => {
-      let runId: string | undefined;
-      for (let batch = 1; ; batch++) {
-        const body = JSON.stringify(runId === undefined ? { before: gcCutoff } : { runId });
-        const sent = await send("GC batch (POST /_api/v1/gc)", "POST", "/_api/v1/gc", { body, auth: "admin", expect: [200] });
-        const progress = JSON.parse(sent.body.toString("utf8")) as { status: string; waitMs: number; run: { id: string } | null };
-        runId ??= progress.run?.id;
-        if (progress.status === "done" || progress.status === "idle") break;
-        if (batch > 500) throw new Error("the collection did not finish in 500 batches");
-        if (progress.status === "waiting") await sleep(progress.waitMs);
-        if (progress.status === "busy") await sleep(200);
+    // The collection, batch after batch as the admin API or the cron drives it. The first
+    // batch of each step (and the run's first) goes to a fresh isolate: a cron tick of an idle
+    // cache often gets one, and a step's code then runs for the first time in its request.
+    const gcBatches: { n: number; m: Measured }[] = [];
+    let sentBatches = 0;
+    const measuredBatches = (m: Measured[], from: number): void => m.forEach((b, i) => gcBatches.push({ n: from + i + 1, m: b }));
+    let runId: string | undefined;
+    let done = false;
+    let step: string | null = null;
+    let freshNext = opts.fresh > 0;
+    const gcBatch = async (send: Send, kind: string): Promise<void> => {
+      const body = JSON.stringify(runId === undefined ? { before: gcCutoff } : { runId });
+      const sent = await send(kind, "POST", "/_api/v1/gc", { body, auth: "admin", expect: [200] });
+      sentBatches++;
+      const progress = JSON.parse(sent.body.toString("utf8")) as { status: string; waitMs: number; run: { id: string; phase?: string; pass?: number } | null };
+      runId ??= progress.run?.id;
+      const next = progress.run === null ? null : `${progress.run.phase} ${progress.run.pass}`;
+      freshNext = opts.fresh > 0 && next !== step;
+      step = next;
+      done = progress.status === "done" || progress.status === "idle";
+      if (progress.status === "waiting") await sleep(progress.waitMs);
+      if (progress.status === "busy") await sleep(200);
+    };
+    // A filtered-out phase still runs (fillsBucket), unmeasured: the next needs its progress.
+    while (!done) {
+      if (sentBatches > 500) throw new Error("the collection did not finish in 500 batches");
+      const from = sentBatches;
+      if (freshNext) {
+        await restart();
+        measuredBatches(await bench.phase("garbage collection, a step's first batch in a fresh isolate", (send) => gcBatch(send, "first request of a fresh isolate: GC batch"), { freshIsolate: true, fillsBucket: true }), from);
+      } else {
+        const m = await bench.phase("garbage collection", async (send) => {
+          do await gcBatch(send, "GC batch (POST /_api/v1/gc)");
+          while (!done && !freshNext);
+        }, { fillsBucket: true });
+        measuredBatches(m, from);
       }
-    });
-    report(bench, opts, { gcBatches, narinfoCount, d1, loadStart, wallStart });
+    }
+    report(bench, opts, { gcBatches, sentBatches, narinfoCount, d1, loadStart, wallStart });
   } finally {
     log("stopping the Worker");
     agent.destroy();
@@ -1005,7 +1041,7 @@ function workerdVersion(): string {
 function report(
   bench: Bench,
   opts: Options,
-  info: { gcBatches: Measured[]; narinfoCount: number; d1: string[]; loadStart: number; wallStart: number },
+  info: { gcBatches: { n: number; m: Measured }[]; sentBatches: number; narinfoCount: number; d1: string[]; loadStart: number; wallStart: number },
 ): void {
   const out: string[] = [];
   const profiled = bench.profiling;
@@ -1048,14 +1084,17 @@ function report(
   out.push("");
   out.push(`| batch | phase after it | status | CPU (ms) | binding calls | D1 rows read / written | workerd process, kernel (ms) |`);
   out.push("|--:|---|---|--:|---|--:|--:|");
-  info.gcBatches.forEach((b, i) => {
+  info.gcBatches.forEach(({ n, m: b }) => {
     const p = b.json as { status?: string; run?: { phase?: string; pass?: number } | null } | null;
     const phase = p?.run?.phase === undefined ? "–" : `${p.run.phase}${p.run.pass !== undefined ? ` (pass ${p.run.pass})` : ""}`;
-    out.push(`| ${i + 1} | ${phase} | ${p?.status ?? "?"} | ${fmt(cpuOf(b))} | ${callsLabel([b])} | ${rowsLabel([b])} | ${fmt(b.kernel.workerMs, 1)} |`);
+    const fresh = b.kind.startsWith("first request of a fresh isolate") ? " (fresh isolate)" : "";
+    out.push(`| ${n}${fresh} | ${phase} | ${p?.status ?? "?"} | ${fmt(cpuOf(b))} | ${callsLabel([b])} | ${rowsLabel([b])} | ${fmt(b.kernel.workerMs, 1)} |`);
   });
   out.push("");
-  const gcRows = (suffix: string): number => info.gcBatches.reduce((a, b) => a + Object.entries(b.calls).reduce((c, [k, v]) => c + (k.endsWith(suffix) ? v : 0), 0), 0);
-  out.push(`The whole collection read ${gcRows(".rowsRead")} D1 rows and wrote ${gcRows(".rowsWritten")} in ${info.gcBatches.length} batches.`);
+  const gcRows = (suffix: string): number => info.gcBatches.reduce((a, { m: b }) => a + Object.entries(b.calls).reduce((c, [k, v]) => c + (k.endsWith(suffix) ? v : 0), 0), 0);
+  out.push(
+    `The ${info.gcBatches.length === info.sentBatches ? "whole collection" : `${info.gcBatches.length} measured of the collection's batches`} read ${gcRows(".rowsRead")} D1 rows and wrote ${gcRows(".rowsWritten")}; it took ${info.sentBatches} batches.`,
+  );
   out.push("");
 
   const all = bench.results;
