@@ -11,6 +11,9 @@
 //   with the request log since the last call, then starts a new profile (?restart=0: not).
 // - /__bench/spin?iterations=n (numbered like any request) spins a known loop: the bench's
 //   calibration of the profile against the kernel's CPU accounting.
+// - /__bench/scheduled?time=<ms> (numbered like any request) runs the Worker's cron handler
+//   as the trigger would at that time, with the same counted bindings, and answers 204 once
+//   everything it handed to waitUntil has settled: a cron tick measured like a request.
 //
 // Nothing of this is deployed: wrangler.toml's entry stays src/index.ts, and production
 // workerd refuses the compatibility flag.
@@ -23,6 +26,7 @@ import worker from "nix-edge-cache-worker-under-test";
 const REQUEST_HEADER = "x-bench-request";
 const PROFILE_PATH = "/__bench/profile";
 const SPIN_PATH = "/__bench/spin";
+const SCHEDULED_PATH = "/__bench/scheduled";
 
 interface RequestRecord {
   /** The bench's number for the request (REQUEST_HEADER), or null for other callers. */
@@ -162,6 +166,16 @@ function spin(iterations: number): number {
   return x;
 }
 
+/** One cron tick of the Worker at `scheduledTime`, its waitUntil work awaited. */
+async function scheduledTick(scheduledTime: number, env: object): Promise<Response> {
+  if (worker.scheduled === undefined) return new Response("the Worker has no scheduled handler", { status: 501 });
+  const pending: unknown[] = [];
+  const ctx = { waitUntil: (p: unknown) => void pending.push(p), passThroughOnException: () => {}, props: {} };
+  await worker.scheduled({ scheduledTime, cron: "* * * * *", noRetry: () => {} }, env, ctx);
+  await Promise.all(pending);
+  return new Response(null, { status: 204 });
+}
+
 export default {
   ...worker,
   async fetch(request: Request, env: object, ctx: unknown): Promise<Response> {
@@ -172,8 +186,11 @@ export default {
     requests.push(record);
     current = record;
     let response: Response;
-    if (control && new URL(request.url).pathname === SPIN_PATH) {
+    const path = control ? new URL(request.url).pathname : null;
+    if (path === SPIN_PATH) {
       response = new Response(String(spin(Number(new URL(request.url).searchParams.get("iterations") ?? 0))));
+    } else if (path === SCHEDULED_PATH) {
+      response = await scheduledTick(Number(new URL(request.url).searchParams.get("time")), countingEnv(env));
     } else {
       response = await worker.fetch(request, countingEnv(env), ctx);
     }
