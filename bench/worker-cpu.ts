@@ -395,6 +395,14 @@ interface IsolateRecord {
   calls: Record<string, number>;
 }
 
+/** The collection's request kinds (the batch table marks the first two). */
+const GC_KIND = {
+  freshStart: "first request of a fresh isolate: GC batch (the run's start)",
+  freshTick: "first request of a fresh isolate: cron tick (GC batch)",
+  afterTick: "GC batch (POST /_api/v1/gc), the isolate's first API request (after a cron tick)",
+  warm: "GC batch (POST /_api/v1/gc)",
+} as const;
+
 /** Sends one measured request of `kind` (Bench.phase). */
 type Send = (kind: string, method: string, path: string, opts?: RequestOptions) => Promise<Sent>;
 
@@ -931,8 +939,8 @@ async function run(opts: Options): Promise<void> {
     // the step's code then runs for the first time in it. (The run's first batch is an API
     // call in a fresh isolate: a tick cannot give the bench's cutoff.) A tick collects only
     // once the index is complete (src/scheduled.ts); the missing queries above complete it,
-    // and with --only these do, unmeasured: each adopts a page (100 narinfos: enough of them
-    // for pages down to 50) until then.
+    // and with --only these do, unmeasured: each adopts a page until then (ADOPTION_PAGE in
+    // src/path-index/adoption.ts, 100 narinfos; enough of them for pages down to 50).
     for (let i = 0; i < Math.ceil(narinfoCount / 50) + 5; i++) {
       const res = await httpRequest(`${bench.worker.url}/_api/v1/missing`, "POST", { authorization: `Bearer ${secrets.writeToken}` }, JSON.stringify({ hashes: ["0".repeat(32)] }));
       if (res.status !== 200) throw new Error(`setup: the missing query answered ${res.status}: ${res.body.toString("utf8", 0, 500)}`);
@@ -960,10 +968,12 @@ async function run(opts: Options): Promise<void> {
       if (progress.status === "busy") await sleep(200);
     };
     const cronTick = async (send: Send): Promise<void> => {
-      // A minute that is neither a multipart cleanup's nor an adoption's (src/scheduled.ts).
+      // A minute that is neither a multipart cleanup's nor an adoption's: src/scheduled.ts's
+      // MULTIPART_CLEANUP_EVERY_MINUTES (10) and ADOPTION_MINUTE (5), which this file cannot
+      // import (they are typed against the Workers runtime).
       const at = new Date();
       at.setUTCMinutes(at.getUTCMinutes() - (at.getUTCMinutes() % 10) + 1);
-      await send("first request of a fresh isolate: cron tick (GC batch)", "POST", `/__bench/scheduled?time=${at.getTime()}`, { expect: [204] });
+      await send(GC_KIND.freshTick, "POST", `/__bench/scheduled?time=${at.getTime()}`, { expect: [204] });
       sentBatches++;
       freshNext = false;
       lastWasTick = true;
@@ -977,7 +987,7 @@ async function run(opts: Options): Promise<void> {
         const first = runId === undefined;
         const measured = await bench.phase(
           "garbage collection, a step's first batch in a fresh isolate",
-          (send) => (first ? apiBatch(send, "first request of a fresh isolate: GC batch (the run's start)") : cronTick(send)),
+          (send) => (first ? apiBatch(send, GC_KIND.freshStart) : cronTick(send)),
           { freshIsolate: true, fillsBucket: true },
         );
         measuredBatches(measured, from);
@@ -986,7 +996,7 @@ async function run(opts: Options): Promise<void> {
         // for the first time: a kind of its own, so that the warm kind stays warm.
         const m = await bench.phase("garbage collection", async (send) => {
           do {
-            await apiBatch(send, lastWasTick ? "GC batch (POST /_api/v1/gc), the isolate's first API request (after a cron tick)" : "GC batch (POST /_api/v1/gc)");
+            await apiBatch(send, lastWasTick ? GC_KIND.afterTick : GC_KIND.warm);
           } while (!done && !freshNext);
         }, { fillsBucket: true });
         measuredBatches(m, from);
@@ -1116,7 +1126,7 @@ function report(
   info.gcBatches.forEach(({ n, m: b }) => {
     const p = b.json as { status?: string; run?: { phase?: string; pass?: number } | null } | null;
     const phase = p?.run?.phase === undefined ? "–" : `${p.run.phase}${p.run.pass !== undefined ? ` (pass ${p.run.pass})` : ""}`;
-    const fresh = b.kind.startsWith("first request of a fresh isolate") ? (b.kind.includes("cron tick") ? " (fresh isolate, cron tick)" : " (fresh isolate)") : "";
+    const fresh = b.kind === GC_KIND.freshTick ? " (fresh isolate, cron tick)" : b.kind === GC_KIND.freshStart ? " (fresh isolate)" : "";
     out.push(`| ${n}${fresh} | ${phase} | ${p?.status ?? "–"} | ${fmt(cpuOf(b))} | ${callsLabel([b])} | ${rowsLabel([b])} | ${fmt(b.kernel.workerMs, 1)} |`);
   });
   out.push("");

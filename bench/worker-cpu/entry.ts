@@ -180,17 +180,16 @@ export default {
   ...worker,
   async fetch(request: Request, env: object, ctx: unknown): Promise<Response> {
     // A substring test, not a URL parse: this runs inside every measured request.
-    const control = request.url.includes("/__bench/");
-    if (control && new URL(request.url).pathname === PROFILE_PATH) return profileResponse(new URL(request.url));
+    const control = request.url.includes("/__bench/") ? new URL(request.url) : null;
+    if (control?.pathname === PROFILE_PATH) return profileResponse(control);
     const record: RequestRecord = { id: request.headers.get(REQUEST_HEADER), status: 0, calls: {} };
     requests.push(record);
     current = record;
     let response: Response;
-    const path = control ? new URL(request.url).pathname : null;
-    if (path === SPIN_PATH) {
-      response = new Response(String(spin(Number(new URL(request.url).searchParams.get("iterations") ?? 0))));
-    } else if (path === SCHEDULED_PATH) {
-      response = await scheduledTick(Number(new URL(request.url).searchParams.get("time")), countingEnv(env));
+    if (control?.pathname === SPIN_PATH) {
+      response = new Response(String(spin(Number(control.searchParams.get("iterations") ?? 0))));
+    } else if (control?.pathname === SCHEDULED_PATH) {
+      response = await scheduledTick(Number(control.searchParams.get("time")), countingEnv(env));
     } else {
       response = await worker.fetch(request, countingEnv(env), ctx);
     }
